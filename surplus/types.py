@@ -1,0 +1,244 @@
+"""Data that crosses module boundaries: frozen, slotted, keyword-only.
+
+Units are in the field names (``_a`` amperes, ``_v`` volts, ``_w`` watts,
+``_wh`` watt-hours, ``_s`` seconds, ``_c`` degrees Celsius). Grid power is
+positive for import and negative for export. Times (``*_at_s``) are readings of
+the injected :class:`surplus.clock.Clock` (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+
+#: The IEC 61851 minimum charging current.
+MIN_CURRENT_A = 6.0
+#: The AMTRON's absolute maximum.
+MAX_CURRENT_A = 32.0
+
+
+class EvseState(enum.IntEnum):
+    """EVSE_STATE (0x0100) values."""
+
+    NOT_INITIALIZED = 0
+    IDLE = 1
+    CONNECTED = 2
+    PRECONDITIONS = 3
+    READY = 4
+    CHARGING = 5
+    ERROR = 6
+    SERVICE = 7
+
+
+@dataclass(**_FROZEN)
+class DeviceInfo:
+    """General information block (0x0000), read once per connection."""
+
+    layout_version: int
+    firmware_version: str
+    serial_number: str
+    article_number: str
+    device_id: int
+
+    @property
+    def layout_text(self) -> str:
+        """Layout version as ``"1.0.3"``."""
+        v = self.layout_version
+        return f"{v >> 8}.{(v >> 4) & 0xF}.{v & 0xF}"
+
+
+@dataclass(**_FROZEN)
+class ChargerConfig:
+    """Installer configuration (0x0300 block), read-only for the master."""
+
+    downgrade_current_a: float
+    max_current_house_a: float
+    max_current_evse_a: float
+    phase_switching_mode: int
+    phase_options_hw: int
+    cable_lock_setting: bool
+    master_lost_fallback_current_a: int
+    grid_imbalance: bool
+    grid_imbalance_threshold_a: int
+    grid_phases_connected: int
+    authorization_enabled: bool
+    solar_min_current_a: int
+    phase_switching_pause_s: int
+
+
+@dataclass(**_FROZEN)
+class Capabilities:
+    """What the device can do, derived from its own registers, never assumed."""
+
+    #: PHASE_OPTIONS_HW == 2: the box can switch 1p/3p via REQUESTED_PHASES.
+    phase_switching: bool
+    #: Highest current the device itself will signal (MAX_CURRENT_EVSE).
+    max_current_a: float
+    #: Phases wired to the box (1 or 3).
+    grid_phases: int
+    #: Layout <= 1.0.2 rejects exactly 6.0 A; the driver writes 6.01 instead.
+    exact_6a_rejected: bool
+    #: The box's own pause during a phase switch (PHASE_SWITCHING_PAUSE).
+    phase_switch_pause_s: float
+
+
+@dataclass(**_FROZEN)
+class ChargerState:
+    """One consistent read of a charger."""
+
+    charger_id: str
+    read_at_s: float
+    info: DeviceInfo
+    config: ChargerConfig
+    capabilities: Capabilities
+    evse_state: int
+    cp_state: int
+    authorization_status: int
+    downgrade_status: int
+    phase_rotation: int
+    signaled_current_a: float
+    #: Read back from CHARGING_CURRENT_EM (0 = "no limit" on the device!).
+    current_limit_a: float
+    current_l1_a: float
+    current_l2_a: float
+    current_l3_a: float
+    voltage_l1_v: float
+    voltage_l2_v: float
+    voltage_l3_v: float
+    power_l1_w: float
+    power_l2_w: float
+    power_l3_w: float
+    power_total_w: float
+    temperature_c: float
+    session_max_current_a: float
+    session_energy_wh: float
+    session_duration_s: int
+    detected_phases: int
+    energy_total_wh: float
+    sessions_total: int
+    cable_lock_status: int
+    solar_charging_mode: int
+    #: REQUESTED_PHASES register value: 0 = all phases, 1 = one phase.
+    requested_phases: int
+    charging_release: bool
+    locked: bool
+    error_code: int
+    master_lost_fallback: bool
+    #: SWITCHED_PHASES register value: 0 = all phases, 1 = one phase.
+    switched_phases: int
+
+    @property
+    def vehicle_connected(self) -> bool:
+        return self.evse_state in (EvseState.CONNECTED, EvseState.PRECONDITIONS,
+                                   EvseState.READY, EvseState.CHARGING)
+
+    @property
+    def charging(self) -> bool:
+        return self.evse_state == EvseState.CHARGING
+
+    @property
+    def active_phases(self) -> int:
+        """Phases the box uses now (1 or 3)."""
+        return 1 if self.switched_phases == 1 or self.capabilities.grid_phases == 1 else 3
+
+
+@dataclass(**_FROZEN)
+class ChargerReading:
+    """A charger as the snapshot sees it: the last good state and how old it is."""
+
+    charger_id: str
+    state: ChargerState | None
+    age_s: float = math.inf
+    connected: bool = False
+    error: str | None = None
+
+
+@dataclass(**_FROZEN)
+class MeterReading:
+    """One grid-meter reading. Positive grid power = import."""
+
+    meter_id: str
+    read_at_s: float
+    grid_power_w: float
+    pv_power_w: float | None = None
+    house_power_w: float | None = None
+    battery_power_w: float | None = None
+    #: Filled in by the loop when the reading enters a snapshot.
+    age_s: float = 0.0
+    error: str | None = None
+
+
+def _frozen_map() -> Mapping[str, object]:
+    return MappingProxyType({})
+
+
+@dataclass(**_FROZEN)
+class Snapshot:
+    """Everything one tick knows, taken at ``at_s``."""
+
+    at_s: float
+    chargers: Mapping[str, ChargerReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    meters: Mapping[str, MeterReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+
+    @property
+    def grid_power_w(self) -> float | None:
+        """Sum of all fresh meters' grid power (None when there is none)."""
+        values = [m.grid_power_w for m in self.meters.values() if m.error is None]
+        return sum(values) if values else None
+
+
+class Source(enum.StrEnum):
+    """Who asked for a decision."""
+
+    STRATEGY = "strategy"
+    OVERRIDE = "override"
+    FALLBACK = "fallback"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(**_FROZEN)
+class Decision:
+    """What someone wants a charger to do; the governor decides what is sent.
+
+    ``charge=False`` means pause. ``current_a`` is the wanted current while
+    charging (None keeps the present one). ``phases`` is 1 or 3 (None: no
+    change). ``lock`` locks or unlocks the EVSE (None: no change).
+    """
+
+    charger_id: str
+    source: Source
+    charge: bool
+    current_a: float | None = None
+    phases: int | None = None
+    lock: bool | None = None
+    reason: str = ""
+
+    @property
+    def by_person(self) -> bool:
+        return self.source is Source.OVERRIDE
+
+
+@dataclass(**_FROZEN)
+class Command:
+    """What the governor allows the driver to write. None fields are left alone.
+
+    ``current_a`` is the exact value for CHARGING_CURRENT_EM: at least 6 A, or
+    the soft-pause value (0.01-5.99 A); never 0, which the AMTRON reads as
+    "no limit".
+    """
+
+    charger_id: str
+    current_a: float | None = None
+    release: bool | None = None
+    phases: int | None = None
+    lock: bool | None = None
+    reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.current_a is None and self.release is None and self.phases is None and self.lock is None
