@@ -192,6 +192,16 @@ class Snapshot:
         return sum(values) if values else None
 
 
+class PauseKind(enum.StrEnum):
+    """How a pause is carried out on the AMTRON."""
+
+    #: CHARGING_RELEASE_EM = 0: relays open ("stopCharging").
+    RELEASE = "release"
+    #: CHARGING_CURRENT_EM = the soft-pause value (0.01-5.99 A, never 0): the
+    #: EVSE signals 0 A but stays released ("pauseCharging").
+    SOFT = "soft"
+
+
 class Source(enum.StrEnum):
     """Who asked for a decision."""
 
@@ -216,6 +226,8 @@ class Decision:
     current_a: float | None = None
     phases: int | None = None
     lock: bool | None = None
+    #: How to pause when ``charge`` is False (None: the configured default).
+    pause_kind: PauseKind | None = None
     reason: str = ""
 
     @property
@@ -242,3 +254,26 @@ class Command:
     @property
     def empty(self) -> bool:
         return self.current_a is None and self.release is None and self.phases is None and self.lock is None
+
+
+class Outcome(enum.StrEnum):
+    """What the governor did with a decision."""
+
+    #: The command may be sent now.
+    APPLIED = "applied"
+    #: Allowed, but a spacing rule holds it until ``retry_at_s``.
+    SCHEDULED = "scheduled"
+    #: Not allowed; ``reasons`` say why.
+    REFUSED = "refused"
+    #: The charger already does what was asked; nothing to send.
+    UNCHANGED = "unchanged"
+
+
+@dataclass(**_FROZEN)
+class Verdict:
+    """The governor's answer to one decision."""
+
+    outcome: Outcome
+    command: Command | None = None
+    reasons: tuple[str, ...] = ()
+    retry_at_s: float | None = None

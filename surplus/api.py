@@ -1,0 +1,94 @@
+"""What the JSON-RPC layer and /metrics may ask of a running controller.
+
+:class:`surplus.loop.Controller` implements it. Reads come from the latest
+snapshot (never a bus transaction); writes become overrides that pass through
+the safety governor and return its :class:`~surplus.types.Verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .clock import Clock
+from .types import Decision, MeterReading, PauseKind, Snapshot, Verdict
+
+#: Modes a charger can be in; each but "off" names a strategy plugin.
+MODES = ("off", "fixed", "pv", "minpv", "schedule")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Override:
+    """A person's instruction; None fields leave the strategy's choice alone."""
+
+    charge: bool | None = None
+    current_a: float | None = None
+    phases: int | None = None
+    lock: bool | None = None
+    pause_kind: PauseKind | None = None
+    #: Clock time (``Clock.now()``) at which it expires; None holds until cleared.
+    until_s: float | None = None
+    reason: str = "override"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionRecord:
+    """The last decision for a charger: what was asked, what the governor said, on what inputs."""
+
+    at_s: float
+    decision: Decision
+    verdict: Verdict
+    strategy: str
+    mode: str
+    override: Override | None
+    grid_power_w: float | None
+    charger_age_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginInfo:
+    name: str
+    source: str  # "built-in" or the distribution that provides it
+    provides: tuple[str, ...]  # e.g. ("strategy:fixed", "meter:simulated")
+
+
+class ControllerAPI(Protocol):
+    """The controller as the RPC server and metrics see it."""
+
+    clock: Clock
+    #: ``clock.now()`` at start-up (for uptime).
+    started_at_s: float
+
+    @property
+    def charger_ids(self) -> Sequence[str]:
+        """Configured chargers; the first is the default for Node-compatible methods."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot (ages inside are relative to its ``at_s``)."""
+        ...
+
+    def get_mode(self, charger_id: str) -> str: ...
+
+    def set_mode(self, charger_id: str, mode: str) -> None:
+        """Raise ``ValueError`` (one line for people) for an unknown mode or charger."""
+        ...
+
+    async def set_override(self, charger_id: str, override: Override) -> Verdict:
+        """Merge ``override`` into the charger's override, run the governor now,
+        send what it allows, and return its verdict. The override then holds on
+        every tick until cleared or expired."""
+        ...
+
+    def clear_override(self, charger_id: str) -> bool:
+        """Drop the override; the strategy resumes on the next tick. True if there was one."""
+        ...
+
+    def get_override(self, charger_id: str) -> Override | None: ...
+
+    def last_decision(self, charger_id: str) -> DecisionRecord | None: ...
+
+    def meters(self) -> Mapping[str, MeterReading]: ...
+
+    def plugins(self) -> Sequence[PluginInfo]: ...
