@@ -1,0 +1,640 @@
+"""YAML config -> validated, frozen dataclasses.
+
+Every setting has its default here, once, as a dataclass field default. Errors
+are one line naming the file line and the key path::
+
+    config/demo.yaml:12: chargers[0].limits.fuse_limit_a: 40 A is above the 32 A the AMTRON allows
+
+Environment variables with the Node server's names (``MODBUS_PORT``,
+``RPC_PORT``, ...) override the file; a bad value names the variable. Strategy
+names and meter types are checked against the loaded plugins by
+:func:`validate_plugins`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from .meter import MeterEnv, MeterFactory
+from .options import OptionError, did_you_mean
+from .strategy import StrategyFactory
+from .types import MAX_CURRENT_A, MIN_CURRENT_A, PauseKind
+
+if TYPE_CHECKING:
+    from .governor import Limits
+
+BUILTIN_SOURCE = "<built-in defaults>"
+
+#: Baud rates the AMTRON's configuration tool offers.
+BAUDRATES = (9600, 14400, 19200, 28800, 38400, 56000, 57600)
+#: Spacing the design fixes for every charger (not configurable).
+CURRENT_CHANGE_INTERVAL_S = 5.0
+RELEASE_TOGGLE_INTERVAL_S = 5.0
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class ConfigError(ValueError):
+    """A config problem: one line naming where (file:line or variable) and the key."""
+
+    def __init__(self, message: str, *, key: str = "", line: int | None = None, source: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.line = line
+        self.source = source
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    lo: float | None = None
+    hi: float | None = None
+    gt: float | None = None
+    unit: str = ""
+    above: str | None = None
+    below: str | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def _s(default: Any, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": _Spec(**spec)})
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+_AMPS = {
+    "unit": "A",
+    "lo": MIN_CURRENT_A,
+    "hi": MAX_CURRENT_A,
+    "above": "the 32 A the AMTRON allows",
+    "below": "the 6 A minimum charging current (IEC 61851)",
+}
+_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+
+
+@dataclass(**_FROZEN)
+class LogConfig:
+    level: str = _s("info", choices=("debug", "info", "warning", "warn", "error", "critical"))
+    file: str | None = None
+
+
+@dataclass(**_FROZEN)
+class BusConfig:
+    #: "sim" (built-in simulator, RTU over TCP on 127.0.0.1), a device path, or tcp://host:port.
+    port: str = "sim"
+    baudrate: int = _s(57600, choices=BAUDRATES)
+    bytesize: int = _s(8, choices=(8,))
+    parity: str = _s("none", choices=("none", "even", "odd"))
+    stopbits: int = _s(2, choices=(1, 2))
+    timeout_ms: int = _s(1000, lo=50, hi=10_000, unit="ms")
+    retries: int = _s(3, lo=0, hi=10)
+    reconnect_interval_ms: int = _s(5000, lo=100, hi=600_000, unit="ms")
+    word_order: str = _s("big", choices=("big", "little"))
+
+
+@dataclass(**_FROZEN)
+class HeartbeatConfig:
+    enabled: bool = True
+    interval_s: float = _s(
+        3.0,
+        gt=0,
+        hi=5,
+        unit="s",
+        above="the 5 s limit (the AMTRON drops its energy manager after 10 s without a heartbeat)",
+    )
+
+
+@dataclass(**_FROZEN)
+class ControlConfig:
+    tick_s: float = _s(1.0, gt=0, hi=60, unit="s")
+    #: What a charger does when its strategy or data fails: hold 6 A, or pause.
+    fallback: str = _s("hold_min", choices=("hold_min", "pause"))
+    stale_after_s: float = _s(10.0, gt=0, hi=3600, unit="s")
+    full_read_every_s: float = _s(60.0, gt=0, hi=86400, unit="s")
+
+
+@dataclass(**_FROZEN)
+class LimitsConfig:
+    fuse_limit_a: float = _s(16.0, **_AMPS)
+    cable_max_a: float = _s(32.0, **_AMPS)
+    #: Written to CHARGING_CURRENT_EM for a soft pause; never 0 ("no limit").
+    soft_pause_a: float = _s(1.0, lo=0.01, hi=5.99, unit="A")
+    pause: PauseKind = PauseKind.RELEASE
+    phase_switch_interval_min: float = _s(10.0, lo=1, hi=1440, unit="min")
+    pause_resume_interval_min: float = _s(
+        5.0, lo=5, hi=1440, unit="min", below="the 5 min the manufacturer requires between pause and resume"
+    )
+
+
+@dataclass(**_FROZEN)
+class ChargerEntry:
+    id: str = "wallbox"
+    #: None: probe 50 (satellite default), then 1.
+    device_id: int | None = _s(None, lo=1, hi=247)
+    #: The strategy that drives this charger (a strategy plugin's name).
+    mode: str = "fixed"
+    #: Options per strategy name, e.g. ``{"fixed": {"current_a": 10}}``.
+    strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=_empty)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+@dataclass(**_FROZEN)
+class MeterEntry:
+    id: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(**_FROZEN)
+class RpcConfig:
+    host: str = "127.0.0.1"
+    port: int = _s(8080, lo=0, hi=65535)
+    token: str | None = None
+    #: Require the token for reads too (writes always need it when a token is set).
+    auth_reads: bool = False
+    max_body_bytes: int = _s(65536, lo=1024, hi=16 * 1024 * 1024, unit="bytes")
+    max_batch: int = _s(50, lo=1, hi=1000)
+
+
+@dataclass(**_FROZEN)
+class SimulatorConfig:
+    profile: str = "11kw"
+    ev: bool = True
+    seed: int = 1
+    device_ids: tuple[int, ...] = _s((50,), lo=1, hi=247)
+
+
+@dataclass(**_FROZEN)
+class PluginsConfig:
+    #: Plugin names (as ``surplus plugins`` lists them) not to load.
+    blocked: tuple[str, ...] = ()
+
+
+@dataclass(**_FROZEN)
+class Config:
+    log: LogConfig = field(default_factory=LogConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    chargers: tuple[ChargerEntry, ...] = (ChargerEntry(),)
+    meters: tuple[MeterEntry, ...] = ()
+    rpc: RpcConfig = field(default_factory=RpcConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    #: Where it came from (a path or "<built-in defaults>").
+    source: str = field(default=BUILTIN_SOURCE, compare=False, repr=False)
+    #: Line of each key path in the file, for errors found later (plugins).
+    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+
+    def line_of(self, key: str) -> int | None:
+        return self.lines.get(key)
+
+
+#: What ``load_config(None)`` adds to the defaults: the demo of config/demo.yaml.
+#: A test keeps the two equal.
+DEMO: Mapping[str, Any] = {
+    "chargers": [{"id": "wallbox", "strategies": {"fixed": {"current_a": 10, "phases": None}, "off": {}}}],
+    "meters": [
+        {
+            "id": "grid",
+            "type": "simulated",
+            "options": {
+                "pv_peak_w": 8000,
+                "base_load_w": 400,
+                "seed": 1,
+                "start_hour": 11.0,
+                "cloudiness": 0.3,
+            },
+        }
+    ],
+}
+
+
+# --- YAML nodes with lines ------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. In YAML 1.1 ``mode: off`` would be False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass(slots=True)
+class _Raw:
+    """A parsed value with where it came from."""
+
+    value: Any  # scalar, dict[str, _Raw] or list[_Raw]
+    line: int | None = None
+    variable: str | None = None
+
+
+class _Where:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[str, int] = {}
+
+    def error(self, raw: _Raw | None, key: str, message: str) -> ConfigError:
+        if raw is not None and raw.variable is not None:
+            return ConfigError(f"environment {raw.variable}: {key}: {message}", key=key, source=raw.variable)
+        line = raw.line if raw is not None else None
+        at = f"{self.source}:{line}" if line is not None else self.source
+        return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=self.source)
+
+
+def _from_node(node: yaml.Node, where: _Where, path: str, line: int) -> _Raw:
+    constructor = SafeConstructor()
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)  # supports "<<: *anchor"
+        out: dict[str, _Raw] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            key = constructor.construct_object(key_node)
+            sub = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                raise where.error(_Raw(None, key_line), sub, f"keys must be text, got {key!r}")
+            if key in out:
+                raise where.error(_Raw(None, key_line), sub, "duplicate key")
+            out[key] = _from_node(value_node, where, sub, key_line)
+        raw = _Raw(out, line)
+    elif isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            items.append(_from_node(item, where, f"{path}[{i}]", item.start_mark.line + 1))
+        raw = _Raw(items, line)
+    else:
+        raw = _Raw(constructor.construct_object(node), line)
+    if path:
+        where.lines[path] = line
+    return raw
+
+
+def _from_python(value: Any) -> _Raw:
+    if isinstance(value, Mapping):
+        return _Raw({k: _from_python(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return _Raw([_from_python(v) for v in value])
+    return _Raw(value)
+
+
+def _plain(raw: _Raw) -> Any:
+    """Free-form plugin options: frozen mappings and tuples."""
+    if isinstance(raw.value, dict):
+        return MappingProxyType({k: _plain(v) for k, v in raw.value.items()})
+    if isinstance(raw.value, list):
+        return tuple(_plain(v) for v in raw.value)
+    return raw.value
+
+
+# --- building dataclasses -------------------------------------------------------------------------
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}" if unit else text
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _check_spec(value: Any, spec: _Spec, raw: _Raw, key: str, where: _Where) -> None:
+    if spec.choices is not None and value not in spec.choices:
+        raise where.error(raw, key, f"{value!r} is not one of {', '.join(str(c) for c in spec.choices)}")
+    u = spec.unit
+    if spec.gt is not None and value <= spec.gt:
+        raise where.error(raw, key, f"{_fmt(value, u)} must be greater than {_fmt(spec.gt, u)}")
+    if spec.lo is not None and value < spec.lo:
+        raise where.error(
+            raw, key, f"{_fmt(value, u)} is below {spec.below or 'the minimum ' + _fmt(spec.lo, u)}"
+        )
+    if spec.hi is not None and value > spec.hi:
+        raise where.error(
+            raw, key, f"{_fmt(value, u)} is above {spec.above or 'the maximum ' + _fmt(spec.hi, u)}"
+        )
+
+
+def _convert(tp: Any, spec: _Spec, raw: _Raw, key: str, where: _Where) -> Any:
+    """Check ``raw`` against the annotation ``tp`` and the field's spec."""
+    value = raw.value
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType):  # X | None
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), raw, key, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise where.error(raw, key, f"expected a list, got {_type_name(value)}")
+        return tuple(_convert(args[0], spec, item, f"{key}[{i}]", where) for i, item in enumerate(value))
+    if origin is Mapping:
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            raise where.error(raw, key, f"expected a mapping, got {_type_name(value)}")
+        return MappingProxyType(
+            {k: _convert(args[1], _Spec(), v, f"{key}.{k}", where) for k, v in value.items()}
+        )
+    if tp is Any:
+        return _plain(raw)
+    if isinstance(tp, type) and issubclass(tp, PauseKind):
+        choices = tuple(k.value for k in tp)
+        if value not in choices:
+            raise where.error(raw, key, f"{value!r} is not one of {', '.join(choices)}")
+        return tp(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise where.error(raw, key, f"expected true or false, got {_type_name(value)}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(raw, key, f"expected a whole number, got {_type_name(value)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise where.error(raw, key, f"expected a number, got {_type_name(value)}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise where.error(raw, key, f"expected text, got {_type_name(value)} (quote it if it is text)")
+    _check_spec(value, spec, raw, key, where)
+    return value
+
+
+def _build(cls: type, raw: _Raw, path: str, where: _Where) -> Any:
+    if raw.value is None:
+        raw = _Raw({}, raw.line, raw.variable)
+    if not isinstance(raw.value, dict):
+        raise where.error(raw, path, f"expected a mapping, got {_type_name(raw.value)}")
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("source", "lines")]
+    names = [f.name for f in fields]
+    for key, sub in raw.value.items():
+        if key not in names:
+            full = f"{path}.{key}" if path else key
+            raise where.error(sub, full, f"unknown key{did_you_mean(key, names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in raw.value:
+            spec = f.metadata.get("spec", _Spec())
+            kwargs[f.name] = _convert(hints[f.name], spec, raw.value[f.name], key, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error(raw, key, "missing (required)")
+    return cls(**kwargs)
+
+
+# --- environment ------------------------------------------------------------------------------------
+
+#: Node server variable -> key path (``0`` = the first list item).
+ENV_VARS: Mapping[str, tuple[str | int, ...]] = {
+    "MODBUS_PORT": ("bus", "port"),
+    "MODBUS_BAUDRATE": ("bus", "baudrate"),
+    "MODBUS_DATABITS": ("bus", "bytesize"),
+    "MODBUS_STOPBITS": ("bus", "stopbits"),
+    "MODBUS_PARITY": ("bus", "parity"),
+    "MODBUS_SLAVE_ID": ("chargers", 0, "device_id"),
+    "MODBUS_TIMEOUT": ("bus", "timeout_ms"),
+    "MODBUS_RECONNECT_INTERVAL": ("bus", "reconnect_interval_ms"),
+    "MODBUS_MAX_RETRIES": ("bus", "retries"),
+    "HEARTBEAT_ENABLED": ("heartbeat", "enabled"),
+    "RPC_PORT": ("rpc", "port"),
+    "RPC_HOST": ("rpc", "host"),
+    "RPC_TOKEN": ("rpc", "token"),
+    "LOG_LEVEL": ("log", "level"),
+    "LOG_FILE": ("log", "file"),
+}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_value(variable: str, text: str, tp: Any, key: str, where: _Where) -> Any:
+    if isinstance(tp, types.UnionType):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    raw = _Raw(text, variable=variable)
+    text = text.strip()
+    if tp is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise where.error(raw, key, f"{text!r} is not true or false")
+        return text.lower() in _TRUE
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise where.error(raw, key, f"{text!r} is not a whole number") from None
+    if tp is str and key in ("bus.parity", "log.level"):
+        return text.lower()
+    return text
+
+
+def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Config:
+    def replace(obj: Any, path: tuple[str | int, ...], variable: str, text: str, key: str) -> Any:
+        step, rest = path[0], path[1:]
+        if isinstance(step, int):
+            items = list(obj)
+            items[step] = replace(items[step], rest, variable, text, key)
+            return tuple(items)
+        if not rest:
+            f = next(f for f in dataclasses.fields(obj) if f.name == step)
+            tp = typing.get_type_hints(type(obj))[step]
+            value = _env_value(variable, text, tp, key, where)
+            checked = _convert(
+                tp, f.metadata.get("spec", _Spec()), _Raw(value, variable=variable), key, where
+            )
+            return dataclasses.replace(obj, **{step: checked})
+        return dataclasses.replace(obj, **{step: replace(getattr(obj, step), rest, variable, text, key)})
+
+    for variable, path in ENV_VARS.items():
+        text = environ.get(variable)
+        if text is None or text == "":  # empty = unset, as with docker-compose defaults
+            continue
+        key = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+        if path[0] == "chargers" and not config.chargers:
+            raise where.error(_Raw(text, variable=variable), key, "there is no charger to apply it to")
+        config = replace(config, path, variable, text, key)
+    return config
+
+
+# --- checks across keys ----------------------------------------------------------------------------
+
+
+def _check(config: Config, where: _Where) -> None:
+    def err(key: str, message: str) -> ConfigError:
+        line = where.lines.get(key)
+        return where.error(_Raw(None, line) if line else None, key, message)
+
+    if not config.chargers:
+        raise err("chargers", "at least one charger is needed")
+    groups: tuple[tuple[str, tuple[ChargerEntry | MeterEntry, ...]], ...] = (
+        ("chargers", config.chargers),
+        ("meters", config.meters),
+    )
+    for kind, entries in groups:
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            key = f"{kind}[{i}].id"
+            if not _ID.match(entry.id):
+                raise err(key, f"{entry.id!r} must be 1-32 letters, digits, '_' or '-'")
+            if entry.id in seen:
+                raise err(key, f"duplicate id {entry.id!r} (also {kind}[{seen[entry.id]}])")
+            seen[entry.id] = i
+    c = config.control
+    if c.stale_after_s <= c.tick_s:
+        raise err(
+            "control.stale_after_s",
+            f"{_fmt(c.stale_after_s, 's')} must be longer than tick_s ({_fmt(c.tick_s, 's')})",
+        )
+    if c.full_read_every_s < c.tick_s:
+        raise err(
+            "control.full_read_every_s",
+            f"{_fmt(c.full_read_every_s, 's')} is shorter than tick_s ({_fmt(c.tick_s, 's')})",
+        )
+    port = config.bus.port
+    if port.startswith("tcp://"):
+        m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", port)
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            raise err("bus.port", f"{port!r} is not tcp://host:port")
+    sim_ids = config.simulator.device_ids
+    if not sim_ids:
+        raise err("simulator.device_ids", "at least one device id is needed")
+    if len(set(sim_ids)) != len(sim_ids):
+        raise err("simulator.device_ids", "duplicate device ids")
+    if port == "sim":
+        for i, ch in enumerate(config.chargers):
+            probed = (ch.device_id,) if ch.device_id is not None else (50, 1)
+            if not set(probed) & set(sim_ids):
+                raise err(
+                    f"chargers[{i}].device_id",
+                    f"device {probed[0]} is not simulated (simulator.device_ids: {list(sim_ids)})",
+                )
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+    """Read, validate and return the config; ``path=None`` gives the demo defaults.
+
+    :raises ConfigError: with a one-line message naming the line and key (or the
+        environment variable) of the first problem.
+    """
+    if path is None:
+        where = _Where(BUILTIN_SOURCE)
+        raw = _from_python(DEMO)
+    else:
+        where = _Where(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=path) from None
+        try:
+            node = yaml.compose(text, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            at = f"{path}:{line}" if line else path
+            raise ConfigError(f"{at}: not valid YAML: {problem}", line=line, source=path) from None
+        raw = _Raw({}, 1) if node is None else _from_node(node, where, "", node.start_mark.line + 1)
+    config: Config = _build(Config, raw, "", where)
+    config = _apply_env(config, environ, where)
+    _check(config, where)
+    return dataclasses.replace(config, source=where.source, lines=MappingProxyType(dict(where.lines)))
+
+
+def _error_at(config: Config, key: str, message: str) -> ConfigError:
+    line = config.line_of(key)
+    at = f"{config.source}:{line}" if line is not None else config.source
+    return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=config.source)
+
+
+def validate_plugins(
+    config: Config, strategies: Mapping[str, StrategyFactory], meters: Mapping[str, MeterFactory]
+) -> None:
+    """Check modes, strategy options and meter entries against the loaded plugins.
+
+    Builds each configured strategy and meter once (factories do no I/O), so bad
+    plugin options are reported with their line too.
+    """
+    from .clock import SystemClock
+
+    known_s = sorted(strategies)
+    for i, ch in enumerate(config.chargers):
+        if ch.mode not in strategies:
+            raise _error_at(
+                config,
+                f"chargers[{i}].mode",
+                f"unknown strategy {ch.mode!r}{did_you_mean(ch.mode, known_s)}; loaded: {', '.join(known_s)}",
+            )
+        for name, options in ch.strategies.items():
+            key = f"chargers[{i}].strategies.{name}"
+            if name not in strategies:
+                raise _error_at(
+                    config,
+                    key,
+                    f"unknown strategy{did_you_mean(name, known_s)}; loaded: {', '.join(known_s)}",
+                )
+            try:
+                strategies[name](options)
+            except OptionError as exc:
+                raise _error_at(config, f"{key}.{exc.option}", exc.message) from None
+            except ValueError as exc:
+                raise _error_at(config, key, str(exc)) from None
+    known_m = sorted(meters)
+    env = MeterEnv(clock=SystemClock())
+    for i, m in enumerate(config.meters):
+        if m.type not in meters:
+            raise _error_at(
+                config,
+                f"meters[{i}].type",
+                f"unknown meter type {m.type!r}{did_you_mean(m.type, known_m)}; loaded: {', '.join(known_m)}",
+            )
+        try:
+            meters[m.type](m.id, m.options, env)
+        except OptionError as exc:
+            raise _error_at(config, f"meters[{i}].options.{exc.option}", exc.message) from None
+        except ValueError as exc:
+            raise _error_at(config, f"meters[{i}].options", str(exc)) from None
+
+
+def to_limits(charger: ChargerEntry, stale_after_s: float) -> Limits:
+    """The governor's limits for one configured charger."""
+    from .governor import Limits
+
+    lim = charger.limits
+    return Limits(
+        fuse_limit_a=lim.fuse_limit_a,
+        cable_max_a=lim.cable_max_a,
+        min_current_a=MIN_CURRENT_A,
+        soft_pause_a=lim.soft_pause_a,
+        default_pause=lim.pause,
+        current_change_interval_s=CURRENT_CHANGE_INTERVAL_S,
+        release_toggle_interval_s=RELEASE_TOGGLE_INTERVAL_S,
+        pause_resume_interval_s=lim.pause_resume_interval_min * 60.0,
+        phase_switch_interval_s=lim.phase_switch_interval_min * 60.0,
+        stale_after_s=stale_after_s,
+    )

@@ -1,0 +1,94 @@
+"""``surplus check-config FILE`` and ``surplus plugins``.
+
+Both only read: no hardware, no network, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pluggy
+
+from .config import Config, ConfigError, load_config, validate_plugins
+from .meter import MeterFactory
+from .plugins import PluginError, collect_meters, collect_strategies, describe_plugins, make_plugin_manager
+from .strategy import StrategyFactory
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checked:
+    """A config validated against the plugins it loads."""
+
+    config: Config
+    pm: pluggy.PluginManager
+    strategies: dict[str, StrategyFactory]
+    meters: dict[str, MeterFactory]
+
+
+def load_checked(
+    path: str | None, environ: dict[str, str] | None = None, *, load_entrypoints: bool = True
+) -> Checked:
+    """Load the config, then its plugins (honouring ``plugins.blocked``), then check one against the other.
+
+    :raises ConfigError: the config or its plugin names/options are wrong.
+    :raises PluginError: two plugins register the same name.
+    :raises pluggy.PluginValidationError: a plugin implements an unknown hook.
+    """
+    config = load_config(path, os.environ if environ is None else environ)
+    pm = make_plugin_manager(load_entrypoints=load_entrypoints, blocked=config.plugins.blocked)
+    strategies = collect_strategies(pm)
+    meters = collect_meters(pm)
+    validate_plugins(config, strategies, meters)
+    return Checked(config=config, pm=pm, strategies=strategies, meters=meters)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        checked = load_checked(args.file)
+    except (ConfigError, PluginError, pluggy.PluginValidationError) as exc:
+        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        return 2
+    c = checked.config
+    print(f"{args.file}: ok ({len(c.chargers)} chargers, {len(c.meters)} meters)")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    blocked: tuple[str, ...] = ()
+    if args.config:
+        try:
+            blocked = load_config(args.config, os.environ).plugins.blocked
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    try:
+        pm = make_plugin_manager(blocked=blocked)
+        infos = describe_plugins(pm)
+    except (PluginError, pluggy.PluginValidationError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.json:
+        rows: list[dict[str, Any]] = [asdict(i) for i in infos]
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max((len(i.name) for i in infos), default=0)
+    for i in infos:
+        print(f"{i.name:<{width}}  {i.source:<20}  {', '.join(i.provides) or '-'}")
+    for name in blocked:
+        print(f"{name:<{width}}  blocked")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("check-config", help="validate a config file (touches no hardware)")
+    p.add_argument("file", metavar="FILE", help="YAML config to check")
+    p.set_defaults(func=_cmd_check)
+    p = sub.add_parser("plugins", help="list loaded plugins, where they come from and what they provide")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-c", "--config", help="honour this config's plugins.blocked")
+    p.set_defaults(func=_cmd_plugins)

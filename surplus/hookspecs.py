@@ -1,0 +1,54 @@
+"""Every extension point of surplus, in one place.
+
+Plugins implement these with ``@surplus.hookspecs.hookimpl`` (or any function whose name
+starts with ``surplus_``: the plugin manager treats the prefix as a hook, so a
+misspelled name fails at start-up instead of being ignored). Hook calls take
+keyword arguments only. Keep this list short: a plugin registers what it
+provides, and the controller calls what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+from .meter import MeterFactory
+from .strategy import StrategyFactory
+
+PROJECT = "surplus"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: ``register(name, factory)``: hands one strategy factory to surplus.
+RegisterStrategy = Callable[[str, StrategyFactory], None]
+#: ``register(type_name, factory)``: hands one meter factory to surplus.
+RegisterMeter = Callable[[str, MeterFactory], None]
+
+
+@hookspec
+def surplus_register_strategies(register: RegisterStrategy) -> None:
+    """Register charging strategies.
+
+    Call ``register(name, factory)`` once per strategy. ``name`` is what a
+    charger's ``mode`` selects in the config (e.g. ``"fixed"``); ``factory``
+    takes the strategy's options mapping and returns a
+    :class:`surplus.strategy.Strategy`. Two plugins registering the same name is
+    an error at start-up; block one of them (``plugins.blocked``) to replace it.
+
+    :param register: callback taking ``(name: str, factory: StrategyFactory)``.
+    """
+
+
+@hookspec
+def surplus_register_meters(register: RegisterMeter) -> None:
+    """Register grid-meter types.
+
+    Call ``register(type_name, factory)`` once per meter type. ``type_name`` is
+    what a ``meters`` entry's ``type`` selects (e.g. ``"simulated"``);
+    ``factory(meter_id, options, env)`` returns a :class:`surplus.meter.Meter`
+    without doing I/O. Duplicate type names are an error at start-up.
+
+    :param register: callback taking ``(type_name: str, factory: MeterFactory)``.
+    """

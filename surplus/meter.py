@@ -1,0 +1,49 @@
+"""The grid-meter contract.
+
+A meter plugin registers a :data:`MeterFactory` under a type name (``type:`` in
+a config's ``meters`` list). Constructing a meter validates its options and does
+no I/O, so ``surplus check-config`` can build one without touching a network;
+``start`` connects, ``read`` returns one reading, ``stop`` releases everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .clock import Clock
+from .types import MeterReading
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterEnv:
+    """What the controller hands every meter."""
+
+    clock: Clock
+    #: Total power the configured chargers draw now (W). Real meters measure it
+    #: themselves; the simulated meter needs it to compute grid power.
+    charger_power_w: Callable[[], float] | None = None
+
+
+class Meter(Protocol):
+    """A source of grid power readings (positive = import)."""
+
+    meter_id: str
+
+    async def start(self) -> None:
+        """Connect (may be called again after a failure)."""
+        ...
+
+    async def read(self) -> MeterReading:
+        """One reading; raise an exception with a one-line message when it fails."""
+        ...
+
+    async def stop(self) -> None:
+        """Release connections; must be safe to call twice."""
+        ...
+
+
+#: ``(meter_id, options, env) -> meter``. Raise :class:`surplus.options.OptionError`
+#: (a ``ValueError``) naming the bad option; do no I/O.
+MeterFactory = Callable[[str, Mapping[str, Any], MeterEnv], Meter]

@@ -1,0 +1,50 @@
+"""The strategy contract: a pure function from a snapshot to a decision.
+
+A strategy plugin registers a :data:`StrategyFactory` under a name (the
+charger's ``mode``). The factory validates its options once, at start-up, and
+returns a :class:`Strategy`; ``decide`` is then called on every tick and must
+not do I/O. Whatever it returns still passes the safety governor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .types import Decision, Snapshot
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyContext:
+    """What a strategy sees besides the snapshot."""
+
+    charger_id: str
+    #: ``Clock.now()`` of this tick.
+    now_s: float
+    #: The charger's options for this strategy (already validated by the factory).
+    options: Mapping[str, Any]
+    #: Lowest current the charger may be set to while charging (IEC 61851: 6 A).
+    min_current_a: float
+    #: Highest current the device itself will signal.
+    max_current_a: float
+    #: The hardware can switch between 1 and 3 phases.
+    phases_switchable: bool
+
+
+class Strategy(Protocol):
+    """Turns a snapshot into a decision for one charger."""
+
+    name: str
+
+    def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        """Return a :class:`~surplus.types.Decision` with ``source=Source.STRATEGY``.
+
+        Pure: no I/O, no clock reads (use ``ctx.now_s``), no mutation of the snapshot.
+        """
+        ...
+
+
+#: ``options -> strategy``. Raise :class:`surplus.options.OptionError` (a
+#: ``ValueError``) naming the bad option; do no I/O.
+StrategyFactory = Callable[[Mapping[str, Any]], Strategy]
