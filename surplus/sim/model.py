@@ -1,0 +1,741 @@
+"""The AMTRON as physics: register map, EVSE state machine, EV battery, energy.
+
+Pure and deterministic: time comes from the injected :class:`~surplus.clock.Clock`,
+noise from ``random.Random(seed)``; there is no I/O. Every ``read``/``write``
+first advances the physics to ``clock.now()``, event by event (heartbeat
+deadline, EV accepting the current, end of a phase-switch pause, battery full),
+so the energy does not depend on how often anybody polls.
+
+Behaviour follows the register notes (spec rev. 2.0, layout 1.0.3, plus the
+quirks real units show), strictly enough that a wrong driver gets caught:
+0 A means *no limit*, 0.01-5.99 A is a soft pause, exactly 6.0 A is refused on
+layout <= 1.0.2, a missing heartbeat ends in error 200 that only the sequence
+heartbeat -> release -> current clears, and reads crossing a gap are refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+
+from surplus.clock import Clock
+from surplus.modbus import registers as R
+from surplus.modbus.base import ModbusExceptionReply
+from surplus.modbus.codec import Value, WordOrder, decode, encode
+
+ILLEGAL_FUNCTION = 1
+ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+
+ERROR_EM_UNAVAILABLE = 200
+#: Amps the notes call the IEC minimum; below it (but above 0) is a soft pause.
+MIN_CURRENT_A = 6.0
+MAX_EM_CURRENT_A = 32.0
+MAX_READ_COUNT = 125
+AMBIENT_C = 25.0
+#: Thermal time constant of the box and the rise per amp of total load.
+THERMAL_TAU_S = 600.0
+HEATING_C_PER_A = 0.5
+
+_FC_WRITE_SINGLE = 0x06
+_FC_WRITE_MULTIPLE = 0x10
+#: 0x0706 setting -> maximum EVSE current (22 kW value, 11 kW value).
+_MAX_CURRENT_SETTING = {
+    0: (32, 16),
+    1: (25, 16),
+    2: (20, 16),
+    3: (16, 16),
+    4: (13, 13),
+    5: (10, 10),
+    6: (6, 6),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceProfile:
+    """What kind of box this is. Defaults: an 11 kW Compact 2.0s set up for phase switching."""
+
+    layout_version: int = 0x0103
+    firmware_version: str = "5.22.3"
+    serial_number: str = "SIM0000001"
+    article_number: str = "1320221"
+    max_current_evse_a: float = 16.0
+    max_current_house_a: float = 32.0
+    downgrade_current_a: float = 16.0
+    phase_options_hw: int = 2
+    phase_switching_mode: int = 2
+    grid_phases_connected: int = 2
+    master_lost_fallback_current_a: int = 0
+    phase_switching_pause_s: int = 90
+    voltage_v: float = 230.0
+    heartbeat_timeout_s: float = 10.0
+    solar_min_current_a: int = 6
+    energy_total_kwh: float = 1234.5
+    sessions_total: int = 41
+
+
+PROFILE_11KW = DeviceProfile()
+PROFILE_22KW = DeviceProfile(
+    serial_number="SIM0000022",
+    article_number="1320222",
+    max_current_evse_a=32.0,
+    phase_options_hw=1,
+    phase_switching_mode=1,
+)
+PROFILES = {"11kw": PROFILE_11KW, "22kw": PROFILE_22KW}
+
+
+def profile_by_name(name: str) -> DeviceProfile:
+    """``"11kw"`` or ``"22kw"`` -> its profile; anything else is a ValueError."""
+    try:
+        return PROFILES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown simulator profile {name!r} (choose {', '.join(PROFILES)})") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvProfile:
+    """The car: battery, onboard charger, and how long it takes to start drawing."""
+
+    capacity_wh: float = 60000.0
+    soc: float = 0.4
+    max_current_a: float = 16.0
+    phases: int = 3
+    accept_delay_s: float = 2.0
+    target_soc: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteRecord:
+    """One write the model received; ``exception_code`` is set when it was refused."""
+
+    at_s: float
+    register: str
+    value: Value
+    function_code: int
+    exception_code: int | None = None
+
+
+@dataclass(slots=True)
+class SimRecord:
+    """What a driver did to the box, for assertions in tests."""
+
+    writes: list[WriteRecord] = field(default_factory=list)
+    heartbeats: list[float] = field(default_factory=list)
+    #: (at_s, amps) of every accepted CHARGING_CURRENT_EM write whose value differs from the last.
+    current_changes: list[tuple[float, float]] = field(default_factory=list)
+    reads: int = 0
+
+    @property
+    def worst_heartbeat_gap_s(self) -> float:
+        """Largest gap between two consecutive valid heartbeats (0 with fewer than two)."""
+        beats = self.heartbeats
+        return max((b - a for a, b in itertools.pairwise(beats)), default=0.0)
+
+    @property
+    def current_writes(self) -> list[tuple[float, float]]:
+        """(at_s, amps) of every accepted CHARGING_CURRENT_EM write."""
+        return [
+            (w.at_s, float(w.value))
+            for w in self.writes
+            if w.register == R.CHARGING_CURRENT_EM.name and w.exception_code is None
+        ]
+
+    @property
+    def refused_writes(self) -> list[WriteRecord]:
+        """Writes answered with a Modbus exception."""
+        return [w for w in self.writes if w.exception_code is not None]
+
+
+def _settings_range(name: str, value: int) -> bool:
+    ok: dict[str, bool] = {
+        R.SETTING_MAX_CURRENT_EVSE.name: 0 <= value <= 6,
+        R.SETTING_PHASE_ROTATION.name: 0 <= value <= 2,
+        R.SETTING_CONNECTED_PHASES.name: value in (0, 2),
+        R.SETTING_PHASE_USAGE_SOLAR.name: 0 <= value <= 3,
+        R.SETTING_FALLBACK_CURRENT.name: value in (0, 1) or 6 <= value <= 32,
+        R.SETTING_SOLAR_CHARGING_ACTIVE.name: value in (0, 1),
+        R.SETTING_PHASE_SWITCHING_PAUSE.name: 0 <= value <= 1200,
+    }
+    return ok.get(name, True)
+
+
+class AmtronModel:
+    """One simulated AMTRON wallbox, served word by word like the real firmware."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        profile: DeviceProfile = PROFILE_11KW,
+        seed: int = 0,
+        ev: EvProfile | None = None,
+        word_order: WordOrder = "big",
+    ) -> None:
+        self._clock = clock
+        self.profile = profile
+        self.word_order: WordOrder = word_order
+        self.record = SimRecord()
+        self._rng = random.Random(seed)
+        self._regs = [r for r in R.REGISTERS if r.since_layout <= profile.layout_version]
+        self._at: dict[int, tuple[R.Register, int]] = {}
+        for reg in self._regs:
+            for i in range(reg.count):
+                self._at[reg.address + i] = (reg, i)
+        self._t = clock.now()
+        self._energy_total_wh = profile.energy_total_kwh * 1000.0
+        self._sessions = profile.sessions_total
+        self._temperature_c = AMBIENT_C
+        self._device_error = 0
+        self._downgrade_active = False
+        self._settings: dict[str, int] = {
+            R.SETTING_MAX_CURRENT_EVSE.name: 0,
+            R.SETTING_PHASE_ROTATION.name: 0,
+            R.SETTING_CONNECTED_PHASES.name: profile.grid_phases_connected,
+            R.SETTING_PHASE_USAGE_SOLAR.name: 3 if profile.phase_switching_mode == 2 else 0,
+            R.SETTING_FALLBACK_CURRENT.name: profile.master_lost_fallback_current_a,
+            R.SETTING_SOLAR_CHARGING_ACTIVE.name: 0,
+            R.SETTING_PHASE_SWITCHING_PAUSE.name: profile.phase_switching_pause_s,
+        }
+        self._solar_mode = 0
+        self._lock = 0
+        self._ev: EvProfile | None = None
+        self._soc = 0.0
+        self._session_energy_wh = 0.0
+        self._session_s = 0.0
+        self._session_max_a = 0.0
+        self._detected_phases = 0
+        self._boot()
+        if ev is not None:
+            self.plug_in(ev)
+
+    def _boot(self) -> None:
+        """Volatile EM state after power-up or SYSTEM_RESTART."""
+        self._hb_ref = self._t  # a reboot starts the heartbeat deadline, as on real units
+        self._release = 0
+        self._em_current = 0.0
+        self._em_written = False
+        self._lost = False
+        self._em_error = False
+        self._recovery_step = 0
+        self._requested_phases = 0
+        self._switched_phases = 0
+        self._switch_until: float | None = None
+        self._drawing = False
+        self._accept_at: float | None = None
+
+    # --- inputs from the outside world ------------------------------------
+
+    def plug_in(self, ev: EvProfile) -> None:
+        """Connect a car: a new session starts."""
+        self._advance()
+        self._ev = ev
+        self._soc = ev.soc
+        self._sessions += 1
+        self._session_energy_wh = 0.0
+        self._session_s = 0.0
+        self._session_max_a = 0.0
+        self._detected_phases = 0
+        self._refresh()
+
+    def unplug(self) -> None:
+        """Disconnect the car (session values stay readable, like on the real box)."""
+        self._advance()
+        self._ev = None
+        if self._lost and not self._em_error:
+            self._em_error = True  # fallback only covers a connected car
+        self._refresh()
+
+    def set_error(self, code: int) -> None:
+        """Raise a device error (e.g. 2011); 0 clears it."""
+        self._advance()
+        self._device_error = code
+        self._refresh()
+
+    def set_downgrade(self, active: bool) -> None:
+        """Drive the downgrade input (XG1, §14a)."""
+        self._advance()
+        self._downgrade_active = active
+        self._refresh()
+
+    # --- read-only views for tests ----------------------------------------
+
+    @property
+    def ev(self) -> EvProfile | None:
+        return self._ev
+
+    @property
+    def evse_state(self) -> int:
+        """EVSE_STATE as the box would report it now."""
+        self._advance()
+        return self._evse_state()
+
+    @property
+    def cp_state(self) -> int:
+        self._advance()
+        return self._cp_state()
+
+    @property
+    def error_code(self) -> int:
+        self._advance()
+        return self._error_code()
+
+    @property
+    def signaled_current_a(self) -> float:
+        self._advance()
+        return self._signal()
+
+    @property
+    def charging_current_a(self) -> float:
+        """Amps per phase the car draws now (no measurement noise)."""
+        self._advance()
+        return self._draw_a()
+
+    @property
+    def charging_phases(self) -> int:
+        self._advance()
+        return self._draw_phases() if self._drawing else 0
+
+    @property
+    def charging_power_w(self) -> float:
+        self._advance()
+        return self._power_w()
+
+    @property
+    def em_current_a(self) -> float:
+        return self._em_current
+
+    @property
+    def release(self) -> int:
+        return self._release
+
+    @property
+    def lock(self) -> int:
+        return self._lock
+
+    @property
+    def requested_phases(self) -> int:
+        return self._requested_phases
+
+    @property
+    def switched_phases(self) -> int:
+        return self._switched_phases
+
+    @property
+    def master_lost(self) -> bool:
+        self._advance()
+        return self._lost
+
+    @property
+    def heartbeat_alive(self) -> bool:
+        self._advance()
+        return not self._lost
+
+    @property
+    def soc(self) -> float:
+        self._advance()
+        return self._soc
+
+    @property
+    def energy_total_wh(self) -> float:
+        self._advance()
+        return self._energy_total_wh
+
+    @property
+    def session_energy_wh(self) -> float:
+        self._advance()
+        return self._session_energy_wh
+
+    @property
+    def session_duration_s(self) -> float:
+        self._advance()
+        return self._session_s
+
+    @property
+    def sessions_total(self) -> int:
+        return self._sessions
+
+    @property
+    def temperature_c(self) -> float:
+        self._advance()
+        return self._temperature_c
+
+    @property
+    def phase_switch_pause_active(self) -> bool:
+        self._advance()
+        return self._switch_until is not None
+
+    # --- derived state ----------------------------------------------------
+
+    def _error_code(self) -> int:
+        if self._device_error:
+            return self._device_error
+        return ERROR_EM_UNAVAILABLE if self._em_error else 0
+
+    def _max_evse_a(self) -> float:
+        big, small = _MAX_CURRENT_SETTING[self._settings[R.SETTING_MAX_CURRENT_EVSE.name]]
+        setting = big if self.profile.max_current_evse_a > 16 else small
+        return min(self.profile.max_current_evse_a, float(setting))
+
+    def _fallback_a(self) -> int:
+        return self._settings[R.SETTING_FALLBACK_CURRENT.name]
+
+    def _limit_a(self, requested: float) -> float:
+        """Clamp by the box's own limits ("automatically limited by the configuration")."""
+        limit = min(requested, self._max_evse_a(), self.profile.max_current_house_a)
+        if self._downgrade_active:
+            limit = min(limit, self.profile.downgrade_current_a)
+        return limit
+
+    def _signal(self) -> float:
+        """The current the box signals on CP now."""
+        if self._ev is None or self._error_code() or self._lock or self._switch_until is not None:
+            return 0.0
+        if self._lost:  # fallback mode (otherwise there would be error 200)
+            fb = self._fallback_a()
+            return 0.0 if fb < MIN_CURRENT_A else self._limit_a(float(fb))
+        if not self._release or not self._em_written:
+            return 0.0
+        if self._em_current == 0.0:
+            return self._limit_a(math.inf)  # 0 = no limitation: the device maximum
+        if self._em_current < MIN_CURRENT_A:
+            return 0.0  # soft pause
+        return self._limit_a(self._em_current)
+
+    def _active_phases(self) -> int:
+        if self._switched_phases == 1 or self._settings[R.SETTING_CONNECTED_PHASES.name] == 0:
+            return 1
+        return 3
+
+    def _draw_phases(self) -> int:
+        return min(self._ev.phases, self._active_phases()) if self._ev else 0
+
+    def _draw_a(self) -> float:
+        if not self._drawing or self._ev is None:
+            return 0.0
+        return min(self._signal(), self._ev.max_current_a)
+
+    def _power_w(self) -> float:
+        return self._draw_a() * self._draw_phases() * self.profile.voltage_v
+
+    def _ev_full(self) -> bool:
+        return self._ev is not None and self._soc >= self._ev.target_soc
+
+    def _evse_state(self) -> int:
+        if self._error_code():
+            return 6
+        if self._ev is None:
+            return 1
+        if self._lock:
+            return 2
+        if self._drawing:
+            return 5
+        if self._switch_until is not None or self._signal() > 0:
+            return 4
+        return 3
+
+    def _cp_state(self) -> int:
+        if self._device_error:
+            return 14
+        if self._ev is None:
+            return 10
+        if self._drawing:
+            return 28
+        return 27 if self._signal() > 0 else 11
+
+    def _authorization(self) -> int:
+        if self._ev is None:
+            return 0
+        return 1 if self._release and not self._lock and not self._em_error else 2
+
+    # --- time -------------------------------------------------------------
+
+    def _hb_deadline(self) -> float | None:
+        return None if self._lost else self._hb_ref + self.profile.heartbeat_timeout_s
+
+    def _full_at(self) -> float | None:
+        power = self._power_w()
+        if power <= 0 or self._ev is None:
+            return None
+        remaining_wh = (self._ev.target_soc - self._soc) * self._ev.capacity_wh
+        return self._t + max(0.0, remaining_wh) * 3600.0 / power
+
+    def _advance(self) -> None:
+        """Run the physics from the last update to ``clock.now()``, event by event."""
+        to = self._clock.now()
+        while True:
+            events: list[float] = []
+            deadline = self._hb_deadline()
+            if deadline is not None and deadline < to:
+                events.append(deadline)
+            for at in (self._accept_at, self._switch_until, self._full_at()):
+                if at is not None and at <= to:
+                    events.append(at)
+            nxt = min(events, default=to)
+            self._integrate(max(0.0, nxt - self._t))
+            self._t = max(self._t, nxt)
+            if not events:
+                return
+            self._fire_events()
+
+    def _fire_events(self) -> None:
+        t = self._t
+        deadline = self._hb_deadline()
+        if deadline is not None and deadline <= t:
+            self._lost = True
+            self._recovery_step = 0
+            fb = self._fallback_a()
+            fallback_set = fb == 1 or fb >= MIN_CURRENT_A
+            if self._ev is None or not fallback_set:
+                self._em_error = True
+        if self._switch_until is not None and self._switch_until <= t:
+            self._switch_until = None
+        if self._accept_at is not None and self._accept_at <= t:
+            self._accept_at = None
+            self._drawing = True
+        full = self._full_at()
+        if full is not None and full <= t + 1e-6 and self._ev is not None:  # float residue
+            self._soc = self._ev.target_soc
+        self._refresh()
+
+    def _integrate(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        draw = self._draw_a()
+        power = self._power_w()
+        wh = power * dt / 3600.0
+        self._energy_total_wh += wh
+        if self._ev is not None:
+            self._session_s += dt
+            self._session_energy_wh += wh
+            self._soc = min(self._ev.target_soc, self._soc + wh / self._ev.capacity_wh)
+            if draw > 0:
+                self._session_max_a = max(self._session_max_a, draw)
+                self._detected_phases = max(self._detected_phases, self._draw_phases())
+        target = AMBIENT_C + HEATING_C_PER_A * draw * self._draw_phases()
+        self._temperature_c = target + (self._temperature_c - target) * math.exp(-dt / THERMAL_TAU_S)
+
+    def _refresh(self) -> None:
+        """After any change: start or stop the car according to the signalled current."""
+        if self._signal() > 0 and not self._ev_full():
+            if not self._drawing and self._accept_at is None:
+                assert self._ev is not None
+                self._accept_at = self._t + self._ev.accept_delay_s
+        else:
+            self._drawing = False
+            self._accept_at = None
+
+    # --- the register interface -------------------------------------------
+
+    def _span(self, address: int, count: int, *, writing: bool) -> list[R.Register]:
+        """The whole registers covering ``address .. address+count``; exception 2 otherwise."""
+        regs: list[R.Register] = []
+        a = address
+        end = address + count
+        while a < end:
+            hit = self._at.get(a)
+            if hit is None:
+                raise ModbusExceptionReply(ILLEGAL_ADDRESS, f"no register at 0x{a:04X}")
+            reg, offset = hit
+            allowed = reg.access.writable if writing else reg.access.readable
+            if not allowed:
+                what = "read-only" if writing else "write-only"
+                raise ModbusExceptionReply(ILLEGAL_ADDRESS, f"{reg.name} is {what}")
+            if offset != 0 or reg.end > end:
+                raise ModbusExceptionReply(ILLEGAL_ADDRESS, f"0x{a:04X} splits {reg.name}")
+            regs.append(reg)
+            a = reg.end
+        return regs
+
+    def read(self, address: int, count: int) -> list[int]:
+        """Serve ``count`` words from ``address`` (FC 0x03/0x04), as the firmware would."""
+        if not 1 <= count <= MAX_READ_COUNT:
+            raise ModbusExceptionReply(ILLEGAL_VALUE, f"cannot read {count} registers")
+        regs = self._span(address, count, writing=False)
+        self._advance()
+        self.record.reads += 1
+        values = self._register_values()
+        words: list[int] = []
+        for reg in regs:
+            words.extend(encode(reg, values[reg.name], self.word_order))
+        return words
+
+    def values(self) -> dict[str, Value]:
+        """Every readable register's value now (noise included), by name."""
+        self._advance()
+        return self._register_values()
+
+    def _measurements(self) -> dict[str, Value]:
+        draw = self._draw_a()
+        phases = self._draw_phases() if draw > 0 else 0
+        grid = 3 if self._settings[R.SETTING_CONNECTED_PHASES.name] == 2 else 1
+        out: dict[str, Value] = {}
+        total = 0.0
+        currents = (R.CURRENT_L1, R.CURRENT_L2, R.CURRENT_L3)
+        voltages = (R.VOLTAGE_L1, R.VOLTAGE_L2, R.VOLTAGE_L3)
+        powers = (R.POWER_L1, R.POWER_L2, R.POWER_L3)
+        for i in range(3):
+            amps = max(0.0, draw + self._rng.uniform(-0.05, 0.05)) if i < phases else 0.0
+            volts = self.profile.voltage_v + self._rng.uniform(-1.0, 1.0) if i < grid else 0.0
+            out[currents[i].name] = round(amps, 2)
+            out[voltages[i].name] = round(volts, 1)
+            out[powers[i].name] = round(amps * volts, 1)
+            total += round(amps * volts, 1)
+        out[R.POWER_OVERALL.name] = total
+        out[R.TEMPERATURE.name] = round(self._temperature_c + self._rng.uniform(-0.1, 0.1), 2)
+        return out
+
+    def _register_values(self) -> dict[str, Value]:
+        p = self.profile
+        s = self._settings
+        values: dict[str, Value] = {
+            R.MODBUS_LAYOUT_VERSION.name: p.layout_version,
+            R.FIRMWARE_VERSION.name: p.firmware_version,
+            R.SERIAL_NUMBER.name: p.serial_number,
+            R.ARTICLE_NUMBER.name: p.article_number,
+            R.EVSE_STATE.name: self._evse_state(),
+            R.AUTHORIZATION_STATUS.name: self._authorization(),
+            R.DOWNGRADE_STATUS.name: 0 if self._ev is None else (2 if self._downgrade_active else 1),
+            R.PHASE_ROTATION_STATUS.name: s[R.SETTING_PHASE_ROTATION.name],
+            R.CP_STATE.name: self._cp_state(),
+            R.SIGNALED_CURRENT.name: self._signal(),
+            R.DOWNGRADE_CURRENT.name: p.downgrade_current_a,
+            R.CHARGING_CURRENT_EM.name: self._em_current,
+            R.MAX_CURRENT_HOUSE.name: p.max_current_house_a,
+            R.MAX_CURRENT_EVSE.name: self._max_evse_a(),
+            R.PHASE_SWITCHING_MODE.name: p.phase_switching_mode,
+            R.PHASE_OPTIONS_HW.name: p.phase_options_hw,
+            R.CABLE_LOCK_SETTING.name: 0,
+            R.MASTER_LOST_FALLBACK_CURRENT.name: s[R.SETTING_FALLBACK_CURRENT.name],
+            R.GRID_IMBALANCE.name: 0,
+            R.GRID_IMBALANCE_THRESHOLD.name: 20,
+            R.GRID_PHASES_CONNECTED.name: s[R.SETTING_CONNECTED_PHASES.name],
+            R.AUTHORIZATION_ENABLED.name: 0,
+            R.SOLAR_MIN_CURRENT.name: p.solar_min_current_a,
+            R.PHASE_SWITCHING_PAUSE.name: s[R.SETTING_PHASE_SWITCHING_PAUSE.name],
+            R.SESSION_MAX_CURRENT.name: round(self._session_max_a, 2),
+            R.CHARGED_ENERGY_SESSION.name: self._session_energy_wh / 1000.0,
+            R.SESSION_DURATION.name: int(self._session_s),
+            R.DETECTED_EV_PHASES.name: self._detected_phases,
+            R.CABLE_LOCK_STATUS.name: 1 if self._ev is None else 2,
+            R.SOLAR_CHARGING_MODE.name: self._solar_mode,
+            R.REQUESTED_PHASES.name: self._requested_phases,
+            R.CHARGING_RELEASE_EM.name: self._release,
+            R.LOCK_EVSE.name: self._lock,
+            R.ACTIVE_ERROR_CODE.name: self._error_code(),
+            R.MASTER_LOST_FALLBACK_STATE.name: int(self._lost),
+            R.SWITCHED_PHASES.name: self._switched_phases,
+            R.CHARGED_ENERGY_TOTAL.name: self._energy_total_wh / 1000.0,
+            R.CHARGING_SESSIONS_TOTAL.name: self._sessions,
+        }
+        values.update(s)
+        values.update(self._measurements())
+        return values
+
+    def write(self, address: int, values: list[int], function_code: int) -> None:
+        """Apply a write (FC 0x06 one word, FC 0x10 several); all or nothing."""
+        self._advance()
+        try:
+            if function_code not in (_FC_WRITE_SINGLE, _FC_WRITE_MULTIPLE):
+                raise ModbusExceptionReply(ILLEGAL_FUNCTION, f"function code {function_code} cannot write")
+            if function_code == _FC_WRITE_SINGLE and len(values) != 1:
+                raise ModbusExceptionReply(ILLEGAL_VALUE, "FC 0x06 writes exactly one register")
+            if not values or len(values) > 123 or any(not 0 <= v <= 0xFFFF for v in values):
+                raise ModbusExceptionReply(ILLEGAL_VALUE, "bad register values")
+            regs = self._span(address, len(values), writing=True)
+        except ModbusExceptionReply as exc:
+            self._record(
+                f"0x{address:04X}", values[0] if len(values) == 1 else str(values), function_code, exc.code
+            )
+            raise
+        decoded: list[tuple[R.Register, Value]] = []
+        for reg in regs:
+            lo = reg.address - address
+            decoded.append((reg, decode(reg, values[lo : lo + reg.count], self.word_order)))
+        for reg, value in decoded:
+            try:
+                self._validate(reg, value)
+            except ModbusExceptionReply as exc:
+                self._record(reg.name, value, function_code, exc.code)
+                raise
+        for reg, value in decoded:
+            self._apply(reg, value)
+            self._record(reg.name, value, function_code, None)
+        self._refresh()
+
+    def _record(self, name: str, value: Value, fc: int, code: int | None) -> None:
+        self.record.writes.append(
+            WriteRecord(at_s=self._t, register=name, value=value, function_code=fc, exception_code=code)
+        )
+
+    def _validate(self, reg: R.Register, value: Value) -> None:
+        def refuse(why: str) -> ModbusExceptionReply:
+            return ModbusExceptionReply(ILLEGAL_VALUE, f"{reg.name}: {why}")
+
+        if reg is R.CHARGING_CURRENT_EM:
+            amps = float(value)
+            if math.isnan(amps) or not 0.0 <= amps <= MAX_EM_CURRENT_A:
+                raise refuse(f"{amps} A out of 0..32")
+            if amps == MIN_CURRENT_A and self.profile.layout_version <= 0x0102:
+                raise refuse("exactly 6.0 A is refused by firmware <= 1.0.2")
+            return
+        assert isinstance(value, int)
+        if reg is R.HEARTBEAT_EM and value != R.HEARTBEAT_VALUE:
+            raise refuse(f"0x{value:04X} is not the heartbeat value")
+        if reg is R.REQUESTED_PHASES:
+            if self.profile.phase_options_hw != 2:
+                raise refuse("this unit cannot switch phases")
+            if value not in (0, 1):
+                raise refuse(f"{value} not in 0/1")
+        if reg in (R.CHARGING_RELEASE_EM, R.LOCK_EVSE) and value not in (0, 1):
+            raise refuse(f"{value} not in 0/1")
+        if reg is R.SOLAR_CHARGING_MODE and not 0 <= value <= 3:
+            raise refuse(f"{value} not in 0..3")
+        if reg is R.SYSTEM_RESTART and (value != R.RESTART_VALUE or self._ev is not None):
+            raise refuse("restart needs 0xBB and an idle box")
+        if not _settings_range(reg.name, value):
+            raise refuse(f"{value} out of range")
+
+    def _apply(self, reg: R.Register, value: Value) -> None:
+        if reg is R.HEARTBEAT_EM:
+            self.record.heartbeats.append(self._t)
+            self._hb_ref = self._t
+            if self._em_error:
+                self._recovery_step = max(self._recovery_step, 1)
+            self._lost = False
+        elif reg is R.CHARGING_RELEASE_EM:
+            self._release = int(value)
+            if self._em_error and self._recovery_step >= 1:
+                self._recovery_step = 2 if value == 1 else 1
+        elif reg is R.CHARGING_CURRENT_EM:
+            amps = float(value)
+            if not self.record.current_changes or self.record.current_changes[-1][1] != amps:
+                self.record.current_changes.append((self._t, amps))
+            self._em_current = amps
+            self._em_written = True
+            if self._em_error and self._recovery_step == 2 and not self._lost:
+                self._em_error = False  # heartbeat, release, current: back to normal
+                self._recovery_step = 0
+        elif reg is R.REQUESTED_PHASES:
+            self._request_phases(int(value))
+        elif reg is R.LOCK_EVSE:
+            self._lock = int(value)
+        elif reg is R.SOLAR_CHARGING_MODE:
+            self._solar_mode = int(value)
+        elif reg is R.SYSTEM_RESTART:
+            self._boot()
+        elif reg.name in self._settings:
+            self._settings[reg.name] = int(value)
+
+    def _request_phases(self, phases: int) -> None:
+        if phases == self._requested_phases:
+            return
+        self._requested_phases = phases
+        self._switched_phases = phases  # "to be used when the relay closes"
+        if self._drawing or self._accept_at is not None:
+            # The box runs its own CharIN pause: current to 0 (C2 -> B2), then back.
+            self._switch_until = self._t + self._settings[R.SETTING_PHASE_SWITCHING_PAUSE.name]
+            self._drawing = False
+            self._accept_at = None
