@@ -1,0 +1,365 @@
+"""JSON-RPC 2.0 over a table of methods; the only module that imports jsonrpcserver.
+
+The method table (:class:`MethodSpec` with typed :class:`Param` entries) is the
+single source of truth: the dispatcher validates parameters from it, checks
+authorization from its ``write`` flag, and generates the OpenRPC document that
+``rpc.discover`` returns, so the served methods and their description cannot
+drift apart.
+
+jsonrpcserver does the request/response bookkeeping (method lookup, ids,
+notifications, result objects). It checks neither types nor the request schema
+cheaply, and it sends ``str(exc)`` for uncaught exceptions, so this module
+parses and validates requests itself, validates parameters from the table, and
+turns every unexpected exception into a bare ``-32603 Internal error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jsonrpcserver import Error, Result, Success, async_dispatch_to_serializable
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: Application errors (Node server's code): stale data, refused by the governor, timeouts.
+SERVER_ERROR = -32000
+#: A method that needs ``Authorization: Bearer <token>`` was called without it.
+UNAUTHORIZED = -32001
+
+ParamKind = Literal["number", "integer", "boolean", "string", "time"]
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+_REQUEST_KEYS = frozenset(("jsonrpc", "method", "params", "id"))
+
+
+class RpcError(Exception):
+    """Raised by handlers: becomes a JSON-RPC error object with this code, message and data."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def invalid_params(message: str) -> RpcError:
+    """A ``-32602`` error whose message tells a person what to send instead."""
+    return RpcError(INVALID_PARAMS, message)
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass in Python but not a number in JSON.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Param:
+    """One parameter of a method: its JSON type, range or choices, and whether it is required."""
+
+    name: str
+    kind: ParamKind
+    doc: str
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def describe(self) -> str:
+        """What a valid value looks like, for error messages."""
+        if self.choices is not None:
+            return f"{self.name} must be one of {', '.join(json.dumps(c) for c in self.choices)}"
+        if self.kind == "time":
+            return f"{self.name} must be an ISO 8601 time with a timezone or a number of seconds from now"
+        article = "an" if self.kind == "integer" else "a"
+        text = f"{self.name} must be {article} {self.kind}"
+        if self.minimum is not None and self.maximum is not None:
+            text += f" between {self.minimum:g} and {self.maximum:g}"
+        elif self.minimum is not None:
+            text += f" of at least {self.minimum:g}"
+        return text
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` normalised to its kind, or raise a -32602 :class:`RpcError`."""
+        if self.kind == "boolean":
+            ok = isinstance(value, bool)
+        elif self.kind == "string":
+            ok = isinstance(value, str)
+        elif self.kind == "time":
+            ok = isinstance(value, str) or _is_number(value)
+        elif self.kind == "integer":
+            ok = _is_number(value) and float(value).is_integer()
+            if ok:
+                value = int(value)
+        else:
+            ok = _is_number(value)
+        if ok and self.choices is not None:
+            ok = value in self.choices
+        if ok and self.minimum is not None and value < self.minimum:
+            ok = False
+        if ok and self.maximum is not None and value > self.maximum:
+            ok = False
+        if not ok:
+            raise invalid_params(self.describe())
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        """JSON Schema of the parameter (for OpenRPC)."""
+        if self.kind == "time":
+            return {
+                "oneOf": [
+                    {"type": "string", "format": "date-time"},
+                    {"type": "number", "exclusiveMinimum": 0, "description": "seconds from now"},
+                ]
+            }
+        schema: dict[str, Any] = {"type": self.kind}
+        if self.choices is not None:
+            schema["enum"] = list(self.choices)
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodSpec:
+    """One JSON-RPC method: the table entry the dispatcher and OpenRPC are both made from."""
+
+    name: str
+    doc: str
+    handler: Handler
+    params: tuple[Param, ...] = ()
+    #: Changes something (needs the token when one is configured).
+    write: bool = False
+    #: JSON Schema of the result.
+    result: Mapping[str, Any]
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate positional or named parameters; return the named, normalised values."""
+        if args and kwargs:
+            raise invalid_params("params must be either an array or an object, not both")
+        if len(args) > len(self.params):
+            raise invalid_params(f"{self.name} takes at most {len(self.params)} positional parameter(s)")
+        given = dict(zip((p.name for p in self.params), args, strict=False)) if args else dict(kwargs)
+        known = {p.name for p in self.params}
+        unknown = sorted(k for k in given if k not in known)
+        if unknown:
+            expected = ", ".join(p.name for p in self.params) or "no parameters"
+            raise invalid_params(f"unknown parameter {unknown[0]!r} for {self.name} (expected: {expected})")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in given and given[p.name] is not None:
+                out[p.name] = p.check(given[p.name])
+            elif p.required:
+                raise invalid_params(f"{p.name} is required: {p.describe()}")
+        return out
+
+
+def openrpc_document(methods: Sequence[MethodSpec], *, title: str, version: str) -> dict[str, Any]:
+    """An OpenRPC 1.2 document describing exactly ``methods``."""
+    return {
+        "openrpc": "1.2.6",
+        "info": {"title": title, "version": version},
+        "methods": [
+            {
+                "name": m.name,
+                "description": m.doc,
+                "paramStructure": "either",
+                "params": [
+                    {"name": p.name, "description": p.doc, "required": p.required, "schema": p.schema()}
+                    for p in m.params
+                ],
+                "result": {"name": f"{m.name}Result", "schema": dict(m.result)},
+                "x-write": m.write,
+            }
+            for m in methods
+        ],
+    }
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; echoing them back (e.g. as an id) would produce invalid JSON.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def _parse(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _valid_request(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not obj.keys() <= _REQUEST_KEYS:
+        return False
+    if obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str):
+        return False
+    if "params" in obj and not isinstance(obj["params"], list | dict):
+        return False
+    if "id" in obj:
+        rid = obj["id"]
+        return rid is None or isinstance(rid, str) or _is_number(rid)
+    return True
+
+
+def error_object(code: int, message: str, rid: Any = None) -> dict[str, Any]:
+    """A complete JSON-RPC error response."""
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": rid}
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise a reply; a non-finite float (never valid JSON) becomes null."""
+    try:
+        text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps(_finite(obj), allow_nan=False, separators=(",", ":"))
+    return text.encode()
+
+
+def _log_late_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("RPC write failed after its reply timed out", exc_info=task.exception())
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    authorized: bool
+
+
+class Dispatcher:
+    """Dispatches JSON-RPC request bodies to a method table.
+
+    ``rpc.discover`` is added to the table and describes the whole table,
+    itself included. ``auth_writes``/``auth_reads`` say which methods need an
+    authorized request; the web layer decides what authorized means.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[MethodSpec],
+        *,
+        title: str,
+        version: str,
+        max_batch: int = 50,
+        auth_writes: bool = False,
+        auth_reads: bool = False,
+        call_timeout_s: float = 10.0,
+    ) -> None:
+        discover = MethodSpec(
+            name="rpc.discover",
+            doc="The OpenRPC 1.2 document describing every method of this server.",
+            handler=self._discover,
+            result={"type": "object", "required": ["openrpc", "info", "methods"]},
+        )
+        specs = [*methods, discover]
+        names = [m.name for m in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate method names in the RPC table")
+        self.specs: Mapping[str, MethodSpec] = {m.name: m for m in specs}
+        self._doc = openrpc_document(specs, title=title, version=version)
+        self._max_batch = max_batch
+        self._auth_writes = auth_writes
+        self._auth_reads = auth_reads
+        self._timeout_s = call_timeout_s
+        self._lib_methods = {m.name: self._adapter(m) for m in specs}
+
+    async def _discover(self, _args: dict[str, Any]) -> Any:
+        return self._doc
+
+    def openrpc(self) -> dict[str, Any]:
+        """The document ``rpc.discover`` returns."""
+        return self._doc
+
+    def _adapter(self, spec: MethodSpec) -> Callable[..., Awaitable[Result]]:
+        # ctx is positional-only so any parameter name (even "ctx") lands in kwargs.
+        async def call(ctx: _Context, /, *args: Any, **kwargs: Any) -> Result:
+            try:
+                needs_auth = self._auth_writes if spec.write else self._auth_reads
+                if needs_auth and not ctx.authorized:
+                    raise RpcError(
+                        UNAUTHORIZED,
+                        f"unauthorized: {spec.name} needs the header Authorization: Bearer <token>",
+                    )
+                bound = spec.bind(args, kwargs)
+                if not spec.write:
+                    return Success(await spec.handler(bound))
+                # A write is never cancelled half-way: on timeout the reply says so and the
+                # controller finishes (or refuses) on its own.
+                task = asyncio.ensure_future(spec.handler(bound))
+                try:
+                    return Success(await asyncio.wait_for(asyncio.shield(task), self._timeout_s))
+                except TimeoutError:
+                    task.add_done_callback(_log_late_failure)
+                    raise RpcError(
+                        SERVER_ERROR, f"{spec.name} timed out after {self._timeout_s:g} s"
+                    ) from None
+            except RpcError as exc:
+                if exc.data is None:
+                    return Error(exc.code, exc.message)
+                return Error(exc.code, exc.message, exc.data)
+            except Exception:
+                # Never leak exception text or paths to clients; the log has the traceback.
+                log.exception("RPC method %s failed", spec.name)
+                return Error(INTERNAL_ERROR, "Internal error")
+
+        return call
+
+    async def _one(self, request: dict[str, Any], ctx: _Context) -> dict[str, Any] | None:
+        # The request is already parsed and validated; hand the object straight to the library.
+        reply = await async_dispatch_to_serializable(
+            "",
+            methods=self._lib_methods,
+            context=ctx,
+            deserializer=lambda _text: request,
+            validator=lambda obj: obj,
+        )
+        return reply if isinstance(reply, dict) else None
+
+    async def handle(self, body: bytes, *, authorized: bool) -> bytes | None:
+        """Reply to one HTTP request body; None when there is nothing to send (notifications only)."""
+        ctx = _Context(authorized)
+        try:
+            parsed = _parse(body)
+        except Exception:  # invalid UTF-8, invalid JSON, nesting too deep...
+            return dumps(error_object(PARSE_ERROR, "Parse error"))
+        if isinstance(parsed, list):
+            if not parsed:
+                return dumps(error_object(INVALID_REQUEST, "Invalid request: empty batch"))
+            if len(parsed) > self._max_batch:
+                return dumps(
+                    error_object(
+                        INVALID_REQUEST, f"Invalid request: batch of {len(parsed)} exceeds {self._max_batch}"
+                    )
+                )
+            replies: list[dict[str, Any]] = []
+            # One after another, in order: writes in a batch apply in the order they were sent.
+            for item in parsed:
+                if not _valid_request(item):
+                    replies.append(error_object(INVALID_REQUEST, "Invalid request"))
+                    continue
+                reply = await self._one(item, ctx)
+                if reply is not None:
+                    replies.append(reply)
+            return dumps(replies) if replies else None
+        if not _valid_request(parsed):
+            return dumps(error_object(INVALID_REQUEST, "Invalid request"))
+        reply = await self._one(parsed, ctx)
+        return None if reply is None else dumps(reply)

@@ -1,0 +1,757 @@
+"""The JSON-RPC method table: Node-compatible getters and setters plus controller methods.
+
+Every method the server answers is one :class:`~surplus.jsonrpc.MethodSpec`
+row in :func:`build_methods`. Replies use the Node server's envelope
+``{"success": true, "data": ..., "timestamp": "...Z"}`` with the same ``data``
+shapes; snapshot reads add ``ageSeconds`` and ``chargerId`` next to ``data``.
+
+Policy decisions (see the README's API section):
+
+- Reads come from ``controller.snapshot()``. A charger that was never read,
+  or whose data is older than ``stale_after_s``, gives error -32000
+  ("charger data unavailable" / "charger data stale (age N s)") instead of old
+  numbers. ``health`` always answers and reports the staleness.
+- Writes become overrides (``controller.set_override``); the governor's
+  verdict decides the reply: applied / scheduled / unchanged are
+  ``success: true`` with ``data.status``; refused is error -32000
+  "refused: <reason>" with the reasons in ``error.data``.
+- Parameter errors are -32602 with a message saying what is valid (the Node
+  server used -32000 for these).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import MODES, ControllerAPI, DecisionRecord, Override
+from .jsonrpc import SERVER_ERROR, MethodSpec, Param, RpcError, invalid_params
+from .modbus import registers as R
+from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Command, Decision, Outcome, PauseKind, Verdict
+
+#: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
+MAX_OVERRIDE_S = 7 * 24 * 3600.0
+
+
+def iso_utc(wall_s: float) -> str:
+    """Unix time as ISO 8601 UTC with milliseconds and ``Z`` (like JavaScript's ``toISOString``)."""
+    ms = round(wall_s * 1000)
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def _r(value: float, digits: int = 3) -> float | None:
+    """Round a reading for people; a non-finite value (a garbled register) becomes null."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+# -- JSON Schema helpers for the OpenRPC document ---------------------------------------------
+
+_NUM = {"type": ["number", "null"]}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+
+
+def _obj(**props: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+def _envelope(data: Mapping[str, Any] | None = None, *, message: bool = False) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "success": {"const": True},
+        "timestamp": {"type": "string", "format": "date-time"},
+    }
+    if message:
+        props["message"] = _STR
+    if data is not None:
+        props["data"] = data
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+_UNITS = {"type": "object"}
+_DEVICE_INFO = _obj(
+    modbusVersion=_STR, firmwareVersion=_STR, serialNumber=_STR, maxCurrentEVSE=_NUM, maxCurrentHouse=_NUM
+)
+_STATUS = _obj(
+    evseState=_INT,
+    evseStateText=_STR,
+    cpState=_INT,
+    cpStateText=_STR,
+    authorizationStatus=_INT,
+    authorizationText=_STR,
+    downgrade=_INT,
+    downgradeText=_STR,
+    phaseRotation=_INT,
+    signaledCurrent=_NUM,
+)
+_PHASES3 = _obj(l1=_NUM, l2=_NUM, l3=_NUM, unit=_STR)
+_POWER = _obj(l1=_NUM, l2=_NUM, l3=_NUM, total=_NUM, unit=_STR)
+_ENERGY = _obj(session=_NUM, total=_NUM, unit=_STR)
+_SESSION = _obj(
+    maxCurrent=_NUM,
+    chargedEnergy=_NUM,
+    duration=_INT,
+    durationFormatted=_STR,
+    detectedPhases=_INT,
+    unit=_UNITS,
+)
+_STATISTICS = _obj(totalEnergy=_NUM, totalSessions=_INT, unit=_UNITS)
+_DIAGNOSTICS = _obj(
+    activeErrorCode=_INT, hasError=_BOOL, masterLostFallback=_BOOL, switchedPhases=_INT, temperature=_NUM
+)
+_CONFIGURATION = _obj(
+    maxCurrentHouse=_NUM,
+    maxCurrentEvse=_NUM,
+    phaseSwitchingMode=_INT,
+    phaseOptionsHw=_INT,
+    cableLock=_BOOL,
+    masterLostFallbackCurrent=_INT,
+    gridImbalance=_BOOL,
+    gridPhasesConnected=_INT,
+    authorization=_BOOL,
+)
+_WRITE = _obj(
+    status={"enum": ["applied", "scheduled", "unchanged"]},
+    message=_STR,
+    reasons={"type": "array", "items": _STR},
+    override={"type": ["object", "null"]},
+)
+
+# -- parameters -------------------------------------------------------------------------------
+
+_CHARGER = Param(name="chargerId", kind="string", doc="Charger id (default: the first configured charger).")
+
+
+def _current(name: str, doc: str, *, required: bool) -> Param:
+    return Param(
+        name=name, kind="number", doc=doc, required=required, minimum=MIN_CURRENT_A, maximum=MAX_CURRENT_A
+    )
+
+
+# -- shapes (pure functions of a ChargerState) ------------------------------------------------
+
+
+def device_info(s: ChargerState) -> dict[str, Any]:
+    """``getDeviceInfo`` data."""
+    return {
+        "modbusVersion": s.info.layout_text,
+        "firmwareVersion": s.info.firmware_version,
+        "serialNumber": s.info.serial_number,
+        "maxCurrentEVSE": _r(s.config.max_current_evse_a),
+        "maxCurrentHouse": _r(s.config.max_current_house_a),
+        "articleNumber": s.info.article_number,
+    }
+
+
+def status(s: ChargerState) -> dict[str, Any]:
+    """``getStatus`` data."""
+    return {
+        "evseState": s.evse_state,
+        "evseStateText": R.EVSE_STATE.text(s.evse_state),
+        "cpState": s.cp_state,
+        "cpStateText": R.CP_STATE.text(s.cp_state),
+        "authorizationStatus": s.authorization_status,
+        "authorizationText": R.AUTHORIZATION_STATUS.text(s.authorization_status),
+        "downgrade": s.downgrade_status,
+        "downgradeText": R.DOWNGRADE_STATUS.text(s.downgrade_status),
+        "phaseRotation": s.phase_rotation,
+        "signaledCurrent": _r(s.signaled_current_a),
+        "currentLimit": _r(s.current_limit_a),
+        "chargingRelease": s.charging_release,
+        "locked": s.locked,
+        "activePhases": s.active_phases,
+    }
+
+
+def voltage(s: ChargerState) -> dict[str, Any]:
+    """``getVoltage`` data."""
+    return {"l1": _r(s.voltage_l1_v), "l2": _r(s.voltage_l2_v), "l3": _r(s.voltage_l3_v), "unit": "V"}
+
+
+def current(s: ChargerState) -> dict[str, Any]:
+    """``getCurrent`` data."""
+    return {"l1": _r(s.current_l1_a), "l2": _r(s.current_l2_a), "l3": _r(s.current_l3_a), "unit": "A"}
+
+
+def power(s: ChargerState) -> dict[str, Any]:
+    """``getPower`` data."""
+    return {
+        "l1": _r(s.power_l1_w, 1),
+        "l2": _r(s.power_l2_w, 1),
+        "l3": _r(s.power_l3_w, 1),
+        "total": _r(s.power_total_w, 1),
+        "unit": "W",
+    }
+
+
+def energy(s: ChargerState) -> dict[str, Any]:
+    """``getEnergy`` data (kWh, like the Node server)."""
+    return {"session": _r(s.session_energy_wh / 1000), "total": _r(s.energy_total_wh / 1000), "unit": "kWh"}
+
+
+def format_duration(seconds: int) -> str:
+    """``1823`` -> ``"0h 30m 23s"`` (the Node server's format)."""
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
+
+
+def session(s: ChargerState) -> dict[str, Any]:
+    """``getSessionData`` data."""
+    return {
+        "maxCurrent": _r(s.session_max_current_a),
+        "chargedEnergy": _r(s.session_energy_wh / 1000),
+        "duration": s.session_duration_s,
+        "durationFormatted": format_duration(s.session_duration_s),
+        "detectedPhases": s.detected_phases,
+        "unit": {"current": "A", "energy": "kWh", "duration": "s"},
+    }
+
+
+def statistics(s: ChargerState) -> dict[str, Any]:
+    """``getStatistics`` data."""
+    return {
+        "totalEnergy": _r(s.energy_total_wh / 1000),
+        "totalSessions": s.sessions_total,
+        "unit": {"energy": "kWh"},
+    }
+
+
+def diagnostics(s: ChargerState) -> dict[str, Any]:
+    """``getDiagnostics`` data."""
+    return {
+        "activeErrorCode": s.error_code,
+        "activeErrorText": R.ACTIVE_ERROR_CODE.text(s.error_code),
+        "hasError": s.error_code != 0,
+        "masterLostFallback": s.master_lost_fallback,
+        "switchedPhases": s.switched_phases,
+        "temperature": _r(s.temperature_c, 1),
+    }
+
+
+def configuration(s: ChargerState) -> dict[str, Any]:
+    """``getConfiguration`` data."""
+    c = s.config
+    return {
+        "maxCurrentHouse": _r(c.max_current_house_a),
+        "maxCurrentEvse": _r(c.max_current_evse_a),
+        "phaseSwitchingMode": c.phase_switching_mode,
+        "phaseOptionsHw": c.phase_options_hw,
+        "cableLock": c.cable_lock_setting,
+        "masterLostFallbackCurrent": c.master_lost_fallback_current_a,
+        "gridImbalance": c.grid_imbalance,
+        "gridPhasesConnected": c.grid_phases_connected,
+        "authorization": c.authorization_enabled,
+        "phaseSwitching": s.capabilities.phase_switching,
+    }
+
+
+def all_data(s: ChargerState, timestamp: str) -> dict[str, Any]:
+    """``getAllData`` data (the Node server has it, though its README does not list it)."""
+    return {
+        "deviceInfo": device_info(s),
+        "status": status(s),
+        "measurements": {"voltage": voltage(s), "current": current(s), "power": power(s)},
+        "energy": energy(s),
+        "session": session(s),
+        "diagnostics": diagnostics(s),
+        "configuration": configuration(s),
+        "timestamp": timestamp,
+    }
+
+
+# -- the methods ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Fresh:
+    charger_id: str
+    state: ChargerState
+    age_s: float
+
+
+class _Methods:
+    """Handlers bound to one controller."""
+
+    def __init__(self, controller: ControllerAPI, *, stale_after_s: float) -> None:
+        self.c = controller
+        self.stale_after_s = stale_after_s
+
+    # helpers
+
+    def now_iso(self) -> str:
+        return iso_utc(self.c.clock.wall())
+
+    def wall_at(self, at_s: float) -> str:
+        """A controller clock time (``Clock.now()``) as an ISO wall time."""
+        return iso_utc(self.c.clock.wall() + (at_s - self.c.clock.now()))
+
+    def charger(self, args: Mapping[str, Any]) -> str:
+        ids = self.c.charger_ids
+        cid = args.get("chargerId")
+        if cid is None:
+            if not ids:
+                raise RpcError(SERVER_ERROR, "no charger is configured")
+            return ids[0]
+        if cid not in ids:
+            raise invalid_params(f"chargerId must be one of {', '.join(ids)}")
+        return str(cid)
+
+    def fresh(self, args: Mapping[str, Any]) -> _Fresh:
+        cid = self.charger(args)
+        snap = self.c.snapshot()
+        reading = snap.chargers.get(cid)
+        if reading is None or reading.state is None:
+            raise RpcError(
+                SERVER_ERROR,
+                f"charger data unavailable (charger {cid} has not been read yet)",
+                {"chargerId": cid, "ageSeconds": None, "maxAgeSeconds": self.stale_after_s},
+            )
+        age = reading.age_s + max(0.0, self.c.clock.now() - snap.at_s)
+        if not age <= self.stale_after_s:
+            shown = round(age, 1) if math.isfinite(age) else None
+            raise RpcError(
+                SERVER_ERROR,
+                f"charger data stale (age {age:.1f} s, limit {self.stale_after_s:g} s)",
+                {"chargerId": cid, "ageSeconds": shown, "maxAgeSeconds": self.stale_after_s},
+            )
+        return _Fresh(cid, reading.state, age)
+
+    def reply(self, data: Any, fresh: _Fresh | None = None) -> dict[str, Any]:
+        out = {"success": True, "data": data, "timestamp": self.now_iso()}
+        if fresh is not None:
+            out["ageSeconds"] = round(fresh.age_s, 3)
+            out["chargerId"] = fresh.charger_id
+        return out
+
+    def read(self, shape: Any) -> Any:
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            f = self.fresh(args)
+            return self.reply(shape(f.state), f)
+
+        return handler
+
+    # Node: health and scalar reads
+
+    async def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"success": True, "message": "pong", "timestamp": self.now_iso()}
+
+    async def health(self, _args: dict[str, Any]) -> dict[str, Any]:
+        snap = self.c.snapshot()
+        now = self.c.clock.now()
+        chargers: dict[str, Any] = {}
+        worst = "healthy"
+        for cid in self.c.charger_ids:
+            reading = snap.chargers.get(cid)
+            age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
+            connected = reading is not None and reading.connected
+            fresh = (
+                reading is not None
+                and reading.state is not None
+                and age is not None
+                and age <= self.stale_after_s
+            )
+            state = "healthy" if fresh and connected else "stale" if fresh or connected else "disconnected"
+            if state != "healthy" and worst != "disconnected":
+                worst = state
+            chargers[cid] = {
+                "status": state,
+                "modbusConnected": connected,
+                "ageSeconds": round(age, 3) if age is not None and math.isfinite(age) else None,
+                "lastError": None if reading is None else reading.error,
+            }
+        first = chargers.get(self.c.charger_ids[0]) if self.c.charger_ids else None
+        data = {
+            "status": worst,
+            "modbusConnected": bool(first and first["modbusConnected"]),
+            "uptime": round(now - self.c.started_at_s, 3),
+            "timestamp": self.now_iso(),
+            "maxAgeSeconds": self.stale_after_s,
+            "chargers": chargers,
+        }
+        return self.reply(data)
+
+    async def charging_power(self, args: dict[str, Any]) -> dict[str, Any]:
+        f = self.fresh(args)
+        return self.reply(_r(f.state.power_total_w / 1000), f)
+
+    async def temperature(self, args: dict[str, Any]) -> dict[str, Any]:
+        f = self.fresh(args)
+        return self.reply(_r(f.state.temperature_c, 1), f)
+
+    async def all_data(self, args: dict[str, Any]) -> dict[str, Any]:
+        f = self.fresh(args)
+        return self.reply(all_data(f.state, self.now_iso()), f)
+
+    # Node: writes, as overrides through the governor
+
+    async def apply(self, cid: str, override: Override, message: str) -> dict[str, Any]:
+        verdict = await self.c.set_override(cid, override)
+        reasons = list(verdict.reasons)
+        if verdict.outcome is Outcome.REFUSED:
+            raise RpcError(
+                SERVER_ERROR,
+                f"refused: {reasons[0] if reasons else 'not allowed by the safety governor'}",
+                {"status": "refused", "reasons": reasons, "chargerId": cid},
+            )
+        data: dict[str, Any] = {
+            "status": verdict.outcome.value,
+            "message": message,
+            "reasons": reasons,
+            "override": self.override_json(self.c.get_override(cid) or override),
+            "command": command_json(verdict.command),
+        }
+        if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
+            data["scheduledAt"] = self.wall_at(verdict.retry_at_s)
+        return self.reply(data)
+
+    async def set_charging_current(self, args: dict[str, Any]) -> dict[str, Any]:
+        amps = args["ampere"]
+        ov = Override(charge=True, current_a=float(amps), reason="rpc setChargingCurrent")
+        return await self.apply(self.charger(args), ov, f"Charging current set to {amps:g}A")
+
+    async def start_charging(self, args: dict[str, Any]) -> dict[str, Any]:
+        amps = args.get("current", MIN_CURRENT_A)
+        ov = Override(charge=True, current_a=float(amps), reason="rpc startCharging")
+        return await self.apply(self.charger(args), ov, f"Charging started with {amps:g}A")
+
+    async def resume_charging(self, args: dict[str, Any]) -> dict[str, Any]:
+        amps = args.get("current", MIN_CURRENT_A)
+        ov = Override(charge=True, current_a=float(amps), reason="rpc resumeCharging")
+        return await self.apply(self.charger(args), ov, f"Charging resumed with {amps:g}A")
+
+    async def stop_charging(self, args: dict[str, Any]) -> dict[str, Any]:
+        ov = Override(charge=False, pause_kind=PauseKind.RELEASE, reason="rpc stopCharging")
+        return await self.apply(self.charger(args), ov, "Charging stopped")
+
+    async def pause_charging(self, args: dict[str, Any]) -> dict[str, Any]:
+        ov = Override(charge=False, pause_kind=PauseKind.SOFT, reason="rpc pauseCharging")
+        return await self.apply(self.charger(args), ov, "Charging paused")
+
+    async def set_requested_phases(self, args: dict[str, Any]) -> dict[str, Any]:
+        single = args["phases"] == 1
+        ov = Override(phases=1 if single else 3, reason="rpc setRequestedPhases")
+        return await self.apply(
+            self.charger(args), ov, f"Requested phases set to {'single' if single else 'all'}"
+        )
+
+    async def set_lock(self, args: dict[str, Any]) -> dict[str, Any]:
+        lock = args["lock"]
+        ov = Override(lock=lock, reason="rpc setLock")
+        return await self.apply(self.charger(args), ov, f"EVSE {'locked' if lock else 'unlocked'}")
+
+    # controller methods
+
+    async def get_mode(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args)
+        return self.reply({"chargerId": cid, "mode": self.c.get_mode(cid), "modes": list(MODES)})
+
+    async def set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args)
+        try:
+            self.c.set_mode(cid, args["mode"])
+        except ValueError as exc:
+            # The controller's ValueError is a one-line message meant for people.
+            raise invalid_params(str(exc).splitlines()[0] if str(exc) else "mode not accepted") from None
+        return self.reply({"chargerId": cid, "mode": self.c.get_mode(cid)})
+
+    def until_s(self, value: Any) -> float:
+        clock = self.c.clock
+        if isinstance(value, str):
+            try:
+                at = datetime.fromisoformat(value)
+            except ValueError:
+                raise invalid_params("until must be an ISO 8601 time (e.g. 2024-01-10T12:00:00Z)") from None
+            if at.tzinfo is None:
+                raise invalid_params("until must include a timezone (e.g. 2024-01-10T12:00:00Z)")
+            delta = at.timestamp() - clock.wall()
+        else:
+            delta = float(value)
+        if not 0 < delta <= MAX_OVERRIDE_S:
+            raise invalid_params(
+                f"until must be in the future and at most {MAX_OVERRIDE_S / 86400:g} days ahead"
+            )
+        return clock.now() + delta
+
+    async def set_override(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args)
+        if not args.keys() & {"current", "phases", "charge", "lock"}:
+            raise invalid_params("setOverride needs at least one of current, phases, charge, lock")
+        kind = args.get("pauseKind")
+        ov = Override(
+            charge=args.get("charge"),
+            current_a=float(args["current"]) if "current" in args else None,
+            phases=args.get("phases"),
+            lock=args.get("lock"),
+            pause_kind=PauseKind(kind) if kind is not None else None,
+            until_s=self.until_s(args["until"]) if "until" in args else None,
+            reason="rpc setOverride",
+        )
+        return await self.apply(cid, ov, "Override set")
+
+    async def clear_override(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args)
+        return self.reply({"chargerId": cid, "cleared": self.c.clear_override(cid)})
+
+    async def get_decision(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args)
+        record = self.c.last_decision(cid)
+        return self.reply(None if record is None else self.decision_json(record))
+
+    async def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self.reply(
+            {
+                mid: {
+                    "gridPowerW": _r(m.grid_power_w, 1),
+                    "pvPowerW": None if m.pv_power_w is None else _r(m.pv_power_w, 1),
+                    "housePowerW": None if m.house_power_w is None else _r(m.house_power_w, 1),
+                    "batteryPowerW": None if m.battery_power_w is None else _r(m.battery_power_w, 1),
+                    "ageSeconds": _r(m.age_s),
+                    "error": m.error,
+                }
+                for mid, m in self.c.meters().items()
+            }
+        )
+
+    async def list_plugins(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self.reply(
+            [{"name": p.name, "source": p.source, "provides": list(p.provides)} for p in self.c.plugins()]
+        )
+
+    # JSON shapes of controller objects
+
+    def override_json(self, ov: Override | None) -> dict[str, Any] | None:
+        if ov is None:
+            return None
+        return {
+            "charge": ov.charge,
+            "current": ov.current_a,
+            "phases": ov.phases,
+            "lock": ov.lock,
+            "pauseKind": None if ov.pause_kind is None else ov.pause_kind.value,
+            "until": None if ov.until_s is None else self.wall_at(ov.until_s),
+            "reason": ov.reason,
+        }
+
+    def verdict_json(self, v: Verdict) -> dict[str, Any]:
+        return {
+            "outcome": v.outcome.value,
+            "command": command_json(v.command),
+            "reasons": list(v.reasons),
+            "retryAt": None if v.retry_at_s is None else self.wall_at(v.retry_at_s),
+        }
+
+    def decision_json(self, rec: DecisionRecord) -> dict[str, Any]:
+        return {
+            "at": self.wall_at(rec.at_s),
+            "strategy": rec.strategy,
+            "mode": rec.mode,
+            "decision": decision_json(rec.decision),
+            "verdict": self.verdict_json(rec.verdict),
+            "inputs": {
+                "gridPowerW": rec.grid_power_w,
+                "chargerAgeSeconds": _r(rec.charger_age_s),
+                "override": self.override_json(rec.override),
+            },
+            "reasons": [r for r in (rec.decision.reason, *rec.verdict.reasons) if r],
+        }
+
+
+def command_json(cmd: Command | None) -> dict[str, Any] | None:
+    """A governor command as JSON (None fields: left alone)."""
+    if cmd is None:
+        return None
+    return {"current": cmd.current_a, "release": cmd.release, "phases": cmd.phases, "lock": cmd.lock}
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    """A decision as JSON."""
+    return {
+        "source": d.source.value,
+        "charge": d.charge,
+        "current": d.current_a,
+        "phases": d.phases,
+        "lock": d.lock,
+        "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
+        "reason": d.reason,
+    }
+
+
+def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> list[MethodSpec]:
+    """The method table for ``controller``: what the server dispatches and ``rpc.discover`` describes."""
+    m = _Methods(controller, stale_after_s=stale_after_s)
+    ch = (_CHARGER,)
+
+    def read(name: str, doc: str, shape: Any, data: Mapping[str, Any]) -> MethodSpec:
+        return MethodSpec(name=name, doc=doc, handler=m.read(shape), params=ch, result=_envelope(data))
+
+    def write(name: str, doc: str, handler: Any, params: tuple[Param, ...] = ()) -> MethodSpec:
+        return MethodSpec(
+            name=name,
+            doc=doc,
+            handler=handler,
+            params=(*params, _CHARGER),
+            write=True,
+            result=_envelope(_WRITE),
+        )
+
+    any_obj: dict[str, Any] = {"type": ["object", "null"]}
+    return [
+        MethodSpec(name="ping", doc="Ping; answers pong.", handler=m.ping, result=_envelope(message=True)),
+        MethodSpec(
+            name="health",
+            doc="Server health: status healthy/stale/disconnected, Modbus connection, uptime.",
+            handler=m.health,
+            result=_envelope(_obj(status=_STR, modbusConnected=_BOOL, uptime=_NUM, timestamp=_STR)),
+        ),
+        read(
+            "getDeviceInfo",
+            "Firmware, serial number, Modbus layout version, current limits.",
+            device_info,
+            _DEVICE_INFO,
+        ),
+        read(
+            "getStatus", "EVSE state, CP state, authorization, downgrade, signalled current.", status, _STATUS
+        ),
+        read("getVoltage", "Voltage per phase (V).", voltage, _PHASES3),
+        read("getCurrent", "Current per phase (A).", current, _PHASES3),
+        read("getPower", "Power per phase and total (W).", power, _POWER),
+        MethodSpec(
+            name="getChargingPower",
+            doc="Total charging power in kW (data is a number).",
+            handler=m.charging_power,
+            params=ch,
+            result=_envelope(_NUM),
+        ),
+        MethodSpec(
+            name="getTemperature",
+            doc="EVSE internal temperature in °C (data is a number).",
+            handler=m.temperature,
+            params=ch,
+            result=_envelope(_NUM),
+        ),
+        read("getEnergy", "Session and total energy (kWh).", energy, _ENERGY),
+        read("getSessionData", "Current session: max current, energy, duration, phases.", session, _SESSION),
+        read("getStatistics", "Lifetime energy and session count.", statistics, _STATISTICS),
+        write(
+            "setChargingCurrent",
+            "Charge at this current (override through the safety governor).",
+            m.set_charging_current,
+            (_current("ampere", "Charging current in A.", required=True),),
+        ),
+        write(
+            "startCharging",
+            "Start charging at this current (default 6 A).",
+            m.start_charging,
+            (_current("current", "Charging current in A (default 6).", required=False),),
+        ),
+        write("stopCharging", "Stop charging: charging release off.", m.stop_charging),
+        write("pauseCharging", "Pause charging without releasing (soft pause).", m.pause_charging),
+        write(
+            "resumeCharging",
+            "Resume charging at this current (default 6 A).",
+            m.resume_charging,
+            (_current("current", "Charging current in A (default 6).", required=False),),
+        ),
+        write(
+            "setRequestedPhases",
+            "Request all phases (0) or a single phase (1); needs phase-switching hardware.",
+            m.set_requested_phases,
+            (
+                Param(
+                    name="phases",
+                    kind="integer",
+                    doc="0 = all phases, 1 = single phase.",
+                    required=True,
+                    choices=(0, 1),
+                ),
+            ),
+        ),
+        write(
+            "setLock",
+            "Lock (true) or unlock (false) the EVSE.",
+            m.set_lock,
+            (Param(name="lock", kind="boolean", doc="true locks, false unlocks.", required=True),),
+        ),
+        read(
+            "getDiagnostics",
+            "Active error code, fallback state, switched phases, temperature.",
+            diagnostics,
+            _DIAGNOSTICS,
+        ),
+        read("getConfiguration", "Installer configuration of the charger.", configuration, _CONFIGURATION),
+        MethodSpec(
+            name="getAllData",
+            doc="Everything the getters return, in one reply.",
+            handler=m.all_data,
+            params=ch,
+            result=_envelope({"type": "object"}),
+        ),
+        MethodSpec(
+            name="getMode",
+            doc="The charger's mode and the modes there are.",
+            handler=m.get_mode,
+            params=ch,
+            result=_envelope(_obj(chargerId=_STR, mode=_STR, modes={"type": "array"})),
+        ),
+        MethodSpec(
+            name="setMode",
+            doc=f"Set the charger's mode ({', '.join(MODES)}).",
+            handler=m.set_mode,
+            params=(
+                Param(name="mode", kind="string", doc="The mode.", required=True, choices=MODES),
+                _CHARGER,
+            ),
+            write=True,
+            result=_envelope(_obj(chargerId=_STR, mode=_STR)),
+        ),
+        MethodSpec(
+            name="setOverride",
+            doc="Override the strategy (merged into the present override) until cleared or until `until`.",
+            handler=m.set_override,
+            params=(
+                _current("current", "Charging current in A.", required=False),
+                Param(name="phases", kind="integer", doc="1 or 3 phases.", choices=(1, 3)),
+                Param(name="charge", kind="boolean", doc="true charges, false pauses."),
+                Param(name="lock", kind="boolean", doc="true locks, false unlocks the EVSE."),
+                Param(
+                    name="pauseKind",
+                    kind="string",
+                    doc="How to pause: soft (0 A signalled) or release (relays open).",
+                    choices=tuple(k.value for k in PauseKind),
+                ),
+                Param(name="until", kind="time", doc="Expiry: ISO 8601 time or seconds from now."),
+                _CHARGER,
+            ),
+            write=True,
+            result=_envelope(_WRITE),
+        ),
+        MethodSpec(
+            name="clearOverride",
+            doc="Drop the override; the strategy resumes on the next tick.",
+            handler=m.clear_override,
+            params=ch,
+            write=True,
+            result=_envelope(_obj(chargerId=_STR, cleared=_BOOL)),
+        ),
+        MethodSpec(
+            name="getDecision",
+            doc="The last decision: what was asked, the governor's verdict, its inputs and reasons.",
+            handler=m.get_decision,
+            params=ch,
+            result=_envelope(any_obj),
+        ),
+        MethodSpec(
+            name="getMeters",
+            doc="The latest grid-meter readings by meter id.",
+            handler=m.get_meters,
+            result=_envelope({"type": "object"}),
+        ),
+        MethodSpec(
+            name="listPlugins",
+            doc="Loaded plugins and what they provide.",
+            handler=m.list_plugins,
+            result=_envelope({"type": "array"}),
+        ),
+    ]

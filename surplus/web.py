@@ -1,0 +1,221 @@
+"""One aiohttp server: ``POST /`` JSON-RPC, ``GET /metrics``, ``GET /healthz``.
+
+Safe by default: it binds 127.0.0.1. Bound beyond loopback it refuses to
+start without a token, and with a token every write method needs
+``Authorization: Bearer <token>`` (reads too when ``auth_reads``). Bodies over
+``max_body_bytes`` get HTTP 413 with a JSON-RPC error; replies never carry
+stack traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .api import ControllerAPI
+from .jsonrpc import INVALID_REQUEST, Dispatcher, dumps, error_object
+from .rpc import build_methods
+
+log = logging.getLogger(__name__)
+
+Metrics = Callable[[], tuple[bytes, str]]
+_JSON = "application/json"
+#: The app's dispatcher (tests read its method table).
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RpcSettings:
+    """Where and how the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    #: Reads need the token too (writes always do when a token is set).
+    auth_reads: bool = False
+    max_body_bytes: int = 65536
+    max_batch: int = 50
+    #: Charger data older than this is refused by the getters (error -32000).
+    stale_after_s: float = 30.0
+    #: Idle keep-alive connections are closed after this long.
+    keepalive_timeout_s: float = 15.0
+    #: The whole request body must arrive within this.
+    read_timeout_s: float = 10.0
+    #: A write waits at most this long for the controller's verdict.
+    call_timeout_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, base: RpcSettings | None = None) -> RpcSettings:
+        """``base`` (or the defaults) with ``RPC_HOST``, ``RPC_PORT`` and ``RPC_TOKEN`` applied."""
+        env = os.environ if env is None else env
+        out = base or cls()
+        if env.get("RPC_HOST"):
+            out = replace(out, host=env["RPC_HOST"])
+        if env.get("RPC_PORT"):
+            try:
+                out = replace(out, port=int(env["RPC_PORT"]))
+            except ValueError:
+                raise ValueError(f"RPC_PORT must be a port number, not {env['RPC_PORT']!r}") from None
+        if env.get("RPC_TOKEN"):
+            out = replace(out, token=env["RPC_TOKEN"])
+        return out
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (one line) for settings the server must not start with."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"RPC port {self.port} is not between 0 and 65535")
+        if self.max_body_bytes < 1024 or self.max_batch < 1:
+            raise ValueError("RPC max_body_bytes must be >= 1024 and max_batch >= 1")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("RPC token is empty")
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"refusing to serve JSON-RPC on {self.host} without a token: set RPC_TOKEN (or rpc.token) "
+                "or bind 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebServer:
+    """A running server; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int, host: str) -> None:
+        self._runner = runner
+        self._site = site
+        self.port = port
+        self.host = host
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def close(self) -> None:
+        """Stop listening and close open connections."""
+        await self._runner.cleanup()
+
+
+def _too_large(limit: int) -> web.Response:
+    body = dumps(error_object(INVALID_REQUEST, f"Invalid request: body exceeds {limit} bytes"))
+    return web.Response(status=413, body=body, content_type=_JSON)
+
+
+def build_app(
+    controller: ControllerAPI, settings: RpcSettings, *, metrics: Metrics | None = None
+) -> web.Application:
+    """The aiohttp application (no socket yet)."""
+    dispatcher = Dispatcher(
+        build_methods(controller, stale_after_s=settings.stale_after_s),
+        title="surplus",
+        version=__version__,
+        max_batch=settings.max_batch,
+        auth_writes=settings.token is not None,
+        auth_reads=settings.token is not None and settings.auth_reads,
+        call_timeout_s=settings.call_timeout_s,
+    )
+    expected = f"Bearer {settings.token}".encode() if settings.token else None
+    limit = settings.max_body_bytes
+
+    async def rpc(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(limit)
+        try:
+            async with asyncio.timeout(settings.read_timeout_s):
+                body = await request.content.read(limit + 1)
+                # read(n) may return less than n before EOF on chunked bodies: keep reading.
+                while len(body) <= limit and not request.content.at_eof():
+                    chunk = await request.content.read(limit + 1 - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+        except TimeoutError:
+            return web.Response(
+                status=408, body=dumps(error_object(INVALID_REQUEST, "request body timed out"))
+            )
+        if len(body) > limit:
+            return _too_large(limit)
+        authorized = expected is None or hmac.compare_digest(
+            request.headers.get("Authorization", "").encode(), expected
+        )
+        reply = await dispatcher.handle(body, authorized=authorized)
+        if reply is None:
+            return web.Response(status=204)
+        return web.Response(body=reply, content_type=_JSON)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        snap = controller.snapshot()
+        now = controller.clock.now()
+        chargers: dict[str, Any] = {}
+        ok = bool(controller.charger_ids)
+        for cid in controller.charger_ids:
+            reading = snap.chargers.get(cid)
+            age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
+            fresh = (
+                reading is not None
+                and reading.state is not None
+                and age is not None
+                and age <= settings.stale_after_s
+            )
+            ok = ok and fresh
+            chargers[cid] = {
+                "fresh": fresh,
+                "ageSeconds": round(age, 3) if fresh and age is not None else None,
+            }
+        body = dumps({"status": "ok" if ok else "stale", "chargers": chargers})
+        return web.Response(status=200 if ok else 503, body=body, content_type=_JSON)
+
+    async def metrics_handler(_request: web.Request) -> web.Response:
+        if metrics is None:
+            raise web.HTTPNotFound(text="metrics are not enabled\n")
+        body, content_type = metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application(client_max_size=limit + 1)
+    app.router.add_post("/", rpc)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app[DISPATCHER] = dispatcher
+    return app
+
+
+async def start_web(
+    controller: ControllerAPI, settings: RpcSettings, *, metrics: Metrics | None = None
+) -> WebServer:
+    """Check ``settings`` (``ValueError`` if unsafe), then serve until ``close()``."""
+    settings.check()
+    app = build_app(controller, settings, metrics=metrics)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=settings.keepalive_timeout_s, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    log.info("JSON-RPC on http://%s:%d/ (token %s)", settings.host, port, "set" if settings.token else "off")
+    return WebServer(runner, site, port, settings.host)

@@ -1,0 +1,509 @@
+"""JSON-RPC methods over real HTTP against the running server (in-memory controller)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+
+from surplus.api import Override
+from surplus.jsonrpc import Dispatcher
+from surplus.types import Command, Outcome, PauseKind, Verdict
+from surplus.web import DISPATCHER, RpcSettings, WebServer, start_web
+
+from .rpc_support import FakeController, sample_decision
+
+pytestmark = pytest.mark.integration
+
+ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+class Client:
+    def __init__(self, server: WebServer, session: aiohttp.ClientSession) -> None:
+        self.url = server.url
+        self.session = session
+        self.next_id = 0
+
+    async def post(self, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        async with self.session.post(self.url, data=data, headers=headers or {}) as resp:
+            raw = await resp.read()
+            return resp.status, (json.loads(raw) if raw else None)
+
+    async def call(self, method: str, params: Any = None, **kw: Any) -> dict[str, Any]:
+        self.next_id += 1
+        req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": self.next_id}
+        if params is not None:
+            req["params"] = params
+        status, reply = await self.post(req, **kw)
+        assert status == 200
+        assert reply["jsonrpc"] == "2.0" and reply["id"] == self.next_id
+        return reply
+
+    async def result(self, method: str, params: Any = None) -> dict[str, Any]:
+        reply = await self.call(method, params)
+        assert "error" not in reply, reply
+        assert reply["result"]["success"] is True
+        assert ISO_MS_Z.match(reply["result"]["timestamp"])
+        return reply["result"]
+
+    async def error(self, method: str, params: Any = None, **kw: Any) -> dict[str, Any]:
+        reply = await self.call(method, params, **kw)
+        assert "result" not in reply, reply
+        return reply["error"]
+
+
+@pytest.fixture
+def ctl() -> FakeController:
+    return FakeController()
+
+
+@pytest.fixture
+async def server(ctl: FakeController) -> AsyncIterator[WebServer]:
+    srv = await start_web(
+        ctl, RpcSettings(port=0), metrics=lambda: (b"surplus_up 1\n", "text/plain; version=0.0.4")
+    )
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def client(server: WebServer) -> AsyncIterator[Client]:
+    async with aiohttp.ClientSession() as session:
+        yield Client(server, session)
+
+
+# -- Node-compatible reads --------------------------------------------------------------------
+
+
+async def test_ping_and_health(client: Client) -> None:
+    pong = await client.result("ping")
+    assert pong["message"] == "pong" and "data" not in pong
+    health = (await client.result("health"))["data"]
+    assert health["status"] == "healthy" and health["modbusConnected"] is True
+    assert health["uptime"] == pytest.approx(100.0)
+    assert ISO_MS_Z.match(health["timestamp"])
+
+
+NODE_SHAPES: dict[str, Any] = {
+    "getDeviceInfo": {
+        "modbusVersion": "1.0.3",
+        "firmwareVersion": "2.0",
+        "serialNumber": "ABC123456",
+        "maxCurrentEVSE": 32.0,
+        "maxCurrentHouse": 32.0,
+    },
+    "getStatus": {
+        "evseState": 5,
+        "evseStateText": "Charging (C2)",
+        "cpState": 28,
+        "cpStateText": "C2 (charging)",
+        "authorizationStatus": 1,
+        "authorizationText": "Authorized (charging released)",
+        "downgrade": 1,
+        "downgradeText": "Charging current not downgraded",
+        "phaseRotation": 0,
+        "signaledCurrent": 16.0,
+    },
+    "getVoltage": {"l1": 230.5, "l2": 231.0, "l3": 229.8, "unit": "V"},
+    "getCurrent": {"l1": 15.2, "l2": 15.1, "l3": 15.3, "unit": "A"},
+    "getPower": {"l1": 3502.6, "l2": 3488.1, "l3": 3511.9, "total": 10502.6, "unit": "W"},
+    "getChargingPower": 10.503,
+    "getTemperature": 42.5,
+    "getEnergy": {"session": 5.234, "total": 1234.567, "unit": "kWh"},
+    "getSessionData": {
+        "maxCurrent": 16.0,
+        "chargedEnergy": 5.234,
+        "duration": 1823,
+        "durationFormatted": "0h 30m 23s",
+        "detectedPhases": 3,
+        "unit": {"current": "A", "energy": "kWh", "duration": "s"},
+    },
+    "getStatistics": {"totalEnergy": 1234.567, "totalSessions": 156, "unit": {"energy": "kWh"}},
+    "getDiagnostics": {
+        "activeErrorCode": 0,
+        "hasError": False,
+        "masterLostFallback": False,
+        "switchedPhases": 0,
+        "temperature": 42.5,
+    },
+    "getConfiguration": {
+        "maxCurrentHouse": 32.0,
+        "maxCurrentEvse": 32.0,
+        "phaseSwitchingMode": 2,
+        "phaseOptionsHw": 2,
+        "cableLock": False,
+        "masterLostFallbackCurrent": 0,
+        "gridImbalance": False,
+        "gridPhasesConnected": 2,
+        "authorization": False,
+    },
+}
+
+
+@pytest.mark.parametrize("method", sorted(NODE_SHAPES))
+async def test_node_read_shapes(client: Client, method: str) -> None:
+    result = await client.result(method, {})
+    expected = NODE_SHAPES[method]
+    data = result["data"]
+    if isinstance(expected, dict):
+        # Every Node key with the Node value; extra keys are allowed.
+        assert {k: data.get(k) for k in expected} == expected
+    else:
+        assert data == expected
+    assert result["ageSeconds"] == 1.0 and result["chargerId"] == "wb1"
+
+
+async def test_get_all_data(client: Client) -> None:
+    data = (await client.result("getAllData"))["data"]
+    assert data["measurements"]["voltage"]["l1"] == 230.5
+    assert data["status"]["evseState"] == 5 and ISO_MS_Z.match(data["timestamp"])
+
+
+async def test_stale_and_missing_data_are_errors(client: Client, ctl: FakeController) -> None:
+    ctl.age_s = 45.0
+    err = await client.error("getStatus")
+    assert err["code"] == -32000 and err["message"].startswith("charger data stale (age 45.0 s")
+    assert err["data"] == {"chargerId": "wb1", "ageSeconds": 45.0, "maxAgeSeconds": 30.0}
+    assert (await client.result("health"))["data"]["status"] == "stale"
+    ctl.state, ctl.age_s = None, float("inf")
+    err = await client.error("getVoltage")
+    assert err["code"] == -32000 and "unavailable" in err["message"]
+    assert (await client.result("health"))["data"]["status"] == "disconnected"
+    # The clock moving on also ages the snapshot.
+    ctl.state, ctl.age_s = FakeController().state, 1.0
+    assert (await client.result("getTemperature"))["data"] == 42.5
+
+
+async def test_nan_reading_becomes_null(client: Client, ctl: FakeController) -> None:
+    from dataclasses import replace
+
+    assert ctl.state is not None
+    ctl.state = replace(ctl.state, temperature_c=float("nan"))
+    assert (await client.result("getTemperature"))["data"] is None
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+WRITES = [
+    (
+        "setChargingCurrent",
+        {"ampere": 16},
+        Override(charge=True, current_a=16.0, reason="rpc setChargingCurrent"),
+    ),
+    ("startCharging", {"current": 10}, Override(charge=True, current_a=10.0, reason="rpc startCharging")),
+    ("startCharging", {}, Override(charge=True, current_a=6.0, reason="rpc startCharging")),
+    ("resumeCharging", {"current": 7.5}, Override(charge=True, current_a=7.5, reason="rpc resumeCharging")),
+    (
+        "stopCharging",
+        {},
+        Override(charge=False, pause_kind=PauseKind.RELEASE, reason="rpc stopCharging"),
+    ),
+    ("pauseCharging", None, Override(charge=False, pause_kind=PauseKind.SOFT, reason="rpc pauseCharging")),
+    ("setRequestedPhases", {"phases": 0}, Override(phases=3, reason="rpc setRequestedPhases")),
+    ("setRequestedPhases", {"phases": 1}, Override(phases=1, reason="rpc setRequestedPhases")),
+    ("setLock", {"lock": True}, Override(lock=True, reason="rpc setLock")),
+    ("setLock", [False], Override(lock=False, reason="rpc setLock")),
+    ("setChargingCurrent", [32], Override(charge=True, current_a=32.0, reason="rpc setChargingCurrent")),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "override"), WRITES)
+async def test_writes_become_overrides(
+    client: Client, ctl: FakeController, method: str, params: Any, override: Override
+) -> None:
+    result = await client.result(method, params)
+    assert ctl.overrides == [("wb1", override)]
+    data = result["data"]
+    assert data["status"] == "applied" and data["reasons"] == [] and isinstance(data["message"], str)
+    assert data["override"]["reason"] == override.reason
+    assert "scheduledAt" not in data
+
+
+async def test_scheduled_unchanged_refused(client: Client, ctl: FakeController) -> None:
+    ctl.next_verdict = Verdict(
+        outcome=Outcome.SCHEDULED,
+        command=Command(charger_id="wb1", current_a=16.0),
+        reasons=("at least 5 s between current changes",),
+        retry_at_s=ctl.clock.now() + 3.5,
+    )
+    data = (await client.result("setChargingCurrent", {"ampere": 16}))["data"]
+    assert data["status"] == "scheduled" and data["reasons"] == ["at least 5 s between current changes"]
+    assert data["scheduledAt"] == "2025-11-24T16:00:03.500Z"  # FakeClock wall start + 3.5 s
+    ctl.next_verdict = Verdict(outcome=Outcome.UNCHANGED)
+    assert (await client.result("setLock", {"lock": False}))["data"]["status"] == "unchanged"
+    ctl.next_verdict = Verdict(outcome=Outcome.REFUSED, reasons=("32 A exceeds the fuse limit of 16 A",))
+    err = await client.error("setChargingCurrent", {"ampere": 32})
+    assert err == {
+        "code": -32000,
+        "message": "refused: 32 A exceeds the fuse limit of 16 A",
+        "data": {"status": "refused", "reasons": ["32 A exceeds the fuse limit of 16 A"], "chargerId": "wb1"},
+    }
+
+
+BAD_PARAMS = [
+    ("setChargingCurrent", {"ampere": 5}, "ampere must be a number between 6 and 32"),
+    ("setChargingCurrent", {"ampere": 33}, "ampere must be a number between 6 and 32"),
+    ("setChargingCurrent", {"ampere": True}, "ampere must be a number between 6 and 32"),
+    ("setChargingCurrent", {"ampere": "16"}, "ampere must be a number between 6 and 32"),
+    ("setChargingCurrent", {}, "ampere is required: ampere must be a number between 6 and 32"),
+    (
+        "setChargingCurrent",
+        {"amps": 16},
+        "unknown parameter 'amps' for setChargingCurrent (expected: ampere, chargerId)",
+    ),
+    ("setChargingCurrent", [16, "wb1", 3], "setChargingCurrent takes at most 2 positional parameter(s)"),
+    ("setChargingCurrent", {"ampere": 16, "chargerId": "wb9"}, "chargerId must be one of wb1"),
+    ("startCharging", {"current": 0}, "current must be a number between 6 and 32"),
+    ("setRequestedPhases", {"phases": 3}, "phases must be one of 0, 1"),
+    ("setRequestedPhases", {"phases": False}, "phases must be one of 0, 1"),
+    ("setLock", {"lock": 1}, "lock must be a boolean"),
+    ("setLock", {}, "lock is required: lock must be a boolean"),
+    ("getStatus", {"verbose": True}, "unknown parameter 'verbose' for getStatus (expected: chargerId)"),
+    ("ping", [1], "ping takes at most 0 positional parameter(s)"),
+    ("setMode", {"mode": "turbo"}, 'mode must be one of "off", "fixed", "pv", "minpv", "schedule"'),
+    ("setMode", {"mode": "schedule"}, "mode schedule needs a schedule in the config"),
+    ("setOverride", {}, "setOverride needs at least one of current, phases, charge, lock"),
+    ("setOverride", {"phases": 2}, "phases must be one of 1, 3"),
+    ("setOverride", {"charge": True, "until": -5}, "until must be in the future and at most 7 days ahead"),
+    (
+        "setOverride",
+        {"charge": True, "until": "tomorrow"},
+        "until must be an ISO 8601 time (e.g. 2024-01-10T12:00:00Z)",
+    ),
+    (
+        "setOverride",
+        {"charge": True, "until": "2025-11-24T17:00:00"},
+        "until must include a timezone (e.g. 2024-01-10T12:00:00Z)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "message"), BAD_PARAMS)
+async def test_bad_params_are_invalid_params(
+    client: Client, ctl: FakeController, method: str, params: Any, message: str
+) -> None:
+    err = await client.error(method, params)
+    assert err["code"] == -32602 and err["message"] == message
+    assert ctl.overrides == [] and ctl.modes == {"wb1": "pv"}
+
+
+# -- controller methods -----------------------------------------------------------------------
+
+
+async def test_modes(client: Client, ctl: FakeController) -> None:
+    data = (await client.result("getMode"))["data"]
+    assert data == {"chargerId": "wb1", "mode": "pv", "modes": ["off", "fixed", "pv", "minpv", "schedule"]}
+    assert (await client.result("setMode", {"mode": "fixed"}))["data"]["mode"] == "fixed"
+    assert ctl.modes == {"wb1": "fixed"}
+
+
+async def test_set_and_clear_override(client: Client, ctl: FakeController) -> None:
+    data = (await client.result("setOverride", {"current": 10, "phases": 1, "until": 3600}))["data"]
+    assert ctl.overrides == [
+        ("wb1", Override(current_a=10.0, phases=1, until_s=ctl.clock.now() + 3600, reason="rpc setOverride"))
+    ]
+    assert data["override"]["until"] == "2025-11-24T17:00:00.000Z"
+    await client.result(
+        "setOverride", {"charge": False, "pauseKind": "soft", "until": "2025-11-24T16:30:00Z"}
+    )
+    assert ctl.overrides[-1][1] == Override(
+        charge=False, pause_kind=PauseKind.SOFT, until_s=ctl.clock.now() + 1800, reason="rpc setOverride"
+    )
+    assert (await client.result("clearOverride"))["data"] == {"chargerId": "wb1", "cleared": True}
+    assert (await client.result("clearOverride"))["data"] == {"chargerId": "wb1", "cleared": False}
+
+
+async def test_decision_meters_plugins(client: Client, ctl: FakeController) -> None:
+    assert (await client.result("getDecision"))["data"] is None
+    ctl.decision = sample_decision()
+    data = (await client.result("getDecision"))["data"]
+    assert data["decision"]["current"] == 10.0 and data["verdict"]["outcome"] == "scheduled"
+    assert data["verdict"]["retryAt"] == "2025-11-24T16:00:02.000Z"
+    assert data["reasons"] == ["surplus 7 kW", "5 s spacing"]
+    assert data["inputs"] == {"gridPowerW": -2500.0, "chargerAgeSeconds": 0.5, "override": None}
+    meters = (await client.result("getMeters"))["data"]
+    assert meters["grid"]["gridPowerW"] == -2500.0 and meters["grid"]["pvPowerW"] == 8000.0
+    plugins = (await client.result("listPlugins"))["data"]
+    assert plugins == [{"name": "fixed", "source": "built-in", "provides": ["strategy:fixed"]}]
+
+
+# -- protocol -------------------------------------------------------------------------------
+
+
+async def test_protocol_errors(client: Client) -> None:
+    assert await client.post(b"{not json") == (
+        200,
+        {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None},
+    )
+    assert (await client.post(b'{"jsonrpc":"2.0","method":"ping","id":NaN}'))[1]["error"]["code"] == -32700
+    assert (await client.post({"method": "ping", "id": 1}))[1]["error"]["code"] == -32600
+    assert (await client.post({"jsonrpc": "2.0", "method": "ping", "id": True}))[1]["error"]["code"] == -32600
+    assert (await client.post([]))[1]["error"]["code"] == -32600
+    err = await client.error("noSuchMethod")
+    assert err["code"] == -32601
+
+
+async def test_batch_and_notifications(client: Client, ctl: FakeController) -> None:
+    status, reply = await client.post(
+        [
+            {"jsonrpc": "2.0", "method": "ping", "id": "a"},
+            {"jsonrpc": "2.0", "method": "setLock", "params": {"lock": True}},  # notification: runs, no reply
+            1,
+            {"jsonrpc": "2.0", "method": "nope", "id": 7},
+        ]
+    )
+    assert status == 200
+    assert [r.get("id") for r in reply] == ["a", None, 7]
+    assert reply[0]["result"]["message"] == "pong"
+    assert reply[1]["error"]["code"] == -32600 and reply[2]["error"]["code"] == -32601
+    assert ctl.overrides == [("wb1", Override(lock=True, reason="rpc setLock"))]
+    assert await client.post({"jsonrpc": "2.0", "method": "ping"}) == (204, None)
+    assert await client.post([{"jsonrpc": "2.0", "method": "ping"}]) == (204, None)
+    status, reply = await client.post([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(51)])
+    assert reply["error"]["code"] == -32600 and "51 exceeds 50" in reply["error"]["message"]
+
+
+async def test_body_limit(client: Client) -> None:
+    big = json.dumps({"jsonrpc": "2.0", "method": "ping", "id": 1, "params": ["x" * 70000]}).encode()
+    status, reply = await client.post(big)
+    assert status == 413 and reply["error"]["code"] == -32600
+
+    async def chunked() -> Any:
+        for _ in range(70):
+            yield b" " * 1000
+
+    async with client.session.post(client.url, data=chunked()) as resp:
+        assert resp.status == 413
+
+
+async def test_internal_error_leaks_nothing(
+    client: Client, ctl: FakeController, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctl.raise_on_override = OSError("/dev/ttyUSB0: secret internals at /srv/surplus/loop.py line 42")
+    with caplog.at_level(logging.ERROR, logger="surplus.jsonrpc"):
+        reply = await client.call("setChargingCurrent", {"ampere": 10})
+    assert reply["error"] == {"code": -32603, "message": "Internal error"}
+    assert "Traceback" in caplog.text or caplog.records[0].exc_info is not None
+    assert (await client.result("ping"))["message"] == "pong"
+
+
+async def test_http_routes(client: Client, server: WebServer, ctl: FakeController) -> None:
+    async with client.session.get(server.url + "healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    async with client.session.get(server.url + "metrics") as resp:
+        assert resp.status == 200 and await resp.read() == b"surplus_up 1\n"
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4"
+    async with client.session.get(server.url) as resp:
+        assert resp.status == 405
+    ctl.age_s = 60.0
+    async with client.session.get(server.url + "healthz") as resp:
+        assert resp.status == 503 and (await resp.json())["status"] == "stale"
+
+
+# -- OpenRPC ----------------------------------------------------------------------------------
+
+
+async def test_discover_matches_dispatch_table(client: Client, server: WebServer) -> None:
+    doc = (await client.call("rpc.discover"))["result"]
+    assert doc["openrpc"].startswith("1.2")
+    documented = {m["name"] for m in doc["methods"]}
+    dispatcher: Dispatcher = server._runner.app[DISPATCHER]
+    assert documented == set(dispatcher.specs)
+    node = set(NODE_SHAPES) | {
+        "ping",
+        "health",
+        "setChargingCurrent",
+        "startCharging",
+        "stopCharging",
+        "pauseCharging",
+        "resumeCharging",
+        "setRequestedPhases",
+        "setLock",
+    }
+    controller = {
+        "getMode",
+        "setMode",
+        "setOverride",
+        "clearOverride",
+        "getDecision",
+        "getMeters",
+        "listPlugins",
+    }
+    assert node | controller | {"rpc.discover", "getAllData"} == documented
+    # Every documented method dispatches (none answers "method not found").
+    for name in documented:
+        reply = await client.call(name, {"mode": "pv"} if name == "setMode" else None)
+        assert reply.get("error", {}).get("code") != -32601, name
+
+
+async def test_results_match_their_openrpc_schema(client: Client, ctl: FakeController) -> None:
+    ctl.decision = sample_decision()
+    doc = (await client.call("rpc.discover"))["result"]
+    args = {
+        "setChargingCurrent": {"ampere": 8},
+        "setRequestedPhases": {"phases": 1},
+        "setLock": {"lock": True},
+    }
+    args |= {"setMode": {"mode": "off"}, "setOverride": {"charge": True}}
+    for m in doc["methods"]:
+        reply = await client.call(m["name"], args.get(m["name"]))
+        assert "result" in reply, (m["name"], reply)
+        jsonschema.validate(reply["result"], m["result"]["schema"])
+        for p in m["params"]:
+            jsonschema.Draft7Validator.check_schema(p["schema"])
+
+
+# -- auth -------------------------------------------------------------------------------------
+
+
+async def test_refuses_open_bind_without_token(ctl: FakeController) -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        await start_web(ctl, RpcSettings(host="0.0.0.0", port=0))
+
+
+async def test_token_guards_writes(ctl: FakeController) -> None:
+    srv = await start_web(ctl, RpcSettings(host="0.0.0.0", port=0, token="s3cret"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(srv, session)
+            client.url = f"http://127.0.0.1:{srv.port}/"
+            await client.result("getStatus")
+            err = await client.error("setChargingCurrent", {"ampere": 10})
+            assert err["code"] == -32001 and "Authorization: Bearer" in err["message"]
+            err = await client.error("setLock", {"lock": True}, headers={"Authorization": "Bearer wrong"})
+            assert err["code"] == -32001
+            assert ctl.overrides == []
+            reply = await client.call("setLock", {"lock": True}, headers={"Authorization": "Bearer s3cret"})
+            assert reply["result"]["data"]["status"] == "applied"
+    finally:
+        await srv.close()
+
+
+async def test_auth_reads(ctl: FakeController) -> None:
+    srv = await start_web(ctl, RpcSettings(port=0, token="t", auth_reads=True))
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(srv, session)
+            assert (await client.error("getStatus"))["code"] == -32001
+            reply = await client.call("getStatus", headers={"Authorization": "Bearer t"})
+            assert reply["result"]["data"]["evseState"] == 5
+    finally:
+        await srv.close()
+
+
+def test_settings_from_env() -> None:
+    s = RpcSettings.from_env({"RPC_HOST": "0.0.0.0", "RPC_PORT": "9090", "RPC_TOKEN": "abc"})
+    assert (s.host, s.port, s.token) == ("0.0.0.0", 9090, "abc")
+    s.check()
+    with pytest.raises(ValueError, match="RPC_PORT must be a port number"):
+        RpcSettings.from_env({"RPC_PORT": "eighty"})
+    with pytest.raises(ValueError, match="without a token"):
+        RpcSettings(host="192.168.1.5").check()
+    RpcSettings(host="::1").check()
