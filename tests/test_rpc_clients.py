@@ -1,0 +1,210 @@
+"""The Node server's README client examples (curl, Python requests, JS jayson) and `surplus call`,
+run unchanged (only the port substituted) against surplus's server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from surplus.api import Override
+from surplus.cli import main as cli_main
+from surplus.types import PauseKind
+from surplus.web import RpcSettings, WebServer, start_web
+
+from .rpc_support import FakeController
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+# The README's curl examples, verbatim.
+README_CURL = """\
+# Get status
+curl -X POST http://localhost:8080 \\
+  -H "Content-Type: application/json" \\
+  -d '{"jsonrpc":"2.0","method":"getStatus","params":{},"id":1}'
+
+# Start charging
+curl -X POST http://localhost:8080 \\
+  -H "Content-Type: application/json" \\
+  -d '{"jsonrpc":"2.0","method":"startCharging","params":{"current":10},"id":1}'
+
+# Set charging current
+curl -X POST http://localhost:8080 \\
+  -H "Content-Type: application/json" \\
+  -d '{"jsonrpc":"2.0","method":"setChargingCurrent","params":{"ampere":16},"id":1}'
+"""
+
+# The README's Python client example, verbatim.
+README_PYTHON = """\
+import requests
+import json
+
+url = 'http://localhost:8080'
+
+def call_rpc(method, params=None):
+    payload = {
+        "jsonrpc": "2.0",
+        "method": method,
+        "params": params or {},
+        "id": 1
+    }
+    response = requests.post(url, json=payload)
+    return response.json()
+
+# Get status
+status = call_rpc('getStatus')
+print(status['result']['data'])
+
+# Start charging
+call_rpc('startCharging', {'current': 10})
+
+# Get power
+power = call_rpc('getChargingPower')
+print(f"Charging power: {power['result']['data']} kW")
+"""
+
+
+@pytest.fixture
+def ctl() -> FakeController:
+    return FakeController()
+
+
+@pytest.fixture
+async def server(ctl: FakeController) -> AsyncIterator[WebServer]:
+    srv = await start_web(ctl, RpcSettings(port=0))
+    yield srv
+    await srv.close()
+
+
+async def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_readme_curl_examples(server: WebServer, ctl: FakeController) -> None:
+    script = README_CURL.replace("localhost:8080", f"localhost:{server.port}")
+    commands = [c for c in script.split("\n\n")]
+    replies = []
+    for command in commands:
+        rc, out, err = await run("sh", "-c", command)
+        assert rc == 0, err
+        replies.append(json.loads(out))
+    assert replies[0]["result"]["data"]["evseStateText"] == "Charging (C2)"
+    assert replies[1]["result"]["data"]["status"] == "applied"
+    assert replies[2]["result"]["success"] is True
+    assert [o.current_a for _, o in ctl.overrides] == [10.0, 16.0]
+
+
+async def test_readme_python_example(server: WebServer, ctl: FakeController) -> None:
+    script = README_PYTHON.replace("localhost:8080", f"localhost:{server.port}")
+    rc, out, err = await run(sys.executable, "-c", script)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert "'evseState': 5" in lines[0]
+    assert lines[1] == "Charging power: 10.503 kW"
+    assert ctl.overrides == [("wb1", Override(charge=True, current_a=10.0, reason="rpc startCharging"))]
+
+
+def _npm_install() -> Path:
+    """Install tests/node's dependencies once into .cache/ (gitignored) and return that directory."""
+    target = REPO / ".cache" / "rpc-node"
+    target.mkdir(parents=True, exist_ok=True)
+    src = (NODE_DIR / "package.json").read_bytes()
+    stamp = target / "package.json"
+    if not (target / "node_modules" / "jayson").is_dir() or not stamp.exists() or stamp.read_bytes() != src:
+        stamp.write_bytes(src)
+        npm = shutil.which("npm")
+        assert npm is not None, "node is installed but npm is not"
+        proc = subprocess.run(
+            [npm, "install", "--prefix", str(target), "--no-audit", "--no-fund"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, f"npm install failed: {proc.stderr[-2000:]}"
+    shutil.copy(NODE_DIR / "readme-example.mjs", target / "readme-example.mjs")
+    return target
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (CI installs it)")
+async def test_readme_jayson_example(server: WebServer, ctl: FakeController) -> None:
+    workdir = await asyncio.to_thread(_npm_install)
+    env = {**os.environ, "RPC_PORT": str(server.port)}
+    rc, out, err = await run(shutil.which("node") or "node", "readme-example.mjs", cwd=workdir, env=env)
+    assert rc == 0, err
+    assert "evseState: 5" in out and "Charging power: 10.503 kW" in out
+    assert ctl.overrides == [
+        ("wb1", Override(charge=True, current_a=10.0, reason="rpc startCharging")),
+        ("wb1", Override(charge=True, current_a=16.0, reason="rpc setChargingCurrent")),
+        ("wb1", Override(charge=False, pause_kind=PauseKind.RELEASE, reason="rpc stopCharging")),
+    ]
+
+
+# -- surplus call -----------------------------------------------------------------------------
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = await asyncio.to_thread(cli_main, ["call", *argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+async def test_surplus_call(
+    server: WebServer, ctl: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"--url={server.url}"
+    rc, out, _ = await cli(capsys, "getStatus", url)
+    assert rc == 0 and json.loads(out)["result"]["data"]["evseState"] == 5
+    assert out.startswith("{\n  ")  # pretty-printed
+    rc, out, _ = await cli(capsys, "setLock", "lock=true", url)
+    assert rc == 0 and ctl.overrides[-1] == ("wb1", Override(lock=True, reason="rpc setLock"))
+    rc, out, _ = await cli(capsys, "setMode", "mode=fixed", "chargerId=wb1", url)
+    assert rc == 0 and ctl.modes["wb1"] == "fixed"
+    rc, out, _ = await cli(capsys, "setChargingCurrent", "ampere=99", url)
+    assert rc == 1 and json.loads(out)["error"]["code"] == -32602
+    rc, out, _ = await cli(capsys, "setChargingCurrent", 'ampere="16"', url)
+    assert rc == 1 and json.loads(out)["error"]["message"] == "ampere must be a number between 6 and 32"
+    rc, out, err = await cli(capsys, "ping", "nonsense", url)
+    assert rc == 2 and "not key=value" in err
+
+
+async def test_surplus_call_connection_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    srv = await start_web(FakeController(), RpcSettings(port=0))
+    port = srv.port
+    await srv.close()
+    rc, out, err = await cli(capsys, "ping", f"--url=http://127.0.0.1:{port}/")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"surplus call: cannot reach http://127.0.0.1:{port}/") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+async def test_surplus_call_token_and_subprocess(ctl: FakeController) -> None:
+    srv = await start_web(ctl, RpcSettings(port=0, token="tok"))
+    try:
+        base = [sys.executable, "-m", "surplus.cli", "call", "stopCharging", f"--url={srv.url}"]
+        env = {k: v for k, v in os.environ.items() if k != "RPC_TOKEN"}
+        rc, out, _ = await run(*base, cwd=REPO, env=env)
+        assert rc == 1 and json.loads(out)["error"]["code"] == -32001
+        rc, out, _ = await run(*base, cwd=REPO, env={**env, "RPC_TOKEN": "tok"})
+        assert rc == 0 and json.loads(out)["result"]["data"]["status"] == "applied"
+    finally:
+        await srv.close()
