@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -99,7 +99,12 @@ class BusConfig:
     timeout_ms: int = _s(1000, lo=50, hi=10_000, unit="ms")
     retries: int = _s(3, lo=0, hi=10)
     reconnect_interval_ms: int = _s(5000, lo=100, hi=600_000, unit="ms")
-    word_order: str = _s("big", choices=("big", "little"))
+    word_order: Literal["big", "little"] = "big"
+
+    @property
+    def parity_code(self) -> str:
+        """Parity as pyserial/pymodbus spell it: "N", "E" or "O"."""
+        return self.parity[0].upper()
 
 
 @dataclass(**_FROZEN)
@@ -249,6 +254,8 @@ class _Where:
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: dict[str, int] = {}
+        #: Key paths set from the environment -> the variable's name.
+        self.from_env: dict[str, str] = {}
 
     def error(self, raw: _Raw | None, key: str, message: str) -> ConfigError:
         if raw is not None and raw.variable is not None:
@@ -362,6 +369,8 @@ def _convert(tp: Any, spec: _Spec, raw: _Raw, key: str, where: _Where) -> Any:
         )
     if tp is Any:
         return _plain(raw)
+    if origin is Literal:
+        spec = dataclasses.replace(spec, choices=args)
     if isinstance(tp, type) and issubclass(tp, PauseKind):
         choices = tuple(k.value for k in tp)
         if value not in choices:
@@ -475,6 +484,7 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Con
         if path[0] == "chargers" and not config.chargers:
             raise where.error(_Raw(text, variable=variable), key, "there is no charger to apply it to")
         config = replace(config, path, variable, text, key)
+        where.from_env[key] = variable
     return config
 
 
@@ -484,7 +494,7 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Con
 def _check(config: Config, where: _Where) -> None:
     def err(key: str, message: str) -> ConfigError:
         line = where.lines.get(key)
-        return where.error(_Raw(None, line) if line else None, key, message)
+        return where.error(_Raw(None, line, where.from_env.get(key)), key, message)
 
     if not config.chargers:
         raise err("chargers", "at least one charger is needed")

@@ -35,7 +35,10 @@ class StrategyContext:
 class Strategy(Protocol):
     """Turns a snapshot into a decision for one charger."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The name it was registered under."""
+        ...
 
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         """Return a :class:`~surplus.types.Decision` with ``source=Source.STRATEGY``.

@@ -1,0 +1,340 @@
+"""Config loading: one-line errors with key and line, env overrides, the shipped configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surplus import cli
+from surplus.config import ENV_VARS, Config, ConfigError, load_config, to_limits
+from surplus.config_cli import load_checked
+from surplus.types import PauseKind
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = [ROOT / "config" / "demo.yaml", ROOT / "config" / "amtron.yaml"]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "surplus.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def check(path: str | None, environ: dict[str, str] | None = None) -> Config:
+    return load_checked(path, environ or {}, load_entrypoints=False).config
+
+
+BAD = [
+    # (name, yaml, key, line, fragment)
+    (
+        "unknown key",
+        "bus:\n  port: sim\n  parit: none\n",
+        "bus.parit",
+        3,
+        "unknown key (did you mean 'parity'?)",
+    ),
+    ("unknown top key", "log: {}\nheartbeet: {}\n", "heartbeet", 2, "did you mean 'heartbeat'?"),
+    ("wrong type", "rpc:\n  port: '8080'\n", "rpc.port", 2, "expected a whole number, got '8080'"),
+    ("wrong type bool", "heartbeat:\n  enabled: yes\n", "heartbeat.enabled", 2, "expected true or false"),
+    ("section not a mapping", "bus: 57600\n", "bus", 1, "expected a mapping"),
+    (
+        "40 A limit",
+        "chargers:\n  - id: wb\n    limits:\n      fuse_limit_a: 40\n",
+        "chargers[0].limits.fuse_limit_a",
+        4,
+        "40 A is above the 32 A the AMTRON allows",
+    ),
+    (
+        "5 A cable",
+        "chargers:\n  - id: wb\n    limits: {cable_max_a: 5}\n",
+        "chargers[0].limits.cable_max_a",
+        3,
+        "5 A is below the 6 A minimum charging current",
+    ),
+    ("bad parity", "bus:\n  parity: mark\n", "bus.parity", 2, "'mark' is not one of none, even, odd"),
+    ("bad baudrate", "bus: {baudrate: 115200}\n", "bus.baudrate", 1, "115200 is not one of 9600"),
+    (
+        "duplicate charger ids",
+        "chargers:\n  - id: wb\n  - id: wb\n",
+        "chargers[1].id",
+        3,
+        "duplicate id 'wb' (also chargers[0])",
+    ),
+    (
+        "duplicate meter ids",
+        "meters:\n  - {id: m, type: simulated}\n  - {id: m, type: simulated}\n",
+        "meters[1].id",
+        3,
+        "duplicate id",
+    ),
+    ("negative tick", "control:\n  tick_s: -1\n", "control.tick_s", 2, "-1 s must be greater than 0 s"),
+    (
+        "heartbeat 12 s",
+        "heartbeat:\n  interval_s: 12\n",
+        "heartbeat.interval_s",
+        2,
+        "12 s is above the 5 s limit",
+    ),
+    ("heartbeat 0 s", "heartbeat:\n  interval_s: 0\n", "heartbeat.interval_s", 2, "must be greater than 0 s"),
+    (
+        "unknown strategy",
+        "chargers:\n  - id: wb\n    mode: fixd\n",
+        "chargers[0].mode",
+        3,
+        "unknown strategy 'fixd' (did you mean 'fixed'?)",
+    ),
+    (
+        "unknown strategy options",
+        "chargers:\n  - id: wb\n    strategies:\n      pvv: {}\n",
+        "chargers[0].strategies.pvv",
+        4,
+        "unknown strategy",
+    ),
+    (
+        "bad strategy option",
+        "chargers:\n  - id: wb\n    strategies:\n      fixed:\n        current_a: 40\n",
+        "chargers[0].strategies.fixed.current_a",
+        5,
+        "40 A is above the maximum 32 A",
+    ),
+    (
+        "unknown meter type",
+        "meters:\n  - id: g\n    type: fronius\n",
+        "meters[0].type",
+        3,
+        "unknown meter type",
+    ),
+    (
+        "bad meter option",
+        "meters:\n  - id: g\n    type: simulated\n    options:\n      cloudiness: 2\n",
+        "meters[0].options.cloudiness",
+        5,
+        "2 is above the maximum 1",
+    ),
+    ("meter without type", "meters:\n  - id: g\n", "meters[0].type", 2, "missing (required)"),
+    (
+        "pause kind",
+        "chargers:\n  - limits: {pause: stop}\n",
+        "chargers[0].limits.pause",
+        2,
+        "not one of release, soft",
+    ),
+    (
+        "soft pause 0 A",
+        "chargers:\n  - limits:\n      soft_pause_a: 0\n",
+        "chargers[0].limits.soft_pause_a",
+        3,
+        "0 A is below the minimum 0.01 A",
+    ),
+    (
+        "pause/resume too often",
+        "chargers:\n  - limits:\n      pause_resume_interval_min: 1\n",
+        "chargers[0].limits.pause_resume_interval_min",
+        3,
+        "the manufacturer requires",
+    ),
+    ("no chargers", "chargers: []\n", "chargers", 1, "at least one charger"),
+    ("bad id", "chargers:\n  - id: 'my box'\n", "chargers[0].id", 2, "letters, digits"),
+    (
+        "stale <= tick",
+        "control:\n  tick_s: 5\n  stale_after_s: 5\n",
+        "control.stale_after_s",
+        3,
+        "longer than tick_s",
+    ),
+    ("bad tcp port", "bus:\n  port: tcp://gw\n", "bus.port", 2, "is not tcp://host:port"),
+    (
+        "device not simulated",
+        "chargers:\n  - device_id: 7\n",
+        "chargers[0].device_id",
+        2,
+        "device 7 is not simulated",
+    ),
+    ("duplicate yaml key", "bus:\n  port: sim\n  port: sim\n", "bus.port", 3, "duplicate key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "line", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_configs_name_key_and_line(
+    tmp_path: Path, yaml_text: str, key: str, line: int, fragment: str
+) -> None:
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        check(path)
+    err = info.value
+    assert str(err).startswith(f"{path}:{line}: {key}: "), str(err)
+    assert fragment in str(err)
+    assert (err.key, err.line) == (key, line)
+    assert "\n" not in str(err)
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bus:\n  port: sim\nchargers: [\n")
+    with pytest.raises(ConfigError, match=r":4: not valid YAML"):
+        load_config(path, {})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read"):
+        load_config("nope.yaml", {})
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    c = check(write(tmp_path, "# nothing\n"))
+    assert c == Config()
+    assert c.meters == ()  # only the demo (no file) adds the simulated meter
+    assert c.chargers[0].mode == "fixed"
+
+
+def test_off_is_a_word_not_false(tmp_path: Path) -> None:
+    # YAML 1.1 reads `off` as False; our loader keeps it the strategy name.
+    c = check(write(tmp_path, "chargers:\n  - mode: off\n    strategies: {off: {}}\n"))
+    assert c.chargers[0].mode == "off"
+    assert "off" in c.chargers[0].strategies
+
+
+def test_defaults_are_the_demo() -> None:
+    assert load_config(None, {}) == load_config(str(SHIPPED[0]), {})
+
+
+def test_config_is_frozen() -> None:
+    c = load_config(None, {})
+    with pytest.raises(AttributeError):
+        c.bus.port = "x"
+    with pytest.raises(TypeError):
+        c.chargers[0].strategies["fixed"]["current_a"] = 1  # type: ignore[index]
+
+
+def test_to_limits() -> None:
+    c = load_config(None, {})
+    limits = to_limits(c.chargers[0], c.control.stale_after_s)
+    assert (limits.fuse_limit_a, limits.cable_max_a, limits.min_current_a) == (16.0, 32.0, 6.0)
+    assert (limits.pause_resume_interval_s, limits.phase_switch_interval_s) == (300.0, 600.0)
+    assert limits.default_pause is PauseKind.RELEASE
+    assert limits.stale_after_s == 10.0
+
+
+ENV_OK = [
+    ({"MODBUS_PORT": "/dev/ttyUSB1"}, lambda c: c.bus.port, "/dev/ttyUSB1"),
+    ({"MODBUS_BAUDRATE": "19200"}, lambda c: c.bus.baudrate, 19200),
+    ({"MODBUS_DATABITS": "8"}, lambda c: c.bus.bytesize, 8),
+    ({"MODBUS_STOPBITS": "1"}, lambda c: c.bus.stopbits, 1),
+    ({"MODBUS_PARITY": "Even"}, lambda c: c.bus.parity, "even"),
+    ({"MODBUS_SLAVE_ID": "50"}, lambda c: c.chargers[0].device_id, 50),
+    ({"MODBUS_TIMEOUT": "2500"}, lambda c: c.bus.timeout_ms, 2500),
+    ({"MODBUS_RECONNECT_INTERVAL": "10000"}, lambda c: c.bus.reconnect_interval_ms, 10000),
+    ({"MODBUS_MAX_RETRIES": "5"}, lambda c: c.bus.retries, 5),
+    ({"HEARTBEAT_ENABLED": "false"}, lambda c: c.heartbeat.enabled, False),
+    ({"HEARTBEAT_ENABLED": "1"}, lambda c: c.heartbeat.enabled, True),
+    ({"RPC_PORT": "9090"}, lambda c: c.rpc.port, 9090),
+    ({"RPC_HOST": "0.0.0.0"}, lambda c: c.rpc.host, "0.0.0.0"),
+    ({"RPC_TOKEN": "s3cret"}, lambda c: c.rpc.token, "s3cret"),
+    ({"LOG_LEVEL": "DEBUG"}, lambda c: c.log.level, "debug"),
+    ({"LOG_FILE": "logs/surplus.log"}, lambda c: c.log.file, "logs/surplus.log"),
+    ({"RPC_PORT": ""}, lambda c: c.rpc.port, 8080),  # empty = unset
+]
+
+
+@pytest.mark.parametrize(("environ", "get", "want"), ENV_OK, ids=[next(iter(e[0])) for e in ENV_OK])
+def test_env_overrides_the_file(environ: dict[str, str], get: object, want: object) -> None:
+    assert get(check(str(SHIPPED[1]), environ)) == want  # type: ignore[operator]
+
+
+ENV_BAD = [
+    ("MODBUS_BAUDRATE", "fast", "bus.baudrate", "not a whole number"),
+    ("MODBUS_BAUDRATE", "115200", "bus.baudrate", "not one of"),
+    ("MODBUS_PARITY", "mark", "bus.parity", "not one of none, even, odd"),
+    ("MODBUS_STOPBITS", "3", "bus.stopbits", "not one of 1, 2"),
+    ("MODBUS_SLAVE_ID", "0", "chargers[0].device_id", "below the minimum 1"),
+    ("MODBUS_SLAVE_ID", "x", "chargers[0].device_id", "not a whole number"),
+    ("MODBUS_TIMEOUT", "-5", "bus.timeout_ms", "below the minimum"),
+    ("HEARTBEAT_ENABLED", "maybe", "heartbeat.enabled", "not true or false"),
+    ("RPC_PORT", "99999", "rpc.port", "above the maximum 65535"),
+    ("LOG_LEVEL", "loud", "log.level", "not one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key", "fragment"), ENV_BAD, ids=[f"{e[0]}={e[1]}" for e in ENV_BAD]
+)
+def test_bad_env_values_name_the_variable(variable: str, value: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check(str(SHIPPED[0]), {variable: value})
+    assert str(info.value).startswith(f"environment {variable}: {key}: ")
+    assert fragment in str(info.value)
+    assert info.value.source == variable
+
+
+def test_env_slave_id_is_checked_against_the_simulator() -> None:
+    with pytest.raises(ConfigError) as info:
+        check(None, {"MODBUS_SLAVE_ID": "7"})
+    assert str(info.value) == (
+        "environment MODBUS_SLAVE_ID: chargers[0].device_id: device 7 is not simulated (simulator.device_ids: [50])"
+    )
+
+
+def test_every_env_variable_is_tested() -> None:
+    tested = {next(iter(e[0])) for e in ENV_OK}
+    assert tested == set(ENV_VARS)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for variable in ENV_VARS:
+        monkeypatch.delenv(variable, raising=False)
+    return {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_pass_check_config(
+    path: Path, clean_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: ok (1 chargers, ")
+
+
+def test_check_config_reports_one_line_and_exits_2(
+    tmp_path: Path, clean_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "chargers:\n  - id: wb\n    limits:\n      fuse_limit_a: 40\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(["check-config", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (
+        captured.err
+        == f"{path}:4: chargers[0].limits.fuse_limit_a: 40 A is above the 32 A the AMTRON allows\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # wrote nothing
+
+
+def test_installed_console_script_checks_shipped_configs(clean_env: dict[str, str]) -> None:
+    script = Path(sys.executable).parent / "surplus"
+    if not script.exists():
+        pytest.skip("the surplus console script is not installed next to this python")
+    for path in SHIPPED:
+        done = subprocess.run(
+            [str(script), "check-config", str(path)],
+            env=clean_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{path}: ok (1 chargers, ")
+    done = subprocess.run(
+        [str(script), "check-config", str(ROOT / "config" / "missing.yaml")],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "missing.yaml: cannot read" in done.stderr

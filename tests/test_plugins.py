@@ -1,0 +1,242 @@
+"""Plugin manager: built-ins, third-party plugins from a real entry point, blocking, loud failures."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+from surplus import cli
+from surplus.config import ConfigError
+from surplus.config_cli import load_checked
+from surplus.plugins import (
+    DEFAULT_PLUGINS,
+    PluginError,
+    collect_meters,
+    collect_strategies,
+    describe_plugins,
+    make_plugin_manager,
+)
+
+MINIMUM_PLUGIN = """
+from surplus.hookspecs import hookimpl
+from surplus.types import Decision, Source
+
+
+class Minimum:
+    name = "minimum"
+
+    def decide(self, snapshot, ctx):
+        return Decision(charger_id=ctx.charger_id, source=Source.STRATEGY, charge=True, current_a=ctx.min_current_a)
+
+
+@hookimpl
+def surplus_register_strategies(register):
+    register("{strategy}", lambda options: Minimum())
+"""
+
+MakeDist = Callable[..., str]
+
+
+@pytest.fixture
+def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeDist]:
+    """Install a tiny distribution (module + *.dist-info with entry_points.txt) on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def make(
+        module: str,
+        source: str,
+        *,
+        dist: str = "surplus-demo-plugin",
+        version: str = "1.2.3",
+        entry: str = "demo",
+    ) -> str:
+        (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8"
+        )
+        (info / "entry_points.txt").write_text(f"[surplus]\n{entry} = {module}\n", encoding="utf-8")
+        modules.append(module)
+        return entry
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_a_fresh_manager_per_call() -> None:
+    a = make_plugin_manager(load_entrypoints=False)
+    b = make_plugin_manager(load_entrypoints=False)
+    assert a is not b
+    extra = types.ModuleType("extra_plugin")
+    a.register(extra, name="extra")
+    assert a.has_plugin("extra") and not b.has_plugin("extra")
+    a.unregister(name="surplus_plugins.off")
+    assert "off" not in collect_strategies(a)
+    assert "off" in collect_strategies(b)
+
+
+def test_default_plugins_load() -> None:
+    pm = make_plugin_manager(load_entrypoints=False)
+    infos = describe_plugins(pm)
+    assert [i.name for i in infos] == list(DEFAULT_PLUGINS)
+    assert {i.source for i in infos} == {"built-in"}
+    assert sorted(collect_strategies(pm)) == ["fixed", "off"]
+    assert sorted(collect_meters(pm)) == ["simulated"]
+    assert {p for i in infos for p in i.provides} == {"strategy:fixed", "strategy:off", "meter:simulated"}
+
+
+def test_hooks_are_called_with_keywords_and_return_lists() -> None:
+    pm = make_plugin_manager(load_entrypoints=False)
+    strategies: dict[str, Any] = {}
+    results = pm.hook.surplus_register_strategies(
+        register=lambda name, factory: strategies.setdefault(name, factory)
+    )
+    assert results == [] and sorted(strategies) == ["fixed", "off"]  # implementations return None
+    meters: dict[str, Any] = {}
+    assert (
+        pm.hook.surplus_register_meters(register=lambda name, factory: meters.setdefault(name, factory)) == []
+    )
+    assert list(meters) == ["simulated"]
+    with pytest.raises(TypeError):
+        pm.hook.surplus_register_meters(lambda *_: None)  # type: ignore[call-arg]  # positional arguments are refused
+
+
+def test_third_party_entry_point_plugin_shows_up(
+    make_dist: MakeDist, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dist("surplus_minimum_plugin", MINIMUM_PLUGIN.format(strategy="minimum"))
+    pm = make_plugin_manager()
+    infos = {i.name: i for i in describe_plugins(pm)}
+    assert infos["demo"].source == "surplus-demo-plugin 1.2.3"
+    assert infos["demo"].provides == ("strategy:minimum",)
+    assert "minimum" in collect_strategies(pm)
+    assert "demo" not in {i.name for i in describe_plugins(make_plugin_manager(load_entrypoints=False))}
+
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    demo = next(line for line in lines if line.startswith("demo "))
+    assert "surplus-demo-plugin 1.2.3" in demo and "strategy:minimum" in demo
+    assert any(line.startswith("surplus_plugins.fixed ") and "built-in" in line for line in lines)
+
+    assert cli.main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"name": "demo", "source": "surplus-demo-plugin 1.2.3", "provides": ["strategy:minimum"]} in rows
+
+
+def test_third_party_strategy_is_usable_in_a_config(make_dist: MakeDist, tmp_path: Path) -> None:
+    make_dist("surplus_minimum_plugin2", MINIMUM_PLUGIN.format(strategy="minimum"))
+    path = tmp_path / "c.yaml"
+    path.write_text("chargers:\n  - id: wb\n    mode: minimum\n", encoding="utf-8")
+    checked = load_checked(str(path), {})
+    assert checked.config.chargers[0].mode == "minimum"
+    assert "minimum" in checked.strategies
+    with pytest.raises(ConfigError, match=r"c.yaml:3: chargers\[0\].mode: unknown strategy 'minimum'"):
+        load_checked(str(path), {}, load_entrypoints=False)
+
+
+def test_duplicate_names_name_both_plugins_and_blocking_resolves(make_dist: MakeDist) -> None:
+    make_dist("surplus_fixed_clone", MINIMUM_PLUGIN.format(strategy="fixed"), entry="myfixed")
+    with pytest.raises(PluginError) as info:
+        collect_strategies(make_plugin_manager())
+    assert "'fixed' is registered by both surplus_plugins.fixed and myfixed" in str(info.value)
+    pm = make_plugin_manager(blocked=["surplus_plugins.fixed"])
+    assert collect_strategies(pm)["fixed"].__module__ == "surplus_fixed_clone"
+
+
+def test_blocking_a_builtin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pm = make_plugin_manager(load_entrypoints=False, blocked=["surplus_plugins.off"])
+    assert "off" not in collect_strategies(pm)
+    assert "surplus_plugins.off" not in {i.name for i in describe_plugins(pm)}
+    assert pm.is_blocked("surplus_plugins.off")
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "chargers:\n  - id: wb\n    mode: off\nplugins:\n  blocked: [surplus_plugins.off]\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_checked(str(path), {}, load_entrypoints=False)
+    assert str(err.value).startswith(f"{path}:3: chargers[0].mode: unknown strategy 'off'")
+    assert cli.main(["plugins", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "surplus_plugins.off" in out and "blocked" in out
+    assert "strategy:off" not in out
+
+
+MISSPELLED = {
+    "decorated": """
+        from surplus.hookspecs import hookimpl
+
+        @hookimpl
+        def surplus_register_stratgies(register):
+            register("x", lambda options: None)
+        """,
+    "undecorated": """
+        def surplus_register_stratgies(register):
+            register("x", lambda options: None)
+        """,
+}
+
+
+@pytest.mark.parametrize("style", sorted(MISSPELLED))
+def test_a_misspelled_hook_fails_loudly_at_check_pending(style: str) -> None:
+    module = types.ModuleType(f"misspelled_{style}")
+    exec(textwrap.dedent(MISSPELLED[style]), module.__dict__)
+    pm = make_plugin_manager(load_entrypoints=False)
+    pm.register(module, name="misspelled")
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook 'surplus_register_stratgies'"):
+        pm.check_pending()
+
+
+def test_a_misspelled_entry_point_plugin_stops_start_up(
+    make_dist: MakeDist, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dist("surplus_misspelled_plugin", MISSPELLED["decorated"], entry="typo")
+    with pytest.raises(pluggy.PluginValidationError, match="surplus_register_stratgies"):
+        make_plugin_manager()
+    assert cli.main(["plugins"]) == 2
+    assert "unknown hook 'surplus_register_stratgies'" in capsys.readouterr().err
+
+
+def test_wrong_hook_arguments_fail_at_registration() -> None:
+    module = types.ModuleType("wrong_args")
+    exec("def surplus_register_meters(reg):\n    pass\n", module.__dict__)
+    pm = make_plugin_manager(load_entrypoints=False)
+    with pytest.raises(pluggy.PluginValidationError, match="reg"):
+        pm.register(module, name="wrong_args")
+
+
+def test_helpers_named_like_hooks_but_not_functions_are_ignored() -> None:
+    module = types.ModuleType("constants")
+    module.surplus_version = "1"  # type: ignore[attr-defined]
+    pm = make_plugin_manager(load_entrypoints=False)
+    pm.register(module, name="constants")
+    pm.check_pending()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('register("", lambda options: None)', "invalid name ''"),
+        ('register("x", 42)', "non-callable factory"),
+    ],
+)
+def test_bad_registrations_are_refused(body: str, fragment: str) -> None:
+    module = types.ModuleType("bad_reg")
+    exec(f"def surplus_register_strategies(register):\n    {body}\n", module.__dict__)
+    pm = make_plugin_manager(load_entrypoints=False)
+    pm.register(module, name="bad_reg")
+    with pytest.raises(PluginError, match=f"plugin bad_reg registered .*{fragment}"):
+        collect_strategies(pm)
