@@ -207,6 +207,12 @@ class AmtronModel:
         self._session_s = 0.0
         self._session_max_a = 0.0
         self._detected_phases = 0
+        # One measurement per instant: several block reads in one poll see the same sample.
+        self._cache: dict[str, Value] | None = None
+        self._cache_t = math.nan
+        self._words: dict[tuple[str, Value], list[int]] = {}
+        self._events: tuple[float, float] | None = None
+        self._spans: dict[tuple[int, int, bool], tuple[R.Register, ...] | tuple[int, str]] = {}
         self._boot()
         if ev is not None:
             self.plug_in(ev)
@@ -462,22 +468,27 @@ class AmtronModel:
         remaining_wh = (self._ev.target_soc - self._soc) * self._ev.capacity_wh
         return self._t + max(0.0, remaining_wh) * 3600.0 / power
 
+    def _next_events(self) -> tuple[float, float]:
+        """(heartbeat deadline, earliest other event); inf when none. Cached until the next change."""
+        if self._events is None:
+            deadline = self._hb_deadline()
+            others = [at for at in (self._accept_at, self._switch_until, self._full_at()) if at is not None]
+            self._events = (math.inf if deadline is None else deadline, min(others, default=math.inf))
+        return self._events
+
     def _advance(self) -> None:
         """Run the physics from the last update to ``clock.now()``, event by event."""
         to = self._clock.now()
         while True:
-            events: list[float] = []
-            deadline = self._hb_deadline()
-            if deadline is not None and deadline < to:
-                events.append(deadline)
-            for at in (self._accept_at, self._switch_until, self._full_at()):
-                if at is not None and at <= to:
-                    events.append(at)
-            nxt = min(events, default=to)
-            self._integrate(max(0.0, nxt - self._t))
-            self._t = max(self._t, nxt)
-            if not events:
+            deadline, other = self._next_events()
+            # "No heartbeat for more than 10 s": a beat at exactly the deadline still counts.
+            nxt = min(deadline if deadline < to else math.inf, other if other <= to else math.inf)
+            if nxt == math.inf:
+                self._integrate(to - self._t)
+                self._t = max(self._t, to)
                 return
+            self._integrate(nxt - self._t)
+            self._t = max(self._t, nxt)
             self._fire_events()
 
     def _fire_events(self) -> None:
@@ -519,6 +530,8 @@ class AmtronModel:
 
     def _refresh(self) -> None:
         """After any change: start or stop the car according to the signalled current."""
+        self._cache = None
+        self._events = None
         if self._signal() > 0 and not self._ev_full():
             if not self._drawing and self._accept_at is None:
                 assert self._ev is not None
@@ -529,8 +542,21 @@ class AmtronModel:
 
     # --- the register interface -------------------------------------------
 
-    def _span(self, address: int, count: int, *, writing: bool) -> list[R.Register]:
+    def _span(self, address: int, count: int, *, writing: bool) -> tuple[R.Register, ...]:
         """The whole registers covering ``address .. address+count``; exception 2 otherwise."""
+        key = (address, count, writing)
+        hit = self._spans.get(key)
+        if hit is None:
+            try:
+                hit = self._find_span(address, count, writing=writing)
+            except ModbusExceptionReply as exc:
+                hit = (exc.code, str(exc))
+            self._spans[key] = hit
+        if isinstance(hit[0], int):
+            raise ModbusExceptionReply(hit[0], str(hit[1]))
+        return hit
+
+    def _find_span(self, address: int, count: int, *, writing: bool) -> tuple[R.Register, ...]:
         regs: list[R.Register] = []
         a = address
         end = address + count
@@ -547,7 +573,7 @@ class AmtronModel:
                 raise ModbusExceptionReply(ILLEGAL_ADDRESS, f"0x{a:04X} splits {reg.name}")
             regs.append(reg)
             a = reg.end
-        return regs
+        return tuple(regs)
 
     def read(self, address: int, count: int) -> list[int]:
         """Serve ``count`` words from ``address`` (FC 0x03/0x04), as the firmware would."""
@@ -556,16 +582,31 @@ class AmtronModel:
         regs = self._span(address, count, writing=False)
         self._advance()
         self.record.reads += 1
-        values = self._register_values()
+        values = self._sample()
         words: list[int] = []
         for reg in regs:
-            words.extend(encode(reg, values[reg.name], self.word_order))
+            words.extend(self._encode(reg, values[reg.name]))
         return words
 
     def values(self) -> dict[str, Value]:
         """Every readable register's value now (noise included), by name."""
         self._advance()
-        return self._register_values()
+        return dict(self._sample())
+
+    def _sample(self) -> dict[str, Value]:
+        if self._cache is None or self._cache_t != self._t:
+            self._cache = self._register_values()
+            self._cache_t = self._t
+        return self._cache
+
+    def _encode(self, reg: R.Register, value: Value) -> list[int]:
+        key = (reg.name, value)
+        words = self._words.get(key)
+        if words is None:
+            if len(self._words) > 4096:
+                self._words.clear()
+            words = self._words[key] = encode(reg, value, self.word_order)
+        return words
 
     def _measurements(self) -> dict[str, Value]:
         draw = self._draw_a()
