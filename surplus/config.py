@@ -22,9 +22,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from yaml.constructor import SafeConstructor
-
+from .config_schema import (
+    ConfigError as ConfigError,
+)
+from .config_schema import (
+    Raw,
+    Spec,
+    Where,
+    build,
+    convert,
+    empty_mapping,
+    fmt,
+    from_python,
+    parse_file,
+    setting,
+)
 from .meter import MeterEnv, MeterFactory
 from .options import OptionError, did_you_mean
 from .strategy import StrategyFactory
@@ -42,36 +54,6 @@ CURRENT_CHANGE_INTERVAL_S = 5.0
 RELEASE_TOGGLE_INTERVAL_S = 5.0
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
-
-class ConfigError(ValueError):
-    """A config problem: one line naming where (file:line or variable) and the key."""
-
-    def __init__(self, message: str, *, key: str = "", line: int | None = None, source: str = "") -> None:
-        super().__init__(message)
-        self.key = key
-        self.line = line
-        self.source = source
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    lo: float | None = None
-    hi: float | None = None
-    gt: float | None = None
-    unit: str = ""
-    above: str | None = None
-    below: str | None = None
-    choices: tuple[Any, ...] | None = None
-
-
-def _s(default: Any, **spec: Any) -> Any:
-    return field(default=default, metadata={"spec": _Spec(**spec)})
-
-
-def _empty() -> Mapping[str, Any]:
-    return MappingProxyType({})
-
-
 _AMPS = {
     "unit": "A",
     "lo": MIN_CURRENT_A,
@@ -84,7 +66,7 @@ _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
 
 @dataclass(**_FROZEN)
 class LogConfig:
-    level: str = _s("info", choices=("debug", "info", "warning", "warn", "error", "critical"))
+    level: str = setting("info", choices=("debug", "info", "warning", "warn", "error", "critical"))
     file: str | None = None
 
 
@@ -92,13 +74,13 @@ class LogConfig:
 class BusConfig:
     #: "sim" (built-in simulator, RTU over TCP on 127.0.0.1), a device path, or tcp://host:port.
     port: str = "sim"
-    baudrate: int = _s(57600, choices=BAUDRATES)
-    bytesize: int = _s(8, choices=(8,))
-    parity: str = _s("none", choices=("none", "even", "odd"))
-    stopbits: int = _s(2, choices=(1, 2))
-    timeout_ms: int = _s(1000, lo=50, hi=10_000, unit="ms")
-    retries: int = _s(3, lo=0, hi=10)
-    reconnect_interval_ms: int = _s(5000, lo=100, hi=600_000, unit="ms")
+    baudrate: int = setting(57600, choices=BAUDRATES)
+    bytesize: int = setting(8, choices=(8,))
+    parity: str = setting("none", choices=("none", "even", "odd"))
+    stopbits: int = setting(2, choices=(1, 2))
+    timeout_ms: int = setting(1000, lo=50, hi=10_000, unit="ms")
+    retries: int = setting(3, lo=0, hi=10)
+    reconnect_interval_ms: int = setting(5000, lo=100, hi=600_000, unit="ms")
     word_order: Literal["big", "little"] = "big"
 
     @property
@@ -110,33 +92,33 @@ class BusConfig:
 @dataclass(**_FROZEN)
 class HeartbeatConfig:
     enabled: bool = True
-    interval_s: float = _s(
+    interval_s: float = setting(
         3.0,
         gt=0,
         hi=5,
         unit="s",
-        above="the 5 s limit (the AMTRON drops its energy manager after 10 s without a heartbeat)",
+        above="the 5 s limit (the AMTRON treats its energy manager as lost after 10 s without one)",
     )
 
 
 @dataclass(**_FROZEN)
 class ControlConfig:
-    tick_s: float = _s(1.0, gt=0, hi=60, unit="s")
+    tick_s: float = setting(1.0, gt=0, hi=60, unit="s")
     #: What a charger does when its strategy or data fails: hold 6 A, or pause.
-    fallback: str = _s("hold_min", choices=("hold_min", "pause"))
-    stale_after_s: float = _s(10.0, gt=0, hi=3600, unit="s")
-    full_read_every_s: float = _s(60.0, gt=0, hi=86400, unit="s")
+    fallback: str = setting("hold_min", choices=("hold_min", "pause"))
+    stale_after_s: float = setting(10.0, gt=0, hi=3600, unit="s")
+    full_read_every_s: float = setting(60.0, gt=0, hi=86400, unit="s")
 
 
 @dataclass(**_FROZEN)
 class LimitsConfig:
-    fuse_limit_a: float = _s(16.0, **_AMPS)
-    cable_max_a: float = _s(32.0, **_AMPS)
+    fuse_limit_a: float = setting(16.0, **_AMPS)
+    cable_max_a: float = setting(32.0, **_AMPS)
     #: Written to CHARGING_CURRENT_EM for a soft pause; never 0 ("no limit").
-    soft_pause_a: float = _s(1.0, lo=0.01, hi=5.99, unit="A")
+    soft_pause_a: float = setting(1.0, lo=0.01, hi=5.99, unit="A")
     pause: PauseKind = PauseKind.RELEASE
-    phase_switch_interval_min: float = _s(10.0, lo=1, hi=1440, unit="min")
-    pause_resume_interval_min: float = _s(
+    phase_switch_interval_min: float = setting(10.0, lo=1, hi=1440, unit="min")
+    pause_resume_interval_min: float = setting(
         5.0, lo=5, hi=1440, unit="min", below="the 5 min the manufacturer requires between pause and resume"
     )
 
@@ -145,11 +127,11 @@ class LimitsConfig:
 class ChargerEntry:
     id: str = "wallbox"
     #: None: probe 50 (satellite default), then 1.
-    device_id: int | None = _s(None, lo=1, hi=247)
+    device_id: int | None = setting(None, lo=1, hi=247)
     #: The strategy that drives this charger (a strategy plugin's name).
     mode: str = "fixed"
     #: Options per strategy name, e.g. ``{"fixed": {"current_a": 10}}``.
-    strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=_empty)
+    strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=empty_mapping)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
@@ -157,18 +139,18 @@ class ChargerEntry:
 class MeterEntry:
     id: str
     type: str
-    options: Mapping[str, Any] = field(default_factory=_empty)
+    options: Mapping[str, Any] = field(default_factory=empty_mapping)
 
 
 @dataclass(**_FROZEN)
 class RpcConfig:
     host: str = "127.0.0.1"
-    port: int = _s(8080, lo=0, hi=65535)
+    port: int = setting(8080, lo=0, hi=65535)
     token: str | None = None
     #: Require the token for reads too (writes always need it when a token is set).
     auth_reads: bool = False
-    max_body_bytes: int = _s(65536, lo=1024, hi=16 * 1024 * 1024, unit="bytes")
-    max_batch: int = _s(50, lo=1, hi=1000)
+    max_body_bytes: int = setting(65536, lo=1024, hi=16 * 1024 * 1024, unit="bytes")
+    max_batch: int = setting(50, lo=1, hi=1000)
 
 
 @dataclass(**_FROZEN)
@@ -176,7 +158,7 @@ class SimulatorConfig:
     profile: str = "11kw"
     ev: bool = True
     seed: int = 1
-    device_ids: tuple[int, ...] = _s((50,), lo=1, hi=247)
+    device_ids: tuple[int, ...] = setting((50,), lo=1, hi=247)
 
 
 @dataclass(**_FROZEN)
@@ -197,9 +179,11 @@ class Config:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     #: Where it came from (a path or "<built-in defaults>").
-    source: str = field(default=BUILTIN_SOURCE, compare=False, repr=False)
+    source: str = field(default=BUILTIN_SOURCE, compare=False, repr=False, metadata={"internal": True})
     #: Line of each key path in the file, for errors found later (plugins).
-    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    lines: Mapping[str, int] = field(
+        default_factory=empty_mapping, compare=False, repr=False, metadata={"internal": True}
+    )
 
     def line_of(self, key: str) -> int | None:
         return self.lines.get(key)
@@ -223,198 +207,6 @@ DEMO: Mapping[str, Any] = {
         }
     ],
 }
-
-
-# --- YAML nodes with lines ------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. In YAML 1.1 ``mode: off`` would be False."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-@dataclass(slots=True)
-class _Raw:
-    """A parsed value with where it came from."""
-
-    value: Any  # scalar, dict[str, _Raw] or list[_Raw]
-    line: int | None = None
-    variable: str | None = None
-
-
-class _Where:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.lines: dict[str, int] = {}
-        #: Key paths set from the environment -> the variable's name.
-        self.from_env: dict[str, str] = {}
-
-    def error(self, raw: _Raw | None, key: str, message: str) -> ConfigError:
-        if raw is not None and raw.variable is not None:
-            return ConfigError(f"environment {raw.variable}: {key}: {message}", key=key, source=raw.variable)
-        line = raw.line if raw is not None else None
-        at = f"{self.source}:{line}" if line is not None else self.source
-        return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=self.source)
-
-
-def _from_node(node: yaml.Node, where: _Where, path: str, line: int) -> _Raw:
-    constructor = SafeConstructor()
-    if isinstance(node, yaml.MappingNode):
-        constructor.flatten_mapping(node)  # supports "<<: *anchor"
-        out: dict[str, _Raw] = {}
-        for key_node, value_node in node.value:
-            key_line = key_node.start_mark.line + 1
-            key = constructor.construct_object(key_node)
-            sub = f"{path}.{key}" if path else str(key)
-            if not isinstance(key, str):
-                raise where.error(_Raw(None, key_line), sub, f"keys must be text, got {key!r}")
-            if key in out:
-                raise where.error(_Raw(None, key_line), sub, "duplicate key")
-            out[key] = _from_node(value_node, where, sub, key_line)
-        raw = _Raw(out, line)
-    elif isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, item in enumerate(node.value):
-            items.append(_from_node(item, where, f"{path}[{i}]", item.start_mark.line + 1))
-        raw = _Raw(items, line)
-    else:
-        raw = _Raw(constructor.construct_object(node), line)
-    if path:
-        where.lines[path] = line
-    return raw
-
-
-def _from_python(value: Any) -> _Raw:
-    if isinstance(value, Mapping):
-        return _Raw({k: _from_python(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return _Raw([_from_python(v) for v in value])
-    return _Raw(value)
-
-
-def _plain(raw: _Raw) -> Any:
-    """Free-form plugin options: frozen mappings and tuples."""
-    if isinstance(raw.value, dict):
-        return MappingProxyType({k: _plain(v) for k, v in raw.value.items()})
-    if isinstance(raw.value, list):
-        return tuple(_plain(v) for v in raw.value)
-    return raw.value
-
-
-# --- building dataclasses -------------------------------------------------------------------------
-
-
-def _fmt(value: Any, unit: str = "") -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{text} {unit}" if unit else text
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-def _check_spec(value: Any, spec: _Spec, raw: _Raw, key: str, where: _Where) -> None:
-    if spec.choices is not None and value not in spec.choices:
-        raise where.error(raw, key, f"{value!r} is not one of {', '.join(str(c) for c in spec.choices)}")
-    u = spec.unit
-    if spec.gt is not None and value <= spec.gt:
-        raise where.error(raw, key, f"{_fmt(value, u)} must be greater than {_fmt(spec.gt, u)}")
-    if spec.lo is not None and value < spec.lo:
-        raise where.error(
-            raw, key, f"{_fmt(value, u)} is below {spec.below or 'the minimum ' + _fmt(spec.lo, u)}"
-        )
-    if spec.hi is not None and value > spec.hi:
-        raise where.error(
-            raw, key, f"{_fmt(value, u)} is above {spec.above or 'the maximum ' + _fmt(spec.hi, u)}"
-        )
-
-
-def _convert(tp: Any, spec: _Spec, raw: _Raw, key: str, where: _Where) -> Any:
-    """Check ``raw`` against the annotation ``tp`` and the field's spec."""
-    value = raw.value
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType):  # X | None
-        if value is None:
-            return None
-        (tp,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(tp)
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(typing.cast(type, tp), raw, key, where)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise where.error(raw, key, f"expected a list, got {_type_name(value)}")
-        return tuple(_convert(args[0], spec, item, f"{key}[{i}]", where) for i, item in enumerate(value))
-    if origin is Mapping:
-        if value is None:
-            return MappingProxyType({})
-        if not isinstance(value, dict):
-            raise where.error(raw, key, f"expected a mapping, got {_type_name(value)}")
-        return MappingProxyType(
-            {k: _convert(args[1], _Spec(), v, f"{key}.{k}", where) for k, v in value.items()}
-        )
-    if tp is Any:
-        return _plain(raw)
-    if origin is Literal:
-        spec = dataclasses.replace(spec, choices=args)
-    if isinstance(tp, type) and issubclass(tp, PauseKind):
-        choices = tuple(k.value for k in tp)
-        if value not in choices:
-            raise where.error(raw, key, f"{value!r} is not one of {', '.join(choices)}")
-        return tp(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise where.error(raw, key, f"expected true or false, got {_type_name(value)}")
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise where.error(raw, key, f"expected a whole number, got {_type_name(value)}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise where.error(raw, key, f"expected a number, got {_type_name(value)}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str) or not value:
-            raise where.error(raw, key, f"expected text, got {_type_name(value)} (quote it if it is text)")
-    _check_spec(value, spec, raw, key, where)
-    return value
-
-
-def _build(cls: type, raw: _Raw, path: str, where: _Where) -> Any:
-    if raw.value is None:
-        raw = _Raw({}, raw.line, raw.variable)
-    if not isinstance(raw.value, dict):
-        raise where.error(raw, path, f"expected a mapping, got {_type_name(raw.value)}")
-    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("source", "lines")]
-    names = [f.name for f in fields]
-    for key, sub in raw.value.items():
-        if key not in names:
-            full = f"{path}.{key}" if path else key
-            raise where.error(sub, full, f"unknown key{did_you_mean(key, names)}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in fields:
-        key = f"{path}.{f.name}" if path else f.name
-        if f.name in raw.value:
-            spec = f.metadata.get("spec", _Spec())
-            kwargs[f.name] = _convert(hints[f.name], spec, raw.value[f.name], key, where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise where.error(raw, key, "missing (required)")
-    return cls(**kwargs)
-
 
 # --- environment ------------------------------------------------------------------------------------
 
@@ -440,10 +232,10 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _env_value(variable: str, text: str, tp: Any, key: str, where: _Where) -> Any:
+def _env_value(variable: str, text: str, tp: Any, key: str, where: Where) -> Any:
     if isinstance(tp, types.UnionType):
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-    raw = _Raw(text, variable=variable)
+    raw = Raw(text, variable=variable)
     text = text.strip()
     if tp is bool:
         if text.lower() not in _TRUE + _FALSE:
@@ -459,7 +251,7 @@ def _env_value(variable: str, text: str, tp: Any, key: str, where: _Where) -> An
     return text
 
 
-def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Config:
+def _apply_env(config: Config, environ: Mapping[str, str], where: Where) -> Config:
     def replace(obj: Any, path: tuple[str | int, ...], variable: str, text: str, key: str) -> Any:
         step, rest = path[0], path[1:]
         if isinstance(step, int):
@@ -470,9 +262,7 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Con
             f = next(f for f in dataclasses.fields(obj) if f.name == step)
             tp = typing.get_type_hints(type(obj))[step]
             value = _env_value(variable, text, tp, key, where)
-            checked = _convert(
-                tp, f.metadata.get("spec", _Spec()), _Raw(value, variable=variable), key, where
-            )
+            checked = convert(tp, f.metadata.get("spec", Spec()), Raw(value, variable=variable), key, where)
             return dataclasses.replace(obj, **{step: checked})
         return dataclasses.replace(obj, **{step: replace(getattr(obj, step), rest, variable, text, key)})
 
@@ -482,7 +272,7 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Con
             continue
         key = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
         if path[0] == "chargers" and not config.chargers:
-            raise where.error(_Raw(text, variable=variable), key, "there is no charger to apply it to")
+            raise where.error(Raw(text, variable=variable), key, "there is no charger to apply it to")
         config = replace(config, path, variable, text, key)
         where.from_env[key] = variable
     return config
@@ -491,10 +281,10 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: _Where) -> Con
 # --- checks across keys ----------------------------------------------------------------------------
 
 
-def _check(config: Config, where: _Where) -> None:
+def _check(config: Config, where: Where) -> None:
     def err(key: str, message: str) -> ConfigError:
         line = where.lines.get(key)
-        return where.error(_Raw(None, line, where.from_env.get(key)), key, message)
+        return where.error(Raw(None, line, where.from_env.get(key)), key, message)
 
     if not config.chargers:
         raise err("chargers", "at least one charger is needed")
@@ -515,12 +305,12 @@ def _check(config: Config, where: _Where) -> None:
     if c.stale_after_s <= c.tick_s:
         raise err(
             "control.stale_after_s",
-            f"{_fmt(c.stale_after_s, 's')} must be longer than tick_s ({_fmt(c.tick_s, 's')})",
+            f"{fmt(c.stale_after_s, 's')} must be longer than tick_s ({fmt(c.tick_s, 's')})",
         )
     if c.full_read_every_s < c.tick_s:
         raise err(
             "control.full_read_every_s",
-            f"{_fmt(c.full_read_every_s, 's')} is shorter than tick_s ({_fmt(c.tick_s, 's')})",
+            f"{fmt(c.full_read_every_s, 's')} is shorter than tick_s ({fmt(c.tick_s, 's')})",
         )
     port = config.bus.port
     if port.startswith("tcp://"):
@@ -552,25 +342,11 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
         environment variable) of the first problem.
     """
     if path is None:
-        where = _Where(BUILTIN_SOURCE)
-        raw = _from_python(DEMO)
+        where = Where(BUILTIN_SOURCE)
+        raw = from_python(DEMO)
     else:
-        where = _Where(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=path) from None
-        try:
-            node = yaml.compose(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            at = f"{path}:{line}" if line else path
-            raise ConfigError(f"{at}: not valid YAML: {problem}", line=line, source=path) from None
-        raw = _Raw({}, 1) if node is None else _from_node(node, where, "", node.start_mark.line + 1)
-    config: Config = _build(Config, raw, "", where)
+        raw, where = parse_file(path)
+    config: Config = build(Config, raw, "", where)
     config = _apply_env(config, environ, where)
     _check(config, where)
     return dataclasses.replace(config, source=where.source, lines=MappingProxyType(dict(where.lines)))

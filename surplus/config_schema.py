@@ -1,0 +1,269 @@
+"""Typed YAML -> frozen dataclasses, with the file line of every key.
+
+The generic half of :mod:`surplus.config`: a dataclass field's annotation gives
+the type, :func:`setting` adds a range or choices, and :func:`build` checks a
+parsed document against it, raising :class:`ConfigError` with ``file:line``
+and the key path. Booleans follow YAML 1.2 (only true/false), so ``mode: off``
+stays the word "off".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from .options import did_you_mean
+
+
+class ConfigError(ValueError):
+    """A config problem: one line naming where (file:line or variable) and the key."""
+
+    def __init__(self, message: str, *, key: str = "", line: int | None = None, source: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.line = line
+        self.source = source
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """Limits of one setting; ``above``/``below`` replace "the maximum X" in messages."""
+
+    lo: float | None = None
+    hi: float | None = None
+    gt: float | None = None
+    unit: str = ""
+    above: str | None = None
+    below: str | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def setting(default: Any, **spec: Any) -> Any:
+    """A dataclass field with a default and a :class:`Spec` (``lo``, ``hi``, ``choices``, ...)."""
+    return field(default=default, metadata={"spec": Spec(**spec)})
+
+
+def empty_mapping() -> Mapping[str, Any]:
+    """A frozen empty mapping (a dataclass default factory)."""
+    return MappingProxyType({})
+
+
+# --- YAML nodes with lines ------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. In YAML 1.1 ``mode: off`` would be False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass(slots=True)
+class Raw:
+    """A parsed value with where it came from."""
+
+    value: Any  # scalar, dict[str, Raw] or list[Raw]
+    line: int | None = None
+    variable: str | None = None
+
+
+class Where:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[str, int] = {}
+        #: Key paths set from the environment -> the variable's name.
+        self.from_env: dict[str, str] = {}
+
+    def error(self, raw: Raw | None, key: str, message: str) -> ConfigError:
+        if raw is not None and raw.variable is not None:
+            return ConfigError(f"environment {raw.variable}: {key}: {message}", key=key, source=raw.variable)
+        line = raw.line if raw is not None else None
+        at = f"{self.source}:{line}" if line is not None else self.source
+        return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=self.source)
+
+
+def _from_node(node: yaml.Node, where: Where, path: str, line: int) -> Raw:
+    constructor = SafeConstructor()
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)  # supports "<<: *anchor"
+        out: dict[str, Raw] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            key = constructor.construct_object(key_node)
+            sub = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                raise where.error(Raw(None, key_line), sub, f"keys must be text, got {key!r}")
+            if key in out:
+                raise where.error(Raw(None, key_line), sub, "duplicate key")
+            out[key] = _from_node(value_node, where, sub, key_line)
+        raw = Raw(out, line)
+    elif isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            items.append(_from_node(item, where, f"{path}[{i}]", item.start_mark.line + 1))
+        raw = Raw(items, line)
+    else:
+        raw = Raw(constructor.construct_object(node), line)
+    if path:
+        where.lines[path] = line
+    return raw
+
+
+def from_python(value: Any) -> Raw:
+    if isinstance(value, Mapping):
+        return Raw({k: from_python(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return Raw([from_python(v) for v in value])
+    return Raw(value)
+
+
+def _plain(raw: Raw) -> Any:
+    """Free-form plugin options: frozen mappings and tuples."""
+    if isinstance(raw.value, dict):
+        return MappingProxyType({k: _plain(v) for k, v in raw.value.items()})
+    if isinstance(raw.value, list):
+        return tuple(_plain(v) for v in raw.value)
+    return raw.value
+
+
+# --- building dataclasses -------------------------------------------------------------------------
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}" if unit else text
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _check_spec(value: Any, spec: Spec, raw: Raw, key: str, where: Where) -> None:
+    if spec.choices is not None and value not in spec.choices:
+        raise where.error(raw, key, f"{value!r} is not one of {', '.join(str(c) for c in spec.choices)}")
+    u = spec.unit
+    if spec.gt is not None and value <= spec.gt:
+        raise where.error(raw, key, f"{fmt(value, u)} must be greater than {fmt(spec.gt, u)}")
+    if spec.lo is not None and value < spec.lo:
+        raise where.error(
+            raw, key, f"{fmt(value, u)} is below {spec.below or 'the minimum ' + fmt(spec.lo, u)}"
+        )
+    if spec.hi is not None and value > spec.hi:
+        raise where.error(
+            raw, key, f"{fmt(value, u)} is above {spec.above or 'the maximum ' + fmt(spec.hi, u)}"
+        )
+
+
+def convert(tp: Any, spec: Spec, raw: Raw, key: str, where: Where) -> Any:
+    """Check ``raw`` against the annotation ``tp`` and the field's spec."""
+    value = raw.value
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType):  # X | None
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(typing.cast(type, tp), raw, key, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise where.error(raw, key, f"expected a list, got {_type_name(value)}")
+        return tuple(convert(args[0], spec, item, f"{key}[{i}]", where) for i, item in enumerate(value))
+    if origin is Mapping:
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            raise where.error(raw, key, f"expected a mapping, got {_type_name(value)}")
+        return MappingProxyType(
+            {k: convert(args[1], Spec(), v, f"{key}.{k}", where) for k, v in value.items()}
+        )
+    if tp is Any:
+        return _plain(raw)
+    if origin is Literal:
+        spec = dataclasses.replace(spec, choices=args)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        choices = tuple(k.value for k in tp)
+        if value not in choices:
+            raise where.error(raw, key, f"{value!r} is not one of {', '.join(choices)}")
+        return tp(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise where.error(raw, key, f"expected true or false, got {_type_name(value)}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(raw, key, f"expected a whole number, got {_type_name(value)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise where.error(raw, key, f"expected a number, got {_type_name(value)}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise where.error(raw, key, f"expected text, got {_type_name(value)} (quote it if it is text)")
+    _check_spec(value, spec, raw, key, where)
+    return value
+
+
+def build(cls: type, raw: Raw, path: str, where: Where) -> Any:
+    if raw.value is None:
+        raw = Raw({}, raw.line, raw.variable)
+    if not isinstance(raw.value, dict):
+        raise where.error(raw, path, f"expected a mapping, got {_type_name(raw.value)}")
+    fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+    names = [f.name for f in fields]
+    for key, sub in raw.value.items():
+        if key not in names:
+            full = f"{path}.{key}" if path else key
+            raise where.error(sub, full, f"unknown key{did_you_mean(key, names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in raw.value:
+            spec = f.metadata.get("spec", Spec())
+            kwargs[f.name] = convert(hints[f.name], spec, raw.value[f.name], key, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error(raw, key, "missing (required)")
+    return cls(**kwargs)
+
+
+def parse_file(path: str) -> tuple[Raw, Where]:
+    """Read and parse ``path``; syntax errors carry their line."""
+    where = Where(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=path) from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f"{path}:{line}" if line else path
+        raise ConfigError(f"{at}: not valid YAML: {problem}", line=line, source=path) from None
+    raw = Raw({}, 1) if node is None else _from_node(node, where, "", node.start_mark.line + 1)
+    return raw, where
