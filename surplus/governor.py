@@ -238,11 +238,20 @@ def _was_charging(memory: GovernorMemory, fresh: ChargerState | None, min_a: flo
 
 
 def _previous_current(memory: GovernorMemory, fresh: ChargerState | None, min_a: float) -> float | None:
+    """The charging current to keep when a decision gives none (never "no limit")."""
     if memory.current_a is not None:
         return memory.current_a if memory.current_a >= min_a else None
     if fresh is not None and fresh.current_limit_a >= min_a:
         return fresh.current_limit_a
     return None
+
+
+def _present_current(memory: GovernorMemory, fresh: ChargerState | None, min_a: float) -> float | None:
+    """The current the box charges at now, for telling a decrease from a raise."""
+    if memory.current_a is None and fresh is not None and fresh.current_limit_a == 0:
+        # 0 reads as "no limit": the box signals its own maximum.
+        return fresh.capabilities.max_current_a
+    return _previous_current(memory, fresh, min_a)
 
 
 def govern(
@@ -329,7 +338,7 @@ def govern(
             plan.reasons.append(f"{requested:g} A clamped to {ceiling:g} A ({why})")
             requested = ceiling
         want_current, want_release = requested, True
-        previous = _previous_current(memory, fresh, min_a) if was_charging else None
+        previous = _present_current(memory, fresh, min_a) if was_charging else None
         upward = previous is None or (requested > previous and not _same_current(requested, previous))
         if upward and stale is not None:
             return refuse(f"{stale}: no resume or increase on stale data (decreases and pauses are allowed)")

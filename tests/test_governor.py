@@ -333,6 +333,7 @@ PAUSE_TABLE = [
     ("strategy-resume-soft-too-soon", dec(STRATEGY, current_a=10.0), replace(SOFT_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "300 s apart"),
     ("person-resume-soft", dec(PERSON, current_a=10.0), replace(SOFT_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 10.0, "release": None}, "waived"),
     ("fallback-never-resumes", dec(FALLBACK, current_a=6.0), HARD_PAUSED, T0, Outcome.REFUSED, {}, "never resumes charging"),
+    ("fallback-hold-minimum-from-no-limit", dec(FALLBACK, current_a=6.0), GovernorMemory(), T0, Outcome.APPLIED, {"current_a": 6.0}, None),
     ("fallback-hold-minimum-decreases", dec(FALLBACK, current_a=6.0), CHARGING, T0, Outcome.APPLIED, {"current_a": 6.0}, None),
     ("shutdown-never-raises", dec(SHUTDOWN, current_a=16.0), CHARGING, T0, Outcome.REFUSED, {}, "never resumes"),
     ("hard-to-soft-pause-not-a-transition", dec(STRATEGY, charge=False, pause_kind=PauseKind.SOFT), replace(HARD_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 1.0, "release": None}, None),
@@ -353,13 +354,13 @@ def test_pause_and_resume(
     fields: dict[str, Any],
     why: str | None,
 ) -> None:
-    # A readback that agrees with memory, so only the rules decide.
-    reading = make_reading(current_limit_a=memory.current_a or 10.0, release=bool(memory.release))
+    # A readback that agrees with memory (after forget(): "no limit", released), so only the rules decide.
+    reading = make_reading(current_limit_a=memory.current_a or 0.0, release=memory.release is not False)
     verdict, new = run(decision, memory=memory, now=now, reading=reading)
     assert_verdict(verdict, outcome, why, **fields)
     if outcome is Outcome.SCHEDULED:
         assert verdict.retry_at_s == RECENT + 300.0
-    if outcome is Outcome.APPLIED and memory.charging != decision.charge:
+    if outcome is Outcome.APPLIED and memory.charging is (not decision.charge):
         assert new.charging is decision.charge and new.charging_changed_at_s == now
 
 
