@@ -1,0 +1,441 @@
+"""The MENNEKES AMTRON Compact 2.0s / 4You 300 / Start 2.0s driver.
+
+It reads through the read plan (:mod:`surplus.modbus.plan`), derives what the
+device can do from the device's own registers, and writes only what the
+safety governor approved (:meth:`AmtronCharger.execute`), in the order the box
+needs. Every bus failure becomes a one-line :class:`ChargerError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from ..clock import Clock
+from ..modbus import plan
+from ..modbus import registers as R
+from ..modbus.base import Bus, BusError
+from ..modbus.codec import Value, WordOrder, decode_span, encode
+from ..modbus.registers import Register
+from ..types import (
+    MAX_CURRENT_A,
+    MIN_CURRENT_A,
+    Capabilities,
+    ChargerConfig,
+    ChargerState,
+    Command,
+    DeviceInfo,
+    EvseState,
+)
+from .base import ChargerError
+
+log = logging.getLogger(__name__)
+
+#: Device ids tried when none is configured: the satellite default, then the Node server's default.
+PROBE_IDS = (50, 1)
+#: Highest layout with the "exactly 6 A is rejected" firmware bug.
+LAST_LAYOUT_REJECTING_6A = 0x0102
+#: What those layouts get instead of 6.0 A.
+SIX_AMP_WORKAROUND_A = 6.01
+#: Soft-pause band of CHARGING_CURRENT_EM: the EVSE signals 0 A but stays released.
+SOFT_PAUSE_MIN_A, SOFT_PAUSE_MAX_A = 0.01, 5.99
+#: Plausible mains voltage when a phase is live (0 is also fine: some units read 0 when idle).
+VOLTAGE_PLAUSIBLE_V = (180.0, 260.0)
+ERROR_ENERGY_MANAGER_LOST = 200
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class AmtronCharger:
+    """Implements :class:`surplus.chargers.base.Charger` for one AMTRON on a :class:`Bus`."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        charger_id: str,
+        clock: Clock,
+        device_id: int | None = None,
+        word_order: Literal["big", "little"] = "big",
+        heartbeat_interval_s: float = 3.0,
+        heartbeat_enabled: bool = True,
+    ) -> None:
+        if device_id is not None and not 1 <= device_id <= 247:
+            raise ValueError(f"device_id must be 1..247, not {device_id}")
+        if heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat_interval_s must be positive, not {heartbeat_interval_s}")
+        self.charger_id = charger_id
+        self._bus = bus
+        self._clock = clock
+        self._configured_id = device_id
+        self._device_id = device_id
+        self._word_order: WordOrder = word_order
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeat_enabled = heartbeat_enabled
+        self._info: DeviceInfo | None = None
+        self._config: ChargerConfig | None = None
+        self._capabilities: Capabilities | None = None
+        self._last_state: ChargerState | None = None
+        #: Values of FULL_POLL registers outside FAST_POLL, from the last full read.
+        self._slow: dict[str, Value] = {}
+        self._heartbeat_running = False
+
+    # --- properties ----------------------------------------------------------
+    @property
+    def device_id(self) -> int | None:
+        """The Modbus id in use (None until :meth:`start` found the device)."""
+        return self._device_id
+
+    @property
+    def info(self) -> DeviceInfo | None:
+        return self._info
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        return self._capabilities
+
+    # --- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        """Find the device, start its heartbeat, read info and configuration."""
+        device_id = await self._find_device()
+        self._device_id = device_id
+        if self._heartbeat_enabled:
+            self._bus.start_heartbeat(
+                device_id, R.HEARTBEAT_EM.address, R.HEARTBEAT_VALUE, self._heartbeat_interval_s
+            )
+            self._heartbeat_running = True
+        else:
+            log.warning("%s: heartbeat disabled; the AMTRON will not accept EM control", self.charger_id)
+        try:
+            await self._read_identity()
+            await self._check_word_order()
+        except ChargerError:
+            self._stop_heartbeat()
+            raise
+        info, caps = self._info, self._capabilities
+        assert info is not None and caps is not None
+        log.info(
+            "%s: AMTRON on device id %d, layout %s, firmware %s, max %.0f A, %d phases%s",
+            self.charger_id,
+            device_id,
+            info.layout_text,
+            info.firmware_version or "?",
+            caps.max_current_a,
+            caps.grid_phases,
+            ", phase switching" if caps.phase_switching else "",
+        )
+
+    async def stop(self) -> None:
+        """Stop the heartbeat (the loop sends the safe-state command first)."""
+        self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat_running and self._device_id is not None:
+            self._bus.stop_heartbeat(self._device_id)
+        self._heartbeat_running = False
+
+    async def _find_device(self) -> int:
+        candidates = (self._configured_id,) if self._configured_id is not None else PROBE_IDS
+        errors: list[str] = []
+        for device_id in candidates:
+            try:
+                await self._bus.read(
+                    device_id, R.MODBUS_LAYOUT_VERSION.address, R.MODBUS_LAYOUT_VERSION.count
+                )
+            except BusError as exc:
+                errors.append(f"id {device_id}: {_one_line(str(exc))}")
+                continue
+            if self._configured_id is None:
+                log.info("%s: AMTRON answered on device id %d", self.charger_id, device_id)
+            return device_id
+        ids = " or ".join(str(i) for i in candidates)
+        raise ChargerError(f"{self.charger_id}: no AMTRON answered on device id {ids} ({'; '.join(errors)})")
+
+    # --- reading -------------------------------------------------------------
+    def _require_id(self) -> int:
+        if self._device_id is None:
+            raise ChargerError(f"{self.charger_id}: not started")
+        return self._device_id
+
+    async def _read(self, registers: Iterable[Register], layout: int | None) -> dict[str, Value]:
+        device_id = self._require_id()
+        values: dict[str, Value] = {}
+        for span in plan.plan_reads(registers, layout=layout):
+            try:
+                words = await self._bus.read(device_id, span.address, span.count)
+            except BusError as exc:
+                raise ChargerError(
+                    f"{self.charger_id}: reading {span.label} failed: {_one_line(str(exc))}"
+                ) from None
+            values.update(decode_span(span.registers, span.address, words, self._word_order))
+        return values
+
+    async def _read_identity(self) -> None:
+        layout_values = await self._read([R.MODBUS_LAYOUT_VERSION], None)
+        layout = int(layout_values[R.MODBUS_LAYOUT_VERSION.name])
+        if layout not in R.MODBUS_LAYOUT_VERSION.enum:
+            log.warning(
+                "%s: unknown register layout 0x%04X; reading it as the nearest known one",
+                self.charger_id,
+                layout,
+            )
+        self._apply_identity(layout, await self._read([*plan.INFO, *plan.CONFIG], layout))
+
+    def _apply_identity(self, layout: int, values: Mapping[str, Value]) -> None:
+        device_id = self._require_id()
+        self._info = DeviceInfo(
+            layout_version=layout,
+            firmware_version=str(values.get(R.FIRMWARE_VERSION.name, "")),
+            serial_number=str(values.get(R.SERIAL_NUMBER.name, "")),
+            article_number=str(values.get(R.ARTICLE_NUMBER.name, "")),
+            device_id=device_id,
+        )
+        self._config = _config_from(values)
+        self._capabilities = _capabilities_from(self._config, layout, self.charger_id)
+
+    async def _check_word_order(self) -> None:
+        device_id = self._require_id()
+        try:
+            words = await self._bus.read(device_id, R.VOLTAGE_L1.address, R.VOLTAGE_L1.count)
+        except BusError as exc:
+            raise ChargerError(
+                f"{self.charger_id}: reading VOLTAGE_L1 failed: {_one_line(str(exc))}"
+            ) from None
+        other: WordOrder = "little" if self._word_order == "big" else "big"
+        ours = float(decode_span([R.VOLTAGE_L1], R.VOLTAGE_L1.address, words, self._word_order)["VOLTAGE_L1"])
+        theirs = float(decode_span([R.VOLTAGE_L1], R.VOLTAGE_L1.address, words, other)["VOLTAGE_L1"])
+        if not _plausible_voltage(ours) and _plausible_voltage(theirs):
+            log.warning(
+                "%s: VOLTAGE_L1 reads %.4g V with word_order=%s but %.1f V with word_order=%s; "
+                "the word order looks swapped, set word_order=%s",
+                self.charger_id,
+                ours,
+                self._word_order,
+                theirs,
+                other,
+                other,
+            )
+        elif not _plausible_voltage(ours):
+            log.warning(
+                "%s: VOLTAGE_L1 reads %.4g V, outside 180-260 V; check the wiring and word order",
+                self.charger_id,
+                ours,
+            )
+
+    async def read_state(self, *, full: bool = False) -> ChargerState:
+        """Read :data:`plan.FAST_POLL`; with ``full`` (or the first time) all of :data:`plan.FULL_POLL`.
+
+        Between full reads, info, configuration and the statistics counters
+        come from the last full read.
+        """
+        if self._info is None:
+            await self._read_identity()
+        assert self._info is not None
+        layout = self._info.layout_version
+        read_at = self._clock.now()
+        if full or not self._slow:
+            values = await self._read(plan.FULL_POLL, layout)
+            self._apply_identity(int(values.get(R.MODBUS_LAYOUT_VERSION.name, layout)), values)
+            fast_names = {r.name for r in plan.FAST_POLL}
+            self._slow = {k: v for k, v in values.items() if k not in fast_names}
+        else:
+            values = {**self._slow, **await self._read(plan.FAST_POLL, layout)}
+        info, config, caps = self._info, self._config, self._capabilities
+        assert info is not None and config is not None and caps is not None
+        state = _state_from(
+            values, charger_id=self.charger_id, read_at_s=read_at, info=info, config=config, caps=caps
+        )
+        self._last_state = state
+        return state
+
+    # --- writing -------------------------------------------------------------
+    async def execute(self, command: Command) -> None:
+        """Write what the governor approved, in the order the AMTRON needs.
+
+        Pausing: release off before anything else. Starting: phases, then the
+        current, then release on. In error state (6, or error 200 after a lost
+        heartbeat) the documented recovery order: heartbeat, release, current.
+        The whole command is checked before the first write.
+        """
+        self._validate(command)
+        device_id = self._require_id()
+        caps = self._capabilities
+        assert caps is not None
+        current = command.current_a
+        if current is not None and caps.exact_6a_rejected and MIN_CURRENT_A <= current < SIX_AMP_WORKAROUND_A:
+            current = SIX_AMP_WORKAROUND_A
+        Step = tuple[str, Register, list[int]]
+        current_step: Step | None = None
+        if current is not None:
+            current_step = (
+                f"{current:g} A",
+                R.CHARGING_CURRENT_EM,
+                encode(R.CHARGING_CURRENT_EM, current, self._word_order),
+            )
+        release_step: Step | None = None
+        if command.release is not None:
+            release_step = (str(int(command.release)), R.CHARGING_RELEASE_EM, [int(command.release)])
+        phases_step: Step | None = None
+        if command.phases is not None:
+            phases_step = (f"{command.phases}p", R.REQUESTED_PHASES, [1 if command.phases == 1 else 0])
+        lock_step: Step | None = None
+        if command.lock is not None:
+            lock_step = (str(int(command.lock)), R.LOCK_EVSE, [int(command.lock)])
+
+        if await self._in_error_state():
+            heartbeat = ("heartbeat", R.HEARTBEAT_EM, [R.HEARTBEAT_VALUE])
+            order = [heartbeat, release_step, current_step, phases_step, lock_step]
+        else:
+            locking = lock_step if command.lock else None
+            unlocking = lock_step if command.lock is False else None
+            pausing = release_step if command.release is False else None
+            releasing = release_step if command.release else None
+            order = [locking, pausing, phases_step, current_step, releasing, unlocking]
+        for step in order:
+            if step is not None:
+                await self._write(device_id, *step)
+
+    def _validate(self, command: Command) -> None:
+        if command.charger_id != self.charger_id:
+            raise ChargerError(f"{self.charger_id}: command is for {command.charger_id!r}")
+        current = command.current_a
+        if current is not None:
+            ok = math.isfinite(current) and (
+                SOFT_PAUSE_MIN_A <= current <= SOFT_PAUSE_MAX_A or MIN_CURRENT_A <= current <= MAX_CURRENT_A
+            )
+            if not ok:
+                raise ChargerError(
+                    f"{self.charger_id}: refusing current {current!r} A "
+                    f"(allowed: soft pause {SOFT_PAUSE_MIN_A}-{SOFT_PAUSE_MAX_A} or {MIN_CURRENT_A:g}-{MAX_CURRENT_A:g})"
+                )
+        if command.phases is not None and command.phases not in (1, 3):
+            raise ChargerError(f"{self.charger_id}: refusing phases {command.phases!r} (1 or 3)")
+        if self._capabilities is None:
+            raise ChargerError(f"{self.charger_id}: not started")
+
+    async def _in_error_state(self) -> bool:
+        state = self._last_state
+        if state is not None:
+            evse, error = state.evse_state, state.error_code
+        else:
+            values = await self._read([R.EVSE_STATE, R.ACTIVE_ERROR_CODE], None)
+            evse, error = int(values[R.EVSE_STATE.name]), int(values[R.ACTIVE_ERROR_CODE.name])
+        return evse == EvseState.ERROR or error == ERROR_ENERGY_MANAGER_LOST
+
+    async def _write(self, device_id: int, shown: str, reg: Register, words: list[int]) -> None:
+        try:
+            if reg.count == 1:
+                await self._bus.write_register(device_id, reg.address, words[0])
+            else:
+                await self._bus.write_registers(device_id, reg.address, words)
+        except BusError as exc:
+            raise ChargerError(
+                f"{self.charger_id}: writing {reg.name}={shown} failed: {_one_line(str(exc))}"
+            ) from None
+        log.debug("%s: wrote %s=%s", self.charger_id, reg.name, shown)
+
+
+def _plausible_voltage(volts: float) -> bool:
+    low, high = VOLTAGE_PLAUSIBLE_V
+    return volts == 0.0 or low <= volts <= high
+
+
+def _f(values: Mapping[str, Value], reg: Register, default: float = 0.0) -> float:
+    value = values.get(reg.name, default)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def _i(values: Mapping[str, Value], reg: Register, default: int = 0) -> int:
+    value = values.get(reg.name, default)
+    return int(value) if isinstance(value, (int, float)) else default
+
+
+def _config_from(v: Mapping[str, Value]) -> ChargerConfig:
+    return ChargerConfig(
+        downgrade_current_a=_f(v, R.DOWNGRADE_CURRENT),
+        max_current_house_a=_f(v, R.MAX_CURRENT_HOUSE),
+        max_current_evse_a=_f(v, R.MAX_CURRENT_EVSE),
+        phase_switching_mode=_i(v, R.PHASE_SWITCHING_MODE),
+        # Layout 1.0.0 lacks PHASE_OPTIONS_HW: assume the 3-phase-only hardware.
+        phase_options_hw=_i(v, R.PHASE_OPTIONS_HW, 1),
+        cable_lock_setting=bool(_i(v, R.CABLE_LOCK_SETTING)),
+        master_lost_fallback_current_a=_i(v, R.MASTER_LOST_FALLBACK_CURRENT),
+        grid_imbalance=bool(_i(v, R.GRID_IMBALANCE)),
+        grid_imbalance_threshold_a=_i(v, R.GRID_IMBALANCE_THRESHOLD),
+        # Before layout 1.0.2 the register is missing; 2 (three phases) is the common wiring.
+        grid_phases_connected=_i(v, R.GRID_PHASES_CONNECTED, 2),
+        authorization_enabled=bool(_i(v, R.AUTHORIZATION_ENABLED)),
+        solar_min_current_a=_i(v, R.SOLAR_MIN_CURRENT),
+        phase_switching_pause_s=_i(v, R.PHASE_SWITCHING_PAUSE),
+    )
+
+
+def _capabilities_from(config: ChargerConfig, layout: int, charger_id: str) -> Capabilities:
+    max_current = config.max_current_evse_a
+    if not MIN_CURRENT_A <= max_current <= MAX_CURRENT_A:
+        log.warning(
+            "%s: MAX_CURRENT_EVSE reads %.4g A; assuming %g A", charger_id, max_current, MAX_CURRENT_A
+        )
+        max_current = MAX_CURRENT_A
+    return Capabilities(
+        phase_switching=config.phase_options_hw == 2,
+        max_current_a=max_current,
+        grid_phases=1 if config.grid_phases_connected == 0 else 3,
+        exact_6a_rejected=layout <= LAST_LAYOUT_REJECTING_6A,
+        phase_switch_pause_s=float(config.phase_switching_pause_s),
+    )
+
+
+def _state_from(
+    v: Mapping[str, Value],
+    *,
+    charger_id: str,
+    read_at_s: float,
+    info: DeviceInfo,
+    config: ChargerConfig,
+    caps: Capabilities,
+) -> ChargerState:
+    # Registers the layout lacks read as 0; energies arrive in kWh.
+    return ChargerState(
+        charger_id=charger_id,
+        read_at_s=read_at_s,
+        info=info,
+        config=config,
+        capabilities=caps,
+        evse_state=_i(v, R.EVSE_STATE),
+        cp_state=_i(v, R.CP_STATE),
+        authorization_status=_i(v, R.AUTHORIZATION_STATUS),
+        downgrade_status=_i(v, R.DOWNGRADE_STATUS),
+        phase_rotation=_i(v, R.PHASE_ROTATION_STATUS),
+        signaled_current_a=_f(v, R.SIGNALED_CURRENT),
+        current_limit_a=_f(v, R.CHARGING_CURRENT_EM),
+        current_l1_a=_f(v, R.CURRENT_L1),
+        current_l2_a=_f(v, R.CURRENT_L2),
+        current_l3_a=_f(v, R.CURRENT_L3),
+        voltage_l1_v=_f(v, R.VOLTAGE_L1),
+        voltage_l2_v=_f(v, R.VOLTAGE_L2),
+        voltage_l3_v=_f(v, R.VOLTAGE_L3),
+        power_l1_w=_f(v, R.POWER_L1),
+        power_l2_w=_f(v, R.POWER_L2),
+        power_l3_w=_f(v, R.POWER_L3),
+        power_total_w=_f(v, R.POWER_OVERALL),
+        temperature_c=_f(v, R.TEMPERATURE),
+        session_max_current_a=_f(v, R.SESSION_MAX_CURRENT),
+        session_energy_wh=_f(v, R.CHARGED_ENERGY_SESSION) * 1000.0,
+        session_duration_s=_i(v, R.SESSION_DURATION),
+        detected_phases=_i(v, R.DETECTED_EV_PHASES),
+        energy_total_wh=_f(v, R.CHARGED_ENERGY_TOTAL) * 1000.0,
+        sessions_total=_i(v, R.CHARGING_SESSIONS_TOTAL),
+        cable_lock_status=_i(v, R.CABLE_LOCK_STATUS),
+        solar_charging_mode=_i(v, R.SOLAR_CHARGING_MODE),
+        requested_phases=_i(v, R.REQUESTED_PHASES),
+        charging_release=bool(_i(v, R.CHARGING_RELEASE_EM)),
+        locked=bool(_i(v, R.LOCK_EVSE)),
+        error_code=_i(v, R.ACTIVE_ERROR_CODE),
+        master_lost_fallback=bool(_i(v, R.MASTER_LOST_FALLBACK_STATE)),
+        switched_phases=_i(v, R.SWITCHED_PHASES),
+    )

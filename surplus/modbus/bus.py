@@ -1,0 +1,717 @@
+"""The bus owner: ONE asyncio task per RS485 line does every transaction.
+
+RS485 is half duplex, so transactions are strictly one at a time. Callers
+queue requests (:meth:`ModbusBus.read`, ``write_register(s)``) and await the
+answer; the owner task takes them in order. Heartbeats are a priority lane:
+before every transaction (including every retry of another request) the owner
+writes each heartbeat that is due, so a heartbeat is never later than one
+in-flight transaction, however many reads are queued.
+
+Timeouts and retries are ours, timed by the injected :class:`Clock`; pymodbus
+runs with ``retries=0`` and a slightly longer timeout as a backstop, so one
+slow request cannot hold the line for ``timeout * (pymodbus retries + 1)``.
+
+Reconnects are ours too: pymodbus's ``reconnect_delay`` is 0 (its automatic
+reconnect off), because a second reconnect loop inside pymodbus would race the
+owner, double its delay up to minutes, and log every attempt. The owner retries
+every ``reconnect_interval_s`` and logs one line per state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from ..clock import Clock
+from . import plan
+from .base import BusError, ModbusExceptionReply
+
+log = logging.getLogger(__name__)
+
+_PARITY = {"none": "N", "even": "E", "odd": "O", "n": "N", "e": "E", "o": "O"}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+EXCEPTION_TEXT = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusConfig:
+    """Settings of one line. ``port`` is a serial device or ``tcp://HOST:PORT`` (RTU over TCP)."""
+
+    port: str = "/dev/ttyUSB0"
+    baudrate: int = 57600
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: int = 2
+    timeout_s: float = 1.0
+    retries: int = 3
+    reconnect_interval_s: float = 5.0
+    heartbeat_enabled: bool = True
+    #: Default interval for drivers that start a heartbeat on this bus.
+    heartbeat_interval_s: float = 3.0
+    #: A heartbeat is never later than this after the previous one (the box allows 10 s).
+    heartbeat_deadline_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.port.strip():
+            raise ValueError("port must not be empty")
+        if self.is_tcp:
+            self.tcp_address  # noqa: B018 - validates the URL
+        checks = [
+            (self.baudrate > 0, "baudrate", "a positive integer"),
+            (self.bytesize in (7, 8), "bytesize", "7 or 8"),
+            (self.parity in ("N", "E", "O"), "parity", "N, E or O"),
+            (self.stopbits in (1, 2), "stopbits", "1 or 2"),
+            (self.timeout_s > 0, "timeout_s", "positive"),
+            (self.retries >= 0, "retries", ">= 0"),
+            (self.reconnect_interval_s > 0, "reconnect_interval_s", "positive"),
+            (self.heartbeat_interval_s > 0, "heartbeat_interval_s", "positive"),
+            (self.heartbeat_deadline_s > self.timeout_s, "heartbeat_deadline_s", "longer than timeout_s"),
+        ]
+        for ok, name, wanted in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {wanted}, not {getattr(self, name)!r}")
+
+    @property
+    def is_tcp(self) -> bool:
+        """True for ``tcp://`` ports (an RS485-Ethernet gateway speaking RTU framing)."""
+        return self.port.startswith("tcp://")
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """``(host, port)`` of a ``tcp://`` port."""
+        parts = urlsplit(self.port)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise ValueError(f"port {self.port!r} must look like tcp://HOST:PORT")
+        return parts.hostname, port
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], base: BusConfig | None = None) -> BusConfig:
+        """Override ``base`` with the Node server's variables (MODBUS_PORT, MODBUS_TIMEOUT in ms, ...).
+
+        An invalid value raises ValueError naming the variable.
+        """
+        base = base or cls()
+        changes: dict[str, object] = {}
+
+        def number(var: str, low: float, high: float) -> int | None:
+            raw = environ.get(var)
+            if raw is None:
+                return None
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not an integer") from None
+            if not low <= value <= high:
+                raise ValueError(f"{var}={raw!r} is out of range {low:g}..{high:g}")
+            return value
+
+        if (port := environ.get("MODBUS_PORT")) is not None:
+            if not port.strip():
+                raise ValueError("MODBUS_PORT is empty")
+            changes["port"] = port.strip()
+        for var, name, low, high in (
+            ("MODBUS_BAUDRATE", "baudrate", 300, 1_000_000),
+            ("MODBUS_DATABITS", "bytesize", 7, 8),
+            ("MODBUS_STOPBITS", "stopbits", 1, 2),
+            ("MODBUS_MAX_RETRIES", "retries", 0, 10),
+        ):
+            if (value := number(var, low, high)) is not None:
+                changes[name] = value
+        for var, name, low, high in (
+            ("MODBUS_TIMEOUT", "timeout_s", 50, 60_000),
+            ("MODBUS_RECONNECT_INTERVAL", "reconnect_interval_s", 100, 600_000),
+        ):
+            if (value := number(var, low, high)) is not None:
+                changes[name] = value / 1000.0
+        if (parity := environ.get("MODBUS_PARITY")) is not None:
+            if parity.strip().lower() not in _PARITY:
+                raise ValueError(f"MODBUS_PARITY={parity!r} must be none, even or odd")
+            changes["parity"] = _PARITY[parity.strip().lower()]
+        if (enabled := environ.get("HEARTBEAT_ENABLED")) is not None:
+            flag = enabled.strip().lower()
+            if flag not in _TRUE | _FALSE:
+                raise ValueError(f"HEARTBEAT_ENABLED={enabled!r} must be true or false")
+            changes["heartbeat_enabled"] = flag in _TRUE
+        try:
+            return replace(base, **changes)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"Modbus settings from the environment: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusStats:
+    """Counters since the bus was created (bytes are RTU frames incl. address and CRC)."""
+
+    transactions: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    reconnects: int = 0
+    heartbeats: int = 0
+
+
+class LinkLost(BusError):
+    """The port or connection went away; the owner reconnects."""
+
+
+class Link(Protocol):
+    """One open connection to the line. Only the bus owner task uses it."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Open the port; raise :class:`BusError` with a one-line reason."""
+        ...
+
+    def close(self) -> None: ...
+
+    async def read(self, device_id: int, address: int, count: int) -> list[int]: ...
+
+    async def write_register(self, device_id: int, address: int, value: int) -> None: ...
+
+    async def write_registers(self, device_id: int, address: int, values: list[int]) -> None: ...
+
+
+class _PymodbusNoise(logging.Filter):
+    """Drop pymodbus's per-attempt log lines: the bus reports those states once, itself."""
+
+    NOISE = (
+        "Failed to connect",
+        "No response received after",
+        "Not connected, trying to connect",
+        "Cancel send, because not connected",
+        "received pdu without a corresponding request",
+    )
+    last_connect_error = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Failed to connect"):
+            _PymodbusNoise.last_connect_error = message.removeprefix("Failed to connect").strip()
+        return not any(n in message for n in self.NOISE)
+
+
+def _install_noise_filter() -> None:
+    target = logging.getLogger("pymodbus.logging")
+    if not any(isinstance(f, _PymodbusNoise) for f in target.filters):
+        target.addFilter(_PymodbusNoise())
+
+
+def _exception_reply(pdu: ModbusPDU, what: str) -> ModbusExceptionReply:
+    code = int(getattr(pdu, "exception_code", 0))
+    text = EXCEPTION_TEXT.get(code, "exception")
+    return ModbusExceptionReply(code, f"{what}: {text} (exception {code})")
+
+
+class PymodbusLink:
+    """A :class:`Link` on pymodbus: serial RTU, or RTU framing over TCP."""
+
+    def __init__(self, config: BusConfig) -> None:
+        self._config = config
+        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+        _install_noise_filter()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        c = self._config
+        # The backstop timeout is longer than ours so the owner's clock decides.
+        common = {"timeout": c.timeout_s + 0.5, "retries": 0, "reconnect_delay": 0}
+        if c.is_tcp:
+            host, port = c.tcp_address
+            return AsyncModbusTcpClient(host, port=port, framer=FramerType.RTU, **common)  # type: ignore[arg-type]
+        return AsyncModbusSerialClient(
+            c.port,
+            framer=FramerType.RTU,
+            baudrate=c.baudrate,
+            bytesize=c.bytesize,
+            parity=c.parity,
+            stopbits=c.stopbits,
+            **common,  # type: ignore[arg-type]
+        )
+
+    async def connect(self) -> None:
+        self.close()
+        c = self._config
+        _PymodbusNoise.last_connect_error = ""
+        client = self._make_client()
+        if not await client.connect():
+            client.close()
+            raise BusError(
+                f"{c.port}: cannot open ({_PymodbusNoise.last_connect_error or 'no reason given'})"
+            )
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _live(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        if self._client is None or not self._client.connected:
+            raise LinkLost(f"{self._config.port}: connection lost")
+        return self._client
+
+    async def read(self, device_id: int, address: int, count: int) -> list[int]:
+        what = f"read {count} @0x{address:04X} from device {device_id}"
+        try:
+            reply = await self._live().read_holding_registers(address, count=count, device_id=device_id)
+        except ConnectionException as exc:
+            raise LinkLost(f"{self._config.port}: connection lost ({exc})") from None
+        except ModbusException as exc:
+            raise BusError(f"{what}: {exc}") from None
+        if reply.isError():
+            raise _exception_reply(reply, what)
+        registers = list(getattr(reply, "registers", []))
+        # RTU has no transaction id: a late reply to an abandoned request would
+        # otherwise be taken for this one.
+        if reply.function_code != 0x03 or len(registers) != count:
+            raise BusError(f"{what}: unexpected reply (fc {reply.function_code}, {len(registers)} words)")
+        return registers
+
+    async def _write(self, what: str, fc: int, call: Callable[[], object]) -> None:
+        try:
+            reply = await call()  # type: ignore[misc]
+        except ConnectionException as exc:
+            raise LinkLost(f"{self._config.port}: connection lost ({exc})") from None
+        except ModbusException as exc:
+            raise BusError(f"{what}: {exc}") from None
+        assert isinstance(reply, ModbusPDU)
+        if reply.isError():
+            raise _exception_reply(reply, what)
+        if reply.function_code != fc:
+            raise BusError(f"{what}: unexpected reply (fc {reply.function_code})")
+
+    async def write_register(self, device_id: int, address: int, value: int) -> None:
+        client = self._live()
+        await self._write(
+            f"write 0x{address:04X}={value} to device {device_id}",
+            0x06,
+            lambda: client.write_register(address, value, device_id=device_id),
+        )
+
+    async def write_registers(self, device_id: int, address: int, values: list[int]) -> None:
+        client = self._live()
+        await self._write(
+            f"write {len(values)} @0x{address:04X} to device {device_id}",
+            0x10,
+            lambda: client.write_registers(address, values, device_id=device_id),
+        )
+
+
+Op = Literal["read", "write1", "writeN"]
+
+
+@dataclass(slots=True)
+class _Request:
+    op: Op
+    device_id: int
+    address: int
+    count: int
+    values: list[int]
+    future: asyncio.Future[list[int]]
+
+    def frame_bytes(self) -> tuple[int, int]:
+        if self.op == "read":
+            return plan.read_bytes(self.count)
+        if self.op == "write1":
+            return plan.write_single_bytes()
+        return plan.write_multiple_bytes(self.count)
+
+    def describe(self) -> str:
+        verb = "read" if self.op == "read" else "write"
+        return f"{verb} {self.count} @0x{self.address:04X} on device {self.device_id}"
+
+
+@dataclass(slots=True)
+class _Beat:
+    device_id: int
+    address: int
+    value: int
+    interval_s: float
+    due_at: float
+    failures: int = 0
+    #: Clock times of delivered beats are kept short: only the last one.
+    last_ok_at: float | None = None
+
+
+class _Timeout(BusError):
+    pass
+
+
+@dataclass(slots=True)
+class _Counters:
+    values: dict[str, int] = field(default_factory=lambda: {f.name: 0 for f in fields(BusStats)})
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+
+class ModbusBus:
+    """Implements :class:`surplus.modbus.base.Bus`: one owner task, a queue, a heartbeat lane."""
+
+    def __init__(
+        self, config: BusConfig, clock: Clock, *, link_factory: Callable[[BusConfig], Link] | None = None
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._link: Link = (link_factory or PymodbusLink)(config)
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._current: _Request | None = None
+        self._beats: dict[int, _Beat] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._port_up = False
+        self._answered = False
+        self._logged_down: str | None = None
+        self._device_ok: dict[int, bool] = {}
+        self._counters = _Counters()
+        self.last_error: str | None = None
+
+    # --- public ------------------------------------------------------------
+    @property
+    def config(self) -> BusConfig:
+        return self._config
+
+    @property
+    def connected(self) -> bool:
+        """True while the port is open and the last transaction got an answer."""
+        return self._port_up and self._link.connected and self._answered
+
+    @property
+    def stats(self) -> BusStats:
+        """A copy of the counters."""
+        return BusStats(**self._counters.values)
+
+    def heartbeat_times(self, device_id: int) -> float | None:
+        """Clock time of the last delivered heartbeat for ``device_id`` (None: none yet)."""
+        beat = self._beats.get(device_id)
+        return beat.last_ok_at if beat else None
+
+    async def start(self) -> None:
+        """Open the port (once; failures are logged and retried in the background) and start the owner."""
+        if self._task is not None:
+            return
+        self._closing = False
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name=f"modbus-bus {self._config.port}")
+
+    async def close(self) -> None:
+        """Stop the owner, fail what is queued, close the port."""
+        self._closing = True
+        self._wake.set()
+        in_flight = self._current
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        closed = BusError(f"{self._config.port}: bus closed")
+        if in_flight is not None:
+            self._resolve(in_flight, closed)
+        self._fail_queue(closed)
+        self._link.close()
+        self._port_up = False
+
+    async def read(self, device_id: int, address: int, count: int) -> list[int]:
+        """Read ``count`` holding registers (FC 0x03)."""
+        if not 1 <= count <= 125:
+            raise ValueError(f"count must be 1..125, not {count}")
+        return await self._submit("read", device_id, address, count, [])
+
+    async def write_register(self, device_id: int, address: int, value: int) -> None:
+        """Write one register (FC 0x06)."""
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"value must be 0..65535, not {value}")
+        await self._submit("write1", device_id, address, 1, [value])
+
+    async def write_registers(self, device_id: int, address: int, values: list[int]) -> None:
+        """Write several registers (FC 0x10)."""
+        if not 1 <= len(values) <= 123 or any(not 0 <= v <= 0xFFFF for v in values):
+            raise ValueError("values must be 1..123 words of 0..65535")
+        await self._submit("writeN", device_id, address, len(values), list(values))
+
+    def start_heartbeat(self, device_id: int, address: int, value: int, interval_s: float) -> None:
+        """Write ``value`` now and then every ``interval_s``, ahead of all other traffic.
+
+        The interval is shortened when needed so that a beat delayed by one
+        in-flight transaction still lands within ``heartbeat_deadline_s``.
+        """
+        if not self._config.heartbeat_enabled:
+            log.warning(
+                "modbus %s: heartbeat disabled by configuration; device %d will not be kept alive",
+                self._config.port,
+                device_id,
+            )
+            return
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        effective = min(interval_s, self._config.heartbeat_deadline_s - self._config.timeout_s)
+        self._beats[device_id] = _Beat(device_id, address, value, effective, due_at=self._clock.now())
+        self._wake.set()
+
+    def stop_heartbeat(self, device_id: int) -> None:
+        """Stop that device's heartbeat."""
+        self._beats.pop(device_id, None)
+
+    # --- owner -------------------------------------------------------------
+    async def _submit(self, op: Op, device_id: int, address: int, count: int, values: list[int]) -> list[int]:
+        if self._task is None or self._closing:
+            raise BusError(f"{self._config.port}: bus not started")
+        if not self._port_up:
+            raise BusError(f"{self._config.port}: not connected ({self.last_error or 'connecting'})")
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(op, device_id, address, count, values, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while not self._closing:
+                if not self._port_up:
+                    retry_at = self._clock.now() + self._config.reconnect_interval_s
+                    while not self._closing and self._clock.now() < retry_at:
+                        await self._wait(retry_at - self._clock.now())
+                    if not self._closing:
+                        await self._connect()
+                    continue
+                if await self._beat_due():
+                    continue
+                if self._queue:
+                    self._current = self._queue.popleft()
+                    try:
+                        await self._perform(self._current)
+                    finally:
+                        self._current = None
+                    continue
+                await self._wait(self._until_next_beat())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not silently kill the heartbeat
+            log.exception("modbus %s: bus owner crashed", self._config.port)
+            self._fail_queue(BusError(f"{self._config.port}: bus owner crashed ({exc})"))
+            raise
+
+    async def _wait(self, seconds: float | None) -> None:
+        """Sleep on the clock until ``seconds`` pass or someone wakes the owner."""
+        self._wake.clear()
+        if self._closing or (seconds is not None and seconds <= 0):
+            return
+        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
+        if seconds is not None:
+            waiters.add(asyncio.ensure_future(self._clock.sleep(seconds)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _until_next_beat(self) -> float | None:
+        if not self._beats:
+            return None
+        return min(b.due_at for b in self._beats.values()) - self._clock.now()
+
+    async def _connect(self) -> None:
+        try:
+            await self._link.connect()
+        except BusError as exc:
+            self._set_down(str(exc))
+            return
+        if self._logged_down is not None:
+            self._counters.add("reconnects")
+            log.info("modbus %s: connected again", self._config.port)
+        else:
+            log.info("modbus %s: connected", self._config.port)
+        self._logged_down = None
+        self._port_up = True
+        self.last_error = None
+        now = self._clock.now()
+        for beat in self._beats.values():  # a fresh connection gets a beat first thing
+            beat.due_at = now
+            beat.failures = 0
+
+    def _set_down(self, reason: str) -> None:
+        self._port_up = False
+        self._answered = False
+        self.last_error = reason
+        self._link.close()
+        if self._logged_down is None:
+            log.warning(
+                "modbus %s: %s; retrying every %g s",
+                self._config.port,
+                reason,
+                self._config.reconnect_interval_s,
+            )
+            self._logged_down = reason
+        self._fail_queue(BusError(f"{self._config.port}: not connected ({reason})"))
+
+    def _fail_queue(self, exc: BusError) -> None:
+        while self._queue:
+            req = self._queue.popleft()
+            if not req.future.done():
+                req.future.set_exception(exc)
+
+    def _device_state(self, device_id: int, ok: bool, reason: str = "") -> None:
+        if self._device_ok.get(device_id) == ok:
+            return
+        if ok and device_id in self._device_ok:
+            log.info("modbus %s: device %d answers again", self._config.port, device_id)
+        elif not ok:
+            log.warning("modbus %s: device %d not answering (%s)", self._config.port, device_id, reason)
+        self._device_ok[device_id] = ok
+
+    async def _attempt(self, req: _Request) -> list[int]:
+        """One transaction, bounded by ``timeout_s`` on the injected clock."""
+        sent, received = req.frame_bytes()
+        self._counters.add("transactions")
+        self._counters.add("bytes_sent", sent)
+        if req.op == "read":
+            coro = self._link.read(req.device_id, req.address, req.count)
+        elif req.op == "write1":
+            coro = self._write1(req)
+        else:
+            coro = self._writeN(req)
+        work = asyncio.ensure_future(coro)
+        timer = asyncio.ensure_future(self._clock.sleep(self._config.timeout_s))
+        try:
+            done, _ = await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+        if work not in done:
+            self._answered = False
+            self._counters.add("timeouts")
+            raise _Timeout(f"{req.describe()}: no answer within {self._config.timeout_s:g} s")
+        try:
+            result = work.result()
+        except ModbusExceptionReply:
+            self._counters.add("bytes_received", 5)
+            self._answered = True
+            raise
+        self._counters.add("bytes_received", received)
+        self._answered = True
+        return result
+
+    async def _write1(self, req: _Request) -> list[int]:
+        await self._link.write_register(req.device_id, req.address, req.values[0])
+        return []
+
+    async def _writeN(self, req: _Request) -> list[int]:
+        await self._link.write_registers(req.device_id, req.address, req.values)
+        return []
+
+    async def _beat_due(self) -> bool:
+        """Deliver every due heartbeat, earliest first. True when one was attempted."""
+        did = False
+        while self._port_up and not self._closing:
+            now = self._clock.now()
+            due = [b for b in self._beats.values() if b.due_at <= now]
+            if not due:
+                break
+            beat = min(due, key=lambda b: b.due_at)
+            did = True
+            req = _Request(
+                "write1",
+                beat.device_id,
+                beat.address,
+                1,
+                [beat.value],
+                asyncio.get_running_loop().create_future(),
+            )
+            try:
+                await self._attempt(req)
+            except LinkLost as exc:
+                self._set_down(str(exc))
+                break
+            except BusError as exc:
+                self._counters.add("errors")
+                beat.failures += 1
+                # One immediate retry, then back to the cadence, so a dead device
+                # cannot monopolise the line its neighbours share.
+                beat.due_at = self._clock.now() + (0.0 if beat.failures == 1 else beat.interval_s)
+                self._device_state(beat.device_id, False, str(exc))
+                continue
+            beat.failures = 0
+            beat.last_ok_at = self._clock.now()
+            beat.due_at = beat.last_ok_at + beat.interval_s
+            self._counters.add("heartbeats")
+            self._device_state(beat.device_id, True)
+        return did
+
+    async def _perform(self, req: _Request) -> None:
+        if req.future.done():  # the caller gave up while queued
+            return
+        last: BusError | None = None
+        for attempt in range(1 + self._config.retries):
+            if attempt:
+                await self._beat_due()  # a due heartbeat preempts retries
+            if not self._port_up or self._closing:
+                last = BusError(f"{self._config.port}: not connected ({self.last_error or 'closing'})")
+                break
+            if req.future.done():
+                return
+            try:
+                result = await self._attempt(req)
+            except ModbusExceptionReply as exc:
+                self._counters.add("errors")
+                self._device_state(req.device_id, True)
+                self._resolve(req, exc)
+                return
+            except LinkLost as exc:
+                self._counters.add("errors")
+                self._set_down(str(exc))
+                last = exc
+                break
+            except BusError as exc:
+                self._counters.add("errors")
+                last = exc
+                continue
+            self._device_state(req.device_id, True)
+            self._resolve(req, result)
+            return
+        assert last is not None
+        if isinstance(last, _Timeout):
+            self._device_state(req.device_id, False, str(last))
+            last = BusError(f"{last} ({1 + self._config.retries} attempts)")
+        self.last_error = str(last)
+        self._resolve(req, last)
+
+    @staticmethod
+    def _resolve(req: _Request, outcome: list[int] | BaseException) -> None:
+        if req.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            req.future.set_exception(outcome)
+        else:
+            req.future.set_result(outcome)

@@ -1,0 +1,312 @@
+"""The bus owner: scheduling on a fake clock (fake link), then real pymodbus over TCP and a pty.
+
+The unit tests put an in-memory :class:`Link` under the real :class:`ModbusBus`
+so the heartbeat lane, timeouts, retries and reconnects run on a FakeClock.
+The integration tests at the end run the same bus on real pymodbus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import pytest
+
+from surplus.clock import FakeClock
+from surplus.modbus.base import BusError, ModbusExceptionReply
+from surplus.modbus.bus import BusConfig, BusStats, LinkLost, ModbusBus
+
+HB_ADDR, HB_VALUE = 0x0D00, 0x55AA
+
+
+class FakeLink:
+    """A line with a latency per transaction; devices can be silent or refuse."""
+
+    def __init__(self, clock: FakeClock, latency_s: float = 0.05) -> None:
+        self.clock = clock
+        self.latency_s = latency_s
+        self.available = True
+        self.open = False
+        self.silent: set[int] = set()
+        self.refuse: dict[int, int] = {}  # address -> exception code
+        self.drop_after: int | None = None  # lose the connection after this many transactions
+        self.done: list[tuple[float, str, int, int]] = []  # (at, op, device, address)
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.open
+
+    async def connect(self) -> None:
+        self.connects += 1
+        if not self.available:
+            raise BusError("/dev/ttyFAKE: cannot open (no such device)")
+        self.open = True
+
+    def close(self) -> None:
+        self.open = False
+
+    async def _transact(self, op: str, device_id: int, address: int) -> None:
+        if not self.open:
+            raise LinkLost("/dev/ttyFAKE: connection lost")
+        if self.drop_after is not None and len(self.done) >= self.drop_after:
+            self.open = False
+            raise LinkLost("/dev/ttyFAKE: connection lost")
+        await self.clock.sleep(self.latency_s)
+        if device_id in self.silent:
+            await self.clock.sleep(3600)
+        self.done.append((self.clock.now(), op, device_id, address))
+        if address in self.refuse:
+            raise ModbusExceptionReply(self.refuse[address], f"refused (exception {self.refuse[address]})")
+
+    async def read(self, device_id: int, address: int, count: int) -> list[int]:
+        await self._transact("read", device_id, address)
+        return [address & 0xFFFF] * count
+
+    async def write_register(self, device_id: int, address: int, value: int) -> None:
+        await self._transact("hb" if address == HB_ADDR else "write", device_id, address)
+
+    async def write_registers(self, device_id: int, address: int, values: list[int]) -> None:
+        await self._transact("writeN", device_id, address)
+
+    def beats(self, device_id: int = 1) -> list[float]:
+        return [t for t, op, dev, _ in self.done if op == "hb" and dev == device_id]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+async def make_bus(clock: FakeClock, link: FakeLink, **config: object) -> ModbusBus:
+    cfg = BusConfig(port="/dev/ttyFAKE", **config)  # type: ignore[arg-type]
+    bus = ModbusBus(cfg, clock, link_factory=lambda _: link)
+    await bus.start()
+    return bus
+
+
+async def test_heartbeat_goes_first_and_keeps_its_cadence() -> None:
+    clock, link = FakeClock(), FakeLink(FakeClock())
+    link.clock = clock
+    bus = await make_bus(clock, link)
+    start = clock.now()
+    bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+    await clock.advance(30)
+    beats = link.beats()
+    assert beats[0] - start <= link.latency_s + 1e-9
+    assert len(beats) == 10
+    assert max(gaps(beats)) == pytest.approx(3.0 + link.latency_s)
+    assert bus.stats.heartbeats == 10
+    await bus.close()
+
+
+async def test_a_read_flood_never_delays_the_heartbeat_past_one_transaction() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock, latency_s=0.3)
+    bus = await make_bus(clock, link)
+    bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+    done = 0
+
+    async def reader() -> None:
+        nonlocal done
+        while True:
+            await bus.read(1, 0x0500, 20)
+            done += 1
+
+    readers = [asyncio.create_task(reader()) for _ in range(20)]
+    await clock.advance(60)
+    for r in readers:
+        r.cancel()
+    beats = link.beats()
+    assert done > 150  # the line stayed busy with reads
+    assert len(beats) >= 15
+    assert max(gaps(beats)) <= 3.0 + 2 * link.latency_s + 1e-9  # waited for at most one read
+    await bus.close()
+
+
+async def test_a_due_heartbeat_preempts_retries_of_a_silent_device() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock)
+    link.silent.add(7)
+    bus = await make_bus(clock, link, timeout_s=1.0, retries=3)
+    bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+
+    async def hammer() -> int:
+        failures = 0
+        while clock.now() < 1030:
+            with pytest.raises(BusError, match=r"no answer within 1 s \(4 attempts\)"):
+                await bus.read(7, 0x0100, 4)
+            failures += 1
+        return failures
+
+    task = asyncio.create_task(hammer())
+    await clock.advance(35)
+    assert await task >= 6
+    # Each failed read holds the line 4 s; without preemption a beat would come 7 s late.
+    assert max(gaps(link.beats())) <= 3.0 + 1.0 + link.latency_s + 1e-9
+    assert bus.stats.timeouts >= 24
+    await bus.close()
+
+
+async def test_exception_replies_are_not_retried_and_keep_the_device_answering() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock)
+    link.refuse[0x0D04] = 3
+    bus = await make_bus(clock, link)
+    task = asyncio.create_task(bus.write_register(1, 0x0D04, 1))
+    await clock.advance(1)
+    with pytest.raises(ModbusExceptionReply) as info:
+        await task
+    assert info.value.code == 3
+    assert [op for _, op, _, _ in link.done] == ["write"]
+    assert bus.connected
+    await bus.close()
+
+
+async def test_missing_port_logs_once_retries_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="surplus.modbus.bus")
+    clock = FakeClock()
+    link = FakeLink(clock)
+    link.available = False
+    bus = await make_bus(clock, link, reconnect_interval_s=5.0)
+    bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+    assert not bus.connected and "no such device" in (bus.last_error or "")
+    with pytest.raises(BusError, match="not connected"):
+        await bus.read(1, 0, 1)
+    await clock.advance(30)
+    assert link.connects >= 6  # retried every 5 s
+    link.available = True
+    await clock.advance(5.5)
+    assert bus.connected or link.open
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "retrying every 5 s" in warnings[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert link.beats(), "a fresh connection gets a heartbeat first"
+    assert bus.stats.reconnects == 1
+    await bus.close()
+
+
+async def test_a_lost_connection_fails_the_caller_and_reconnects() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock)
+    bus = await make_bus(clock, link, reconnect_interval_s=2.0)
+    await_read = asyncio.create_task(bus.read(1, 0x0100, 1))
+    await clock.advance(0.1)
+    assert await await_read == [0x0100]
+    link.drop_after = len(link.done)
+    task = asyncio.create_task(bus.read(1, 0x0100, 1))
+    await clock.advance(0.1)
+    with pytest.raises(BusError, match="connection lost"):
+        await task
+    assert not bus.connected
+    link.drop_after = None
+    await clock.advance(2.5)
+    task = asyncio.create_task(bus.read(1, 0x0100, 1))
+    await clock.advance(0.1)
+    assert await task == [0x0100]
+    assert bus.stats.reconnects == 1
+    await bus.close()
+
+
+async def test_close_fails_queued_and_in_flight_requests() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock, latency_s=10)
+    bus = await make_bus(clock, link)
+    tasks = [asyncio.create_task(bus.read(1, 0x0100, 1)) for _ in range(3)]
+    await clock.advance(1)
+    await bus.close()
+    for t in tasks:
+        with pytest.raises(BusError, match="closed"):
+            await t
+    with pytest.raises(BusError, match="not started"):
+        await bus.read(1, 0, 1)
+
+
+async def test_stats_count_rtu_bytes() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock)
+    bus = await make_bus(clock, link)
+    task = asyncio.gather(
+        bus.read(1, 0x0500, 20), bus.write_registers(1, 0x0302, [1, 2]), bus.write_register(1, 0x0D05, 1)
+    )
+    await clock.advance(1)
+    await task
+    assert bus.stats == BusStats(transactions=3, bytes_sent=8 + 13 + 8, bytes_received=45 + 8 + 8)
+    await bus.close()
+
+
+def test_heartbeat_interval_shrinks_to_meet_the_deadline() -> None:
+    async def run() -> list[float]:
+        clock = FakeClock()
+        link = FakeLink(clock, latency_s=0.0)
+        bus = await make_bus(clock, link, timeout_s=2.0, heartbeat_deadline_s=5.0)
+        bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 9.0)  # the Node server's 9 s
+        await clock.advance(20)
+        await bus.close()
+        return link.beats()
+
+    beats = asyncio.run(run())
+    assert max(gaps(beats)) == pytest.approx(3.0)  # deadline 5 s - one 2 s transaction
+
+
+# --- BusConfig.from_env -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {}),
+        ({"MODBUS_PORT": "/dev/ttyAMA0"}, {"port": "/dev/ttyAMA0"}),
+        ({"MODBUS_PORT": "tcp://10.0.0.5:502"}, {"port": "tcp://10.0.0.5:502"}),
+        ({"MODBUS_BAUDRATE": "19200"}, {"baudrate": 19200}),
+        ({"MODBUS_DATABITS": "8", "MODBUS_STOPBITS": "1"}, {"bytesize": 8, "stopbits": 1}),
+        ({"MODBUS_PARITY": "even"}, {"parity": "E"}),
+        ({"MODBUS_PARITY": "None"}, {"parity": "N"}),
+        ({"MODBUS_PARITY": "odd"}, {"parity": "O"}),
+        ({"MODBUS_TIMEOUT": "1500"}, {"timeout_s": 1.5}),
+        ({"MODBUS_RECONNECT_INTERVAL": "10000"}, {"reconnect_interval_s": 10.0}),
+        ({"MODBUS_MAX_RETRIES": "5"}, {"retries": 5}),
+        ({"HEARTBEAT_ENABLED": "false"}, {"heartbeat_enabled": False}),
+        ({"HEARTBEAT_ENABLED": "TRUE"}, {"heartbeat_enabled": True}),
+        ({"RPC_PORT": "8080"}, {}),
+    ],
+)
+def test_from_env(env: dict[str, str], expected: dict[str, object]) -> None:
+    config = BusConfig.from_env(env)
+    for name, value in expected.items():
+        assert getattr(config, name) == value
+    untouched = BusConfig()
+    for name in ("port", "baudrate", "parity", "timeout_s", "retries", "heartbeat_enabled"):
+        if name not in expected:
+            assert getattr(config, name) == getattr(untouched, name)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODBUS_BAUDRATE": "fast"}, "MODBUS_BAUDRATE='fast' is not an integer"),
+        ({"MODBUS_BAUDRATE": "-9600"}, "MODBUS_BAUDRATE"),
+        ({"MODBUS_DATABITS": "9"}, "MODBUS_DATABITS"),
+        ({"MODBUS_STOPBITS": "3"}, "MODBUS_STOPBITS"),
+        ({"MODBUS_PARITY": "mark"}, "MODBUS_PARITY='mark' must be none, even or odd"),
+        ({"MODBUS_TIMEOUT": "1.5"}, "MODBUS_TIMEOUT"),
+        ({"MODBUS_TIMEOUT": "0"}, "MODBUS_TIMEOUT"),
+        ({"MODBUS_RECONNECT_INTERVAL": "x"}, "MODBUS_RECONNECT_INTERVAL"),
+        ({"MODBUS_MAX_RETRIES": "11"}, "MODBUS_MAX_RETRIES"),
+        ({"HEARTBEAT_ENABLED": "maybe"}, "HEARTBEAT_ENABLED"),
+        ({"MODBUS_PORT": "  "}, "MODBUS_PORT is empty"),
+        ({"MODBUS_PORT": "tcp://nohost"}, "tcp://HOST:PORT"),
+        ({"MODBUS_TIMEOUT": "6000"}, "heartbeat_deadline_s must be longer than timeout_s"),
+    ],
+)
+def test_from_env_rejects_bad_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        BusConfig.from_env(env)
+    assert "\n" not in str(info.value)
+
+
+def test_from_env_keeps_the_base() -> None:
+    base = BusConfig(port="tcp://127.0.0.1:1502", timeout_s=0.2)
+    assert BusConfig.from_env({"MODBUS_MAX_RETRIES": "1"}, base) == BusConfig(
+        port="tcp://127.0.0.1:1502", timeout_s=0.2, retries=1
+    )
