@@ -50,6 +50,11 @@ Rules and the choices made where the brief left room (tests name each one):
 * A safety pause only pauses: lock and phase parts in it are dropped with a
   reason instead of refusing the pause.
 * Lock/unlock: persons only, otherwise no rate limit.
+* UNCHANGED needs both: memory holds the value, and a fresh readback taken
+  after that write agrees (a reboot or another master is noticed and undone).
+  After :meth:`SafetyGovernor.forget` the readback alone decides; a readback of
+  0 A ("no limit") counts as the device maximum, so a fallback to 6 A from it is
+  a decrease. The first pause/resume after ``forget`` starts the 5-minute clock.
 * Shared fuse (several chargers): the loop computes ``shared_headroom_a`` for
   each charger (fuse limit minus what the others are set to) and passes it in.
 """
@@ -518,6 +523,9 @@ def _remember(
     return new
 
 
+_NOTHING_SENT = GovernorMemory()
+
+
 class SafetyGovernor:
     """One :class:`GovernorMemory` per charger around :func:`govern`.
 
@@ -577,7 +585,7 @@ class SafetyGovernor:
 
     def memory(self, charger_id: str) -> GovernorMemory:
         """What has been sent to ``charger_id`` (empty if nothing yet)."""
-        return self._memory.get(charger_id, GovernorMemory())
+        return self._memory.get(charger_id, _NOTHING_SENT)
 
     def forget(self, charger_id: str) -> None:
         """Drop the memory, e.g. after a reboot or reconnect: it no longer reflects the device."""
