@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api import MODES, ControllerAPI, DecisionRecord, Override
-from .jsonrpc import SERVER_ERROR, MethodSpec, Param, RpcError, invalid_params
+from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
 from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Command, Decision, Outcome, PauseKind, Verdict
 
@@ -325,8 +325,8 @@ class _Methods:
             out["chargerId"] = fresh.charger_id
         return out
 
-    def read(self, shape: Any) -> Any:
-        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+    def read(self, shape: Any) -> Handler:
+        def handler(args: dict[str, Any]) -> dict[str, Any]:
             f = self.fresh(args)
             return self.reply(shape(f.state), f)
 
@@ -334,10 +334,10 @@ class _Methods:
 
     # Node: health and scalar reads
 
-    async def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+    def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"success": True, "message": "pong", "timestamp": self.now_iso()}
 
-    async def health(self, _args: dict[str, Any]) -> dict[str, Any]:
+    def health(self, _args: dict[str, Any]) -> dict[str, Any]:
         snap = self.c.snapshot()
         now = self.c.clock.now()
         chargers: dict[str, Any] = {}
@@ -372,15 +372,15 @@ class _Methods:
         }
         return self.reply(data)
 
-    async def charging_power(self, args: dict[str, Any]) -> dict[str, Any]:
+    def charging_power(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
         return self.reply(_r(f.state.power_total_w / 1000), f)
 
-    async def temperature(self, args: dict[str, Any]) -> dict[str, Any]:
+    def temperature(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
         return self.reply(_r(f.state.temperature_c, 1), f)
 
-    async def all_data(self, args: dict[str, Any]) -> dict[str, Any]:
+    def all_data(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
         return self.reply(all_data(f.state, self.now_iso()), f)
 
@@ -443,11 +443,11 @@ class _Methods:
 
     # controller methods
 
-    async def get_mode(self, args: dict[str, Any]) -> dict[str, Any]:
+    def get_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         return self.reply({"chargerId": cid, "mode": self.c.get_mode(cid), "modes": list(MODES)})
 
-    async def set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
+    def set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         try:
             self.c.set_mode(cid, args["mode"])
@@ -490,16 +490,16 @@ class _Methods:
         )
         return await self.apply(cid, ov, "Override set")
 
-    async def clear_override(self, args: dict[str, Any]) -> dict[str, Any]:
+    def clear_override(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         return self.reply({"chargerId": cid, "cleared": self.c.clear_override(cid)})
 
-    async def get_decision(self, args: dict[str, Any]) -> dict[str, Any]:
+    def get_decision(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         record = self.c.last_decision(cid)
         return self.reply(None if record is None else self.decision_json(record))
 
-    async def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
+    def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply(
             {
                 mid: {
@@ -514,7 +514,7 @@ class _Methods:
             }
         )
 
-    async def list_plugins(self, _args: dict[str, Any]) -> dict[str, Any]:
+    def list_plugins(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply(
             [{"name": p.name, "source": p.source, "provides": list(p.provides)} for p in self.c.plugins()]
         )

@@ -1,0 +1,122 @@
+"""JSON-RPC load: getStatus requests per second over keep-alive HTTP on 127.0.0.1.
+
+The server runs in this process; the clients (several aiohttp sessions, one
+keep-alive connection each) run in a child process so they do not steal the
+server's event loop. Prints requests/s, latency percentiles, and, with the
+full stack, the worst heartbeat gap the simulator saw during the load.
+
+    .venv/bin/python bench/rpc_load.py [--seconds 5] [--clients 8] [--stack fake|full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+BODY = b'{"jsonrpc":"2.0","method":"getStatus","params":{},"id":1}'
+
+
+async def _client(url: str, deadline: float, latencies: list[float], errors: list[int]) -> None:
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            async with session.post(url, data=BODY, headers={"Content-Type": "application/json"}) as resp:
+                reply = await resp.json()
+            latencies.append(time.perf_counter() - t0)
+            if "result" not in reply:
+                errors.append(reply["error"]["code"])
+
+
+async def clients_main(url: str, seconds: float, clients: int) -> dict[str, Any]:
+    """Run ``clients`` keep-alive clients for ``seconds``; return counts and latencies."""
+    latencies: list[float] = []
+    errors: list[int] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(url, start + seconds, latencies, errors) for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 100 else [0.0] * 99
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_codes": sorted(set(errors)),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+    }
+
+
+async def _fake_stack() -> tuple[Any, Any]:
+    from tests.rpc_support import FakeController
+
+    return FakeController(), None
+
+
+async def server_main(args: argparse.Namespace) -> int:
+    from surplus.web import RpcSettings, start_web
+
+    stack = None
+    if args.stack == "full":
+        from bench_stack import start_full_stack  # type: ignore[import-not-found]
+
+        controller, stack = await start_full_stack()
+    else:
+        controller, stack = await _fake_stack()
+    server = await start_web(controller, RpcSettings(port=0, stale_after_s=3600))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--client",
+            server.url,
+            "--seconds",
+            str(args.seconds),
+            "--clients",
+            str(args.clients),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        result = json.loads(out)
+    finally:
+        await server.close()
+        if stack is not None:
+            await stack.close()
+    print(
+        f"stack: {args.stack}, clients: {args.clients}, duration: {args.seconds:g} s (keep-alive, 127.0.0.1)"
+    )
+    print(f"getStatus: {result['requests']} requests, {result['rps']:.0f} req/s, errors {result['errors']}")
+    print(f"latency: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+    if stack is not None:
+        print(f"worst heartbeat gap during load: {stack.worst_heartbeat_gap_s():.2f} s")
+    return 0 if result["errors"] == 0 else 1
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--stack", choices=("fake", "full"), default="fake")
+    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        print(json.dumps(asyncio.run(clients_main(args.client, args.seconds, args.clients))))
+        return 0
+    return asyncio.run(server_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
