@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -324,3 +326,57 @@ async def test_wire_time_holds_a_20_register_read_for_its_wire_time() -> None:
     assert elapsed[True] >= expected
     assert elapsed[True] < expected + 0.25
     assert elapsed[False] < elapsed[True]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def _start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "surplus.cli", "sim", *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    return proc, line
+
+
+@pytest.mark.parametrize("transport", ["tcp", "pty"])
+async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) -> None:
+    where = ["--tcp", "127.0.0.1:0"] if transport == "tcp" else ["--pty", str(tmp_path / "amtron")]
+    proc, line = await _start_cli(
+        *where, "--device-id", "50", "--device-id", "11", "--profile", "22kw", "--no-ev"
+    )
+    try:
+        assert line.startswith("AMTRON simulator (22 kW, device ids 50, 11) on "), line
+        url = line.rsplit("MODBUS_PORT=", 1)[1].strip()
+        if transport == "pty":
+            assert url == str(tmp_path / "amtron")
+        client = await connect(url)
+        try:
+            v = await read_map(client, 11)
+            assert (v["MAX_CURRENT_EVSE"], v["EVSE_STATE"]) == (32.0, 1)
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+    if transport == "pty":
+        assert not _lexists(tmp_path / "amtron")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--device-id", "999"], "device id must be 1..247"), (["--tcp", "localhost"], "expected HOST:PORT")],
+)
+async def test_surplus_sim_refuses_bad_options(args: list[str], needle: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "surplus.cli", "sim", *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert needle in err.decode()

@@ -1,0 +1,129 @@
+"""``surplus sim``: serve simulated AMTRONs until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from surplus.clock import SystemClock
+
+from .model import PROFILES, AmtronModel, EvProfile, profile_by_name
+from .server import SimulatorServer
+
+DEFAULT_TCP = "127.0.0.1:5020"
+DEFAULT_DEVICE_ID = 50
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _device_id(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 247:
+        raise argparse.ArgumentTypeError(f"device id must be 1..247, got {text!r}")
+    return int(text)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``sim`` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sim",
+        help="run the AMTRON simulator (RTU over TCP or a virtual serial port)",
+        description="Serve one or more simulated AMTRON wallboxes until interrupted.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--tcp", type=_host_port, metavar="HOST:PORT", help=f"RTU framing over TCP (default {DEFAULT_TCP})"
+    )
+    where.add_argument(
+        "--pty",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="virtual serial port; PATH is the symlink to create",
+    )
+    p.add_argument(
+        "--device-id", type=_device_id, action="append", dest="device_ids", metavar="ID",
+        help=f"Modbus device id (repeatable; default {DEFAULT_DEVICE_ID})",
+    )  # fmt: skip
+    p.add_argument(
+        "--profile", choices=sorted(PROFILES), default="11kw", help="hardware variant (default 11kw)"
+    )
+    p.add_argument(
+        "--ev",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a car is plugged in at start (default yes)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed (device n gets seed + n)")
+    p.add_argument("--wire-time", action="store_true", help="hold replies for their RS485 wire time")
+    p.add_argument(
+        "--baudrate", type=int, default=57600, help="baud rate for --wire-time and the pty (57600)"
+    )
+    p.set_defaults(func=run)
+
+
+def _build(args: argparse.Namespace) -> SimulatorServer:
+    device_ids: list[int] = args.device_ids or [DEFAULT_DEVICE_ID]
+    if len(set(device_ids)) != len(device_ids):
+        raise ValueError("a device id appears twice")
+    if args.baudrate <= 0:
+        raise ValueError("--baudrate must be positive")
+    clock = SystemClock()
+    profile = profile_by_name(args.profile)
+    models = {
+        device_id: AmtronModel(
+            clock, profile=profile, seed=args.seed + i, ev=EvProfile() if args.ev else None
+        )
+        for i, device_id in enumerate(device_ids)
+    }
+    if args.pty is not None:
+        return SimulatorServer(
+            models,
+            transport="pty",
+            link_path=args.pty or None,
+            wire_time=args.wire_time,
+            baudrate=args.baudrate,
+        )
+    host, port = args.tcp or _host_port(DEFAULT_TCP)
+    return SimulatorServer(
+        models, transport="tcp", host=host, port=port, wire_time=args.wire_time, baudrate=args.baudrate
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        server = _build(args)
+        await server.start()
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"surplus sim: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ids = ", ".join(str(d) for d in server.models)
+    noun = "device id" if len(server.models) == 1 else "device ids"
+    kw = "11 kW" if args.profile == "11kw" else "22 kW"
+    print(f"AMTRON simulator ({kw}, {noun} {ids}) on {server.url} — use MODBUS_PORT={server.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await server.stop()
+    print("AMTRON simulator stopped", flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``surplus sim``."""
+    return asyncio.run(_serve(args))
