@@ -1,0 +1,452 @@
+"""The control loop: tick -> snapshot -> strategy -> governor -> driver.
+
+One :class:`Controller` runs any number of chargers, each with its own mode
+(strategy) and optional override. Everything that reaches a charger passes
+:class:`surplus.governor.SafetyGovernor`; a failing plugin is logged and
+isolated, and its charger falls back to the configured safe decision. The
+heartbeat is not the loop's business: the bus keeps it on its own schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .api import MODES, DecisionRecord, Override, PluginInfo
+from .chargers.base import Charger
+from .clock import Clock
+from .governor import SafetyGovernor
+from .meter import Meter
+from .strategy import Strategy, StrategyContext
+from .types import (
+    MIN_CURRENT_A,
+    ChargerReading,
+    Decision,
+    MeterReading,
+    Outcome,
+    Snapshot,
+    Source,
+    Verdict,
+)
+
+log = logging.getLogger("surplus.loop")
+
+#: Observer called after every governed decision (logging, metrics, plugins).
+DecisionObserver = Callable[[DecisionRecord, str], None]
+
+
+@dataclass(slots=True)
+class ChargerSlot:
+    """One charger and everything the loop keeps for it."""
+
+    charger: Charger
+    #: Strategy instances by mode name ("fixed", "pv", ...); "off" pauses.
+    strategies: Mapping[str, Strategy]
+    mode: str
+    #: "hold_min" or "pause": what to do when the strategy or the data fails.
+    fallback: str = "pause"
+    strategy_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    reading: ChargerReading | None = None
+    override: Override | None = None
+    last_record: DecisionRecord | None = None
+    last_full_read_s: float = -math.inf
+    started: bool = False
+    #: Set while the strategy keeps failing, so the failure is logged once.
+    strategy_error: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def charger_id(self) -> str:
+        return self.charger.charger_id
+
+
+def merge_override(decision: Decision, override: Override | None) -> Decision:
+    """Lay a person's override over the strategy's decision."""
+    if override is None:
+        return decision
+    charge = override.charge
+    if charge is None and override.current_a is not None:
+        charge = True
+    return dataclasses.replace(
+        decision,
+        source=Source.OVERRIDE,
+        charge=decision.charge if charge is None else charge,
+        current_a=decision.current_a if override.current_a is None else override.current_a,
+        phases=decision.phases if override.phases is None else override.phases,
+        lock=decision.lock if override.lock is None else override.lock,
+        pause_kind=decision.pause_kind if override.pause_kind is None else override.pause_kind,
+        reason=override.reason,
+    )
+
+
+def combine_override(old: Override | None, new: Override) -> Override:
+    """A new override replaces the fields it sets and keeps the others."""
+    if old is None:
+        return new
+    changes = {
+        f.name: getattr(new, f.name) for f in dataclasses.fields(new) if getattr(new, f.name) is not None
+    }
+    return dataclasses.replace(old, **changes)
+
+
+class Controller:
+    """Runs the tick for a list of chargers; implements :class:`surplus.api.ControllerAPI`."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        chargers: Sequence[ChargerSlot],
+        meters: Sequence[Meter],
+        governor: SafetyGovernor,
+        tick_s: float = 1.0,
+        stale_after_s: float = 10.0,
+        full_read_every_s: float = 60.0,
+        plugins: Sequence[PluginInfo] = (),
+        observers: Sequence[DecisionObserver] = (),
+    ) -> None:
+        if not chargers:
+            raise ValueError("a controller needs at least one charger")
+        self.clock = clock
+        self.started_at_s = clock.now()
+        self._slots = {s.charger_id: s for s in chargers}
+        self._meters = list(meters)
+        self._governor = governor
+        self._tick_s = tick_s
+        self._stale_after_s = stale_after_s
+        self._full_read_every_s = full_read_every_s
+        self._plugins = tuple(plugins)
+        self._observers = list(observers)
+        self._meter_readings: dict[str, MeterReading] = {}
+        self._snapshot = Snapshot(at_s=clock.now())
+        self._stopping = asyncio.Event()
+        self.ticks = 0
+
+    # -- ControllerAPI -----------------------------------------------------
+    @property
+    def charger_ids(self) -> Sequence[str]:
+        return tuple(self._slots)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def get_mode(self, charger_id: str) -> str:
+        return self._slot(charger_id).mode
+
+    def set_mode(self, charger_id: str, mode: str) -> None:
+        slot = self._slot(charger_id)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        if mode not in slot.strategies:
+            raise ValueError(f"mode {mode!r} needs a strategy plugin named {mode!r}, and none is loaded")
+        if mode != slot.mode:
+            log.info("%s: mode %s -> %s", charger_id, slot.mode, mode)
+            slot.mode = mode
+
+    async def set_override(self, charger_id: str, override: Override) -> Verdict:
+        slot = self._slot(charger_id)
+        async with slot.lock:
+            previous = slot.override
+            slot.override = combine_override(previous, override)
+            verdict = await self._govern(slot, self._snapshot, self.clock.now())
+            if verdict.outcome is Outcome.REFUSED:
+                slot.override = previous  # a refused request changes nothing
+            return verdict
+
+    def clear_override(self, charger_id: str) -> bool:
+        slot = self._slot(charger_id)
+        had = slot.override is not None
+        slot.override = None
+        if had:
+            log.info("%s: override cleared; strategy %s resumes", charger_id, slot.mode)
+        return had
+
+    def get_override(self, charger_id: str) -> Override | None:
+        return self._slot(charger_id).override
+
+    def last_decision(self, charger_id: str) -> DecisionRecord | None:
+        return self._slot(charger_id).last_record
+
+    def meters(self) -> Mapping[str, MeterReading]:
+        return self._snapshot.meters
+
+    def plugins(self) -> Sequence[PluginInfo]:
+        return self._plugins
+
+    # -- running -----------------------------------------------------------
+    def _slot(self, charger_id: str) -> ChargerSlot:
+        try:
+            return self._slots[charger_id]
+        except KeyError:
+            raise ValueError(f"unknown charger {charger_id!r}") from None
+
+    async def start(self) -> None:
+        """Start meters and chargers; a charger that does not answer is retried on every tick."""
+        for meter in self._meters:
+            try:
+                await meter.start()
+            except Exception as exc:  # a broken meter must not stop the loop
+                log.error("meter %s failed to start: %s", meter.meter_id, exc)
+        for slot in self._slots.values():
+            await self._start_charger(slot)
+
+    async def _start_charger(self, slot: ChargerSlot) -> None:
+        try:
+            await slot.charger.start()
+        except Exception as exc:
+            if slot.reading is None or slot.reading.error != str(exc):
+                log.error("%s: cannot start charger: %s (retrying)", slot.charger_id, exc)
+            slot.reading = ChargerReading(charger_id=slot.charger_id, state=None, error=str(exc))
+            return
+        slot.started = True
+        self._governor.forget(slot.charger_id)
+
+    async def run(self, *, duration_s: float | None = None) -> None:
+        """Tick until :meth:`stop` (or ``duration_s``), then shut down safely."""
+        await self.start()
+        end = None if duration_s is None else self.clock.now() + duration_s
+        try:
+            while not self._stopping.is_set():
+                started = self.clock.now()
+                await self.tick()
+                if end is not None and self.clock.now() >= end:
+                    break
+                await self._sleep_until(started + self._tick_s)
+        finally:
+            await self.shutdown()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = max(0.0, deadline - self.clock.now())
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its tick and shut down (safe from signal handlers)."""
+        self._stopping.set()
+
+    async def tick(self) -> Snapshot:
+        """One pass: read everything, decide, govern, write."""
+        now = self.clock.now()
+        for slot in self._slots.values():
+            await self._read_charger(slot, now)
+        await self._read_meters()
+        snapshot = self._build_snapshot(self.clock.now())
+        self._snapshot = snapshot
+        for slot in self._slots.values():
+            async with slot.lock:
+                await self._govern(slot, snapshot, snapshot.at_s)
+        self.ticks += 1
+        return snapshot
+
+    async def _read_charger(self, slot: ChargerSlot, now: float) -> None:
+        if not slot.started:
+            await self._start_charger(slot)
+            if not slot.started:
+                return
+        full = now - slot.last_full_read_s >= self._full_read_every_s
+        previous = slot.reading.state if slot.reading else None
+        try:
+            state = await slot.charger.read_state(full=full)
+        except Exception as exc:
+            if slot.reading is None or slot.reading.error is None:
+                log.warning("%s: read failed: %s", slot.charger_id, exc)
+            slot.reading = ChargerReading(charger_id=slot.charger_id, state=previous, error=str(exc))
+            return
+        if full:
+            slot.last_full_read_s = now
+        if slot.reading is not None and slot.reading.error is not None:
+            log.info("%s: reads work again", slot.charger_id)
+        slot.reading = ChargerReading(charger_id=slot.charger_id, state=state, connected=True)
+
+    async def _read_meters(self) -> None:
+        for meter in self._meters:
+            try:
+                reading = await meter.read()
+            except Exception as exc:
+                old = self._meter_readings.get(meter.meter_id)
+                if old is None or old.error is None:
+                    log.warning("meter %s: read failed: %s", meter.meter_id, exc)
+                if old is not None:
+                    self._meter_readings[meter.meter_id] = dataclasses.replace(old, error=str(exc))
+                continue
+            old = self._meter_readings.get(meter.meter_id)
+            if old is not None and old.error is not None:
+                log.info("meter %s: reads work again", meter.meter_id)
+            self._meter_readings[meter.meter_id] = reading
+
+    def _build_snapshot(self, now: float) -> Snapshot:
+        chargers = {}
+        for cid, slot in self._slots.items():
+            r = slot.reading or ChargerReading(charger_id=cid, state=None)
+            age = now - r.state.read_at_s if r.state is not None else math.inf
+            chargers[cid] = dataclasses.replace(r, age_s=age)
+        meters = {}
+        for mid, m in self._meter_readings.items():
+            age = now - m.read_at_s
+            stale = m.error or (f"stale ({age:.0f} s old)" if age > self._stale_after_s else None)
+            meters[mid] = dataclasses.replace(m, age_s=age, error=stale)
+        return Snapshot(at_s=now, chargers=MappingProxyType(chargers), meters=MappingProxyType(meters))
+
+    def _strategy_decision(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> tuple[Decision, str]:
+        """Ask the mode's strategy; any failure becomes the configured fallback."""
+        reading = snapshot.chargers[slot.charger_id]
+        strategy = slot.strategies.get(slot.mode)
+        problem: str | None = None
+        if strategy is None:
+            problem = f"no strategy for mode {slot.mode!r}"
+        elif reading.state is None:
+            problem = f"charger not readable ({reading.error or 'no data yet'})"
+        elif self._meters and snapshot.grid_power_w is None and slot.mode not in ("off", "fixed"):
+            problem = "no fresh grid-meter reading"
+        if problem is None and strategy is not None and reading.state is not None:
+            caps = reading.state.capabilities
+            ctx = StrategyContext(
+                charger_id=slot.charger_id,
+                now_s=now,
+                options=slot.strategy_options.get(slot.mode, {}),
+                min_current_a=MIN_CURRENT_A,
+                max_current_a=caps.max_current_a,
+                phases_switchable=caps.phase_switching,
+            )
+            try:
+                decision = strategy.decide(snapshot, ctx)
+                if decision.charger_id != slot.charger_id:
+                    raise ValueError(f"decision for {decision.charger_id!r}, expected {slot.charger_id!r}")
+            except Exception as exc:
+                problem = f"strategy {slot.mode} failed: {exc}"
+                if slot.strategy_error is None:
+                    log.exception("%s: %s; falling back to %s", slot.charger_id, problem, slot.fallback)
+                slot.strategy_error = problem
+            else:
+                if slot.strategy_error is not None:
+                    log.info("%s: strategy %s works again", slot.charger_id, slot.mode)
+                    slot.strategy_error = None
+                return decision, slot.mode
+        return self._fallback(slot, problem or "fallback"), "fallback"
+
+    def _fallback(self, slot: ChargerSlot, why: str) -> Decision:
+        if slot.fallback == "hold_min":
+            return Decision(
+                charger_id=slot.charger_id,
+                source=Source.FALLBACK,
+                charge=True,
+                current_a=MIN_CURRENT_A,
+                reason=f"fallback hold minimum: {why}",
+            )
+        return Decision(
+            charger_id=slot.charger_id, source=Source.FALLBACK, charge=False, reason=f"fallback pause: {why}"
+        )
+
+    async def _govern(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
+        """Decide for one charger, pass the governor, execute what it allows. Caller holds slot.lock."""
+        if slot.override is not None and slot.override.until_s is not None and now >= slot.override.until_s:
+            log.info("%s: override expired; strategy %s resumes", slot.charger_id, slot.mode)
+            slot.override = None
+        decision, strategy_name = self._strategy_decision(slot, snapshot, now)
+        if decision.source is not Source.FALLBACK:
+            decision = merge_override(decision, slot.override)
+        reading = snapshot.chargers[slot.charger_id]
+        reading = dataclasses.replace(
+            reading, age_s=now - reading.state.read_at_s if reading.state else math.inf
+        )
+        verdict = self._governor.evaluate(decision, reading, now)
+        if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
+            try:
+                await slot.charger.execute(verdict.command)
+            except Exception as exc:
+                log.error("%s: write failed: %s", slot.charger_id, exc)
+                verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
+            else:
+                self._governor.commit(decision, reading, now)
+                self._log_command(slot, verdict)
+        record = DecisionRecord(
+            at_s=now,
+            decision=decision,
+            verdict=verdict,
+            strategy=strategy_name,
+            mode=slot.mode,
+            override=slot.override,
+            grid_power_w=snapshot.grid_power_w,
+            charger_age_s=reading.age_s,
+        )
+        slot.last_record = record
+        for observer in self._observers:
+            try:
+                observer(record, slot.charger_id)
+            except Exception:
+                log.exception("decision observer failed")
+        return verdict
+
+    def _log_command(self, slot: ChargerSlot, verdict: Verdict) -> None:
+        cmd = verdict.command
+        assert cmd is not None
+        parts = []
+        if cmd.current_a is not None:
+            parts.append(f"current {cmd.current_a:g} A")
+        if cmd.release is not None:
+            parts.append("release on" if cmd.release else "release off")
+        if cmd.phases is not None:
+            parts.append(f"{cmd.phases} phase{'s' if cmd.phases != 1 else ''}")
+        if cmd.lock is not None:
+            parts.append("locked" if cmd.lock else "unlocked")
+        notes = f" [{'; '.join(verdict.reasons)}]" if verdict.reasons else ""
+        log.info("%s: %s (%s)%s", slot.charger_id, ", ".join(parts), cmd.reason, notes)
+
+    async def shutdown(self) -> None:
+        """Leave each charger in its safe state, then stop heartbeats (last), then meters."""
+        for slot in self._slots.values():
+            if slot.started:
+                async with slot.lock:
+                    await self._leave_safe(slot)
+        for slot in self._slots.values():
+            if slot.started:
+                try:
+                    await slot.charger.stop()
+                except Exception as exc:
+                    log.error("%s: stop failed: %s", slot.charger_id, exc)
+        for meter in self._meters:
+            try:
+                await meter.stop()
+            except Exception as exc:
+                log.error("meter %s: stop failed: %s", meter.meter_id, exc)
+
+    async def _leave_safe(self, slot: ChargerSlot, max_wait_s: float = 12.0) -> None:
+        """Send the configured safe state; wait out a spacing rule if the governor asks (bounded)."""
+        decision = dataclasses.replace(self._fallback(slot, "shutdown"), source=Source.SHUTDOWN)
+        deadline = self.clock.now() + max_wait_s
+        for _ in range(4):  # a command, perhaps a scheduled remainder, then UNCHANGED
+            now = self.clock.now()
+            reading = self._snapshot.chargers.get(slot.charger_id) or ChargerReading(
+                charger_id=slot.charger_id, state=None
+            )
+            verdict = self._governor.evaluate(decision, reading, now)
+            if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
+                if verdict.retry_at_s > deadline:
+                    break
+                await self.clock.sleep(verdict.retry_at_s - now)
+                continue
+            if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
+                try:
+                    await slot.charger.execute(verdict.command)
+                except Exception as exc:
+                    log.error("%s: could not set the safe state: %s", slot.charger_id, exc)
+                    return
+                self._governor.commit(decision, reading, now)
+                self._log_command(slot, verdict)
+                continue
+            if verdict.outcome is Outcome.REFUSED:
+                log.warning(
+                    "%s: safe state on shutdown refused: %s", slot.charger_id, "; ".join(verdict.reasons)
+                )
+            return
+        log.warning("%s: safe state on shutdown not reached in %.0f s", slot.charger_id, max_wait_s)
