@@ -275,12 +275,21 @@ async def test_pty_transport_reads_writes_vanishes_and_returns(tmp_path: Path) -
     link = tmp_path / "amtron"
     async with SimulatorServer({50: model}, transport="pty", link_path=str(link)) as server:
         assert server.url == str(link) and link.is_symlink()
-        client = await connect(server.url)
+        client = await connect(server.url, timeout_s=0.2)
         try:
             v = await read_map(client)
             assert (v["MODBUS_LAYOUT_VERSION"], v["EVSE_STATE"]) == (0x0103, 3)
             rr = await write(client, R.CHARGING_CURRENT_EM, 7.25)
             assert not rr.isError() and model.em_current_a == 7.25  # type: ignore[attr-defined]
+            server.faults.garble_replies = 1
+            with pytest.raises(ModbusException):
+                await client.read_holding_registers(0x0100, count=1, device_id=50)
+            server.faults.silent = True
+            with pytest.raises(ModbusException):
+                await client.read_holding_registers(0x0100, count=1, device_id=50)
+            server.faults.silent = False
+            rr = await client.read_holding_registers(0x0100, count=1, device_id=50)
+            assert rr.registers == [3]
             await server.vanish()
             assert not _lexists(link)
             with pytest.raises(ModbusException):
