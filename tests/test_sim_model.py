@@ -408,3 +408,50 @@ def test_profiles_by_name() -> None:
     assert profile_by_name("22kW").max_current_evse_a == 32.0
     with pytest.raises(ValueError, match="unknown simulator profile"):
         profile_by_name("7kw")
+
+
+def test_a_device_error_stops_charging_until_cleared(clock: FakeClock) -> None:
+    m = AmtronModel(clock, ev=EvProfile(accept_delay_s=1.0))
+    start(m, 10)
+    step(clock, m, 5)
+    m.set_error(2011)
+    assert (m.evse_state, m.cp_state, get(m, R.ACTIVE_ERROR_CODE), m.charging_current_a) == (6, 14, 2011, 0.0)
+    m.set_error(0)
+    step(clock, m, 5)
+    assert (m.evse_state, m.charging_current_a) == (5, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("address", "values", "fc", "code"),
+    [
+        (0x0302, [0x4120], 0x06, 2),  # half a float
+        (0x0D05, [1, 1], 0x06, 3),  # FC 6 carries one word
+        (0x0D05, [1], 0x05, 1),  # not a register write
+        (0x0D05, [2], 0x06, 3),
+        (0x0D04, [5], 0x06, 3),
+        (0x073A, [3], 0x06, 3),  # fallback 2..5 A is not a valid setting
+        (0x0D07, [1], 0x06, 2),  # unmapped
+    ],
+)
+def test_malformed_writes_are_refused_and_change_nothing(
+    clock: FakeClock, address: int, values: list[int], fc: int, code: int
+) -> None:
+    m = AmtronModel(clock)
+    before = m.values()
+    with pytest.raises(ModbusExceptionReply) as exc:
+        m.write(address, values, fc)
+    assert exc.value.code == code
+    after = m.values()
+    assert {k: after[k] for k in ("CHARGING_CURRENT_EM", "CHARGING_RELEASE_EM", "REQUESTED_PHASES")} == {
+        k: before[k] for k in ("CHARGING_CURRENT_EM", "CHARGING_RELEASE_EM", "REQUESTED_PHASES")
+    }
+    assert m.record.writes[-1].exception_code == code
+
+
+def test_multi_register_writes_are_all_or_nothing(clock: FakeClock) -> None:
+    m = AmtronModel(clock)
+    with pytest.raises(ModbusExceptionReply):
+        m.write(R.SOLAR_CHARGING_MODE.address, [2, 0, 7], 0x10)  # release=7 is invalid
+    assert (get(m, R.SOLAR_CHARGING_MODE), m.release) == (0, 0)
+    m.write(R.SOLAR_CHARGING_MODE.address, [2, 0, 1], 0x10)
+    assert (get(m, R.SOLAR_CHARGING_MODE), m.release) == (2, 1)
