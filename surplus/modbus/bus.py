@@ -84,7 +84,12 @@ class BusConfig:
             (self.retries >= 0, "retries", ">= 0"),
             (self.reconnect_interval_s > 0, "reconnect_interval_s", "positive"),
             (self.heartbeat_interval_s > 0, "heartbeat_interval_s", "positive"),
-            (self.heartbeat_deadline_s > self.timeout_s, "heartbeat_deadline_s", "longer than timeout_s"),
+            # One in-flight transaction plus the quiet time after a timeout must fit.
+            (
+                self.heartbeat_deadline_s > 1.5 * self.timeout_s,
+                "heartbeat_deadline_s",
+                "longer than 1.5 x timeout_s",
+            ),
         ]
         for ok, name, wanted in checks:
             if not ok:
@@ -206,6 +211,7 @@ class _PymodbusNoise(logging.Filter):
         "Not connected, trying to connect",
         "Cancel send, because not connected",
         "received pdu without a corresponding request",
+        "Repeating....",
     )
     last_connect_error = ""
 
@@ -394,6 +400,9 @@ class ModbusBus:
         self._logged_down: str | None = None
         self._device_ok: dict[int, bool] = {}
         self._counters = _Counters()
+        self._dirty = False
+        #: Silence kept after a timeout or a stray reply, so a late answer cannot pass for the next one.
+        self._quiet_s = config.timeout_s / 2
         self.last_error: str | None = None
 
     # --- public ------------------------------------------------------------
@@ -474,7 +483,9 @@ class ModbusBus:
             return
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
-        effective = min(interval_s, self._config.heartbeat_deadline_s - self._config.timeout_s)
+        effective = min(
+            interval_s, self._config.heartbeat_deadline_s - self._config.timeout_s - self._quiet_s
+        )
         self._beats[device_id] = _Beat(device_id, address, value, effective, due_at=self._clock.now())
         self._wake.set()
 
@@ -590,6 +601,11 @@ class ModbusBus:
 
     async def _attempt(self, req: _Request) -> list[int]:
         """One transaction, bounded by ``timeout_s`` on the injected clock."""
+        if self._dirty:
+            # After a timeout or a reply that was not ours, a late reply may still
+            # be on its way; let it arrive (pymodbus drops it) before talking again.
+            self._dirty = False
+            await self._clock.sleep(self._quiet_s)
         sent, received = req.frame_bytes()
         self._counters.add("transactions")
         self._counters.add("bytes_sent", sent)
@@ -611,6 +627,7 @@ class ModbusBus:
                     await work
         if work not in done:
             self._answered = False
+            self._dirty = True
             self._counters.add("timeouts")
             raise _Timeout(f"{req.describe()}: no answer within {self._config.timeout_s:g} s")
         try:
@@ -618,6 +635,11 @@ class ModbusBus:
         except ModbusExceptionReply:
             self._counters.add("bytes_received", 5)
             self._answered = True
+            raise
+        except LinkLost:
+            raise
+        except BusError:
+            self._dirty = True
             raise
         self._counters.add("bytes_received", received)
         self._answered = True
