@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -186,3 +190,57 @@ def sample_decision() -> DecisionRecord:
         grid_power_w=-2500.0,
         charger_age_s=0.5,
     )
+
+
+STACK_CONFIG = """\
+bus:
+  port: sim
+heartbeat:
+  interval_s: 3
+control:
+  tick_s: 0.5
+  stale_after_s: 10
+chargers:
+  - id: wallbox
+    device_id: 50
+    mode: fixed
+    strategies:
+      fixed: {current_a: 10}
+    limits: {fuse_limit_a: 32, soft_pause_a: 1.0, pause: release}
+meters: []
+rpc:
+  port: 0
+"""
+
+
+@contextlib.asynccontextmanager
+async def full_stack(config_text: str = STACK_CONFIG) -> AsyncIterator[tuple[Any, Any, str]]:
+    """The real stack (simulator over RTU-over-TCP, bus, driver, governor, loop, RPC) on the system clock.
+
+    Yields ``(stack, model, url)`` once the charger has been read, with the loop running.
+    """
+    from surplus.clock import SystemClock
+    from surplus.config import load_config
+    from surplus.runner import build_stack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "surplus.yaml"
+        path.write_text(config_text)
+        config = load_config(str(path), {})
+    clock = SystemClock()
+    async with build_stack(config, clock=clock) as stack:
+        run = asyncio.ensure_future(stack.controller.run())
+        try:
+            deadline = clock.now() + 15
+            while True:
+                reading = stack.controller.snapshot().chargers.get("wallbox")
+                if reading is not None and reading.state is not None:
+                    break
+                assert clock.now() < deadline, "the charger was never read"
+                assert not run.done(), run
+                await asyncio.sleep(0.05)
+            model = stack.simulator.models[50]
+            yield stack, model, f"http://127.0.0.1:{stack.web.port}/"
+        finally:
+            stack.controller.stop()
+            await asyncio.wait_for(run, 20)
