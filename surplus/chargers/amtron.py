@@ -140,20 +140,22 @@ class AmtronCharger:
 
     async def _find_device(self) -> int:
         candidates = (self._configured_id,) if self._configured_id is not None else PROBE_IDS
-        errors: list[str] = []
+        errors: dict[int, str] = {}
         for device_id in candidates:
             try:
                 await self._bus.read(
                     device_id, R.MODBUS_LAYOUT_VERSION.address, R.MODBUS_LAYOUT_VERSION.count
                 )
             except BusError as exc:
-                errors.append(f"id {device_id}: {_one_line(str(exc))}")
+                errors[device_id] = _one_line(str(exc))
                 continue
             if self._configured_id is None:
                 log.info("%s: AMTRON answered on device id %d", self.charger_id, device_id)
             return device_id
         ids = " or ".join(str(i) for i in candidates)
-        raise ChargerError(f"{self.charger_id}: no AMTRON answered on device id {ids} ({'; '.join(errors)})")
+        texts = set(errors.values())
+        why = texts.pop() if len(texts) == 1 else "; ".join(f"id {i}: {t}" for i, t in errors.items())
+        raise ChargerError(f"{self.charger_id}: no AMTRON answered on device id {ids} ({why})")
 
     # --- reading -------------------------------------------------------------
     def _require_id(self) -> int:

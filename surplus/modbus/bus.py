@@ -266,7 +266,7 @@ class PymodbusLink:
     async def connect(self) -> None:
         self.close()
         c = self._config
-        _PymodbusNoise.last_connect_error = ""
+        # Not reset per attempt: pymodbus logs a repeated message once, so a repeat keeps the old text.
         client = self._make_client()
         if not await client.connect():
             client.close()
@@ -420,7 +420,7 @@ class ModbusBus:
         """A copy of the counters."""
         return BusStats(**self._counters.values)
 
-    def heartbeat_times(self, device_id: int) -> float | None:
+    def last_heartbeat_at(self, device_id: int) -> float | None:
         """Clock time of the last delivered heartbeat for ``device_id`` (None: none yet)."""
         beat = self._beats.get(device_id)
         return beat.last_ok_at if beat else None
@@ -575,12 +575,9 @@ class ModbusBus:
         self.last_error = reason
         self._link.close()
         if self._logged_down is None:
-            log.warning(
-                "modbus %s: %s; retrying every %g s",
-                self._config.port,
-                reason,
-                self._config.reconnect_interval_s,
-            )
+            port = self._config.port
+            shown = reason if reason.startswith(port) else f"{port}: {reason}"
+            log.warning("modbus %s; retrying every %g s", shown, self._config.reconnect_interval_s)
             self._logged_down = reason
         self._fail_queue(BusError(f"{self._config.port}: not connected ({reason})"))
 
