@@ -18,6 +18,7 @@ run: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check surplus plugins tests bench
+	$(BIN)/ruff format --check surplus plugins tests bench
 	$(BIN)/mypy
 
 test: $(BIN)/.installed

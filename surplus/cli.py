@@ -20,7 +20,9 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surplus", description="Solar-surplus charging for MENNEKES AMTRON.")
+    parser = argparse.ArgumentParser(
+        prog="surplus", description="Solar-surplus charging for MENNEKES AMTRON."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:

@@ -75,10 +75,15 @@ class FakeClock:
             raise ValueError("a clock does not go backwards")
         self._now = now
 
-    async def settle(self, rounds: int = 20) -> None:
-        """Let ready tasks run until they block again."""
+    async def settle(self, rounds: int = 50) -> None:
+        """Let ready tasks run until they block again (at most ``rounds`` loop passes)."""
+        loop = asyncio.get_running_loop()
         for _ in range(rounds):
             await asyncio.sleep(0)
+            # The default loop keeps runnable callbacks in ``_ready``; once only
+            # we are left, everyone else is blocked on the clock or on I/O.
+            if not getattr(loop, "_ready", True):
+                break
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking sleepers on the way."""

@@ -134,8 +134,12 @@ class ChargerState:
 
     @property
     def vehicle_connected(self) -> bool:
-        return self.evse_state in (EvseState.CONNECTED, EvseState.PRECONDITIONS,
-                                   EvseState.READY, EvseState.CHARGING)
+        return self.evse_state in (
+            EvseState.CONNECTED,
+            EvseState.PRECONDITIONS,
+            EvseState.READY,
+            EvseState.CHARGING,
+        )
 
     @property
     def charging(self) -> bool:

@@ -55,6 +55,15 @@ def decode_span(
     registers: Iterable[Register], start: int, words: Sequence[int], word_order: WordOrder = "big"
 ) -> dict[str, Value]:
     """Decode every register of ``registers`` that lies inside words read from ``start``."""
+    return dict(_decode_span(tuple(registers), start, tuple(words), word_order))
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_span(
+    registers: tuple[Register, ...], start: int, words: tuple[int, ...], word_order: WordOrder
+) -> dict[str, Value]:
+    # Memoised per span: status, configuration and diagnostics read back the
+    # same words tick after tick. The public wrapper hands out copies.
     out: dict[str, Value] = {}
     for reg in registers:
         lo = reg.address - start

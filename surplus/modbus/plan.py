@@ -16,6 +16,7 @@ The framing arithmetic at the bottom (RTU bytes and wire time) is what
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ def for_layout(registers: Iterable[Register], layout: int | None) -> tuple[Regis
     return tuple(r for r in registers if r.since_layout <= top)
 
 
+@functools.lru_cache(maxsize=16)
 def _mapped_addresses(layout: int | None) -> frozenset[int]:
     return frozenset(a for r in for_layout(_readable(R.REGISTERS), layout) for a in range(r.address, r.end))
 
@@ -105,6 +107,12 @@ def plan_reads(
     and the read stays within ``max_count`` words; the words in between are read
     and ignored, which is cheaper on the wire than a second transaction.
     """
+    return list(_plan(tuple(registers), max_count, layout))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(registers: tuple[Register, ...], max_count: int, layout: int | None) -> tuple[Span, ...]:
+    # Memoised: the driver asks for the same few poll sets every tick.
     regs = _prepare(registers, layout, max_count)
     mapped = _mapped_addresses(layout)
     spans: list[Span] = []
@@ -121,7 +129,7 @@ def plan_reads(
         start, group = reg.address, [reg]
     if group:
         spans.append(Span(address=start, count=group[-1].end - start, registers=tuple(group)))
-    return spans
+    return tuple(spans)
 
 
 # --- RTU framing arithmetic ---------------------------------------------------

@@ -65,9 +65,9 @@ class Block(enum.Enum):
     STATISTICS = 0x1000
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Register:
-    """One entry of the register map."""
+    """One entry of the register map (compared and hashed by identity: each is a singleton)."""
 
     name: str
     address: int
@@ -182,7 +182,10 @@ RESTART_VALUE = 0x00BB
 
 # --- 0x0000 general information -------------------------------------------
 MODBUS_LAYOUT_VERSION = _r(
-    "MODBUS_LAYOUT_VERSION", 0x0000, U16, "R",
+    "MODBUS_LAYOUT_VERSION",
+    0x0000,
+    U16,
+    "R",
     enum={0x0100: "1.0.0", 0x0101: "1.0.1", 0x0102: "1.0.2", 0x0103: "1.0.3"},
     description="Register layout version (not the firmware)",
 )
@@ -201,23 +204,38 @@ SIGNALED_CURRENT = _r("SIGNALED_CURRENT", 0x0114, F32, "R", unit="A", since=0x01
 # --- 0x0300 configuration -------------------------------------------------
 DOWNGRADE_CURRENT = _r("DOWNGRADE_CURRENT", 0x0300, F32, "R", unit="A")
 CHARGING_CURRENT_EM = _r(
-    "CHARGING_CURRENT_EM", 0x0302, F32, "RW", unit="A",
+    "CHARGING_CURRENT_EM",
+    0x0302,
+    F32,
+    "RW",
+    unit="A",
     description="EM current limit: 0 = no limit (!), 0.01-5.99 = soft pause, >= 6 = limit",
 )
 MAX_CURRENT_HOUSE = _r("MAX_CURRENT_HOUSE", 0x0304, F32, "R", unit="A")
 MAX_CURRENT_EVSE = _r("MAX_CURRENT_EVSE", 0x0306, F32, "R", unit="A")
 PHASE_SWITCHING_MODE = _r(
-    "PHASE_SWITCHING_MODE", 0x030A, U16, "R",
+    "PHASE_SWITCHING_MODE",
+    0x030A,
+    U16,
+    "R",
     enum={0: "solar 1-phase only", 1: "solar 3-phase only", 2: "solar dynamic 1/3"},
 )
 PHASE_OPTIONS_HW = _r(
-    "PHASE_OPTIONS_HW", 0x030C, U16, "R",
+    "PHASE_OPTIONS_HW",
+    0x030C,
+    U16,
+    "R",
     enum={0: "HW 1-phase only", 1: "HW 3-phase only", 2: "HW 1 or 3 phases"},
     since=0x0101,
 )
 CABLE_LOCK_SETTING = _r("CABLE_LOCK_SETTING", 0x030D, U16, "R", enum=ENABLED_TEXT, since=0x0102)
 MASTER_LOST_FALLBACK_CURRENT = _r(
-    "MASTER_LOST_FALLBACK_CURRENT", 0x030E, U16, "R", unit="A", since=0x0102,
+    "MASTER_LOST_FALLBACK_CURRENT",
+    0x030E,
+    U16,
+    "R",
+    unit="A",
+    since=0x0102,
     description="0 = keep last master values, 1 = pause, 6-32 = continue at this current",
 )
 GRID_IMBALANCE = _r("GRID_IMBALANCE", 0x030F, U16, "R", enum=ENABLED_TEXT, since=0x0102)
@@ -243,25 +261,38 @@ POWER_OVERALL = _r("POWER_OVERALL", 0x0512, F32, "R", unit="W")
 
 # --- 0x0700 settings (persistent; never written cyclically) ---------------
 SETTING_MAX_CURRENT_EVSE = _r(
-    "SETTING_MAX_CURRENT_EVSE", 0x0706, U16, "RW", since=0x0103,
-    enum={0: "32 A (22 kW) / 16 A (11 kW)", 1: "25 A / 16 A", 2: "20 A / 16 A",
-          3: "16 A", 4: "13 A", 5: "10 A", 6: "6 A"},
+    "SETTING_MAX_CURRENT_EVSE",
+    0x0706,
+    U16,
+    "RW",
+    since=0x0103,
+    enum={
+        0: "32 A (22 kW) / 16 A (11 kW)",
+        1: "25 A / 16 A",
+        2: "20 A / 16 A",
+        3: "16 A",
+        4: "13 A",
+        5: "10 A",
+        6: "6 A",
+    },
 )
 SETTING_PHASE_ROTATION = _r("SETTING_PHASE_ROTATION", 0x070A, U16, "RW", since=0x0103)
 SETTING_CONNECTED_PHASES = _r(
     "SETTING_CONNECTED_PHASES", 0x0710, U16, "RW", since=0x0103, enum={0: "L1", 2: "L1, L2, L3"}
 )
 SETTING_PHASE_USAGE_SOLAR = _r(
-    "SETTING_PHASE_USAGE_SOLAR", 0x071A, U16, "RW", since=0x0103,
+    "SETTING_PHASE_USAGE_SOLAR",
+    0x071A,
+    U16,
+    "RW",
+    since=0x0103,
     enum={0: "by power class", 1: "always 1 phase", 2: "always 3 phases", 3: "dynamic"},
 )
 SETTING_FALLBACK_CURRENT = _r("SETTING_FALLBACK_CURRENT", 0x073A, U16, "RW", unit="A", since=0x0103)
 SETTING_SOLAR_CHARGING_ACTIVE = _r(
     "SETTING_SOLAR_CHARGING_ACTIVE", 0x073C, U16, "RW", enum=ENABLED_TEXT, since=0x0103
 )
-SETTING_PHASE_SWITCHING_PAUSE = _r(
-    "SETTING_PHASE_SWITCHING_PAUSE", 0x078C, U16, "RW", unit="s", since=0x0103
-)
+SETTING_PHASE_SWITCHING_PAUSE = _r("SETTING_PHASE_SWITCHING_PAUSE", 0x078C, U16, "RW", unit="s", since=0x0103)
 
 # --- 0x0900 input measurements --------------------------------------------
 TEMPERATURE = _r("TEMPERATURE", 0x0900, F32, "R", unit="degC", since=0x0102)
@@ -271,26 +302,32 @@ SESSION_MAX_CURRENT = _r("SESSION_MAX_CURRENT", 0x0B00, F32, "R", unit="A")
 CHARGED_ENERGY_SESSION = _r("CHARGED_ENERGY_SESSION", 0x0B02, F32, "R", unit="kWh")
 SESSION_DURATION = _r("SESSION_DURATION", 0x0B04, U32, "R", unit="s")
 DETECTED_EV_PHASES = _r(
-    "DETECTED_EV_PHASES", 0x0B06, U16, "R", since=0x0102,
+    "DETECTED_EV_PHASES",
+    0x0B06,
+    U16,
+    "R",
+    since=0x0102,
     enum={0: "not initialized", 1: "1 phase", 2: "2 phases", 3: "3 phases"},
 )
 
 # --- 0x0D00 functions -----------------------------------------------------
 HEARTBEAT_EM = _r("HEARTBEAT_EM", 0x0D00, U16, "W", description="write 0x55AA at least every 10 s")
 CABLE_LOCK_STATUS = _r(
-    "CABLE_LOCK_STATUS", 0x0D02, U16, "R",
+    "CABLE_LOCK_STATUS",
+    0x0D02,
+    U16,
+    "R",
     enum={0: "unknown", 1: "unlocked", 2: "locked", 3: "fixed cable"},
 )
 SOLAR_CHARGING_MODE = _r(
-    "SOLAR_CHARGING_MODE", 0x0D03, U16, "RW",
+    "SOLAR_CHARGING_MODE",
+    0x0D03,
+    U16,
+    "RW",
     enum={0: "off", 1: "fast (standard)", 2: "Sunshine", 3: "Sunshine+"},
 )
-REQUESTED_PHASES = _r(
-    "REQUESTED_PHASES", 0x0D04, U16, "RW", enum={0: "all available phases", 1: "1 phase"}
-)
-CHARGING_RELEASE_EM = _r(
-    "CHARGING_RELEASE_EM", 0x0D05, U16, "RW", enum={0: "not allowed", 1: "allowed"}
-)
+REQUESTED_PHASES = _r("REQUESTED_PHASES", 0x0D04, U16, "RW", enum={0: "all available phases", 1: "1 phase"})
+CHARGING_RELEASE_EM = _r("CHARGING_RELEASE_EM", 0x0D05, U16, "RW", enum={0: "not allowed", 1: "allowed"})
 LOCK_EVSE = _r("LOCK_EVSE", 0x0D06, U16, "RW", enum={0: "not locked", 1: "locked"})
 SYSTEM_RESTART = _r("SYSTEM_RESTART", 0x0D19, U16, "W", since=0x0103)
 

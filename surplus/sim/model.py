@@ -211,6 +211,7 @@ class AmtronModel:
         self._cache: dict[str, Value] | None = None
         self._cache_t = math.nan
         self._words: dict[tuple[str, Value], list[int]] = {}
+        self._span_words: dict[tuple[int, tuple[Value, ...]], list[int]] = {}
         self._events: tuple[float, float] | None = None
         self._spans: dict[tuple[int, int, bool], tuple[R.Register, ...] | tuple[int, str]] = {}
         self._boot()
@@ -479,6 +480,8 @@ class AmtronModel:
     def _advance(self) -> None:
         """Run the physics from the last update to ``clock.now()``, event by event."""
         to = self._clock.now()
+        if to == self._t and self._events is not None:
+            return  # already there, and nothing changed since (several reads in one poll)
         while True:
             deadline, other = self._next_events()
             # "No heartbeat for more than 10 s": a beat at exactly the deadline still counts.
@@ -583,10 +586,19 @@ class AmtronModel:
         self._advance()
         self.record.reads += 1
         values = self._sample()
-        words: list[int] = []
-        for reg in regs:
-            words.extend(self._encode(reg, values[reg.name]))
-        return words
+        current = tuple(values[reg.name] for reg in regs)
+        key = (address, current)
+        words = self._span_words.get(key)
+        if words is None:
+            # Most spans (status, configuration, diagnostics) repeat their
+            # values poll after poll; encode each distinct content once.
+            if len(self._span_words) > 4096:
+                self._span_words.clear()
+            words = []
+            for reg, value in zip(regs, current, strict=True):
+                words.extend(self._encode(reg, value))
+            self._span_words[key] = words
+        return list(words)
 
     def values(self) -> dict[str, Value]:
         """Every readable register's value now (noise included), by name."""

@@ -1,0 +1,226 @@
+"""``surplus run``: build the whole stack from a config and run it.
+
+With ``bus.port: sim`` (the default, and ``config/demo.yaml``) the built-in
+AMTRON simulator is started in-process and served over RTU-over-TCP on
+127.0.0.1, so the real bus owner and driver talk real Modbus to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .config import Config, ConfigError, load_config, to_limits, validate_plugins
+from .governor import SafetyGovernor
+from .loop import ChargerSlot, Controller
+from .meter import Meter, MeterEnv
+from .modbus.bus import BusConfig, ModbusBus
+from .plugins import collect_meters, collect_strategies, describe_plugins, make_plugin_manager
+
+log = logging.getLogger("surplus")
+
+
+@dataclass
+class Stack:
+    """Everything ``surplus run`` starts, so tests can build the same thing."""
+
+    config: Config
+    controller: Controller
+    buses: list[ModbusBus] = field(default_factory=list)
+    simulator: Any = None  # surplus.sim.server.SimulatorServer when bus.port is "sim"
+    web: Any = None  # surplus.web.WebServer when the RPC server runs
+
+
+def bus_config(config: Config, port: str) -> BusConfig:
+    """The bus settings of the config, on ``port``."""
+    b = config.bus
+    return BusConfig(
+        port=port,
+        baudrate=b.baudrate,
+        bytesize=b.bytesize,
+        parity=b.parity_code,
+        stopbits=b.stopbits,
+        timeout_s=b.timeout_ms / 1000.0,
+        retries=b.retries,
+        reconnect_interval_s=b.reconnect_interval_ms / 1000.0,
+        heartbeat_enabled=config.heartbeat.enabled,
+        heartbeat_interval_s=config.heartbeat.interval_s,
+    )
+
+
+async def _start_simulator(config: Config, clock: Clock) -> Any:
+    from .sim.model import AmtronModel, EvProfile, profile_by_name
+    from .sim.server import SimulatorServer
+
+    sim = config.simulator
+    models = {
+        device_id: AmtronModel(
+            clock,
+            profile=profile_by_name(sim.profile),
+            seed=sim.seed + i,
+            ev=EvProfile() if sim.ev else None,
+        )
+        for i, device_id in enumerate(sim.device_ids)
+    }
+    server = SimulatorServer(models, transport="tcp", host="127.0.0.1", port=0)
+    await server.start()
+    log.info(
+        "built-in AMTRON simulator (%s) on %s, device ids %s",
+        sim.profile,
+        server.url,
+        ", ".join(str(d) for d in sim.device_ids),
+    )
+    return server
+
+
+@contextlib.asynccontextmanager
+async def build_stack(
+    config: Config, *, clock: Clock | None = None, rpc: bool = True
+) -> AsyncIterator[Stack]:
+    """Start simulator (if configured), bus, chargers, meters, controller and RPC server."""
+    from .chargers.amtron import AmtronCharger
+
+    clock = clock or SystemClock()
+    pm = make_plugin_manager(blocked=config.plugins.blocked)
+    strategy_factories = collect_strategies(pm)
+    meter_factories = collect_meters(pm)
+    validate_plugins(config, strategy_factories, meter_factories)
+
+    simulator = None
+    port = config.bus.port
+    if port == "sim":
+        simulator = await _start_simulator(config, clock)
+        port = simulator.url
+    bus = ModbusBus(bus_config(config, port), clock)
+    await bus.start()
+
+    slots: list[ChargerSlot] = []
+    for ch in config.chargers:
+        charger = AmtronCharger(
+            bus,
+            charger_id=ch.id,
+            clock=clock,
+            device_id=ch.device_id,
+            word_order=config.bus.word_order,
+            heartbeat_interval_s=config.heartbeat.interval_s,
+            heartbeat_enabled=config.heartbeat.enabled,
+        )
+        options: Mapping[str, Mapping[str, Any]] = ch.strategies
+        strategies = {name: factory(options.get(name, {})) for name, factory in strategy_factories.items()}
+        slots.append(
+            ChargerSlot(
+                charger=charger,
+                strategies=strategies,
+                mode=ch.mode,
+                fallback=config.control.fallback,
+                strategy_options=options,
+            )
+        )
+
+    holder: dict[str, Controller] = {}
+
+    def charger_power_w() -> float:
+        ctl = holder.get("c")
+        if ctl is None:
+            return 0.0
+        return sum(r.state.power_total_w for r in ctl.snapshot().chargers.values() if r.state is not None)
+
+    env = MeterEnv(clock=clock, charger_power_w=charger_power_w)
+    meters: list[Meter] = [meter_factories[m.type](m.id, m.options, env) for m in config.meters]
+    governor = SafetyGovernor({ch.id: to_limits(ch, config.control.stale_after_s) for ch in config.chargers})
+    controller = Controller(
+        clock=clock,
+        chargers=slots,
+        meters=meters,
+        governor=governor,
+        tick_s=config.control.tick_s,
+        stale_after_s=config.control.stale_after_s,
+        full_read_every_s=config.control.full_read_every_s,
+        plugins=describe_plugins(pm),
+    )
+    holder["c"] = controller
+    stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)
+    try:
+        if rpc:
+            from .web import RpcSettings, start_web
+
+            r = config.rpc
+            stack.web = await start_web(
+                controller,
+                RpcSettings(
+                    host=r.host,
+                    port=r.port,
+                    token=r.token,
+                    auth_reads=r.auth_reads,
+                    max_body_bytes=r.max_body_bytes,
+                    max_batch=r.max_batch,
+                ),
+            )
+            log.info("JSON-RPC on http://%s:%s/", r.host, stack.web.port)
+        yield stack
+    finally:
+        if stack.web is not None:
+            await stack.web.close()
+        await bus.close()
+        if simulator is not None:
+            await simulator.stop()
+
+
+def setup_logging(level: str, file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file:
+        os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
+        handlers.append(logging.FileHandler(file))
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # pymodbus logs every retry and reconnect at error level; our bus says it once.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+async def run(config: Config, *, duration_s: float | None = None, rpc: bool = True) -> int:
+    """Run until SIGINT/SIGTERM (or ``duration_s``), leaving chargers in their safe state."""
+    async with build_stack(config, rpc=rpc) as stack:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stack.controller.stop)
+        await stack.controller.run(duration_s=duration_s)
+    log.info("stopped")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"surplus: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.file)
+    try:
+        return asyncio.run(run(config, duration_s=args.duration, rpc=not args.no_rpc))
+    except OSError as exc:  # e.g. the RPC port is taken
+        log.error("%s", exc)
+        return 1
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="run the controller (default config: built-in simulator + simulated meter)"
+    )
+    p.add_argument("-c", "--config", help="YAML config (default: config/demo.yaml's settings)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-rpc", action="store_true", help="do not start the JSON-RPC server")
+    p.set_defaults(func=_cmd_run)

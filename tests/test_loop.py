@@ -1,0 +1,205 @@
+"""The control loop on a fake clock: the real driver and governor over the in-memory model bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+import pytest
+
+from surplus.api import Override
+from surplus.clock import FakeClock
+from surplus.loop import merge_override
+from surplus.meter import MeterEnv
+from surplus.plugins import collect_meters, make_plugin_manager
+from surplus.sim.model import AmtronModel, EvProfile
+from surplus.strategy import StrategyContext
+from surplus.types import Decision, Outcome, PauseKind, Snapshot, Source
+
+from .loop_support import assert_governor_rules_held, build_controller
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def test_a_simulated_hour_of_the_real_loop_runs_on_the_fake_clock(clock: FakeClock) -> None:
+    """An hour of 1 s ticks; bench/loop_hour.py prints how long it takes (about 1 s here)."""
+    model = AmtronModel(clock, ev=EvProfile(soc=0.2, capacity_wh=80_000))
+    controller, bus = build_controller(clock, model, fixed_current_a=10)
+    energy_at_start = model.energy_total_wh
+    wall = time.perf_counter()
+    task = asyncio.ensure_future(controller.run(duration_s=3600))
+    await clock.advance(3601)
+    await task
+    elapsed = time.perf_counter() - wall
+    await bus.close()
+    # Not a timing assertion: a generous bound that only a real sleep or a hang would break.
+    assert elapsed < 20.0, f"a simulated hour took {elapsed:.2f} s of wall time"
+    assert controller.ticks >= 3500
+    rec = model.record
+    assert rec.worst_heartbeat_gap_s <= 3.0 + 1e-9
+    assert model.error_code == 0
+    written = [w.value for w in rec.writes if w.register == "CHARGING_CURRENT_EM"]
+    assert 10.0 in written
+    # 10 A on three phases at 230 V for most of an hour: about 6.9 kWh.
+    assert 6000 < model.energy_total_wh - energy_at_start < 7200
+    assert_governor_rules_held(rec)
+
+
+async def test_shutdown_leaves_the_safe_state_and_stops_the_heartbeat_last(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=12)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(30)
+    assert model.evse_state == 5
+    controller.stop()
+    await clock.advance(10)
+    await task
+    writes = model.record.writes
+    last_release = [w for w in writes if w.register == "CHARGING_RELEASE_EM"][-1]
+    assert last_release.value == 0
+    # No heartbeat after the safe-state write... and no further beats once stopped.
+    beats_after = [t for t in model.record.heartbeats if t > last_release.at_s]
+    assert len(beats_after) <= 1
+    n = len(model.record.heartbeats)
+    await clock.advance(20)
+    assert len(model.record.heartbeats) == n
+    await bus.close()
+
+
+class _FailsLater:
+    """Charges at 10 A, then starts raising at ``fail_at_s``."""
+
+    name = "fixed"
+
+    def __init__(self, fail_at_s: float) -> None:
+        self.fail_at_s = fail_at_s
+
+    def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        if ctx.now_s >= self.fail_at_s:
+            raise RuntimeError("boom")
+        return Decision(
+            charger_id=ctx.charger_id, source=Source.STRATEGY, charge=True, current_a=10, reason="ok"
+        )
+
+
+@pytest.mark.parametrize(("fallback", "current_a", "release"), [("pause", 10.0, 0), ("hold_min", 6.0, 1)])
+async def test_a_failing_strategy_is_isolated_and_falls_back(
+    clock: FakeClock, fallback: str, current_a: float, release: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    strategy = _FailsLater(clock.now() + 30)
+    controller, bus = build_controller(clock, model, strategy=strategy, fallback=fallback)
+    with caplog.at_level(logging.ERROR):
+        task = asyncio.ensure_future(controller.run(duration_s=90))
+        await clock.advance(91)
+        await task
+    await bus.close()
+    assert controller.ticks >= 89  # the loop kept going
+    failures = [r for r in caplog.records if "strategy fixed failed" in r.getMessage()]
+    assert len(failures) == 1, "one log line per failure streak, not one per tick"
+    record = controller.last_decision("wallbox")
+    assert record is not None and record.decision.source is Source.FALLBACK
+    writes = [w for w in model.record.writes if w.at_s >= strategy.fail_at_s and w.register != "HEARTBEAT_EM"]
+    # the fallback acted before shutdown: hold_min lowers to 6 A, pause opens the release
+    first = writes[0]
+    if fallback == "hold_min":
+        assert (first.register, first.value) == ("CHARGING_CURRENT_EM", current_a)
+    else:
+        assert (first.register, first.value) == ("CHARGING_RELEASE_EM", release)
+        assert first.at_s < strategy.fail_at_s + 2
+    assert_governor_rules_held(model.record)
+
+
+async def test_override_applies_holds_and_expires(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=8)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(20)
+    verdict = await controller.set_override("wallbox", Override(current_a=14, until_s=clock.now() + 60))
+    assert verdict.outcome in (Outcome.APPLIED, Outcome.SCHEDULED)
+    await clock.advance(30)
+    assert model.em_current_a == 14.0
+    await clock.advance(40)  # expired: the strategy's 8 A returns
+    assert controller.get_override("wallbox") is None
+    assert model.em_current_a == 8.0
+    controller.stop()
+    await clock.advance(10)
+    await task
+    await bus.close()
+    assert_governor_rules_held(model.record)
+
+
+async def test_a_refused_override_changes_nothing(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=8)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(20)
+    writes = len(model.record.writes)
+    verdict = await controller.set_override("wallbox", Override(current_a=math.nan))
+    assert verdict.outcome is Outcome.REFUSED
+    assert controller.get_override("wallbox") is None
+    assert len(model.record.writes) == writes
+    controller.stop()
+    await clock.advance(10)
+    await task
+    await bus.close()
+
+
+async def test_mode_switch_to_off_pauses_and_unknown_modes_are_refused(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=10)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(20)
+    with pytest.raises(ValueError, match="unknown mode"):
+        controller.set_mode("wallbox", "turbo")
+    with pytest.raises(ValueError, match="unknown charger"):
+        controller.set_mode("garage", "off")
+    controller.set_mode("wallbox", "off")
+    await clock.advance(400)  # the strategy's pause waits for the 5-minute pause/resume spacing at most
+    assert model.evse_state != 5
+    controller.stop()
+    await clock.advance(10)
+    await task
+    await bus.close()
+
+
+def test_merge_override_replaces_only_what_it_sets() -> None:
+    d = Decision(charger_id="w", source=Source.STRATEGY, charge=True, current_a=10, phases=3, reason="pv")
+    assert merge_override(d, None) is d
+    m = merge_override(d, Override(phases=1, reason="rpc"))
+    assert (m.charge, m.current_a, m.phases, m.source, m.reason) == (True, 10, 1, Source.OVERRIDE, "rpc")
+    p = merge_override(d, Override(charge=False, pause_kind=PauseKind.SOFT))
+    assert (p.charge, p.pause_kind) == (False, PauseKind.SOFT)
+    c = merge_override(dataclass_replace(d, charge=False), Override(current_a=16))
+    assert (c.charge, c.current_a) == (True, 16)
+
+
+def dataclass_replace(obj: Any, **kw: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+async def test_meter_readings_enter_the_snapshot_with_their_age(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    pm = make_plugin_manager(load_entrypoints=False)
+    meter = collect_meters(pm)["simulated"](
+        "grid", {"seed": 3}, MeterEnv(clock=clock, charger_power_w=lambda: 0.0)
+    )
+    controller, bus = build_controller(clock, model, fixed_current_a=10, meters=[meter])
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(5)
+    snap = controller.snapshot()
+    assert "grid" in snap.meters and snap.grid_power_w is not None
+    assert snap.meters["grid"].age_s == pytest.approx(0.0, abs=1.0)
+    assert snap.chargers["wallbox"].state is not None
+    controller.stop()
+    await clock.advance(10)
+    await task
+    await bus.close()
