@@ -165,7 +165,6 @@ async def build_stack(
                     max_batch=r.max_batch,
                 ),
             )
-            log.info("JSON-RPC on http://%s:%s/", r.host, stack.web.port)
         yield stack
     finally:
         if stack.web is not None:

@@ -34,6 +34,8 @@ ERROR_EM_UNAVAILABLE = 200
 MIN_CURRENT_A = 6.0
 MAX_EM_CURRENT_A = 32.0
 MAX_READ_COUNT = 125
+#: Measurement noise is held this long (simulated seconds) before it is redrawn.
+NOISE_HOLD_S = 2.0
 AMBIENT_C = 25.0
 #: Thermal time constant of the box and the rise per amp of total load.
 THERMAL_TAU_S = 600.0
@@ -178,7 +180,11 @@ class AmtronModel:
         self.profile = profile
         self.word_order: WordOrder = word_order
         self.record = SimRecord()
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._noise_bucket = -1
+        self._noise_values: tuple[float, ...] = ()
+        self._measured_key: tuple[float, int, int, int, float] | None = None
+        self._measured: dict[str, Value] = {}
         self._regs = [r for r in R.REGISTERS if r.since_layout <= profile.layout_version]
         self._at: dict[int, tuple[R.Register, int]] = {}
         for reg in self._regs:
@@ -620,24 +626,43 @@ class AmtronModel:
             words = self._words[key] = encode(reg, value, self.word_order)
         return words
 
+    def _noise(self) -> tuple[float, ...]:
+        """Measurement noise, redrawn every NOISE_HOLD_S of simulated time.
+
+        Drawn from (seed, time bucket), so it does not depend on how often
+        anyone polls, and a poll-heavy replay sees repeated words it can cache.
+        """
+        bucket = int(self._t // NOISE_HOLD_S)
+        if bucket != self._noise_bucket:
+            rng = random.Random(self._seed * 1_000_003 + bucket)
+            self._noise_values = tuple(rng.uniform(-1.0, 1.0) for _ in range(7))
+            self._noise_bucket = bucket
+        return self._noise_values
+
     def _measurements(self) -> dict[str, Value]:
         draw = self._draw_a()
         phases = self._draw_phases() if draw > 0 else 0
         grid = 3 if self._settings[R.SETTING_CONNECTED_PHASES.name] == 2 else 1
+        noise = self._noise()
+        temperature = round(self._temperature_c + 0.1 * noise[6], 1)
+        key = (draw, phases, grid, self._noise_bucket, temperature)
+        if key == self._measured_key:
+            return self._measured
         out: dict[str, Value] = {}
         total = 0.0
         currents = (R.CURRENT_L1, R.CURRENT_L2, R.CURRENT_L3)
         voltages = (R.VOLTAGE_L1, R.VOLTAGE_L2, R.VOLTAGE_L3)
         powers = (R.POWER_L1, R.POWER_L2, R.POWER_L3)
         for i in range(3):
-            amps = max(0.0, draw + self._rng.uniform(-0.05, 0.05)) if i < phases else 0.0
-            volts = self.profile.voltage_v + self._rng.uniform(-1.0, 1.0) if i < grid else 0.0
+            amps = max(0.0, draw + 0.05 * noise[i]) if i < phases else 0.0
+            volts = self.profile.voltage_v + noise[3 + i] if i < grid else 0.0
             out[currents[i].name] = round(amps, 2)
             out[voltages[i].name] = round(volts, 1)
             out[powers[i].name] = round(amps * volts, 1)
             total += round(amps * volts, 1)
-        out[R.POWER_OVERALL.name] = total
-        out[R.TEMPERATURE.name] = round(self._temperature_c + self._rng.uniform(-0.1, 0.1), 2)
+        out[R.POWER_OVERALL.name] = round(total, 1)
+        out[R.TEMPERATURE.name] = temperature
+        self._measured_key, self._measured = key, out
         return out
 
     def _register_values(self) -> dict[str, Value]:
