@@ -14,6 +14,7 @@ names and meter types are checked against the loaded plugins by
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -281,6 +282,16 @@ def _apply_env(config: Config, environ: Mapping[str, str], where: Where) -> Conf
 # --- checks across keys ----------------------------------------------------------------------------
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check(config: Config, where: Where) -> None:
     def err(key: str, message: str) -> ConfigError:
         line = where.lines.get(key)
@@ -317,6 +328,13 @@ def _check(config: Config, where: Where) -> None:
         m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", port)
         if m is None or not 0 < int(m.group(2)) < 65536:
             raise err("bus.port", f"{port!r} is not tcp://host:port")
+    rpc = config.rpc
+    if not is_loopback(rpc.host) and not rpc.token:
+        raise err(
+            "rpc.host",
+            f"{rpc.host} reaches beyond this machine: set rpc.token (or RPC_TOKEN) so writes need it,"
+            " or bind 127.0.0.1",
+        )
     sim_ids = config.simulator.device_ids
     if not sim_ids:
         raise err("simulator.device_ids", "at least one device id is needed")

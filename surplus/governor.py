@@ -576,10 +576,28 @@ class SafetyGovernor:
         now: float,
         *,
         shared_headroom_a: float | None = None,
+        sent_at_s: float | None = None,
     ) -> Verdict:
-        """Judge ``decision`` and remember its command as sent (call after the driver succeeded)."""
+        """Judge ``decision`` and remember its command as sent (call after the driver succeeded).
+
+        ``sent_at_s`` is when the write actually finished (after ``now`` when the
+        bus queued it); spacing rules then count from the device's point of view.
+        """
         verdict, memory = self._govern(decision, reading, now, shared_headroom_a)
         if memory is not None:
+            if sent_at_s is not None and sent_at_s > now:
+                sent = sent_at_s
+
+                def stamp(at: float | None) -> float | None:
+                    return sent if at == now else at
+
+                memory = replace(
+                    memory,
+                    current_at_s=stamp(memory.current_at_s),
+                    release_at_s=stamp(memory.release_at_s),
+                    charging_changed_at_s=stamp(memory.charging_changed_at_s),
+                    phases_at_s=stamp(memory.phases_at_s),
+                )
             self._memory[decision.charger_id] = memory
         return verdict
 

@@ -369,7 +369,7 @@ class Controller:
                 log.error("%s: write failed: %s", slot.charger_id, exc)
                 verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
             else:
-                self._governor.commit(decision, reading, now)
+                self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
         record = DecisionRecord(
             at_s=now,
@@ -443,7 +443,7 @@ class Controller:
                 except Exception as exc:
                     log.error("%s: could not set the safe state: %s", slot.charger_id, exc)
                     return
-                self._governor.commit(decision, reading, now)
+                self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
                 continue
             if verdict.outcome is Outcome.REFUSED:

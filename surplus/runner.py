@@ -163,6 +163,7 @@ async def build_stack(
                     auth_reads=r.auth_reads,
                     max_body_bytes=r.max_body_bytes,
                     max_batch=r.max_batch,
+                    stale_after_s=config.control.stale_after_s,
                 ),
             )
         yield stack
@@ -210,7 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.file)
     try:
         return asyncio.run(run(config, duration_s=args.duration, rpc=not args.no_rpc))
-    except OSError as exc:  # e.g. the RPC port is taken
+    except (OSError, ValueError) as exc:  # the RPC port is taken, an open bind without a token, ...
         log.error("%s", exc)
         return 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from . import __version__
 from .api import ControllerAPI
+from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, Dispatcher, dumps, error_object
 from .rpc import build_methods
 
@@ -82,16 +82,6 @@ class RpcSettings:
                 f"refusing to serve JSON-RPC on {self.host} without a token: set RPC_TOKEN (or rpc.token) "
                 "or bind 127.0.0.1"
             )
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebServer:

@@ -233,7 +233,7 @@ ENV_OK = [
     ({"HEARTBEAT_ENABLED": "false"}, lambda c: c.heartbeat.enabled, False),
     ({"HEARTBEAT_ENABLED": "1"}, lambda c: c.heartbeat.enabled, True),
     ({"RPC_PORT": "9090"}, lambda c: c.rpc.port, 9090),
-    ({"RPC_HOST": "0.0.0.0"}, lambda c: c.rpc.host, "0.0.0.0"),
+    ({"RPC_HOST": "0.0.0.0", "RPC_TOKEN": "t"}, lambda c: c.rpc.host, "0.0.0.0"),
     ({"RPC_TOKEN": "s3cret"}, lambda c: c.rpc.token, "s3cret"),
     ({"LOG_LEVEL": "DEBUG"}, lambda c: c.log.level, "debug"),
     ({"LOG_FILE": "logs/surplus.log"}, lambda c: c.log.file, "logs/surplus.log"),
@@ -257,6 +257,7 @@ ENV_BAD = [
     ("HEARTBEAT_ENABLED", "maybe", "heartbeat.enabled", "not true or false"),
     ("RPC_PORT", "99999", "rpc.port", "above the maximum 65535"),
     ("LOG_LEVEL", "loud", "log.level", "not one of"),
+    ("RPC_HOST", "0.0.0.0", "rpc.host", "set rpc.token (or RPC_TOKEN)"),
 ]
 
 

@@ -809,3 +809,15 @@ def test_spacing_holds_when_commands_are_fed_back(
     for at, _ in phase_times:
         during = [(t, d) for t, d in any_write if at < t < at + SWITCH_PAUSE_S]
         assert all(d.source is SHUTDOWN for _, d in during), (at, during)
+
+
+def test_commit_counts_spacing_from_when_the_write_finished() -> None:
+    """A write queued on the bus lands after the decision; the next change waits 5 s from the landing."""
+    gov = SafetyGovernor({CID: Limits()})
+    reading = make_reading(age_s=0.0)
+    assert gov.commit(dec(current_a=8), reading, T0, sent_at_s=T0 + 0.3).outcome is Outcome.APPLIED
+    assert gov.memory(CID).current_at_s == T0 + 0.3
+    held = gov.evaluate(dec(current_a=12), reading, T0 + 5.1)
+    assert held.outcome is Outcome.SCHEDULED
+    assert held.retry_at_s == pytest.approx(T0 + 5.3)
+    assert gov.evaluate(dec(current_a=12), reading, T0 + 5.3).outcome is Outcome.APPLIED
