@@ -79,7 +79,9 @@ class BusConfig:
     bytesize: int = setting(8, choices=(8,))
     parity: str = setting("none", choices=("none", "even", "odd"))
     stopbits: int = setting(2, choices=(1, 2))
-    timeout_ms: int = setting(1000, lo=50, hi=10_000, unit="ms")
+    # At most 3 s: one timed-out transaction (plus the quiet time after it) must
+    # still let the heartbeat out within its 5 s deadline.
+    timeout_ms: int = setting(1000, lo=50, hi=3000, unit="ms")
     retries: int = setting(3, lo=0, hi=10)
     reconnect_interval_ms: int = setting(5000, lo=100, hi=600_000, unit="ms")
     word_order: Literal["big", "little"] = "big"

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -52,22 +51,6 @@ class RpcSettings:
     read_timeout_s: float = 10.0
     #: A write waits at most this long for the controller's verdict.
     call_timeout_s: float = 10.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, base: RpcSettings | None = None) -> RpcSettings:
-        """``base`` (or the defaults) with ``RPC_HOST``, ``RPC_PORT`` and ``RPC_TOKEN`` applied."""
-        env = os.environ if env is None else env
-        out = base or cls()
-        if env.get("RPC_HOST"):
-            out = replace(out, host=env["RPC_HOST"])
-        if env.get("RPC_PORT"):
-            try:
-                out = replace(out, port=int(env["RPC_PORT"]))
-            except ValueError:
-                raise ValueError(f"RPC_PORT must be a port number, not {env['RPC_PORT']!r}") from None
-        if env.get("RPC_TOKEN"):
-            out = replace(out, token=env["RPC_TOKEN"])
-        return out
 
     def check(self) -> None:
         """Raise ``ValueError`` (one line) for settings the server must not start with."""

@@ -254,6 +254,7 @@ ENV_BAD = [
     ("MODBUS_SLAVE_ID", "0", "chargers[0].device_id", "below the minimum 1"),
     ("MODBUS_SLAVE_ID", "x", "chargers[0].device_id", "not a whole number"),
     ("MODBUS_TIMEOUT", "-5", "bus.timeout_ms", "below the minimum"),
+    ("MODBUS_TIMEOUT", "6000", "bus.timeout_ms", "above the maximum 3000 ms"),
     ("HEARTBEAT_ENABLED", "maybe", "heartbeat.enabled", "not true or false"),
     ("RPC_PORT", "99999", "rpc.port", "above the maximum 65535"),
     ("LOG_LEVEL", "loud", "log.level", "not one of"),

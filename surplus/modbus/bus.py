@@ -23,8 +23,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -39,9 +39,6 @@ from .base import BusError, ModbusExceptionReply
 
 log = logging.getLogger(__name__)
 
-_PARITY = {"none": "N", "even": "E", "odd": "O", "n": "N", "e": "E", "o": "O"}
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 EXCEPTION_TEXT = {
     1: "illegal function",
     2: "illegal data address",
@@ -111,59 +108,6 @@ class BusConfig:
         if not parts.hostname or port is None:
             raise ValueError(f"port {self.port!r} must look like tcp://HOST:PORT")
         return parts.hostname, port
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], base: BusConfig | None = None) -> BusConfig:
-        """Override ``base`` with the Node server's variables (MODBUS_PORT, MODBUS_TIMEOUT in ms, ...).
-
-        An invalid value raises ValueError naming the variable.
-        """
-        base = base or cls()
-        changes: dict[str, object] = {}
-
-        def number(var: str, low: float, high: float) -> int | None:
-            raw = environ.get(var)
-            if raw is None:
-                return None
-            try:
-                value = int(raw.strip())
-            except ValueError:
-                raise ValueError(f"{var}={raw!r} is not an integer") from None
-            if not low <= value <= high:
-                raise ValueError(f"{var}={raw!r} is out of range {low:g}..{high:g}")
-            return value
-
-        if (port := environ.get("MODBUS_PORT")) is not None:
-            if not port.strip():
-                raise ValueError("MODBUS_PORT is empty")
-            changes["port"] = port.strip()
-        for var, name, low, high in (
-            ("MODBUS_BAUDRATE", "baudrate", 300, 1_000_000),
-            ("MODBUS_DATABITS", "bytesize", 7, 8),
-            ("MODBUS_STOPBITS", "stopbits", 1, 2),
-            ("MODBUS_MAX_RETRIES", "retries", 0, 10),
-        ):
-            if (value := number(var, low, high)) is not None:
-                changes[name] = value
-        for var, name, low, high in (
-            ("MODBUS_TIMEOUT", "timeout_s", 50, 60_000),
-            ("MODBUS_RECONNECT_INTERVAL", "reconnect_interval_s", 100, 600_000),
-        ):
-            if (value := number(var, low, high)) is not None:
-                changes[name] = value / 1000.0
-        if (parity := environ.get("MODBUS_PARITY")) is not None:
-            if parity.strip().lower() not in _PARITY:
-                raise ValueError(f"MODBUS_PARITY={parity!r} must be none, even or odd")
-            changes["parity"] = _PARITY[parity.strip().lower()]
-        if (enabled := environ.get("HEARTBEAT_ENABLED")) is not None:
-            flag = enabled.strip().lower()
-            if flag not in _TRUE | _FALSE:
-                raise ValueError(f"HEARTBEAT_ENABLED={enabled!r} must be true or false")
-            changes["heartbeat_enabled"] = flag in _TRUE
-        try:
-            return replace(base, **changes)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ValueError(f"Modbus settings from the environment: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
