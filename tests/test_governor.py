@@ -22,39 +22,19 @@ from surplus.governor import (
 )
 from surplus.types import (
     Capabilities,
-    ChargerConfig,
     ChargerReading,
     ChargerState,
     Decision,
-    DeviceInfo,
     Outcome,
     PauseKind,
     Source,
     Verdict,
 )
+from tests.factories import charger_state
 
 T0 = 1000.0
 CID = "wallbox"
 SWITCH_PAUSE_S = 120.0
-
-_INFO = DeviceInfo(
-    layout_version=0x0103, firmware_version="2.0", serial_number="1", article_number="a", device_id=50
-)
-_CONFIG = ChargerConfig(
-    downgrade_current_a=6,
-    max_current_house_a=32,
-    max_current_evse_a=32,
-    phase_switching_mode=2,
-    phase_options_hw=2,
-    cable_lock_setting=False,
-    master_lost_fallback_current_a=0,
-    grid_imbalance=False,
-    grid_imbalance_threshold_a=0,
-    grid_phases_connected=3,
-    authorization_enabled=False,
-    solar_min_current_a=6,
-    phase_switching_pause_s=120,
-)
 
 
 def make_state(
@@ -75,44 +55,16 @@ def make_state(
         exact_6a_rejected=False,
         phase_switch_pause_s=SWITCH_PAUSE_S,
     )
-    return ChargerState(
-        charger_id=CID,
-        read_at_s=read_at_s,
-        info=_INFO,
-        config=_CONFIG,
+    return charger_state(
+        CID,
+        read_at_s,
         capabilities=caps,
-        evse_state=5,
-        cp_state=0,
-        authorization_status=0,
-        downgrade_status=0,
-        phase_rotation=0,
         signaled_current_a=10,
         current_limit_a=current_limit_a,
-        current_l1_a=10,
-        current_l2_a=10,
-        current_l3_a=10,
-        voltage_l1_v=230,
-        voltage_l2_v=230,
-        voltage_l3_v=230,
-        power_l1_w=2300,
-        power_l2_w=2300,
-        power_l3_w=2300,
-        power_total_w=6900,
-        temperature_c=30,
-        session_max_current_a=10,
-        session_energy_wh=0,
-        session_duration_s=0,
-        detected_phases=3,
-        energy_total_wh=0,
-        sessions_total=1,
-        cable_lock_status=0,
-        solar_charging_mode=0,
         requested_phases=requested_phases,
+        switched_phases=requested_phases,
         charging_release=release,
         locked=locked,
-        error_code=0,
-        master_lost_fallback=False,
-        switched_phases=requested_phases,
     )
 
 

@@ -12,65 +12,20 @@ from surplus.options import OptionError
 from surplus.plugins import collect_strategies, make_plugin_manager
 from surplus.strategy import StrategyContext
 from surplus.types import (
-    Capabilities,
-    ChargerConfig,
     ChargerReading,
     ChargerState,
-    DeviceInfo,
     EvseState,
     Snapshot,
     Source,
 )
+from tests.factories import charger_state
 
 STRATEGIES = collect_strategies(make_plugin_manager(load_entrypoints=False))
 
 
 def make_state(charger_id: str, read_at_s: float, evse_state: int) -> ChargerState:
     """A 3-phase AMTRON that can switch phases; only ``evse_state`` varies here."""
-    numbers: dict[str, Any] = {
-        name: 0
-        for name in (
-            "cp_state authorization_status downgrade_status phase_rotation signaled_current_a current_limit_a "
-            "current_l1_a current_l2_a current_l3_a voltage_l1_v voltage_l2_v voltage_l3_v power_l1_w power_l2_w "
-            "power_l3_w power_total_w temperature_c session_max_current_a session_energy_wh session_duration_s "
-            "detected_phases energy_total_wh sessions_total cable_lock_status solar_charging_mode "
-            "requested_phases error_code switched_phases"
-        ).split()
-    }
-    return ChargerState(
-        charger_id=charger_id,
-        read_at_s=read_at_s,
-        info=DeviceInfo(
-            layout_version=0x0103, firmware_version="2.0", serial_number="1", article_number="1", device_id=50
-        ),
-        config=ChargerConfig(
-            downgrade_current_a=16,
-            max_current_house_a=32,
-            max_current_evse_a=32,
-            phase_switching_mode=2,
-            phase_options_hw=2,
-            cable_lock_setting=False,
-            master_lost_fallback_current_a=0,
-            grid_imbalance=False,
-            grid_imbalance_threshold_a=16,
-            grid_phases_connected=2,
-            authorization_enabled=False,
-            solar_min_current_a=6,
-            phase_switching_pause_s=30,
-        ),
-        capabilities=Capabilities(
-            phase_switching=True,
-            max_current_a=32.0,
-            grid_phases=3,
-            exact_6a_rejected=False,
-            phase_switch_pause_s=30.0,
-        ),
-        evse_state=evse_state,
-        charging_release=True,
-        locked=False,
-        master_lost_fallback=False,
-        **numbers,
-    )
+    return charger_state(charger_id, read_at_s, evse_state=evse_state)
 
 
 def snapshot(clock: FakeClock, *, evse_state: int | None) -> Snapshot:
