@@ -65,6 +65,13 @@ class ChargerSlot:
         return self.charger.charger_id
 
 
+def _why(slot: ChargerSlot, exc: BaseException) -> str:
+    """The error text without a repeated "<charger id>: " prefix (driver errors carry it)."""
+    text = str(exc)
+    prefix = f"{slot.charger_id}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
 def merge_override(decision: Decision, override: Override | None) -> Decision:
     """Lay a person's override over the strategy's decision."""
     if override is None:
@@ -206,7 +213,7 @@ class Controller:
             await slot.charger.start()
         except Exception as exc:
             if slot.reading is None or slot.reading.error != str(exc):
-                log.error("%s: cannot start charger: %s (retrying)", slot.charger_id, exc)
+                log.error("%s: cannot start charger: %s (retrying)", slot.charger_id, _why(slot, exc))
             slot.reading = ChargerReading(charger_id=slot.charger_id, state=None, error=str(exc))
             return
         slot.started = True
@@ -261,7 +268,7 @@ class Controller:
             state = await slot.charger.read_state(full=full)
         except Exception as exc:
             if slot.reading is None or slot.reading.error is None:
-                log.warning("%s: read failed: %s", slot.charger_id, exc)
+                log.warning("%s: read failed: %s", slot.charger_id, _why(slot, exc))
             slot.reading = ChargerReading(charger_id=slot.charger_id, state=previous, error=str(exc))
             return
         if full:
@@ -366,7 +373,7 @@ class Controller:
             try:
                 await slot.charger.execute(verdict.command)
             except Exception as exc:
-                log.error("%s: write failed: %s", slot.charger_id, exc)
+                log.error("%s: write failed: %s", slot.charger_id, _why(slot, exc))
                 verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
             else:
                 self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
@@ -415,7 +422,7 @@ class Controller:
                 try:
                     await slot.charger.stop()
                 except Exception as exc:
-                    log.error("%s: stop failed: %s", slot.charger_id, exc)
+                    log.error("%s: stop failed: %s", slot.charger_id, _why(slot, exc))
         for meter in self._meters:
             try:
                 await meter.stop()
@@ -441,7 +448,7 @@ class Controller:
                 try:
                     await slot.charger.execute(verdict.command)
                 except Exception as exc:
-                    log.error("%s: could not set the safe state: %s", slot.charger_id, exc)
+                    log.error("%s: could not set the safe state: %s", slot.charger_id, _why(slot, exc))
                     return
                 self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)

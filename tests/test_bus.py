@@ -14,7 +14,7 @@ import logging
 import pytest
 
 from surplus.clock import FakeClock
-from surplus.modbus.base import BusError, ModbusExceptionReply
+from surplus.modbus.base import BusError, ModbusExceptionReply, PortUnavailable
 from surplus.modbus.bus import BusConfig, BusStats, LinkLost, ModbusBus
 
 HB_ADDR, HB_VALUE = 0x0D00, 0x55AA
@@ -174,7 +174,7 @@ async def test_missing_port_logs_once_retries_and_recovers(caplog: pytest.LogCap
     bus = await make_bus(clock, link, reconnect_interval_s=5.0)
     bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
     assert not bus.connected and "no such device" in (bus.last_error or "")
-    with pytest.raises(BusError, match="not connected"):
+    with pytest.raises(PortUnavailable, match="cannot open"):
         await bus.read(1, 0, 1)
     await clock.advance(30)
     assert link.connects >= 6  # retried every 5 s

@@ -16,7 +16,7 @@ from typing import Literal
 from ..clock import Clock
 from ..modbus import plan
 from ..modbus import registers as R
-from ..modbus.base import Bus, BusError
+from ..modbus.base import Bus, BusError, PortUnavailable
 from ..modbus.codec import Value, WordOrder, decode_span, encode
 from ..modbus.registers import Register
 from ..types import (
@@ -141,6 +141,7 @@ class AmtronCharger:
     async def _find_device(self) -> int:
         candidates = (self._configured_id,) if self._configured_id is not None else PROBE_IDS
         errors: dict[int, str] = {}
+        port_missing = False
         for device_id in candidates:
             try:
                 await self._bus.read(
@@ -148,6 +149,7 @@ class AmtronCharger:
                 )
             except BusError as exc:
                 errors[device_id] = _one_line(str(exc))
+                port_missing = isinstance(exc, PortUnavailable)
                 continue
             if self._configured_id is None:
                 log.info("%s: AMTRON answered on device id %d", self.charger_id, device_id)
@@ -155,6 +157,8 @@ class AmtronCharger:
         ids = " or ".join(str(i) for i in candidates)
         texts = set(errors.values())
         why = texts.pop() if len(texts) == 1 else "; ".join(f"id {i}: {t}" for i, t in errors.items())
+        if port_missing:  # the port itself is missing: say that, not "no AMTRON answered"
+            raise ChargerError(f"{self.charger_id}: {why}")
         raise ChargerError(f"{self.charger_id}: no AMTRON answered on device id {ids} ({why})")
 
     # --- reading -------------------------------------------------------------

@@ -15,6 +15,10 @@ class BusError(Exception):
     """A transaction failed: timeout, no connection, or a garbled reply."""
 
 
+class PortUnavailable(BusError):
+    """The port itself is missing or closed (as opposed to a device that does not answer)."""
+
+
 class ModbusExceptionReply(BusError):
     """The device answered with a Modbus exception (e.g. 2 illegal address, 3 illegal value)."""
 

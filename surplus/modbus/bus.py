@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol
@@ -35,7 +36,7 @@ from pymodbus.pdu import ModbusPDU
 
 from ..clock import Clock
 from . import plan
-from .base import BusError, ModbusExceptionReply
+from .base import BusError, ModbusExceptionReply, PortUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +215,10 @@ class PymodbusLink:
         client = self._make_client()
         if not await client.connect():
             client.close()
-            raise BusError(
-                f"{c.port}: cannot open ({_PymodbusNoise.last_connect_error or 'no reason given'})"
-            )
+            reason = _PymodbusNoise.last_connect_error
+            if not reason and not c.port.startswith("tcp://") and not os.path.exists(c.port):  # noqa: ASYNC240 (a stat of a /dev path, instant)
+                reason = "no such device; is the adapter plugged in?"
+            raise PortUnavailable(f"{c.port}: cannot open ({reason or 'no answer to connect'})")
         self._client = client
 
     def close(self) -> None:
@@ -442,7 +444,7 @@ class ModbusBus:
         if self._task is None or self._closing:
             raise BusError(f"{self._config.port}: bus not started")
         if not self._port_up:
-            raise BusError(f"{self._config.port}: not connected ({self.last_error or 'connecting'})")
+            raise PortUnavailable(self.last_error or f"{self._config.port}: connecting")
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(op, device_id, address, count, values, future))
         self._wake.set()
@@ -523,7 +525,7 @@ class ModbusBus:
             shown = reason if reason.startswith(port) else f"{port}: {reason}"
             log.warning("modbus %s; retrying every %g s", shown, self._config.reconnect_interval_s)
             self._logged_down = reason
-        self._fail_queue(BusError(f"{self._config.port}: not connected ({reason})"))
+        self._fail_queue(PortUnavailable(f"{self._config.port}: not connected ({reason})"))
 
     def _fail_queue(self, exc: BusError) -> None:
         while self._queue:
@@ -640,7 +642,7 @@ class ModbusBus:
             if attempt:
                 await self._beat_due()  # a due heartbeat preempts retries
             if not self._port_up or self._closing:
-                last = BusError(f"{self._config.port}: not connected ({self.last_error or 'closing'})")
+                last = PortUnavailable(f"{self._config.port}: not connected ({self.last_error or 'closing'})")
                 break
             if req.future.done():
                 return
