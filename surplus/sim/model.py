@@ -217,6 +217,7 @@ class AmtronModel:
         self._cache: dict[str, Value] | None = None
         self._cache_t = math.nan
         self._words: dict[tuple[str, Value], list[int]] = {}
+        self._static: dict[str, Value] | None = None
         self._span_words: dict[tuple[int, tuple[Value, ...]], list[int]] = {}
         self._events: tuple[float, float] | None = None
         self._spans: dict[tuple[int, int, bool], tuple[R.Register, ...] | tuple[int, str]] = {}
@@ -665,50 +666,60 @@ class AmtronModel:
         self._measured_key, self._measured = key, out
         return out
 
+    def _static_values(self) -> dict[str, Value]:
+        """Identity and configuration: they change only on a write, so they are cached until one."""
+        if self._static is None:
+            p = self.profile
+            s = self._settings
+            self._static = {
+                R.MODBUS_LAYOUT_VERSION.name: p.layout_version,
+                R.FIRMWARE_VERSION.name: p.firmware_version,
+                R.SERIAL_NUMBER.name: p.serial_number,
+                R.ARTICLE_NUMBER.name: p.article_number,
+                R.PHASE_ROTATION_STATUS.name: s[R.SETTING_PHASE_ROTATION.name],
+                R.DOWNGRADE_CURRENT.name: p.downgrade_current_a,
+                R.MAX_CURRENT_HOUSE.name: p.max_current_house_a,
+                R.MAX_CURRENT_EVSE.name: self._max_evse_a(),
+                R.PHASE_SWITCHING_MODE.name: p.phase_switching_mode,
+                R.PHASE_OPTIONS_HW.name: p.phase_options_hw,
+                R.CABLE_LOCK_SETTING.name: 0,
+                R.MASTER_LOST_FALLBACK_CURRENT.name: s[R.SETTING_FALLBACK_CURRENT.name],
+                R.GRID_IMBALANCE.name: 0,
+                R.GRID_IMBALANCE_THRESHOLD.name: 20,
+                R.GRID_PHASES_CONNECTED.name: s[R.SETTING_CONNECTED_PHASES.name],
+                R.AUTHORIZATION_ENABLED.name: 0,
+                R.SOLAR_MIN_CURRENT.name: p.solar_min_current_a,
+                R.PHASE_SWITCHING_PAUSE.name: s[R.SETTING_PHASE_SWITCHING_PAUSE.name],
+                **s,
+            }
+        return self._static
+
     def _register_values(self) -> dict[str, Value]:
-        p = self.profile
-        s = self._settings
-        values: dict[str, Value] = {
-            R.MODBUS_LAYOUT_VERSION.name: p.layout_version,
-            R.FIRMWARE_VERSION.name: p.firmware_version,
-            R.SERIAL_NUMBER.name: p.serial_number,
-            R.ARTICLE_NUMBER.name: p.article_number,
-            R.EVSE_STATE.name: self._evse_state(),
-            R.AUTHORIZATION_STATUS.name: self._authorization(),
-            R.DOWNGRADE_STATUS.name: 0 if self._ev is None else (2 if self._downgrade_active else 1),
-            R.PHASE_ROTATION_STATUS.name: s[R.SETTING_PHASE_ROTATION.name],
-            R.CP_STATE.name: self._cp_state(),
-            R.SIGNALED_CURRENT.name: self._signal(),
-            R.DOWNGRADE_CURRENT.name: p.downgrade_current_a,
-            R.CHARGING_CURRENT_EM.name: self._em_current,
-            R.MAX_CURRENT_HOUSE.name: p.max_current_house_a,
-            R.MAX_CURRENT_EVSE.name: self._max_evse_a(),
-            R.PHASE_SWITCHING_MODE.name: p.phase_switching_mode,
-            R.PHASE_OPTIONS_HW.name: p.phase_options_hw,
-            R.CABLE_LOCK_SETTING.name: 0,
-            R.MASTER_LOST_FALLBACK_CURRENT.name: s[R.SETTING_FALLBACK_CURRENT.name],
-            R.GRID_IMBALANCE.name: 0,
-            R.GRID_IMBALANCE_THRESHOLD.name: 20,
-            R.GRID_PHASES_CONNECTED.name: s[R.SETTING_CONNECTED_PHASES.name],
-            R.AUTHORIZATION_ENABLED.name: 0,
-            R.SOLAR_MIN_CURRENT.name: p.solar_min_current_a,
-            R.PHASE_SWITCHING_PAUSE.name: s[R.SETTING_PHASE_SWITCHING_PAUSE.name],
-            R.SESSION_MAX_CURRENT.name: round(self._session_max_a, 2),
-            R.CHARGED_ENERGY_SESSION.name: self._session_energy_wh / 1000.0,
-            R.SESSION_DURATION.name: int(self._session_s),
-            R.DETECTED_EV_PHASES.name: self._detected_phases,
-            R.CABLE_LOCK_STATUS.name: 1 if self._ev is None else 2,
-            R.SOLAR_CHARGING_MODE.name: self._solar_mode,
-            R.REQUESTED_PHASES.name: self._requested_phases,
-            R.CHARGING_RELEASE_EM.name: self._release,
-            R.LOCK_EVSE.name: self._lock,
-            R.ACTIVE_ERROR_CODE.name: self._error_code(),
-            R.MASTER_LOST_FALLBACK_STATE.name: int(self._lost),
-            R.SWITCHED_PHASES.name: self._switched_phases,
-            R.CHARGED_ENERGY_TOTAL.name: self._energy_total_wh / 1000.0,
-            R.CHARGING_SESSIONS_TOTAL.name: self._sessions,
-        }
-        values.update(s)
+        values = dict(self._static_values())
+        values.update(
+            {
+                R.EVSE_STATE.name: self._evse_state(),
+                R.AUTHORIZATION_STATUS.name: self._authorization(),
+                R.DOWNGRADE_STATUS.name: 0 if self._ev is None else (2 if self._downgrade_active else 1),
+                R.CP_STATE.name: self._cp_state(),
+                R.SIGNALED_CURRENT.name: self._signal(),
+                R.CHARGING_CURRENT_EM.name: self._em_current,
+                R.SESSION_MAX_CURRENT.name: round(self._session_max_a, 2),
+                R.CHARGED_ENERGY_SESSION.name: self._session_energy_wh / 1000.0,
+                R.SESSION_DURATION.name: int(self._session_s),
+                R.DETECTED_EV_PHASES.name: self._detected_phases,
+                R.CABLE_LOCK_STATUS.name: 1 if self._ev is None else 2,
+                R.SOLAR_CHARGING_MODE.name: self._solar_mode,
+                R.REQUESTED_PHASES.name: self._requested_phases,
+                R.CHARGING_RELEASE_EM.name: self._release,
+                R.LOCK_EVSE.name: self._lock,
+                R.ACTIVE_ERROR_CODE.name: self._error_code(),
+                R.MASTER_LOST_FALLBACK_STATE.name: int(self._lost),
+                R.SWITCHED_PHASES.name: self._switched_phases,
+                R.CHARGED_ENERGY_TOTAL.name: self._energy_total_wh / 1000.0,
+                R.CHARGING_SESSIONS_TOTAL.name: self._sessions,
+            }
+        )
         values.update(self._measurements())
         return values
 
@@ -806,6 +817,7 @@ class AmtronModel:
             self._boot()
         elif reg.name in self._settings:
             self._settings[reg.name] = int(value)
+            self._static = None
 
     def _request_phases(self, phases: int) -> None:
         if phases == self._requested_phases:
