@@ -130,6 +130,7 @@ class Controller:
         self._plugins = tuple(plugins)
         self._observers = list(observers)
         self._meter_readings: dict[str, MeterReading] = {}
+        self._meter_errors: dict[str, str] = {}
         self._snapshot = Snapshot(at_s=clock.now())
         self._stopping = asyncio.Event()
         self.ticks = 0
@@ -279,19 +280,20 @@ class Controller:
 
     async def _read_meters(self) -> None:
         for meter in self._meters:
+            mid = meter.meter_id
             try:
                 reading = await meter.read()
             except Exception as exc:
-                old = self._meter_readings.get(meter.meter_id)
-                if old is None or old.error is None:
-                    log.warning("meter %s: read failed: %s", meter.meter_id, exc)
-                if old is not None:
-                    self._meter_readings[meter.meter_id] = dataclasses.replace(old, error=str(exc))
+                if mid not in self._meter_errors:  # once per failure streak
+                    log.warning("meter %s: read failed: %s", mid, exc)
+                self._meter_errors[mid] = str(exc)
+                old = self._meter_readings.get(mid)
+                if old is not None:  # keep the last value, marked, so its age keeps growing
+                    self._meter_readings[mid] = dataclasses.replace(old, error=str(exc))
                 continue
-            old = self._meter_readings.get(meter.meter_id)
-            if old is not None and old.error is not None:
-                log.info("meter %s: reads work again", meter.meter_id)
-            self._meter_readings[meter.meter_id] = reading
+            if self._meter_errors.pop(mid, None) is not None:
+                log.info("meter %s: reads work again", mid)
+            self._meter_readings[mid] = reading
 
     def _build_snapshot(self, now: float) -> Snapshot:
         chargers = {}

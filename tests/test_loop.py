@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 
 from surplus.api import Override
+from surplus.chargers.amtron import AmtronCharger
 from surplus.clock import FakeClock
-from surplus.loop import merge_override
+from surplus.governor import Limits, SafetyGovernor
+from surplus.loop import ChargerSlot, Controller, merge_override
 from surplus.meter import MeterEnv
-from surplus.plugins import collect_meters, make_plugin_manager
+from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
+from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
 from surplus.strategy import StrategyContext
-from surplus.types import Decision, Outcome, PauseKind, Snapshot, Source
+from surplus.types import Decision, MeterReading, Outcome, PauseKind, Snapshot, Source
 
 from .loop_support import assert_governor_rules_held, build_controller
 
@@ -203,3 +206,59 @@ async def test_meter_readings_enter_the_snapshot_with_their_age(clock: FakeClock
     await clock.advance(10)
     await task
     await bus.close()
+
+
+class _BrokenMeter:
+    meter_id = "grid"
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def start(self) -> None:
+        raise OSError("meter offline")
+
+    async def read(self) -> MeterReading:
+        self.reads += 1
+        raise OSError("meter offline")
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_a_broken_meter_is_isolated(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    meter = _BrokenMeter()
+    controller, bus = build_controller(clock, model, fixed_current_a=9, meters=[meter])
+    with caplog.at_level(logging.WARNING):
+        task = asyncio.ensure_future(controller.run(duration_s=30))
+        await clock.advance(31)
+        await task
+    await bus.close()
+    assert meter.reads >= 29 and controller.ticks >= 29
+    assert model.em_current_a == 9.0  # the fixed strategy does not need the meter
+    assert len([r for r in caplog.records if "meter grid: read failed" in r.getMessage()]) == 1
+
+
+async def test_one_controller_runs_several_chargers_with_their_own_strategies(clock: FakeClock) -> None:
+    first = AmtronModel(clock, ev=EvProfile(), seed=1)
+    second = AmtronModel(clock, ev=EvProfile(), seed=2)
+    bus = ModelBus({50: first, 51: second}, clock)
+    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+    slots = []
+    for cid, device_id, mode, amps in (("garage", 50, "fixed", 12), ("carport", 51, "off", 0)):
+        options = {"fixed": {"current_a": amps or 6}}
+        charger = AmtronCharger(bus, charger_id=cid, clock=clock, device_id=device_id)
+        strategies = {name: f(options.get(name, {})) for name, f in factories.items()}
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode=mode, strategy_options=options))
+    governor = SafetyGovernor({"garage": Limits(), "carport": Limits()})
+    controller = Controller(clock=clock, chargers=slots, meters=[], governor=governor)
+    task = asyncio.ensure_future(controller.run(duration_s=60))
+    await clock.advance(61)
+    await task
+    await bus.close()
+    assert controller.charger_ids == ("garage", "carport")
+    assert first.em_current_a == 12.0 and first.record.heartbeats
+    assert second.record.heartbeats and second.evse_state != 5
+    assert not [w for w in second.record.writes if w.register == "CHARGING_RELEASE_EM" and w.value == 1]
+    for model in (first, second):
+        assert_governor_rules_held(model.record)
