@@ -367,9 +367,9 @@ class Controller:
         if decision.source is not Source.FALLBACK:
             decision = merge_override(decision, slot.override)
         reading = snapshot.chargers[slot.charger_id]
-        reading = dataclasses.replace(
-            reading, age_s=now - reading.state.read_at_s if reading.state else math.inf
-        )
+        if now != snapshot.at_s:  # an RPC call between ticks: age the reading to now
+            age = now - reading.state.read_at_s if reading.state else math.inf
+            reading = dataclasses.replace(reading, age_s=age)
         verdict = self._governor.evaluate(decision, reading, now)
         if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
             try:

@@ -8,7 +8,8 @@ see the register notes. Strings are ASCII, NUL padded.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Literal
 
 from pymodbus.client.mixin import ModbusClientMixin
@@ -53,21 +54,21 @@ def encode(reg: Register, value: Value, word_order: WordOrder = "big") -> list[i
 
 def decode_span(
     registers: Iterable[Register], start: int, words: Sequence[int], word_order: WordOrder = "big"
-) -> dict[str, Value]:
-    """Decode every register of ``registers`` that lies inside words read from ``start``."""
-    return dict(_decode_span(tuple(registers), start, tuple(words), word_order))
+) -> Mapping[str, Value]:
+    """Decode every register of ``registers`` that lies inside words read from ``start`` (read-only)."""
+    return _decode_span(tuple(registers), start, tuple(words), word_order)
 
 
 @functools.lru_cache(maxsize=256)
 def _decode_span(
     registers: tuple[Register, ...], start: int, words: tuple[int, ...], word_order: WordOrder
-) -> dict[str, Value]:
+) -> Mapping[str, Value]:
     # Memoised per span: status, configuration and diagnostics read back the
-    # same words tick after tick. The public wrapper hands out copies.
+    # same words tick after tick; the result is shared, hence read-only.
     out: dict[str, Value] = {}
     for reg in registers:
         lo = reg.address - start
         if lo < 0 or lo + reg.count > len(words):
             continue
         out[reg.name] = decode(reg, words[lo : lo + reg.count], word_order)
-    return out
+    return MappingProxyType(out)
