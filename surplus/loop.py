@@ -224,10 +224,20 @@ class Controller:
         """Tick until :meth:`stop` (or ``duration_s``), then shut down safely."""
         await self.start()
         end = None if duration_s is None else self.clock.now() + duration_s
+        failing = False
         try:
             while not self._stopping.is_set():
                 started = self.clock.now()
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception:  # a bug in one tick must not end the controller
+                    if not failing:  # the traceback once per streak, not every second
+                        log.exception("tick failed; trying again every tick")
+                    failing = True
+                else:
+                    if failing:
+                        log.info("ticks work again")
+                    failing = False
                 if end is not None and self.clock.now() >= end:
                     break
                 await self._sleep_until(started + self._tick_s)

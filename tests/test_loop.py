@@ -262,3 +262,28 @@ async def test_one_controller_runs_several_chargers_with_their_own_strategies(cl
     assert not [w for w in second.record.writes if w.register == "CHARGING_RELEASE_EM" and w.value == 1]
     for model in (first, second):
         assert_governor_rules_held(model.record)
+
+
+class _NonsenseMeter(_BrokenMeter):
+    async def start(self) -> None:
+        return None
+
+    async def read(self) -> MeterReading:
+        self.reads += 1
+        return None  # type: ignore[return-value]  # a plugin breaking its contract
+
+
+async def test_an_unexpected_error_in_a_tick_does_not_end_the_controller(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    meter = _NonsenseMeter()
+    controller, bus = build_controller(clock, model, meters=[meter])
+    with caplog.at_level(logging.ERROR):
+        task = asyncio.ensure_future(controller.run(duration_s=10))
+        await clock.advance(11)
+        await task
+    await bus.close()
+    assert meter.reads >= 10  # it kept ticking
+    assert len([r for r in caplog.records if "tick failed" in r.getMessage()]) == 1
+    assert model.record.heartbeats[-1] >= clock.now() - 5  # the heartbeat went on until shutdown
