@@ -83,6 +83,8 @@ SOFT_PAUSE_MIN_A = 0.01
 SOFT_PAUSE_MAX_A = 5.99
 #: Currents closer than this are the same setpoint (float32 readback, the 6.01 A quirk).
 SAME_CURRENT_A = 0.05
+#: How often the recovery writes are repeated while the box still reports a lost energy manager.
+RECOVERY_RETRY_S = 30.0
 
 _SAFETY_SOURCES = frozenset({Source.FALLBACK, Source.SHUTDOWN})
 
@@ -358,6 +360,14 @@ def govern(
     need_release = want_release is not None and _flag_needed(
         want_release, memory.release, memory.release_at_s, fresh, fresh is not None and fresh.charging_release
     )
+    if decision.charge and fresh is not None and fresh.em_lost:
+        # After a missed heartbeat (e.g. the controller was restarted) the box sits in
+        # error 200 although its registers still hold our values: only the recovery
+        # writes (heartbeat, release, current; the driver orders them) bring it back.
+        last = memory.current_at_s
+        if last is None or now - last >= RECOVERY_RETRY_S:
+            need_current = need_release = True
+            plan.reasons.append("recovery: the charger lost its energy manager (error 200); setpoint re-sent")
     need_group = need_current or need_release
     need_phases = want_phases is not None and _flag_needed(
         want_phases == 1,

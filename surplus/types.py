@@ -20,6 +20,8 @@ _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
 MIN_CURRENT_A = 6.0
 #: The AMTRON's absolute maximum.
 MAX_CURRENT_A = 32.0
+#: ACTIVE_ERROR_CODE after the heartbeat was missed: "energy manager unavailable".
+ERROR_EM_UNAVAILABLE = 200
 
 
 class EvseState(enum.IntEnum):
@@ -144,6 +146,11 @@ class ChargerState:
     @property
     def charging(self) -> bool:
         return self.evse_state == EvseState.CHARGING
+
+    @property
+    def em_lost(self) -> bool:
+        """The box has lost its energy manager (missed heartbeat): it needs the recovery writes."""
+        return self.error_code == ERROR_EM_UNAVAILABLE or self.master_lost_fallback
 
     @property
     def active_phases(self) -> int:

@@ -16,6 +16,8 @@ from surplus.clock import FakeClock
 from surplus.governor import Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller, merge_override
 from surplus.meter import MeterEnv
+from surplus.modbus import codec
+from surplus.modbus import registers as R
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
@@ -287,3 +289,26 @@ async def test_an_unexpected_error_in_a_tick_does_not_end_the_controller(
     assert meter.reads >= 10  # it kept ticking
     assert len([r for r in caplog.records if "tick failed" in r.getMessage()]) == 1
     assert model.record.heartbeats[-1] >= clock.now() - 5  # the heartbeat went on until shutdown
+
+
+async def test_a_restarted_controller_recovers_a_box_left_in_error_200(clock: FakeClock) -> None:
+    """The QA case: a previous controller set 10 A and release on, then was gone for > 10 s."""
+    model = AmtronModel(clock, ev=EvProfile())
+    model.write(R.HEARTBEAT_EM.address, [R.HEARTBEAT_VALUE], 6)
+    model.write(R.CHARGING_RELEASE_EM.address, [1], 6)
+    model.write(R.CHARGING_CURRENT_EM.address, codec.encode(R.CHARGING_CURRENT_EM, 10.0), 16)
+    await clock.advance(15)
+    assert (model.evse_state, model.error_code) == (6, 200)
+    restart_at = clock.now()
+    controller, bus = build_controller(clock, model, fixed_current_a=10)  # the same setpoint as before
+    task = asyncio.ensure_future(controller.run(duration_s=20))
+    await clock.advance(10)
+    assert (model.evse_state, model.error_code) == (5, 0)  # charging again
+    await clock.advance(11)
+    await task
+    await bus.close()
+    record = controller.last_decision("wallbox")
+    assert record is not None
+    writes = [w.register for w in model.record.writes if w.at_s >= restart_at]
+    i = writes.index("CHARGING_RELEASE_EM")
+    assert writes[i - 1 : i + 2] == ["HEARTBEAT_EM", "CHARGING_RELEASE_EM", "CHARGING_CURRENT_EM"]

@@ -20,6 +20,7 @@ from ..modbus.base import Bus, BusError, PortUnavailable
 from ..modbus.codec import Value, WordOrder, decode_span, encode
 from ..modbus.registers import Register
 from ..types import (
+    ERROR_EM_UNAVAILABLE,
     MAX_CURRENT_A,
     MIN_CURRENT_A,
     Capabilities,
@@ -43,7 +44,7 @@ SIX_AMP_WORKAROUND_A = 6.01
 SOFT_PAUSE_MIN_A, SOFT_PAUSE_MAX_A = 0.01, 5.99
 #: Plausible mains voltage when a phase is live (0 is also fine: some units read 0 when idle).
 VOLTAGE_PLAUSIBLE_V = (180.0, 260.0)
-ERROR_ENERGY_MANAGER_LOST = 200
+ERROR_ENERGY_MANAGER_LOST = ERROR_EM_UNAVAILABLE
 
 
 def _one_line(text: str) -> str:
