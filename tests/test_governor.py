@@ -773,3 +773,29 @@ def test_commit_counts_spacing_from_when_the_write_finished() -> None:
     assert held.outcome is Outcome.SCHEDULED
     assert held.retry_at_s == pytest.approx(T0 + 5.3)
     assert gov.evaluate(dec(current_a=12), reading, T0 + 5.3).outcome is Outcome.APPLIED
+
+
+@pytest.mark.parametrize(
+    ("last_sent_s", "error_code", "master_lost", "expect"),
+    [
+        (None, 200, False, Outcome.APPLIED),  # after forget (a restart): recover at once
+        (T0 - 31, 200, False, Outcome.APPLIED),  # still in error 30 s after our last try: again
+        (T0 - 10, 200, False, Outcome.UNCHANGED),  # tried 10 s ago: give the box time
+        (None, 0, True, Outcome.APPLIED),  # master-lost fallback active counts too
+        (None, 0, False, Outcome.UNCHANGED),  # healthy box with our values: nothing to send
+    ],
+    ids=["restart", "retry-after-30s", "no-retry-within-30s", "master-lost", "healthy"],
+)
+def test_a_box_that_lost_its_energy_manager_gets_the_recovery_writes(
+    last_sent_s: float | None, error_code: int, master_lost: bool, expect: Outcome
+) -> None:
+    state = replace(
+        make_state(read_at_s=T0 - 0.5), evse_state=6, error_code=error_code, master_lost_fallback=master_lost
+    )
+    memory = GovernorMemory() if last_sent_s is None else replace(CHARGING, current_at_s=last_sent_s)
+    verdict, _ = govern(dec(current_a=10), make_reading(state, age_s=0.5), Limits(), memory, T0)
+    assert verdict.outcome is expect, verdict
+    if expect is Outcome.APPLIED:
+        assert verdict.command is not None
+        assert (verdict.command.current_a, verdict.command.release) == (10.0, True)
+        assert any("recovery" in r for r in verdict.reasons)
