@@ -22,10 +22,12 @@ from .chargers.base import Charger
 from .clock import Clock
 from .governor import SafetyGovernor
 from .meter import Meter
+from .modbus import registers as R
 from .strategy import Strategy, StrategyContext
 from .types import (
     MIN_CURRENT_A,
     ChargerReading,
+    ChargerState,
     Decision,
     MeterReading,
     Outcome,
@@ -286,7 +288,19 @@ class Controller:
             slot.last_full_read_s = now
         if slot.reading is not None and slot.reading.error is not None:
             log.info("%s: reads work again", slot.charger_id)
+        self._log_charger_error(slot.charger_id, previous, state)
         slot.reading = ChargerReading(charger_id=slot.charger_id, state=state, connected=True)
+
+    @staticmethod
+    def _log_charger_error(charger_id: str, before: ChargerState | None, now: ChargerState) -> None:
+        """One line when the box enters an error and one when it leaves it."""
+        was = before is not None and before.has_error
+        if now.has_error and (not was or before is None or before.error_code != now.error_code):
+            text = R.ACTIVE_ERROR_CODE.text(now.error_code)
+            lost = ", master-lost fallback active" if now.master_lost_fallback else ""
+            log.warning("%s: charger reports error %d (%s)%s", charger_id, now.error_code, text, lost)
+        elif was and not now.has_error:
+            log.info("%s: charger error cleared", charger_id)
 
     async def _read_meters(self) -> None:
         for meter in self._meters:

@@ -32,6 +32,9 @@ from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid
 from .modbus import registers as R
 from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Command, Decision, Outcome, PauseKind, Verdict
 
+#: ``health`` statuses from good to bad; the reply's top-level status is the worst charger's.
+_HEALTH_ORDER = ("healthy", "stale", "error", "disconnected")
+
 #: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
 MAX_OVERRIDE_S = 7 * 24 * 3600.0
 
@@ -353,13 +356,20 @@ class _Methods:
                 and age <= self.stale_after_s
             )
             state = "healthy" if fresh and connected else "stale" if fresh or connected else "disconnected"
-            if state != "healthy" and worst != "disconnected":
+            charger_error = None
+            if fresh and reading is not None and reading.state is not None and reading.state.has_error:
+                code = reading.state.error_code
+                charger_error = {"code": code, "text": R.ACTIVE_ERROR_CODE.text(code)}
+                if state == "healthy":
+                    state = "error"
+            if _HEALTH_ORDER.index(state) > _HEALTH_ORDER.index(worst):
                 worst = state
             chargers[cid] = {
                 "status": state,
                 "modbusConnected": connected,
                 "ageSeconds": round(age, 3) if age is not None and math.isfinite(age) else None,
                 "lastError": None if reading is None else reading.error,
+                "chargerError": charger_error,
             }
         first = chargers.get(self.c.charger_ids[0]) if self.c.charger_ids else None
         data = {

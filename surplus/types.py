@@ -148,6 +148,11 @@ class ChargerState:
         return self.evse_state == EvseState.CHARGING
 
     @property
+    def has_error(self) -> bool:
+        """The box reports an error (EVSE state 6, an error code, or the master-lost fallback)."""
+        return self.evse_state == EvseState.ERROR or self.error_code != 0 or self.master_lost_fallback
+
+    @property
     def em_lost(self) -> bool:
         """The box has lost its energy manager (missed heartbeat): it needs the recovery writes."""
         return self.error_code == ERROR_EM_UNAVAILABLE or self.master_lost_fallback

@@ -148,12 +148,15 @@ def build_app(
                 and age is not None
                 and age <= settings.stale_after_s
             )
-            ok = ok and fresh
+            error = fresh and reading is not None and reading.state is not None and reading.state.has_error
+            ok = ok and fresh and not error
             chargers[cid] = {
                 "fresh": fresh,
+                "error": error,
                 "ageSeconds": round(age, 3) if fresh and age is not None else None,
             }
-        body = dumps({"status": "ok" if ok else "stale", "chargers": chargers})
+        status = "ok" if ok else "error" if any(c["error"] for c in chargers.values()) else "stale"
+        body = dumps({"status": status, "chargers": chargers})
         return web.Response(status=200 if ok else 503, body=body, content_type=_JSON)
 
     async def metrics_handler(_request: web.Request) -> web.Response:

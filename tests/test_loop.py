@@ -291,7 +291,9 @@ async def test_an_unexpected_error_in_a_tick_does_not_end_the_controller(
     assert model.record.heartbeats[-1] >= clock.now() - 5  # the heartbeat went on until shutdown
 
 
-async def test_a_restarted_controller_recovers_a_box_left_in_error_200(clock: FakeClock) -> None:
+async def test_a_restarted_controller_recovers_a_box_left_in_error_200(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     """The QA case: a previous controller set 10 A and release on, then was gone for > 10 s."""
     model = AmtronModel(clock, ev=EvProfile())
     model.write(R.HEARTBEAT_EM.address, [R.HEARTBEAT_VALUE], 6)
@@ -302,8 +304,12 @@ async def test_a_restarted_controller_recovers_a_box_left_in_error_200(clock: Fa
     restart_at = clock.now()
     controller, bus = build_controller(clock, model, fixed_current_a=10)  # the same setpoint as before
     task = asyncio.ensure_future(controller.run(duration_s=20))
-    await clock.advance(10)
+    with caplog.at_level(logging.INFO, logger="surplus.loop"):
+        await clock.advance(10)
     assert (model.evse_state, model.error_code) == (5, 0)  # charging again
+    messages = [r.getMessage() for r in caplog.records]
+    assert "wallbox: charger reports error 200 (Energy manager unavailable (no heartbeat))" in messages
+    assert "wallbox: charger error cleared" in messages
     await clock.advance(11)
     await task
     await bus.close()

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -503,3 +504,18 @@ def test_settings_check() -> None:
     with pytest.raises(ValueError, match="without a token"):
         RpcSettings(host="192.168.1.5").check()
     RpcSettings(host="::1").check()
+
+
+async def test_health_and_healthz_report_a_charger_error(
+    client: Client, server: WebServer, ctl: FakeController
+) -> None:
+    assert ctl.state is not None
+    ctl.state = replace(ctl.state, evse_state=6, error_code=200, master_lost_fallback=True)
+    health = (await client.result("health"))["data"]
+    assert health["status"] == "error"
+    assert health["chargers"]["wb1"]["chargerError"] == {
+        "code": 200,
+        "text": "Energy manager unavailable (no heartbeat)",
+    }
+    async with client.session.get(server.url + "healthz") as resp:
+        assert resp.status == 503 and (await resp.json())["status"] == "error"
