@@ -249,6 +249,11 @@ def build(cls: type, raw: Raw, path: str, where: Where) -> Any:
     return cls(**kwargs)
 
 
+def _decode_error_line(exc: UnicodeDecodeError) -> int:
+    """The 1-based line of the byte a decode error points at."""
+    return exc.object[: exc.start].count(b"\n") + 1
+
+
 def parse_file(path: str) -> tuple[Raw, Where]:
     """Read and parse ``path``; syntax errors carry their line."""
     where = Where(path)
@@ -257,6 +262,9 @@ def parse_file(path: str) -> tuple[Raw, Where]:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=path) from None
+    except UnicodeDecodeError as exc:
+        line = _decode_error_line(exc)
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})", line=line, source=path) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:

@@ -208,7 +208,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"surplus: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log.level, config.log.file)
+    try:
+        setup_logging(config.log.level, config.log.file)
+    except OSError as exc:
+        print(f"surplus: log.file {config.log.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(run(config, duration_s=args.duration, rpc=not args.no_rpc))
     except (OSError, ValueError) as exc:  # the RPC port is taken, an open bind without a token, ...

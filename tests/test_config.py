@@ -340,3 +340,20 @@ def test_installed_console_script_checks_shipped_configs(clean_env: dict[str, st
     )
     assert done.returncode == 2
     assert "missing.yaml: cannot read" in done.stderr
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"bus:\n  port: sim\n\xff\xfe garbage\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value) == f"{path}:3: not UTF-8 text (byte 17)"
+
+
+def test_an_unwritable_log_file_is_one_line_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOG_FILE", "/proc/no-such-dir/surplus.log")
+    assert cli.main(["run", "--duration", "1", "--no-rpc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "surplus: log.file /proc/no-such-dir/surplus.log: No such file or directory"
