@@ -263,8 +263,8 @@ def parse_file(path: str) -> tuple[Raw, Where]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=path) from None
     except UnicodeDecodeError as exc:
-        line = _decode_error_line(exc)
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})", line=line, source=path) from None
+        bad = _decode_error_line(exc)
+        raise ConfigError(f"{path}:{bad}: not UTF-8 text (byte {exc.start})", line=bad, source=path) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:

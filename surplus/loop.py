@@ -135,6 +135,7 @@ class Controller:
         self._meter_errors: dict[str, str] = {}
         self._snapshot = Snapshot(at_s=clock.now())
         self._stopping = asyncio.Event()
+        self._hurry = False
         self.ticks = 0
 
     # -- ControllerAPI -----------------------------------------------------
@@ -251,8 +252,13 @@ class Controller:
         # which keeps the tick cheap enough to replay days on a fake clock.
         await self.clock.sleep(max(0.0, deadline - self.clock.now()))
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish its tick and shut down (safe from signal handlers)."""
+    def stop(self, *, hurry: bool = False) -> None:
+        """Ask :meth:`run` to finish its tick and shut down (safe from signal handlers).
+
+        ``hurry`` skips waiting out a spacing rule for the safe state (a second
+        Ctrl-C); the charger then falls back on its own when the heartbeat stops.
+        """
+        self._hurry = self._hurry or hurry
         self._stopping.set()
 
     async def tick(self) -> Snapshot:
@@ -455,6 +461,11 @@ class Controller:
             except Exception as exc:
                 log.error("meter %s: stop failed: %s", meter.meter_id, exc)
 
+    async def _sleep_unless_hurried(self, seconds: float) -> None:
+        deadline = self.clock.now() + seconds
+        while not self._hurry and self.clock.now() < deadline:
+            await self.clock.sleep(min(0.1, deadline - self.clock.now()))
+
     async def _leave_safe(self, slot: ChargerSlot, max_wait_s: float = 12.0) -> None:
         """Send the configured safe state; wait out a spacing rule if the governor asks (bounded)."""
         decision = dataclasses.replace(self._fallback(slot, "shutdown"), source=Source.SHUTDOWN)
@@ -466,9 +477,15 @@ class Controller:
             )
             verdict = self._governor.evaluate(decision, reading, now)
             if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
-                if verdict.retry_at_s > deadline:
+                if verdict.retry_at_s > deadline or self._hurry:
                     break
-                await self.clock.sleep(verdict.retry_at_s - now)
+                log.info(
+                    "%s: waiting %.1f s to send the safe state (%s); Ctrl-C again to skip",
+                    slot.charger_id,
+                    verdict.retry_at_s - now,
+                    "; ".join(verdict.reasons),
+                )
+                await self._sleep_unless_hurried(verdict.retry_at_s - now)
                 continue
             if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
                 try:
@@ -484,4 +501,4 @@ class Controller:
                     "%s: safe state on shutdown refused: %s", slot.charger_id, "; ".join(verdict.reasons)
                 )
             return
-        log.warning("%s: safe state on shutdown not reached in %.0f s", slot.charger_id, max_wait_s)
+        log.warning("%s: safe state not sent (skipped or not reached in %.0f s)", slot.charger_id, max_wait_s)

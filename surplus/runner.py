@@ -194,9 +194,20 @@ async def run(config: Config, *, duration_s: float | None = None, rpc: bool = Tr
     """Run until SIGINT/SIGTERM (or ``duration_s``), leaving chargers in their safe state."""
     async with build_stack(config, rpc=rpc) as stack:
         loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(name: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.info("%s: stopping; leaving the chargers in their safe state", name)
+            else:
+                log.info("%s again: stopping without waiting", name)
+            stack.controller.stop(hurry=signals > 1)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stack.controller.stop)
+                loop.add_signal_handler(sig, on_signal, sig.name)
         await stack.controller.run(duration_s=duration_s)
     log.info("stopped")
     return 0

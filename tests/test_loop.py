@@ -318,3 +318,22 @@ async def test_a_restarted_controller_recovers_a_box_left_in_error_200(
     writes = [w.register for w in model.record.writes if w.at_s >= restart_at]
     i = writes.index("CHARGING_RELEASE_EM")
     assert writes[i - 1 : i + 2] == ["HEARTBEAT_EM", "CHARGING_RELEASE_EM", "CHARGING_CURRENT_EM"]
+
+
+@pytest.mark.parametrize(("hurry", "paused"), [(False, True), (True, False)], ids=["waits", "hurried"])
+async def test_shutdown_waits_out_the_spacing_unless_hurried(
+    clock: FakeClock, hurry: bool, paused: bool
+) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=12)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(2)  # the release was switched on 2 s ago: a toggle must wait 3 s more
+    stopped_at = clock.now()
+    controller.stop(hurry=hurry)
+    await clock.advance(10)
+    await task
+    await bus.close()
+    offs = [w for w in model.record.writes if w.register == "CHARGING_RELEASE_EM" and w.value == 0]
+    assert bool(offs) is paused
+    if paused:
+        assert offs[0].at_s - stopped_at <= 4.0
