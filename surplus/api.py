@@ -72,7 +72,9 @@ class ControllerAPI(Protocol):
     def get_mode(self, charger_id: str) -> str: ...
 
     def set_mode(self, charger_id: str, mode: str) -> None:
-        """Raise ``ValueError`` (one line for people) for an unknown mode or charger."""
+        """Switch the charger's strategy and drop its override (the mode decides from now on).
+
+        Raise ``ValueError`` (one line for people) for an unknown mode or charger."""
         ...
 
     async def set_override(self, charger_id: str, override: Override) -> Verdict:

@@ -158,6 +158,10 @@ class Controller:
         if mode != slot.mode:
             log.info("%s: mode %s -> %s", charger_id, slot.mode, mode)
             slot.mode = mode
+        if slot.override is not None:
+            # Choosing a mode means "let this mode decide": an older override would mask it.
+            slot.override = None
+            log.info("%s: override cleared by setting mode %s", charger_id, mode)
 
     async def set_override(self, charger_id: str, override: Override) -> Verdict:
         slot = self._slot(charger_id)

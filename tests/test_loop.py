@@ -337,3 +337,19 @@ async def test_shutdown_waits_out_the_spacing_unless_hurried(
     assert bool(offs) is paused
     if paused:
         assert offs[0].at_s - stopped_at <= 4.0
+
+
+async def test_setting_a_mode_drops_the_override(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=8)
+    task = asyncio.ensure_future(controller.run())
+    await clock.advance(10)
+    await controller.set_override("wallbox", Override(current_a=16))
+    controller.set_mode("wallbox", "fixed")
+    assert controller.get_override("wallbox") is None
+    await clock.advance(10)
+    assert model.em_current_a == 8.0  # the mode's strategy decides again
+    controller.stop()
+    await clock.advance(10)
+    await task
+    await bus.close()
