@@ -151,6 +151,7 @@ async def build_stack(
     stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)
     try:
         if rpc:
+            from .metrics import metrics_endpoint
             from .web import RpcSettings, start_web
 
             r = config.rpc
@@ -165,6 +166,7 @@ async def build_stack(
                     max_batch=r.max_batch,
                     stale_after_s=config.control.stale_after_s,
                 ),
+                metrics=metrics_endpoint(controller),
             )
         yield stack
     finally:
