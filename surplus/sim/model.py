@@ -34,6 +34,8 @@ ERROR_EM_UNAVAILABLE = 200
 MIN_CURRENT_A = 6.0
 MAX_EM_CURRENT_A = 32.0
 MAX_READ_COUNT = 125
+#: Resolution of the energy registers (10 Wh).
+ENERGY_STEP_KWH = 0.01
 #: Measurement noise is held this long (simulated seconds) before it is redrawn.
 NOISE_HOLD_S = 2.0
 AMBIENT_C = 25.0
@@ -149,6 +151,16 @@ class SimRecord:
     def refused_writes(self) -> list[WriteRecord]:
         """Writes answered with a Modbus exception."""
         return [w for w in self.writes if w.exception_code is not None]
+
+
+def _kwh(wh: float) -> float:
+    """An energy register's reading: kWh in steps of ENERGY_STEP_KWH, like a meter chip's counter.
+
+    (The model integrates exactly; only what it shows is stepped. Besides
+    realism this keeps a fake-clock replay from encoding a new float each tick.)
+    """
+    steps = math.floor(wh / (ENERGY_STEP_KWH * 1000.0) + 1e-6)  # 1e-6: float residue of exact sums
+    return steps / (1.0 / ENERGY_STEP_KWH)
 
 
 def _settings_range(name: str, value: int) -> bool:
@@ -705,7 +717,7 @@ class AmtronModel:
                 R.SIGNALED_CURRENT.name: self._signal(),
                 R.CHARGING_CURRENT_EM.name: self._em_current,
                 R.SESSION_MAX_CURRENT.name: round(self._session_max_a, 2),
-                R.CHARGED_ENERGY_SESSION.name: self._session_energy_wh / 1000.0,
+                R.CHARGED_ENERGY_SESSION.name: _kwh(self._session_energy_wh),
                 R.SESSION_DURATION.name: int(self._session_s),
                 R.DETECTED_EV_PHASES.name: self._detected_phases,
                 R.CABLE_LOCK_STATUS.name: 1 if self._ev is None else 2,
@@ -716,7 +728,7 @@ class AmtronModel:
                 R.ACTIVE_ERROR_CODE.name: self._error_code(),
                 R.MASTER_LOST_FALLBACK_STATE.name: int(self._lost),
                 R.SWITCHED_PHASES.name: self._switched_phases,
-                R.CHARGED_ENERGY_TOTAL.name: self._energy_total_wh / 1000.0,
+                R.CHARGED_ENERGY_TOTAL.name: _kwh(self._energy_total_wh),
                 R.CHARGING_SESSIONS_TOTAL.name: self._sessions,
             }
         )
