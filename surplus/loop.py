@@ -334,7 +334,10 @@ class Controller:
         for cid, slot in self._slots.items():
             r = slot.reading or ChargerReading(charger_id=cid, state=None)
             age = now - r.state.read_at_s if r.state is not None else math.inf
-            chargers[cid] = dataclasses.replace(r, age_s=age)
+            # Built directly rather than with dataclasses.replace: this runs every tick.
+            chargers[cid] = ChargerReading(
+                charger_id=cid, state=r.state, age_s=age, connected=r.connected, error=r.error
+            )
         meters = {}
         for mid, m in self._meter_readings.items():
             age = now - m.read_at_s
