@@ -162,8 +162,8 @@ async def test_heartbeat_cadence_holds_during_a_read_flood(
         await asyncio.gather(*tasks, return_exceptions=True)
         await amtron.stop()
     beats = model.record.heartbeats
-    # 9 reads of >= 20 ms per state: the line was busy most of the time.
-    assert reads >= flood_s / 0.4 and model.record.reads >= 9 * reads
+    # Four readers back to back, >= 3 block reads of >= 20 ms each per state: the line never rested.
+    assert reads >= flood_s / 0.4 and model.record.reads >= 3 * reads
     assert len(beats) >= int(flood_s / interval_s)
     worst = model.record.worst_heartbeat_gap_s
     assert worst < 5.0

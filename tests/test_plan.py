@@ -33,7 +33,7 @@ def check_plan(spans: list[plan.Span], wanted: tuple[R.Register, ...], layout: i
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("name", ["FULL_POLL", "FAST_POLL", "INFO", "CONFIG"])
+@pytest.mark.parametrize("name", ["FULL_POLL", "FAST_POLL", "CONTROL_POLL", "INFO", "CONFIG"])
 def test_poll_sets_plan_cleanly_and_at_the_bound(name: str, layout: int) -> None:
     wanted = getattr(plan, name)
     spans = plan.plan_reads(wanted, layout=layout)
@@ -45,10 +45,22 @@ def test_poll_sets_plan_cleanly_and_at_the_bound(name: str, layout: int) -> None
 def test_full_poll_covers_every_readable_register_except_settings() -> None:
     names = {r.name for r in plan.FULL_POLL}
     assert names == {r.name for r in READABLE if r.block is not Block.SETTINGS}
-    assert not any(r.block is Block.SETTINGS for r in plan.FAST_POLL)
-    assert R.CHARGING_CURRENT_EM in plan.FAST_POLL  # our own writes change it
+    assert not any(r.block is Block.SETTINGS for r in plan.FAST_POLL + plan.CONTROL_POLL)
     assert R.HEARTBEAT_EM not in plan.FULL_POLL  # write-only
-    assert {r.name for r in plan.FAST_POLL} <= names
+    assert {r.name for r in plan.FAST_POLL + plan.CONTROL_POLL} <= names
+
+
+def test_fast_poll_is_three_reads_and_control_poll_reads_back_our_writes() -> None:
+    fast = plan.plan_reads(plan.FAST_POLL)
+    assert [s.label for s in fast] == [
+        "EVSE_STATE..PHASE_ROTATION_STATUS",
+        "CURRENT_L1..POWER_OVERALL",
+        "ACTIVE_ERROR_CODE..SWITCHED_PHASES",
+    ]
+    written = {R.CHARGING_CURRENT_EM, R.CHARGING_RELEASE_EM, R.REQUESTED_PHASES, R.LOCK_EVSE}
+    assert written <= set(plan.CONTROL_POLL)
+    assert not set(plan.FAST_POLL) & set(plan.CONTROL_POLL)  # together: no register twice
+    assert len(plan.plan_reads(plan.FAST_POLL + plan.CONTROL_POLL)) == 9
 
 
 def test_full_poll_on_the_newest_layout_is_fourteen_reads() -> None:

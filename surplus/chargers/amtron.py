@@ -45,6 +45,9 @@ SOFT_PAUSE_MIN_A, SOFT_PAUSE_MAX_A = 0.01, 5.99
 #: Plausible mains voltage when a phase is live (0 is also fine: some units read 0 when idle).
 VOLTAGE_PLAUSIBLE_V = (180.0, 260.0)
 ERROR_ENERGY_MANAGER_LOST = ERROR_EM_UNAVAILABLE
+#: How often the registers our writes change (and session, temperature) are read back
+#: when we wrote nothing: another master or a reboot shows within this time.
+CONTROL_EVERY_S = 5.0
 
 
 def _one_line(text: str) -> str:
@@ -81,8 +84,10 @@ class AmtronCharger:
         self._config: ChargerConfig | None = None
         self._capabilities: Capabilities | None = None
         self._last_state: ChargerState | None = None
-        #: Values of FULL_POLL registers outside FAST_POLL, from the last full read.
-        self._slow: dict[str, Value] = {}
+        #: The latest value of every register read so far (each poll refreshes its part).
+        self._latest: dict[str, Value] = {}
+        #: When CONTROL_POLL was last read; a write makes it due at once.
+        self._control_read_at: float | None = None
         self._heartbeat_running = False
 
     # --- properties ----------------------------------------------------------
@@ -234,27 +239,34 @@ class AmtronCharger:
             )
 
     async def read_state(self, *, full: bool = False) -> ChargerState:
-        """Read :data:`plan.FAST_POLL`; with ``full`` (or the first time) all of :data:`plan.FULL_POLL`.
+        """Read the device: :data:`plan.FAST_POLL` always, :data:`plan.CONTROL_POLL`
+        after any write and every ``CONTROL_EVERY_S``, all of :data:`plan.FULL_POLL`
+        with ``full`` (or the first time).
 
-        Between full reads, info, configuration and the statistics counters
-        come from the last full read.
+        Registers not read this time keep their value from the read that last
+        covered them; after a write the readback is always fresh, so the governor
+        never judges our own write by an older value.
         """
         if self._info is None:
             await self._read_identity()
         assert self._info is not None
         layout = self._info.layout_version
         read_at = self._clock.now()
-        if full or not self._slow:
+        if full or not self._latest:
             values = await self._read(plan.FULL_POLL, layout)
             self._apply_identity(int(values.get(R.MODBUS_LAYOUT_VERSION.name, layout)), values)
-            fast_names = {r.name for r in plan.FAST_POLL}
-            self._slow = {k: v for k, v in values.items() if k not in fast_names}
+            self._latest = dict(values)
+            self._control_read_at = read_at
         else:
-            values = {**self._slow, **await self._read(plan.FAST_POLL, layout)}
+            due = self._control_read_at is None or read_at - self._control_read_at >= CONTROL_EVERY_S
+            registers = plan.FAST_POLL + plan.CONTROL_POLL if due else plan.FAST_POLL
+            self._latest.update(await self._read(registers, layout))
+            if due:
+                self._control_read_at = read_at
         info, config, caps = self._info, self._config, self._capabilities
         assert info is not None and config is not None and caps is not None
         state = _state_from(
-            values, charger_id=self.charger_id, read_at_s=read_at, info=info, config=config, caps=caps
+            self._latest, charger_id=self.charger_id, read_at_s=read_at, info=info, config=config, caps=caps
         )
         self._last_state = state
         return state
@@ -302,6 +314,7 @@ class AmtronCharger:
             pausing = release_step if command.release is False else None
             releasing = release_step if command.release else None
             order = [locking, pausing, phases_step, current_step, releasing, unlocking]
+        self._control_read_at = None  # read back what we wrote on the next poll
         for step in order:
             if step is not None:
                 await self._write(device_id, *step)

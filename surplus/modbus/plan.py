@@ -55,19 +55,22 @@ def _readable(regs: Iterable[Register]) -> tuple[Register, ...]:
 
 INFO: tuple[Register, ...] = _readable(r for r in R.REGISTERS if r.block is Block.GENERAL)
 CONFIG: tuple[Register, ...] = _readable(r for r in R.REGISTERS if r.block is Block.CONFIGURATION)
-_FAST_BLOCKS = frozenset(
-    {
-        Block.STATUS,
-        Block.OUTPUT_MEASUREMENTS,
-        Block.INPUT_MEASUREMENTS,
-        Block.CHARGING_SESSION,
-        Block.FUNCTIONS,
-        Block.DIAGNOSTICS,
-    }
-)
-#: What changes every second, plus the EM current limit, which our own writes change.
+#: Every tick, the "measurements-only" poll: what the control decision needs each
+#: second and what changes on its own (EVSE state, currents/voltages/power, errors).
 FAST_POLL: tuple[Register, ...] = _readable(
-    r for r in R.REGISTERS if r.block in _FAST_BLOCKS or r is R.CHARGING_CURRENT_EM
+    r
+    for r in R.REGISTERS
+    if r.block in (Block.OUTPUT_MEASUREMENTS, Block.DIAGNOSTICS)
+    or R.EVSE_STATE.address <= r.address < R.CP_STATE.address
+)
+#: Read back after every write and every few seconds: what our own writes change
+#: (EM current, release, phases, lock), the signalled current, CP state, session and temperature.
+CONTROL_POLL: tuple[Register, ...] = _readable(
+    r
+    for r in R.REGISTERS
+    if r.block in (Block.INPUT_MEASUREMENTS, Block.CHARGING_SESSION, Block.FUNCTIONS)
+    or (r.block is Block.STATUS and r.address >= R.CP_STATE.address)
+    or r is R.CHARGING_CURRENT_EM
 )
 #: Everything the snapshot needs: all readable registers except the 0x07xx settings.
 FULL_POLL: tuple[Register, ...] = _readable(r for r in R.REGISTERS if r.block is not Block.SETTINGS)
