@@ -54,7 +54,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
         return 2
     c = checked.config
-    print(f"{args.file}: ok ({len(c.chargers)} chargers, {len(c.meters)} meters)")
+    print(f"{args.file}: ok ({_count(len(c.chargers), 'charger')}, {_count(len(c.meters), 'meter')})")
     return 0
 
 
@@ -82,6 +82,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for name in blocked:
         print(f"{name:<{width}}  blocked")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def add_parser(sub: Any) -> None:

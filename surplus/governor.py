@@ -202,6 +202,11 @@ def _fresh_state(reading: ChargerReading, limits: Limits) -> ChargerState | None
     return reading.state if stale_reason(reading, limits) is None else None
 
 
+def _seconds(wait_s: float) -> str:
+    """A wait for people: rounded up to 0.1 s, so a held decision never reads "0.0 s"."""
+    return f"{math.ceil(wait_s * 10) / 10:.1f}"
+
+
 def _same_current(a: float, b: float) -> bool:
     return abs(a - b) < SAME_CURRENT_A
 
@@ -408,7 +413,7 @@ def govern(
             phases_ready_at = memory.phases_at_s + limits.phase_switch_interval_s
     if need_phases and now < phases_ready_at:
         plan.reasons.append(
-            f"phase switch held for another {phases_ready_at - now:.1f} s "
+            f"phase switch held for another {_seconds(phases_ready_at - now)} s "
             f"(switches at least {limits.phase_switch_interval_s:g} s apart)"
         )
 
@@ -499,7 +504,7 @@ def _group_ready_at(
     ready = -math.inf
     for at, rule in rules:
         if now < at:
-            plan.reasons.append(f"held for another {at - now:.1f} s ({rule})")
+            plan.reasons.append(f"held for another {_seconds(at - now)} s ({rule})")
         ready = max(ready, at)
     return ready
 

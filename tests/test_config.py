@@ -299,7 +299,7 @@ def test_shipped_configs_pass_check_config(
 ) -> None:
     assert cli.main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{path}: ok (1 chargers, ")
+    assert out.startswith(f"{path}: ok (1 charger, ")
 
 
 def test_check_config_reports_one_line_and_exits_2(
@@ -330,7 +330,7 @@ def test_installed_console_script_checks_shipped_configs(clean_env: dict[str, st
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith(f"{path}: ok (1 chargers, ")
+        assert done.stdout.startswith(f"{path}: ok (1 charger, ")
     done = subprocess.run(
         [str(script), "check-config", str(ROOT / "config" / "missing.yaml")],
         env=clean_env,
