@@ -195,7 +195,12 @@ class Config:
 #: What ``load_config(None)`` adds to the defaults: the demo of config/demo.yaml.
 #: A test keeps the two equal.
 DEMO: Mapping[str, Any] = {
-    "chargers": [{"id": "wallbox", "strategies": {"fixed": {"current_a": 10, "phases": None}, "off": {}}}],
+    "chargers": [
+        {
+            "id": "wallbox",
+            "strategies": {"fixed": {"current_a": 10, "phases": None}, "off": {}, "pv": {}, "minpv": {}},
+        }
+    ],
     "meters": [
         {
             "id": "grid",

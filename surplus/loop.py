@@ -361,6 +361,7 @@ class Controller:
             ctx = StrategyContext(
                 charger_id=slot.charger_id,
                 now_s=now,
+                wall_s=self.clock.wall(),
                 options=slot.strategy_options.get(slot.mode, {}),
                 min_current_a=MIN_CURRENT_A,
                 max_current_a=caps.max_current_a,

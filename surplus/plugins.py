@@ -23,6 +23,7 @@ from .strategy import StrategyFactory
 DEFAULT_PLUGINS = (
     "surplus_plugins.fixed",
     "surplus_plugins.off",
+    "surplus_plugins.pv",
     "surplus_plugins.simulated_meter",
 )
 ENTRY_POINT_GROUP = "surplus"

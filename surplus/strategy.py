@@ -20,8 +20,10 @@ class StrategyContext:
     """What a strategy sees besides the snapshot."""
 
     charger_id: str
-    #: ``Clock.now()`` of this tick.
+    #: ``Clock.now()`` of this tick (monotonic: use it for delays and timers).
     now_s: float
+    #: ``Clock.wall()`` of this tick (Unix time: use it for times of day and dates).
+    wall_s: float
     #: The charger's options for this strategy (already validated by the factory).
     options: Mapping[str, Any]
     #: Lowest current the charger may be set to while charging (IEC 61851: 6 A).

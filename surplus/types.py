@@ -183,6 +183,7 @@ class MeterReading:
     grid_power_w: float
     pv_power_w: float | None = None
     house_power_w: float | None = None
+    #: A home battery's power: positive while it charges, negative while it discharges.
     battery_power_w: float | None = None
     #: Filled in by the loop when the reading enters a snapshot.
     age_s: float = 0.0

@@ -28,8 +28,9 @@ def build_controller(
     fallback: str = "pause",
     meters: Sequence[Meter] = (),
     limits: Limits | None = None,
+    mode: str = "fixed",
 ) -> tuple[Controller, ModelBus]:
-    """A one-charger controller (id "wallbox", device id 50) in mode "fixed"."""
+    """A one-charger controller (id "wallbox", device id 50) in ``mode`` (default "fixed")."""
     bus = ModelBus({50: model}, clock)
     charger = AmtronCharger(bus, charger_id="wallbox", clock=clock, device_id=50, heartbeat_interval_s=3.0)
     factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
@@ -38,7 +39,7 @@ def build_controller(
     if strategy is not None:
         strategies[strategy.name] = strategy
     slot = ChargerSlot(
-        charger=charger, strategies=strategies, mode="fixed", fallback=fallback, strategy_options=options
+        charger=charger, strategies=strategies, mode=mode, fallback=fallback, strategy_options=options
     )
     governor = SafetyGovernor({"wallbox": limits or Limits()})
     controller = Controller(clock=clock, chargers=[slot], meters=meters, governor=governor, tick_s=1.0)

@@ -93,9 +93,15 @@ def test_default_plugins_load() -> None:
     infos = describe_plugins(pm)
     assert [i.name for i in infos] == list(DEFAULT_PLUGINS)
     assert {i.source for i in infos} == {"built-in"}
-    assert sorted(collect_strategies(pm)) == ["fixed", "off"]
+    assert sorted(collect_strategies(pm)) == ["fixed", "minpv", "off", "pv"]
     assert sorted(collect_meters(pm)) == ["simulated"]
-    assert {p for i in infos for p in i.provides} == {"strategy:fixed", "strategy:off", "meter:simulated"}
+    assert {p for i in infos for p in i.provides} == {
+        "strategy:fixed",
+        "strategy:off",
+        "strategy:pv",
+        "strategy:minpv",
+        "meter:simulated",
+    }
 
 
 def test_hooks_are_called_with_keywords_and_return_lists() -> None:
@@ -104,7 +110,12 @@ def test_hooks_are_called_with_keywords_and_return_lists() -> None:
     results = pm.hook.surplus_register_strategies(
         register=lambda name, factory: strategies.setdefault(name, factory)
     )
-    assert results == [] and sorted(strategies) == ["fixed", "off"]  # implementations return None
+    assert results == [] and sorted(strategies) == [
+        "fixed",
+        "minpv",
+        "off",
+        "pv",
+    ]  # implementations return None
     meters: dict[str, Any] = {}
     assert (
         pm.hook.surplus_register_meters(register=lambda name, factory: meters.setdefault(name, factory)) == []
