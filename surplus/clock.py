@@ -11,7 +11,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -98,3 +101,23 @@ class FakeClock:
         self._now = target
 
     run_for = advance
+
+
+async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` for at most ``seconds`` of ``clock`` time.
+
+    Raises :class:`TimeoutError` ("no answer within N s") and cancels
+    the work when the clock's deadline passes first. Measured on the injected
+    clock, so a test on a :class:`FakeClock` sees the timeout without waiting.
+    """
+    work = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait((work, timer), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    return work.result()

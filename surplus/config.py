@@ -111,6 +111,8 @@ class ControlConfig:
     fallback: str = setting("hold_min", choices=("hold_min", "pause"))
     stale_after_s: float = setting(10.0, gt=0, hi=3600, unit="s")
     full_read_every_s: float = setting(60.0, gt=0, hi=86400, unit="s")
+    #: A meter read that takes longer is abandoned for this tick (counted as a failure).
+    meter_timeout_s: float = setting(3.0, gt=0, hi=60, unit="s")
 
 
 @dataclass(**_FROZEN)

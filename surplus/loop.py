@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from .api import MODES, DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
-from .clock import Clock
+from .clock import Clock, within
 from .governor import SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
@@ -116,6 +116,7 @@ class Controller:
         tick_s: float = 1.0,
         stale_after_s: float = 10.0,
         full_read_every_s: float = 60.0,
+        meter_timeout_s: float = 3.0,
         plugins: Sequence[PluginInfo] = (),
         observers: Sequence[DecisionObserver] = (),
     ) -> None:
@@ -129,6 +130,7 @@ class Controller:
         self._tick_s = tick_s
         self._stale_after_s = stale_after_s
         self._full_read_every_s = full_read_every_s
+        self._meter_timeout_s = meter_timeout_s
         self._plugins = tuple(plugins)
         self._observers = list(observers)
         self._meter_readings: dict[str, MeterReading] = {}
@@ -268,9 +270,8 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        for slot in self._slots.values():
-            await self._read_charger(slot, now)
-        await self._read_meters()
+        # The chargers (on the bus) and the meters (on the network) are read side by side.
+        await asyncio.gather(self._read_chargers(now), *(self._read_meter(m) for m in self._meters))
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
         for slot in self._slots.values():
@@ -312,22 +313,26 @@ class Controller:
         elif was and not now.has_error:
             log.info("%s: charger error cleared", charger_id)
 
-    async def _read_meters(self) -> None:
-        for meter in self._meters:
-            mid = meter.meter_id
-            try:
-                reading = await meter.read()
-            except Exception as exc:
-                if mid not in self._meter_errors:  # once per failure streak
-                    log.warning("meter %s: read failed: %s", mid, exc)
-                self._meter_errors[mid] = str(exc)
-                old = self._meter_readings.get(mid)
-                if old is not None:  # keep the last value, marked, so its age keeps growing
-                    self._meter_readings[mid] = dataclasses.replace(old, error=str(exc))
-                continue
-            if self._meter_errors.pop(mid, None) is not None:
-                log.info("meter %s: reads work again", mid)
-            self._meter_readings[mid] = reading
+    async def _read_chargers(self, now: float) -> None:
+        for slot in self._slots.values():
+            await self._read_charger(slot, now)
+
+    async def _read_meter(self, meter: Meter) -> None:
+        """One bounded read; a failure keeps the last value, marked, so its age keeps growing."""
+        mid = meter.meter_id
+        try:
+            reading = await within(self.clock, self._meter_timeout_s, meter.read())
+        except Exception as exc:
+            if mid not in self._meter_errors:  # once per failure streak
+                log.warning("meter %s: read failed: %s", mid, exc)
+            self._meter_errors[mid] = str(exc)
+            old = self._meter_readings.get(mid)
+            if old is not None:
+                self._meter_readings[mid] = dataclasses.replace(old, error=str(exc))
+            return
+        if self._meter_errors.pop(mid, None) is not None:
+            log.info("meter %s: reads work again", mid)
+        self._meter_readings[mid] = reading
 
     def _build_snapshot(self, now: float) -> Snapshot:
         chargers = {}

@@ -145,6 +145,7 @@ async def build_stack(
         tick_s=config.control.tick_s,
         stale_after_s=config.control.stale_after_s,
         full_read_every_s=config.control.full_read_every_s,
+        meter_timeout_s=config.control.meter_timeout_s,
         plugins=describe_plugins(pm),
     )
     holder["c"] = controller

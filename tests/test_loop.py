@@ -241,6 +241,41 @@ async def test_a_broken_meter_is_isolated(clock: FakeClock, caplog: pytest.LogCa
     assert len([r for r in caplog.records if "meter grid: read failed" in r.getMessage()]) == 1
 
 
+class _HangingMeter(_BrokenMeter):
+    """A meter whose read never returns (a stalled HTTP server, a half-open socket)."""
+
+    async def start(self) -> None:
+        return None
+
+    async def read(self) -> MeterReading:
+        self.reads += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_hanging_meter_costs_one_bounded_wait_per_tick(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pv needs the meter: each tick gives up on it after 3 s and the fallback decides."""
+    model = AmtronModel(clock, ev=EvProfile())
+    meter = _HangingMeter()
+    controller, bus = build_controller(clock, model, meters=[meter], mode="pv", fallback="hold_min")
+    with caplog.at_level(logging.WARNING):
+        task = asyncio.ensure_future(controller.run(duration_s=60))
+        await clock.advance(61)
+        await task
+    await bus.close()
+    assert 19 <= meter.reads <= 21 and controller.ticks == meter.reads  # one 3 s wait per tick
+    lines = [r.getMessage() for r in caplog.records if "meter grid: read failed" in r.getMessage()]
+    assert lines == ["meter grid: read failed: no answer within 3 s"]
+    record = controller.last_decision("wallbox")
+    assert record is not None and record.strategy == "fallback"
+    assert record.decision.reason == "fallback hold minimum: no fresh grid-meter reading"
+    assert not [w for w in model.record.writes if w.register == "CHARGING_RELEASE_EM" and w.value == 1]
+    assert model.record.worst_heartbeat_gap_s <= 3.0 + 1e-9  # the bus owner never waited for the meter
+    assert_governor_rules_held(model.record)
+
+
 async def test_one_controller_runs_several_chargers_with_their_own_strategies(clock: FakeClock) -> None:
     first = AmtronModel(clock, ev=EvProfile(), seed=1)
     second = AmtronModel(clock, ev=EvProfile(), seed=2)
