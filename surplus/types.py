@@ -204,9 +204,14 @@ class Snapshot:
 
     @property
     def grid_power_w(self) -> float | None:
-        """Sum of all fresh meters' grid power (None when there is none)."""
-        values = [m.grid_power_w for m in self.meters.values() if m.error is None]
-        return sum(values) if values else None
+        """Sum of the meters' grid power; None unless every meter is fresh.
+
+        Several meters add up (e.g. two feeds); a partial sum would understate
+        the import, so one stale or failed meter makes the total unknown.
+        """
+        if not self.meters or any(m.error is not None for m in self.meters.values()):
+            return None
+        return sum(m.grid_power_w for m in self.meters.values())
 
 
 class PauseKind(enum.StrEnum):

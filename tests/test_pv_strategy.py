@@ -385,3 +385,18 @@ async def test_pv_mode_puts_the_sun_into_the_car_over_six_simulated_hours() -> N
     assert extra_import_wh < 0.02 * car_wh, (extra_import_wh, car_wh)  # and little came from the grid
     assert_governor_rules_held(model.record)
     assert model.error_code == 0
+
+
+def test_grid_power_is_the_sum_of_all_meters_or_unknown() -> None:
+    def snapshot(*readings: MeterReading) -> Snapshot:
+        return Snapshot(at_s=0.0, meters=MappingProxyType({r.meter_id: r for r in readings}))
+
+    a = MeterReading(meter_id="a", read_at_s=0.0, grid_power_w=-1500.0)
+    b = MeterReading(meter_id="b", read_at_s=0.0, grid_power_w=400.0)
+    assert snapshot(a, b).grid_power_w == -1100.0
+    assert snapshot().grid_power_w is None
+    # one stale meter: a partial sum would overstate the surplus, so the total is unknown
+    assert (
+        snapshot(a, MeterReading(meter_id="b", read_at_s=0.0, grid_power_w=400.0, error="stale")).grid_power_w
+        is None
+    )
