@@ -95,7 +95,8 @@ class Where:
             return ConfigError(f"environment {raw.variable}: {key}: {message}", key=key, source=raw.variable)
         line = raw.line if raw is not None else None
         at = f"{self.source}:{line}" if line is not None else self.source
-        return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=self.source)
+        named = f"{key}: " if key else ""  # the top level has no key
+        return ConfigError(f"{at}: {named}{message}", key=key, line=line, source=self.source)
 
 
 def _from_node(node: yaml.Node, where: Where, path: str, line: int) -> Raw:
@@ -220,7 +221,10 @@ def convert(tp: Any, spec: Spec, raw: Raw, key: str, where: Where) -> Any:
             raise where.error(raw, key, f"expected a number, got {_type_name(value)}")
         value = float(value)
     elif tp is str:
-        if not isinstance(value, str) or not value:
+        if isinstance(value, str) and not value.strip():
+            fix = "unset the variable" if raw.variable is not None else "use null for none"
+            raise where.error(raw, key, f"must not be empty ({fix})")
+        if not isinstance(value, str):
             raise where.error(raw, key, f"expected text, got {_type_name(value)} (quote it if it is text)")
     _check_spec(value, spec, raw, key, where)
     return value
@@ -230,7 +234,8 @@ def build(cls: type, raw: Raw, path: str, where: Where) -> Any:
     if raw.value is None:
         raw = Raw({}, raw.line, raw.variable)
     if not isinstance(raw.value, dict):
-        raise where.error(raw, path, f"expected a mapping, got {_type_name(raw.value)}")
+        wanted = "a mapping" if path else "a mapping of sections (bus:, chargers:, ...)"
+        raise where.error(raw, path, f"expected {wanted}, got {_type_name(raw.value)}")
     fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
     names = [f.name for f in fields]
     for key, sub in raw.value.items():

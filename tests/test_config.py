@@ -41,6 +41,7 @@ BAD = [
     ("wrong type", "rpc:\n  port: '8080'\n", "rpc.port", 2, "expected a whole number, got '8080'"),
     ("wrong type bool", "heartbeat:\n  enabled: yes\n", "heartbeat.enabled", 2, "expected true or false"),
     ("section not a mapping", "bus: 57600\n", "bus", 1, "expected a mapping"),
+    ("empty text", "rpc:\n  token: ''\n", "rpc.token", 2, "must not be empty (use null for none)"),
     (
         "40 A limit",
         "chargers:\n  - id: wb\n    limits:\n      fuse_limit_a: 40\n",
@@ -174,6 +175,13 @@ def test_bad_configs_name_key_and_line(
     assert "\n" not in str(err)
 
 
+def test_a_file_that_is_not_a_mapping_says_so_without_an_empty_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "- bus\n- chargers\n")
+    with pytest.raises(ConfigError) as info:
+        check(path)
+    assert str(info.value) == f"{path}:1: expected a mapping of sections (bus:, chargers:, ...), got a list"
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     path = write(tmp_path, "bus:\n  port: sim\nchargers: [\n")
     with pytest.raises(ConfigError, match=r":4: not valid YAML"):
@@ -259,6 +267,7 @@ ENV_BAD = [
     ("RPC_PORT", "99999", "rpc.port", "above the maximum 65535"),
     ("LOG_LEVEL", "loud", "log.level", "not one of"),
     ("RPC_HOST", "0.0.0.0", "rpc.host", "set rpc.token (or RPC_TOKEN)"),
+    ("RPC_TOKEN", " ", "rpc.token", "must not be empty (unset the variable)"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -229,6 +230,7 @@ class SimulatorServer:
                 trace_packet=self._trace_packet,
             )
         else:
+            self._check_port_free()
             server = ModbusTcpServer(
                 devices,
                 framer=FramerType.RTU,
@@ -243,6 +245,18 @@ class SimulatorServer:
             if sockets:
                 self._port = int(sockets[0].getsockname()[1])
         log.info("AMTRON simulator serving %s (device ids %s)", self.url, ", ".join(map(str, self.models)))
+
+    def _check_port_free(self) -> None:
+        """Fail with one clear line before pymodbus logs its own bind error."""
+        if self._port == 0:
+            return
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                probe.bind((self._host, self._port))
+            except OSError as exc:
+                raise OSError(f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}") from None
 
     async def _shutdown(self) -> None:
         server, self._server = self._server, None
