@@ -1,0 +1,423 @@
+"""Meter type "mqtt": grid (and optionally PV, battery, house) power from MQTT topics.
+
+``start()`` launches one background task that connects, subscribes and keeps
+the latest value of each topic together with the time it arrived
+(``env.clock.now()``). When the broker goes away the task reconnects every
+``reconnect_s`` seconds; it logs one line per outage and one when the broker is
+back. ``read()`` never touches the network: it returns the latest values or
+raises one line saying why it cannot (no value yet, stale, bad payload, broker
+unreachable).
+
+Payloads are a plain number (``"-1234.5"``) or JSON, with a dotted path per
+topic to the number (``grid_path: "ENERGY.Power"``, list indices as numbers:
+``"phases.0.w"``). Several roles may share one topic with different paths.
+
+Sign conventions (ours): grid positive = import, battery positive = charging,
+house = the house without the chargers. ``invert_grid`` / ``invert_battery``
+flip meters that count the other way; ``scale`` multiplies every value (1000
+for kW). A retained message counts as fresh when it arrives; MQTT carries no
+timestamp of its own.
+
+``read_at_s`` of a reading is the arrival time of the grid value, so the
+loop's age of the reading is the age of the data. An optional value that is
+stale or whose latest payload was bad is reported as ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from surplus.clock import Clock
+from surplus.hookspecs import RegisterMeter, hookimpl
+from surplus.meter import Meter, MeterEnv
+from surplus.options import OptionError, check_known, integer, number
+from surplus.types import MeterReading
+
+log = logging.getLogger(__name__)
+
+ROLES = ("grid", "pv", "battery", "house")
+#: The broker notices a silently dead client (and we a dead broker) within ~1.5x this.
+KEEPALIVE_S = 15
+OPTIONS = (
+    "host",
+    "port",
+    "username",
+    "password",
+    "client_id",
+    *(f"{role}_topic" for role in ROLES),
+    *(f"{role}_path" for role in ROLES),
+    "scale",
+    "invert_grid",
+    "invert_battery",
+    "max_age_s",
+    "timeout_s",
+    "reconnect_s",
+)
+
+
+class MqttMeterError(RuntimeError):
+    """A reading is not available; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Where one role's value comes from and how to turn a payload into watts."""
+
+    role: str
+    topic: str
+    path: tuple[str, ...] = ()
+    factor: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttSettings:
+    """Validated options of one MQTT meter."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "surplus"
+    sources: tuple[Source, ...] = ()
+    max_age_s: float = 10.0
+    timeout_s: float = 2.0
+    reconnect_s: float = 5.0
+
+    def __repr__(self) -> str:  # never show the password, not even in a debugger or a traceback
+        return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
+
+
+def parse_payload(payload: object, path: tuple[str, ...]) -> float:
+    """The number in ``payload`` (plain text, or JSON followed along ``path``).
+
+    :raises ValueError: with a short message saying what is wrong.
+    """
+    if isinstance(payload, bytes | bytearray):
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError("payload is not UTF-8 text") from None
+    elif isinstance(payload, int | float) and not isinstance(payload, bool):
+        text = repr(payload)
+    else:
+        text = "" if payload is None else str(payload).strip()
+    if not text:
+        raise ValueError("empty payload")
+    if not path:
+        try:
+            value: object = float(text)
+        except ValueError:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError(f"not a number: {_short(text)}") from None
+        return _finite(value, text)
+    try:
+        node: object = json.loads(text)
+    except ValueError:
+        raise ValueError(f"not JSON: {_short(text)}") from None
+    walked: list[str] = []
+    for step in path:
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            where = ".".join(walked) or "the top level"
+            raise ValueError(f"no {step!r} at {where} in {_short(text)}")
+        walked.append(step)
+    return _finite(node, text)
+
+
+def _finite(value: object, text: str) -> float:
+    # JSON true/false are ints in Python; a meter never means 1 W by "true".
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a number: {_short(text)}")
+    try:
+        number_ = float(value)
+    except ValueError:
+        raise ValueError(f"not a number: {_short(text)}") from None
+    if not math.isfinite(number_):
+        raise ValueError(f"not a finite number: {_short(text)}")
+    return number_
+
+
+def _short(text: str, limit: int = 60) -> str:
+    one_line = " ".join(text.split())
+    return repr(one_line if len(one_line) <= limit else one_line[: limit - 3] + "...")
+
+
+@dataclass(slots=True)
+class _Latest:
+    value: float | None = None
+    arrived_s: float = -math.inf
+    error: str | None = None  # the latest payload was unusable
+
+
+class MqttMeter:
+    """A meter fed by MQTT messages; see the module docstring."""
+
+    def __init__(self, meter_id: str, env: MeterEnv, settings: MqttSettings) -> None:
+        self.meter_id = meter_id
+        self.settings = settings
+        self._clock: Clock = env.clock
+        self._latest = {s.role: _Latest() for s in settings.sources}
+        self._by_topic: dict[str, list[Source]] = {}
+        for source in settings.sources:
+            self._by_topic.setdefault(source.topic, []).append(source)
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._down_since_s: float | None = None
+        self._down_reason = ""
+        self._ever_connected = False
+        #: Connection attempts that failed or ended (tests wait on it).
+        self.failures = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while subscribed to the broker."""
+        return self._connected
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.settings.host}:{self.settings.port}"
+
+    async def start(self) -> None:
+        """Launch the subscriber task (a no-op while it runs)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._run(), name=f"mqtt meter {self.meter_id}")
+
+    async def stop(self) -> None:
+        """Cancel the subscriber and disconnect; safe to call twice."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # The task's disconnect is bounded by timeout_s; the margin covers the cancel itself.
+        done, _ = await asyncio.wait({task}, timeout=self.settings.timeout_s + 1.0)
+        if not done:
+            log.error(
+                "meter %s: the MQTT task did not stop within %g s", self.meter_id, self.settings.timeout_s
+            )
+        self._connected = False
+
+    async def read(self) -> MeterReading:
+        """The latest values; raises :class:`MqttMeterError` (one line) when there is no usable grid value."""
+        if self._task is None:
+            raise MqttMeterError(f"meter {self.meter_id}: not started")
+        now = self._clock.now()
+        grid = self._latest["grid"]
+        if grid.error is not None:
+            raise MqttMeterError(f"meter {self.meter_id}: {grid.error}")
+        if grid.value is None:
+            if self._down_since_s is not None:
+                raise MqttMeterError(f"meter {self.meter_id}: {self._outage(now)}")
+            topic = self._topic("grid")
+            raise MqttMeterError(f"meter {self.meter_id}: no value yet on grid topic {topic!r}")
+        age = now - grid.arrived_s
+        if age > self.settings.max_age_s:
+            why = f" ({self._outage(now)})" if self._down_since_s is not None else ""
+            raise MqttMeterError(f"meter {self.meter_id}: grid value is {age:.0f} s old{why}")
+        return MeterReading(
+            meter_id=self.meter_id,
+            read_at_s=grid.arrived_s,
+            grid_power_w=grid.value,
+            pv_power_w=self._optional("pv", now),
+            battery_power_w=self._optional("battery", now),
+            house_power_w=self._optional("house", now),
+        )
+
+    def _optional(self, role: str, now: float) -> float | None:
+        latest = self._latest.get(role)
+        if latest is None or latest.error is not None or latest.value is None:
+            return None
+        return latest.value if now - latest.arrived_s <= self.settings.max_age_s else None
+
+    def _topic(self, role: str) -> str:
+        return next(s.topic for s in self.settings.sources if s.role == role)
+
+    def _outage(self, now: float) -> str:
+        since = self._down_since_s if self._down_since_s is not None else now
+        return f"broker {self.broker} unreachable for {now - since:.0f} s ({self._down_reason})"
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except Exception as exc:  # any failure means: reconnect later, never die
+                self._went_down(_describe(exc))
+                self.failures += 1
+            await self._clock.sleep(self.settings.reconnect_s)
+
+    async def _session(self) -> None:
+        s = self.settings
+        client = aiomqtt.Client(
+            s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            timeout=s.timeout_s,
+            keepalive=KEEPALIVE_S,
+            logger=logging.getLogger(f"{__name__}.aiomqtt"),
+        )
+        # paho connects in an executor thread; its own timeout bounds that thread,
+        # which asyncio.timeout below cannot stop.
+        paho = getattr(client, "_client", None)
+        if paho is not None and hasattr(paho, "connect_timeout"):
+            paho.connect_timeout = s.timeout_s
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout(s.timeout_s):
+                await stack.enter_async_context(client)
+            for topic in self._by_topic:
+                await client.subscribe(topic, qos=0, timeout=s.timeout_s)
+            self._came_up()
+            async for message in client.messages:
+                self._on_message(message.topic.value, message.payload)
+            raise MqttMeterError("the message stream ended")
+
+    def _came_up(self) -> None:
+        now = self._clock.now()
+        self._connected = True
+        if self._down_since_s is not None:
+            log.info(
+                "meter %s: broker %s is back after %.0f s",
+                self.meter_id,
+                self.broker,
+                now - self._down_since_s,
+            )
+        elif not self._ever_connected:
+            log.info(
+                "meter %s: subscribed to %s on %s", self.meter_id, ", ".join(self._by_topic), self.broker
+            )
+        self._down_since_s = None
+        self._ever_connected = True
+
+    def _went_down(self, reason: str) -> None:
+        self._connected = False
+        self._down_reason = reason
+        if self._down_since_s is None:  # one line per outage, not per attempt
+            self._down_since_s = self._clock.now()
+            log.warning(
+                "meter %s: broker %s unreachable (%s); retrying every %g s",
+                self.meter_id,
+                self.broker,
+                reason,
+                self.settings.reconnect_s,
+            )
+
+    def _on_message(self, topic: str, payload: object) -> None:
+        now = self._clock.now()
+        for source in self._by_topic.get(topic, ()):
+            latest = self._latest[source.role]
+            try:
+                value = parse_payload(payload, source.path) * source.factor
+            except ValueError as exc:
+                error = f"bad payload on {source.role} topic {topic!r}: {exc}"
+                if latest.error is None:  # once per streak of bad payloads
+                    log.warning("meter %s: %s", self.meter_id, error)
+                latest.error = error
+                continue
+            latest.value, latest.arrived_s, latest.error = value, now, None
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a failed connection (never containing credentials)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    cause = exc.__cause__
+    text = str(cause) if cause is not None and str(cause) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _text(options: Mapping[str, Any], name: str, default: str | None) -> str | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        shown = "a secret" if name == "password" else repr(value)
+        raise OptionError(name, f"expected a non-empty text, got {shown}")
+    return value
+
+
+def _flag(options: Mapping[str, Any], name: str) -> bool:
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise OptionError(name, f"expected true or false, got {value!r}")
+    return value
+
+
+def _topic(options: Mapping[str, Any], name: str) -> str | None:
+    topic = _text(options, name, None)
+    if topic is not None and ("+" in topic or "#" in topic):
+        raise OptionError(name, f"{topic!r} has a wildcard; a value needs one exact topic")
+    return topic
+
+
+def _path(options: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    path = _text(options, name, None)
+    if path is None:
+        return ()
+    steps = tuple(path.split("."))
+    if any(not step for step in steps):
+        raise OptionError(name, f"{path!r} has an empty step; write keys and indices like 'a.0.b'")
+    return steps
+
+
+def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSettings:
+    """Validate ``options``; :class:`OptionError` names the bad option."""
+    check_known(options, OPTIONS)
+    if options.get("grid_topic") is None:
+        raise OptionError("grid_topic", "required (the topic carrying grid power, + = import)")
+    scale = number(options, "scale", 1.0)
+    if scale == 0:
+        raise OptionError("scale", "0 would turn every value into 0")
+    invert = {"grid": _flag(options, "invert_grid"), "battery": _flag(options, "invert_battery")}
+    sources = []
+    for role in ROLES:
+        topic = _topic(options, f"{role}_topic")
+        path = _path(options, f"{role}_path")
+        if topic is None:
+            if path:
+                raise OptionError(f"{role}_path", f"set {role}_topic too")
+            continue
+        factor = -scale if invert.get(role) else scale
+        sources.append(Source(role=role, topic=topic, path=path, factor=factor))
+    username = _text(options, "username", None)
+    password = _text(options, "password", None)
+    if password is not None and username is None:
+        raise OptionError("password", "set username too")
+    client_id = _text(options, "client_id", None) or f"surplus-{meter_id}"
+    host = _text(options, "host", None) or "127.0.0.1"
+    return MqttSettings(
+        host=host,
+        port=integer(options, "port", 1883, lo=1, hi=65535),
+        username=username,
+        password=password,
+        client_id=client_id,
+        sources=tuple(sources),
+        max_age_s=number(options, "max_age_s", 10.0, lo=0.1, hi=86400, unit="s"),
+        timeout_s=number(options, "timeout_s", 2.0, lo=0.1, hi=60, unit="s"),
+        reconnect_s=number(options, "reconnect_s", 5.0, lo=0.1, hi=3600, unit="s"),
+    )
+
+
+def make_mqtt(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter:
+    """Build an MQTT meter (validates options; no I/O)."""
+    return MqttMeter(meter_id, env, settings_from_options(meter_id, options))
+
+
+@hookimpl
+def surplus_register_meters(register: RegisterMeter) -> None:
+    register("mqtt", make_mqtt)
