@@ -1,0 +1,373 @@
+"""Meter type "http" (any JSON endpoint) and the HTTP polling every HTTP meter shares.
+
+:class:`JsonPoller` owns one :class:`aiohttp.ClientSession` per meter (created by
+``start()``, closed by ``stop()``) and does one GET per ``get_json()`` within a
+total timeout. Every failure becomes a :class:`MeterHttpError` whose message is
+one line: ``meter <id>: <url without credentials>: <what went wrong>``.
+
+Type "http" reads numbers out of a JSON document by dotted paths
+(``data.grid.power``; a number part indexes a list, ``meters.0.power``).
+Options: ``url`` (required), ``grid_path`` (required), ``pv_path``,
+``battery_path``, ``house_path``, ``scale`` (multiplies every value, e.g. 1000
+for kW; default 1), ``invert_grid`` (the device says + = export),
+``invert_battery`` (the device says + = discharge), ``house_includes_chargers``
+(the device's house power includes the wallboxes, which are then subtracted),
+``headers`` (a mapping sent with every request; values never appear in
+errors), ``timeout_s`` (default 2). Credentials in the URL
+(``http://user:pass@host/``) are sent as HTTP basic auth and never shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from surplus.hookspecs import RegisterMeter, hookimpl
+from surplus.meter import Meter, MeterEnv
+from surplus.options import OptionError, check_known, number
+from surplus.types import MeterReading
+
+#: A device answer larger than this is not a meter reading.
+MAX_BODY_BYTES = 1 << 20
+_SECRET_QUERY = re.compile(r"pass|pwd|token|key|secret|auth|sig", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+Path = tuple[str, ...]
+
+
+class MeterHttpError(Exception):
+    """A failed HTTP meter read; ``str()`` is one line naming meter, URL and cause."""
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def shown_url(url: URL) -> str:
+    """``url`` for messages: no user or password, secret-looking query values masked."""
+    safe = url.with_user(None) if url.user is not None or url.password is not None else url
+    if safe.query:
+        masked = [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in safe.query.items()]
+        safe = safe.with_query(masked)
+    return str(safe)
+
+
+def flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A true/false option."""
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise OptionError(name, f"expected true or false, got {value!r}")
+    return value
+
+
+def timeout_option(options: Mapping[str, Any]) -> float:
+    """``timeout_s``: the bound on one whole request (connect, send, answer)."""
+    return number(options, "timeout_s", 2.0, lo=0.05, hi=60.0, unit="s")
+
+
+def device_url(options: Mapping[str, Any], path: str, query: Mapping[str, str] | None = None) -> URL:
+    """``http://{host}:{port}{path}`` from the ``host`` (required) and ``port`` (80) options."""
+    host = options.get("host")
+    if not isinstance(host, str) or not host.strip():
+        raise OptionError("host", f"expected a host name or IP address, got {host!r}")
+    host = host.strip()
+    if "/" in host or "@" in host or any(c.isspace() for c in host):
+        raise OptionError("host", f"{host!r} is not a host name or IP address (give only the host)")
+    port = options.get("port", 80)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise OptionError("port", f"expected a port number 1..65535, got {port!r}")
+    try:
+        return URL.build(scheme="http", host=host, port=port, path=path, query=query)
+    except ValueError as exc:
+        raise OptionError("host", f"{host!r} is not a host name or IP address ({exc})") from None
+
+
+def url_option(options: Mapping[str, Any], name: str = "url") -> URL:
+    """An absolute ``http://`` or ``https://`` URL."""
+    value = options.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(name, f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        url = URL(value.strip())
+    except ValueError:
+        raise OptionError(name, "not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise OptionError(name, f"expected an http:// or https:// URL, got {shown_url(url)!r}")
+    return url
+
+
+def path_option(options: Mapping[str, Any], name: str, *, required: bool) -> Path | None:
+    """A dotted JSON path such as ``data.grid.power`` (number parts index lists)."""
+    value = options.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(name, f"expected a dotted path like 'data.grid.power', got {value!r}")
+    parts = tuple(p.strip() for p in value.strip().split("."))
+    if any(not p for p in parts):
+        raise OptionError(name, f"{value!r} has an empty part")
+    return parts
+
+
+def headers_option(options: Mapping[str, Any], name: str = "headers") -> dict[str, str]:
+    """A mapping of header names to string values (values are never echoed: they may be tokens)."""
+    value = options.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise OptionError(name, "expected a mapping of header names to values")
+    headers: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not _HEADER_NAME.match(key):
+            raise OptionError(name, f"{key!r} is not a valid header name")
+        if not isinstance(val, str) or "\n" in val or "\r" in val:
+            raise OptionError(name, f"the value of {key!r} must be a one-line string")
+        headers[key] = val
+    return headers
+
+
+# ---------------------------------------------------------------------------- polling
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def dotted(path: Sequence[str]) -> str:
+    """``("a", "0", "b")`` -> ``"a.0.b"``."""
+    return ".".join(path)
+
+
+class JsonPoller:
+    """One HTTP session for one meter: GET a JSON document, turn failures into one-line errors."""
+
+    def __init__(
+        self,
+        meter_id: str,
+        url: URL,
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+        middlewares: Sequence[Any] = (),
+    ) -> None:
+        self.meter_id = meter_id
+        self._headers = dict(headers or {})
+        if url.user is not None:  # credentials in the URL become a header, so no URL carries them
+            self._headers.setdefault("Authorization", basic_auth(url.user, url.password or ""))
+            url = url.with_user(None)
+        self.url = url
+        self.timeout_s = timeout_s
+        self._middlewares = tuple(middlewares)
+        self._session: aiohttp.ClientSession | None = None
+        self.shown = shown_url(url)
+
+    async def start(self) -> None:
+        """Create the session (no I/O yet: the first GET connects)."""
+        if self._session is None or self._session.closed:
+            kwargs: dict[str, Any] = {}
+            if self._middlewares:
+                kwargs["middlewares"] = self._middlewares
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                **kwargs,
+            )
+
+    async def stop(self) -> None:
+        """Close the session; safe to call twice."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def error(self, what: str) -> MeterHttpError:
+        """An error for this meter and URL, squeezed onto one line."""
+        line = " ".join(f"meter {self.meter_id}: {self.shown}: {what}".split())
+        return MeterHttpError(line)
+
+    async def get_json(self) -> Any:
+        """One GET; the parsed JSON document or a :class:`MeterHttpError`."""
+        if self._session is None or self._session.closed:
+            await self.start()  # start() failed or was never called: the session costs no I/O
+        assert self._session is not None
+        try:
+            async with self._session.get(self.url) as resp:
+                if resp.status >= 400:
+                    raise self.error(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
+                body = await resp.content.read(MAX_BODY_BYTES + 1)
+        except MeterHttpError:
+            raise
+        except TimeoutError:
+            raise self.error(f"no answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            errno = exc.os_error.errno
+            why = os.strerror(errno) if errno else exc.os_error.strerror or str(exc)
+            raise self.error(f"cannot connect ({why.lower()})") from None
+        except aiohttp.ClientError as exc:
+            raise self.error(f"HTTP failed: {type(exc).__name__}: {exc}") from None
+        if len(body) > MAX_BODY_BYTES:
+            raise self.error(f"answer larger than {MAX_BODY_BYTES} bytes")
+        try:
+            return json.loads(body.decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            raise self.error("invalid JSON (not UTF-8 text)") from None
+        except json.JSONDecodeError as exc:
+            raise self.error(f"invalid JSON ({exc.msg})") from None
+
+    def field(self, doc: Any, path: Sequence[str]) -> Any:
+        """The value at ``path``; a missing part is an error naming the whole path."""
+        node = doc
+        for part in path:
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise self.error(f"field {dotted(path)} missing")
+        return node
+
+    def number(self, doc: Any, path: Sequence[str], *, null_ok: bool = False) -> float | None:
+        """A finite number at ``path``; ``null`` gives ``None`` when ``null_ok``, else an error."""
+        value = self.field(doc, path)
+        if value is None:
+            if null_ok:
+                return None
+            raise self.error(f"field {dotted(path)} is null")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise self.error(f"field {dotted(path)} is {shown}, not a number")
+        if not math.isfinite(value):
+            raise self.error(f"field {dotted(path)} is not a finite number")
+        return float(value)
+
+
+def charger_power_w(env: MeterEnv) -> float:
+    """What the chargers draw now (0 without a callback or an answer)."""
+    if env.charger_power_w is None:
+        return 0.0
+    value = env.charger_power_w()
+    return float(value) if value is not None else 0.0
+
+
+def house_without_chargers(env: MeterEnv, total_w: float | None) -> float | None:
+    """A device's total consumption minus the chargers, never below zero."""
+    if total_w is None:
+        return None
+    # The device and the charger are read a moment apart; a house cannot feed the grid.
+    return round(max(0.0, total_w - charger_power_w(env)), 1)
+
+
+# ---------------------------------------------------------------------------- type "http"
+
+
+class HttpJsonMeter:
+    """Numbers from any JSON endpoint by dotted paths; see the module docstring."""
+
+    def __init__(
+        self,
+        meter_id: str,
+        env: MeterEnv,
+        poller: JsonPoller,
+        *,
+        grid_path: Path,
+        pv_path: Path | None = None,
+        battery_path: Path | None = None,
+        house_path: Path | None = None,
+        scale: float = 1.0,
+        invert_grid: bool = False,
+        invert_battery: bool = False,
+        house_includes_chargers: bool = False,
+    ) -> None:
+        self.meter_id = meter_id
+        self._env = env
+        self._http = poller
+        self.grid_path = grid_path
+        self.pv_path = pv_path
+        self.battery_path = battery_path
+        self.house_path = house_path
+        self.scale = scale
+        self.invert_grid = invert_grid
+        self.invert_battery = invert_battery
+        self.house_includes_chargers = house_includes_chargers
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def stop(self) -> None:
+        await self._http.stop()
+
+    def _scaled(self, doc: Any, path: Path | None, sign: float = 1.0) -> float | None:
+        if path is None:
+            return None
+        value = self._http.number(doc, path, null_ok=True)
+        return None if value is None else round(sign * value * self.scale, 1)
+
+    async def read(self) -> MeterReading:
+        doc = await self._http.get_json()
+        grid = self._http.number(doc, self.grid_path)
+        assert grid is not None
+        house = self._scaled(doc, self.house_path)
+        if self.house_includes_chargers:
+            house = house_without_chargers(self._env, house)
+        return MeterReading(
+            meter_id=self.meter_id,
+            read_at_s=self._env.clock.now(),
+            grid_power_w=round((-1.0 if self.invert_grid else 1.0) * grid * self.scale, 1),
+            pv_power_w=self._scaled(doc, self.pv_path),
+            house_power_w=house,
+            battery_power_w=self._scaled(doc, self.battery_path, -1.0 if self.invert_battery else 1.0),
+        )
+
+
+HTTP_OPTIONS = (
+    "url",
+    "grid_path",
+    "pv_path",
+    "battery_path",
+    "house_path",
+    "scale",
+    "invert_grid",
+    "invert_battery",
+    "house_includes_chargers",
+    "headers",
+    "timeout_s",
+)
+
+
+def make_http(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter:
+    """Build a generic JSON meter (validates options; no I/O)."""
+    check_known(options, HTTP_OPTIONS)
+    url = url_option(options)
+    scale = number(options, "scale", 1.0, lo=-1e6, hi=1e6)
+    if scale == 0:
+        raise OptionError("scale", "must not be 0")
+    grid_path = path_option(options, "grid_path", required=True)
+    assert grid_path is not None
+    poller = JsonPoller(meter_id, url, timeout_s=timeout_option(options), headers=headers_option(options))
+    return HttpJsonMeter(
+        meter_id,
+        env,
+        poller,
+        grid_path=grid_path,
+        pv_path=path_option(options, "pv_path", required=False),
+        battery_path=path_option(options, "battery_path", required=False),
+        house_path=path_option(options, "house_path", required=False),
+        scale=scale,
+        invert_grid=flag(options, "invert_grid", False),
+        invert_battery=flag(options, "invert_battery", False),
+        house_includes_chargers=flag(options, "house_includes_chargers", False),
+    )
+
+
+@hookimpl
+def surplus_register_meters(register: RegisterMeter) -> None:
+    register("http", make_http)
