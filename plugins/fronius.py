@@ -50,7 +50,6 @@ P_GRID = (*_SITE, "P_Grid")
 P_PV = (*_SITE, "P_PV")
 P_AKKU = (*_SITE, "P_Akku")
 P_LOAD = (*_SITE, "P_Load")
-_STATUS = ("Head", "Status")
 
 
 class FroniusMeter:
@@ -68,7 +67,8 @@ class FroniusMeter:
         await self._http.stop()
 
     def _check_status(self, doc: Any) -> None:
-        status = doc.get("Head", {}).get("Status") if isinstance(doc, Mapping) else None
+        head = doc.get("Head") if isinstance(doc, Mapping) else None
+        status = head.get("Status") if isinstance(head, Mapping) else None
         if not isinstance(status, Mapping):
             return  # older firmware may omit the header; the fields decide
         code = status.get("Code", 0)

@@ -188,6 +188,14 @@ class JsonPoller:
         if session is not None and not session.closed:
             await session.close()
 
+    def _describe(self, exc: Exception) -> str:
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return "the device closed the connection"
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return f"bad answer ({exc.message})"  # its str() repeats the full URL
+        # aiohttp may quote the URL it fetched: show ours, which hides secrets in the query.
+        return f"{type(exc).__name__}: {exc}".replace(str(self.url), self.shown)
+
     def error(self, what: str) -> MeterHttpError:
         """An error for this meter and URL, squeezed onto one line."""
         line = " ".join(f"meter {self.meter_id}: {self.shown}: {what}".split())
@@ -211,8 +219,8 @@ class JsonPoller:
             errno = exc.os_error.errno
             why = os.strerror(errno) if errno else exc.os_error.strerror or str(exc)
             raise self.error(f"cannot connect ({why.lower()})") from None
-        except aiohttp.ClientError as exc:
-            raise self.error(f"HTTP failed: {type(exc).__name__}: {exc}") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise self.error(f"HTTP failed: {self._describe(exc)}") from None
         if len(body) > MAX_BODY_BYTES:
             raise self.error(f"answer larger than {MAX_BODY_BYTES} bytes")
         try:

@@ -343,6 +343,14 @@ async def test_fronius_device_status_error(device: Device) -> None:
     assert message.endswith(": device status 255: Not implemented")
 
 
+async def test_fronius_odd_header_is_ignored_fields_decide(device: Device) -> None:
+    doc = json.loads(SYMO_NIGHT_NO_BATTERY)
+    doc["Head"] = []
+    device.serve(FRONIUS_PATH, doc)
+    r = await read_once(make_fronius("grid", {"host": "127.0.0.1", "port": device.port}, env()))
+    assert r.grid_power_w == 412.3
+
+
 # ---------------------------------------------------------------------------- shelly
 
 
@@ -620,6 +628,24 @@ async def test_bad_answers_give_one_line(
     device.serve(path, FACTORIES[kind][3])  # the device is well again: the same session recovers
     assert (await meter.read()).grid_power_w is not None
     await meter.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+async def test_a_server_that_hangs_up_gives_one_line(kind: str) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"garbage, not HTTP\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    meter = build(kind, server.sockets[0].getsockname()[1])
+    try:
+        message = await fails_with(meter)
+    finally:
+        await meter.stop()
+        server.close()
+        await server.wait_closed()
+    assert ": HTTP failed: bad answer (Bad status line: " in message
 
 
 async def test_read_without_start_and_stop_twice(device: Device) -> None:
