@@ -1,0 +1,378 @@
+"""Strategy "schedule": charge from the sun, and from the grid when the departure needs it.
+
+For a car that must leave at a given time with a given amount of energy added.
+Until the plan needs the grid it charges exactly like "pv" (an inner
+:class:`~surplus_plugins.pv.PvStrategy` with the ``pv`` options decides).
+
+**The plan.** The energy still needed is ``energy_kwh`` minus what the box
+counted in this plug-in session (``session_energy_wh``; a new session starts at
+zero). At ``plan_current_a`` (default: the device maximum) on the phases the
+car will use, that takes ``needed / power``; the plan starts that long plus
+``margin_min`` before the next ``departure`` (a local time on one of ``days``).
+From then until the departure, or until the target is met, it charges at
+``plan_current_a`` on three phases where the box can switch, sun or not, and
+keeps going even if the sun made the estimate look early (no stop-start as the
+estimate moves). Once the target is met only the sun charges again. Times are
+computed in Unix seconds from the zone's rules, so a DST change between the
+plan start and the departure does not shift the plan by an hour.
+
+**Cheap-tariff windows** (``windows``: start, end, current_a; overnight
+windows such as 22:00-06:00 wrap past midnight) charge at least the window's
+current while they are open, with or without a car (a car that plugs in during
+the window starts at once, as in "fixed").
+
+Whenever the grid part and the sun both want to charge, the one that gives more
+power wins. Without any grid meter configured the sun part is off and
+"schedule" is a timer (plan and windows only). With no car connected there is
+no plan. The estimate assumes the car draws the plan current; ``margin_min``
+covers a car that draws less and the governor's 5 minutes between pause and
+resume.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from surplus.hookspecs import RegisterStrategy, hookimpl
+from surplus.options import OptionError, check_known, did_you_mean, number
+from surplus.strategy import Strategy, StrategyContext
+from surplus.types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Decision, Snapshot, Source
+
+from .pv import PLAUSIBLE_VOLTAGE_V, PvSettings, PvStrategy, parse_settings, phases_in_use
+
+OPTIONS = (
+    "departure",
+    "energy_kwh",
+    "days",
+    "timezone",
+    "plan_current_a",
+    "margin_min",
+    "pv",
+    "windows",
+)
+WINDOW_OPTIONS = ("start", "end", "current_a")
+DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DAY_WORDS = {name.lower(): i for i, name in enumerate(DAY_NAMES)} | {
+    full: i
+    for i, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
+}
+_HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
+#: YAML 1.1 reads an unquoted 22:30 as the base-60 number 1350; H:MM with H >= 1 gives 60..1439.
+_SEXAGESIMAL = range(60, 24 * 60)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """A daily cheap-tariff window in local minutes after midnight (end may be before start)."""
+
+    start_min: int
+    end_min: int
+    current_a: float
+
+    def contains(self, minute: float) -> bool:
+        """Whether ``minute`` (local minutes after midnight) is inside the window."""
+        if self.start_min < self.end_min:
+            return self.start_min <= minute < self.end_min
+        return minute >= self.start_min or minute < self.end_min
+
+    @property
+    def label(self) -> str:
+        return f"{_hhmm(self.start_min)}-{_hhmm(self.end_min)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleSettings:
+    """The validated options (see the module docstring; defaults here)."""
+
+    departure_min: int = 7 * 60
+    energy_wh: float = 20_000.0
+    #: Weekdays with a departure (0 = Monday).
+    days: frozenset[int] = frozenset(range(7))
+    #: None: the machine's local zone.
+    zone: ZoneInfo | None = None
+    #: None: the device maximum.
+    plan_current_a: float | None = None
+    margin_s: float = 30 * 60.0
+    pv: PvSettings = field(default_factory=PvSettings)
+    windows: tuple[Window, ...] = ()
+
+    def local(self, wall_s: float) -> datetime:
+        """Unix time -> naive local date and time in the configured zone."""
+        if self.zone is None:
+            return datetime.fromtimestamp(wall_s)
+        return datetime.fromtimestamp(wall_s, self.zone).replace(tzinfo=None)
+
+    def unix(self, local: datetime) -> float:
+        """Naive local date and time -> Unix time (a time skipped by DST maps to just after the gap)."""
+        if self.zone is None:
+            return local.timestamp()
+        return local.replace(tzinfo=self.zone).timestamp()
+
+    def next_departure(self, wall_s: float) -> tuple[float, datetime] | None:
+        """The first departure after ``wall_s``: (Unix time, local time), None if no day has one."""
+        today = self.local(wall_s).date()
+        hour, minute = divmod(self.departure_min, 60)
+        for offset in range(8):
+            day: date = today + timedelta(days=offset)
+            if day.weekday() not in self.days:
+                continue
+            local = datetime.combine(day, time_of_day(hour, minute))
+            at = self.unix(local)
+            if at > wall_s:
+                return at, local
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _GridWish:
+    """A reason to charge from the grid: at least ``current_a`` on ``phases``."""
+
+    current_a: float
+    phases: int | None
+    #: Phases used to compare its power with the sun's.
+    power_phases: int
+    why: str
+
+
+class ScheduleStrategy:
+    """One charger's departure plan on top of a PV strategy; keeps the plan between ticks."""
+
+    def __init__(self, settings: ScheduleSettings, name: str = "schedule") -> None:
+        self.settings = settings
+        self.name = name
+        self.pv = PvStrategy(settings.pv, "pv")
+        #: Unix time of the departure whose plan has started (it runs until then or the target).
+        self._running_for: float | None = None
+        #: Phases this session's car was seen to draw on when the box offered the plan's phases.
+        self._car_phases: int | None = None
+        #: This tick's plan has not started yet (the reason says "until then").
+        self._waiting = False
+
+    def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        state = snapshot.chargers[ctx.charger_id].state
+        if state is None:
+            raise ValueError("no charger reading")
+        sun = self._sun(snapshot, ctx)
+        local_now = self.settings.local(ctx.wall_s)
+        wishes: list[_GridWish] = []
+        plan_phases = 3 if ctx.phases_switchable and state.capabilities.grid_phases == 3 else None
+
+        self._waiting = False
+        if state.vehicle_connected:
+            status, wish = self._plan(state, ctx, local_now, plan_phases)
+            if wish is not None:
+                wishes.append(wish)
+        else:
+            self._running_for = self._car_phases = None
+            status = "no car connected"
+
+        minute = local_now.hour * 60 + local_now.minute + local_now.second / 60
+        for window in self.settings.windows:
+            if window.contains(minute):
+                current = min(window.current_a, ctx.max_current_a)
+                wishes.append(
+                    _GridWish(
+                        current,
+                        plan_phases,
+                        plan_phases or state.active_phases,
+                        f"cheap window {window.label}, at least {current:g} A",
+                    )
+                )
+                break
+        if not wishes:
+            until = "until then " if self._waiting else ""
+            reason = f"{self.name}: {status}; {until}{sun.reason}"
+            return _decision(ctx, sun.charge, sun.current_a, sun.phases, reason)
+
+        grid = max(wishes, key=lambda w: w.current_a * w.power_phases)
+        # A window and a waiting plan: say both (the plan's status is not a wish then).
+        why = grid.why if grid.why == status else f"{grid.why}; {status}"
+        if sun.charge and sun.current_a is not None:
+            sun_phases = sun.phases or state.active_phases
+            if sun.current_a * sun_phases > grid.current_a * grid.power_phases:
+                reason = f"{self.name}: {why}; the sun gives more: {sun.reason}"
+                return _decision(ctx, True, sun.current_a, sun.phases, reason)
+        return _decision(ctx, True, grid.current_a, grid.phases, f"{self.name}: {why}")
+
+    def _sun(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        """What "pv" would do (a pause when there is no meter at all to tell the surplus)."""
+        if snapshot.grid_power_w is None and not snapshot.meters:
+            return _decision(ctx, False, None, None, "pv: no grid meter, the sun part is off")
+        return self.pv.decide(snapshot, ctx)
+
+    def _plan(
+        self, state: ChargerState, ctx: StrategyContext, local_now: datetime, plan_phases: int | None
+    ) -> tuple[str, _GridWish | None]:
+        """The plan's status line, and its grid wish once it has started."""
+        s = self.settings
+        needed_wh = max(s.energy_wh - state.session_energy_wh, 0.0)
+        if needed_wh <= 0:
+            self._running_for = None
+            got = state.session_energy_wh / 1000
+            return f"target {s.energy_wh / 1000:g} kWh reached ({got:.1f} kWh this session)", None
+        departure = s.next_departure(ctx.wall_s)
+        if departure is None:  # not possible with a non-empty ``days``; kept total
+            self._running_for = None
+            return "no departure day configured", None
+        departure_s, departure_local = departure
+        if self._running_for != departure_s:
+            self._running_for = None  # that departure has passed: a new plan
+        current_a = max(min(s.plan_current_a or ctx.max_current_a, ctx.max_current_a), MIN_CURRENT_A)
+        phases = self._estimate_phases(state, plan_phases)
+        power_w = current_a * _volts(state, s.pv) * phases
+        start_s = departure_s - s.margin_s - needed_wh / power_w * 3600.0
+        by = f"{departure_local:%H:%M} ({DAY_NAMES[departure_local.weekday()]})"
+        needed = f"{needed_wh / 1000:.1f} kWh"
+        if self._running_for is None and ctx.wall_s < start_s:
+            start_local = s.local(start_s)
+            starts = f"{start_local:%H:%M}"
+            if start_local.date() != local_now.date():
+                starts = f"{DAY_NAMES[start_local.weekday()]} {starts}"
+            self._waiting = True
+            return f"{needed} still needed by {by}, plan starts {starts}", None
+        self._running_for = departure_s
+        on = f"{phases} phase{'s' * (phases > 1)}"
+        why = f"plan running, {current_a:g} A on {on} until {needed} more or {by}"
+        rate_w = state.power_total_w if state.charging and state.power_total_w > 0 else power_w
+        done_s = ctx.wall_s + needed_wh / rate_w * 3600.0
+        if done_s > departure_s:
+            why += f"; late: at this rate done at {s.local(done_s):%H:%M}"
+        return why, _GridWish(current_a, plan_phases, phases, why)
+
+    def _estimate_phases(self, state: ChargerState, plan_phases: int | None) -> int:
+        """Phases the car will draw on during the plan (a 1- or 2-phase car is remembered)."""
+        box = plan_phases or state.active_phases
+        if state.charging and state.active_phases == box:
+            self._car_phases = phases_in_use(state)
+        return min(box, self._car_phases) if self._car_phases else box
+
+
+def _volts(state: ChargerState, pv: PvSettings) -> float:
+    low, high = PLAUSIBLE_VOLTAGE_V
+    return state.voltage_l1_v if low <= state.voltage_l1_v <= high else pv.voltage_v
+
+
+def _decision(
+    ctx: StrategyContext, charge: bool, current_a: float | None, phases: int | None, reason: str
+) -> Decision:
+    return Decision(
+        charger_id=ctx.charger_id,
+        source=Source.STRATEGY,
+        charge=charge,
+        current_a=current_a,
+        phases=phases,
+        reason=reason,
+    )
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def parse_time(name: str, value: Any) -> int:
+    """``"HH:MM"`` -> minutes after midnight (an OptionError names ``name``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in _SEXAGESIMAL:
+        return value  # YAML 1.1 already turned an unquoted H:MM into minutes
+    if not isinstance(value, str):
+        raise OptionError(name, f'expected a time like "07:00" (in quotes), got {value!r}')
+    match = _HHMM.match(value)
+    if match is None:
+        raise OptionError(name, f'{value!r} is not a time like "07:00"')
+    hour, minute = int(match[1]), int(match[2])
+    if hour > 23 or minute > 59:
+        raise OptionError(name, f"{value!r} is not a time of day (00:00 to 23:59)")
+    return hour * 60 + minute
+
+
+def _parse_days(value: Any) -> frozenset[int]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise OptionError("days", f"expected a list of days like [mon, tue], got {value!r}")
+    if not value:
+        raise OptionError("days", "an empty list has no departure; leave the option out for every day")
+    days = set()
+    for item in value:
+        word = str(item).strip().lower()
+        if word not in _DAY_WORDS:
+            raise OptionError("days", f"unknown day {item!r}{did_you_mean(word, _DAY_WORDS)}; use mon..sun")
+        days.add(_DAY_WORDS[word])
+    return frozenset(days)
+
+
+def _parse_zone(value: Any) -> ZoneInfo | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError("timezone", f"expected an IANA zone name like 'Europe/Berlin', got {value!r}")
+    try:
+        return ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise OptionError(
+            "timezone", f"unknown time zone {value!r} (IANA names like 'Europe/Berlin' or 'UTC')"
+        ) from None
+
+
+def _parse_windows(value: Any) -> tuple[Window, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise OptionError("windows", "expected a list of {start, end, current_a}")
+    windows = []
+    for i, item in enumerate(value):
+        where = f"windows[{i}]"
+        if not isinstance(item, Mapping):
+            raise OptionError(where, "expected a mapping with start, end and current_a")
+        try:
+            check_known(item, WINDOW_OPTIONS)
+            for key in WINDOW_OPTIONS:
+                if key not in item:
+                    raise OptionError(key, "missing")
+            start, end = parse_time("start", item["start"]), parse_time("end", item["end"])
+            current_a = number(item, "current_a", MIN_CURRENT_A, lo=MIN_CURRENT_A, hi=MAX_CURRENT_A, unit="A")
+        except OptionError as exc:
+            raise OptionError(f"{where}.{exc.option}", exc.message) from None
+        if start == end:
+            raise OptionError(where, f"start and end are both {_hhmm(start)}; a window needs a length")
+        windows.append(Window(start_min=start, end_min=end, current_a=current_a))
+    return tuple(windows)
+
+
+def parse_schedule(options: Mapping[str, Any]) -> ScheduleSettings:
+    """Validate the options of "schedule" (an OptionError names the bad one)."""
+    check_known(options, OPTIONS)
+    d = ScheduleSettings()
+    pv_options = options.get("pv", {})
+    if pv_options is None:
+        pv_options = {}
+    if not isinstance(pv_options, Mapping):
+        raise OptionError("pv", f"expected a mapping of pv options, got {pv_options!r}")
+    try:
+        pv = parse_settings(pv_options, keep_minimum=False)
+    except OptionError as exc:
+        raise OptionError(f"pv.{exc.option}", exc.message) from None
+    plan_current = options.get("plan_current_a")
+    return ScheduleSettings(
+        departure_min=parse_time("departure", options.get("departure", "07:00")),
+        energy_wh=number(options, "energy_kwh", d.energy_wh / 1000, lo=0.1, hi=500, unit="kWh") * 1000,
+        days=d.days if options.get("days") is None else _parse_days(options["days"]),
+        zone=_parse_zone(options.get("timezone")),
+        plan_current_a=None
+        if plan_current is None
+        else number(options, "plan_current_a", 0, lo=MIN_CURRENT_A, hi=MAX_CURRENT_A, unit="A"),
+        margin_s=number(options, "margin_min", d.margin_s / 60, lo=0, hi=12 * 60, unit="min") * 60,
+        pv=pv,
+        windows=_parse_windows(options.get("windows") or ()),
+    )
+
+
+def make_schedule(options: Mapping[str, Any]) -> Strategy:
+    """PV surplus, plus the grid when a departure needs it (and in cheap windows)."""
+    return ScheduleStrategy(parse_schedule(options))
+
+
+@hookimpl
+def surplus_register_strategies(register: RegisterStrategy) -> None:
+    register("schedule", make_schedule)
