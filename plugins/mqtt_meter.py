@@ -30,11 +30,13 @@ import contextlib
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from surplus.clock import Clock
 from surplus.hookspecs import RegisterMeter, hookimpl
@@ -204,8 +206,9 @@ class MqttMeter:
         if task is None:
             return
         task.cancel()
-        # The task's disconnect is bounded by timeout_s; the margin covers the cancel itself.
-        done, _ = await asyncio.wait({task}, timeout=self.settings.timeout_s + 1.0)
+        # A connect in progress is let finish (TCP + CONNACK, timeout_s each), then the
+        # disconnect and the helper's end take up to timeout_s each; plus a margin.
+        done, _ = await asyncio.wait({task}, timeout=4 * self.settings.timeout_s + 1.0)
         if not done:
             log.error(
                 "meter %s: the MQTT task did not stop within %g s", self.meter_id, self.settings.timeout_s
@@ -256,7 +259,7 @@ class MqttMeter:
             try:
                 await self._session()
             except Exception as exc:  # any failure means: reconnect later, never die
-                self._went_down(_describe(exc))
+                self._went_down(_describe(exc, self.settings.timeout_s))
                 self.failures += 1
             await self._clock.sleep(self.settings.reconnect_s)
 
@@ -272,20 +275,22 @@ class MqttMeter:
             keepalive=KEEPALIVE_S,
             logger=logging.getLogger(f"{__name__}.aiomqtt"),
         )
-        # paho connects in an executor thread; its own timeout bounds that thread,
-        # which asyncio.timeout below cannot stop.
+        # paho connects in an executor thread that only its own timeout can end.
         paho = getattr(client, "_client", None)
         if paho is not None and hasattr(paho, "connect_timeout"):
             paho.connect_timeout = s.timeout_s
-        async with contextlib.AsyncExitStack() as stack:
-            async with asyncio.timeout(s.timeout_s):
-                await stack.enter_async_context(client)
-            for topic in self._by_topic:
-                await client.subscribe(topic, qos=0, timeout=s.timeout_s)
-            self._came_up()
-            async for message in client.messages:
-                self._on_message(message.topic.value, message.payload)
-            raise MqttMeterError("the message stream ended")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await _connect(client)
+                stack.push_async_exit(client)
+                for topic in self._by_topic:
+                    await client.subscribe(topic, qos=0, timeout=s.timeout_s)
+                self._came_up()
+                async for message in client.messages:
+                    self._on_message(message.topic.value, message.payload)
+                raise MqttMeterError("the message stream ended")
+        finally:
+            await _helper_ended(client, s.timeout_s)
 
     def _came_up(self) -> None:
         now = self._clock.now()
@@ -332,13 +337,60 @@ class MqttMeter:
             latest.value, latest.arrived_s, latest.error = value, now, None
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line reason for a failed connection (never containing credentials)."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    cause = exc.__cause__
-    text = str(cause) if cause is not None and str(cause) else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+async def _connect(client: aiomqtt.Client) -> None:
+    """Enter ``client``'s context; on any failure or cancel, leave nothing open behind."""
+    attempt = asyncio.ensure_future(client.__aenter__())
+    try:
+        await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        # Cancelled midway, aiomqtt keeps a half-open socket and its helper task. The
+        # attempt is bounded (paho's connect timeout, then aiomqtt's CONNACK timeout),
+        # so let it end and undo it properly.
+        await asyncio.wait({attempt})
+        if attempt.cancelled() or attempt.exception() is not None:
+            _abandon(client)
+        else:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+        raise
+    except Exception:
+        _abandon(client)
+        raise
+
+
+async def _helper_ended(client: aiomqtt.Client, timeout_s: float) -> None:
+    """Wait (bounded) until aiomqtt's per-connection helper task has ended.
+
+    It ends a loop pass or two after the socket closes; waiting here means
+    ``stop()`` returns with no task of ours left running.
+    """
+    helper = getattr(client, "_misc_task", None)
+    if isinstance(helper, asyncio.Task) and not helper.done():
+        await asyncio.wait({helper}, timeout=timeout_s)
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close a connection that never completed (aiomqtt leaves it open after a CONNACK timeout)."""
+    paho = getattr(client, "_client", None)
+    if paho is not None:
+        # Queues DISCONNECT; paho closes the socket once it is sent, and aiomqtt then
+        # stops its helper task. Without a socket this is a no-op.
+        with contextlib.suppress(Exception):
+            paho.disconnect()
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    """A short one-line reason for a failed or lost connection (never containing credentials)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TimeoutError) or "timed out" in text.lower():
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc.__cause__, aiomqtt.MqttCodeError):  # aiomqtt's "Disconnected during message iteration"
+        return "connection lost"
+    # "[Errno 111] Connection refused", "[code:135] Not authorized": the number adds nothing.
+    text = re.sub(r"^\[(?:Errno \d+|code:\d+)\]\s*", "", text)
+    if isinstance(exc, MqttConnectError):
+        return f"broker refused the connection: {text}"
+    return text or type(exc).__name__
 
 
 def _text(options: Mapping[str, Any], name: str, default: str | None) -> str | None:
