@@ -46,13 +46,18 @@ Options: ``host`` (required), ``port`` (502), ``device_id`` (Modbus unit id,
 1), ``meter_device_id`` (the meter's unit id when it differs, e.g. 200 on a
 Fronius data manager, where the inverter is unit 1), ``base_address`` (null =
 try 40000, 0, 50000), ``invert`` (false), ``timeout_s`` (2, for every connect
-and request), ``reconnect_s`` (5: after a failed connect, reads fail at once
-with the same message until this much time has passed, so a device that is
-down does not stall every tick by ``timeout_s``).
+and request), ``reconnect_s`` (5: after a failed connect or an unanswered
+request, reads fail at once with the same message until this much time has
+passed, so a device that is down does not stall every tick by ``timeout_s``;
+a connection the device closed is reopened on the next read).
 
 The model chain is discovered once (on the first successful connection) and
-kept across reconnects. A read is one Modbus transaction when the meter and
-the inverter are on the same unit and close together, else two.
+kept across reconnects; the first meter model of the chain is used. A read is
+one Modbus transaction when the meter and the inverter are on the same unit
+and within 125 registers of each other, else two. ``pv_power_w`` is the
+inverter's AC output as published (it may dip below zero at night: standby
+draw); when the inverter's value is not implemented or its unit does not
+answer, ``pv_power_w`` is None and the grid reading stands.
 """
 
 from __future__ import annotations
@@ -131,6 +136,15 @@ class SunSpecError(Exception):
 
 class _ExceptionReply(SunSpecError):
     """The device answered a request with a Modbus exception."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def from_gateway(self) -> bool:
+        """Codes 10 and 11: a gateway has nobody behind the unit id asked for."""
+        return self.code in (10, 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +239,7 @@ def decode_power(point: Point, words: Mapping[tuple[int, int], int]) -> float:
         assert isinstance(value, float)
         if not math.isfinite(value):
             raise SunSpecError(f"{where}: W is not implemented (float NaN)")
-        return value
+        return round(value, 2)  # float32 carries ~7 digits: 1500.3 arrives as 1500.300048828125
     raw = words[(point.unit, w_at)]
     raw_sf = words[(point.unit, point.model.address + point.layout.w_sf)]
     if raw == NOT_IMPLEMENTED_INT16:
@@ -388,6 +402,9 @@ class SunSpecMeter:
         token = _pymodbus_lines.set(lines)
         try:
             ok = await client.connect()
+        except BaseException:  # cancelled by the caller's deadline
+            client.close()
+            raise
         finally:
             _pymodbus_lines.reset(token)
         if not ok:
@@ -422,7 +439,10 @@ class SunSpecMeter:
             raise SunSpecError(f"{self.address}: connection lost") from None
         except ModbusIOException:
             self._close()  # a late answer must not be taken for the next request's
-            raise SunSpecError(f"{what}: no answer within {self.timeout_s:g} s") from None
+            message = f"{what}: no answer within {self.timeout_s:g} s"
+            # A device that does not answer would cost every read timeout_s: pace the retries.
+            self._failed_at, self._failure = self._env.clock.now(), message
+            raise SunSpecError(message) from None
         except ModbusException as exc:
             self._close()
             raise SunSpecError(f"{what}: {exc}") from None
@@ -434,7 +454,7 @@ class SunSpecMeter:
         if reply.isError():
             code = int(getattr(reply, "exception_code", 0))
             text = EXCEPTION_TEXT.get(code, "exception")
-            raise _ExceptionReply(f"{what}: {text} (Modbus exception {code})")
+            raise _ExceptionReply(f"{what}: {text} (Modbus exception {code})", code)
         registers = list(reply.registers)
         if len(registers) != count:
             raise SunSpecError(f"{what}: got {len(registers)} registers")
@@ -511,7 +531,7 @@ class SunSpecMeter:
             try:
                 words = await self._read(unit, base, 4)
             except _ExceptionReply as exc:
-                if "gateway" in str(exc):  # nobody behind this unit id at all
+                if exc.from_gateway:  # nobody behind this unit id at all
                     raise
                 tried.append(f"{base} ({str(exc).rsplit(': ', 1)[-1]})")
                 continue

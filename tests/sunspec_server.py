@@ -94,14 +94,17 @@ def float_inverter(model_id: int = 113, *, w: float = 0.0) -> list[int]:
 class SunSpecImage:
     """The register image of one unit: marker, models, end marker."""
 
-    def __init__(self, models: Sequence[Sequence[int]], *, base: int = 40000) -> None:
+    def __init__(
+        self, models: Sequence[Sequence[int]], *, base: int = 40000, end_length: bool = True
+    ) -> None:
         self.base = base
         self.words: list[int] = list(SUNS)
         self._starts: list[tuple[int, int]] = []  # (model id, index of its ID word)
         for model in models:
             self._starts.append((model[0], len(self.words)))
             self.words.extend(model)
-        self.words.extend([END_ID, 0])
+        # Some devices stop right after the end ID, without its length word.
+        self.words.extend([END_ID, 0] if end_length else [END_ID])
         if base + len(self.words) > 0x10000:
             raise ValueError("the image does not fit below address 65536")
 

@@ -109,10 +109,10 @@ async def test_float_meter_213_with_float_inverter(serve: Any) -> None:
     await meter.start()
     reading = await meter.read()
     assert (reading.grid_power_w, reading.pv_power_w) == (1500.5, 4200.25)
-    image.set_float_w(213, -3000.0)
+    image.set_float_w(213, -3000.3)
     image.set_float_w(113, 5100.0)
     reading = await meter.read()
-    assert (reading.grid_power_w, reading.pv_power_w) == (-3000.0, 5100.0)
+    assert (reading.grid_power_w, reading.pv_power_w) == (-3000.3, 5100.0)
     await meter.stop()
 
 
@@ -321,6 +321,63 @@ async def test_silent_device_times_out() -> None:
         await meter.stop()
     finally:
         listener.close()
+
+
+async def test_unanswered_requests_pace_the_retries() -> None:
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    clock = FakeClock()
+    try:
+        meter = build(port, clock, timeout_s=0.2, reconnect_s=10.0)
+        with pytest.raises(SunSpecError) as first:
+            await meter.start()
+        clock.set(clock.now() + 9.0)
+        with pytest.raises(SunSpecError) as again:
+            await meter.read()  # at once, without a new connection
+        assert str(again.value) == str(first.value)
+        assert connections == 1
+        clock.set(clock.now() + 1.0)
+        with pytest.raises(SunSpecError):
+            await meter.read()
+        assert connections == 2
+        await meter.stop()
+    finally:
+        listener.close()
+
+
+async def test_a_read_cancelled_by_the_callers_deadline_leaves_no_half_open_connection() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        meter = build(port)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(meter.start(), 0.2)
+        assert not meter.connected
+        await meter.stop()
+    finally:
+        listener.close()
+
+
+async def test_chain_ending_without_a_length_word(serve: Any) -> None:
+    image = SunSpecImage([common(), float_meter(213, w=77.0)], end_length=False)
+    server = await serve({1: image})
+    meter = build(server.port)
+    assert (await meter.read()).grid_power_w == 77.0
+    await meter.stop()
 
 
 async def test_server_restart_fails_one_read_then_recovers(serve: Any) -> None:
