@@ -155,6 +155,7 @@ class ScheduleStrategy:
         self._waiting = False
 
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        """The sun's decision, raised to the plan's or a window's current while they need the grid."""
         state = snapshot.chargers[ctx.charger_id].state
         if state is None:
             raise ValueError("no charger reading")
@@ -223,7 +224,7 @@ class ScheduleStrategy:
         departure_s, departure_local = departure
         if self._running_for != departure_s:
             self._running_for = None  # that departure has passed: a new plan
-        current_a = max(min(s.plan_current_a or ctx.max_current_a, ctx.max_current_a), MIN_CURRENT_A)
+        current_a = max(min(s.plan_current_a or ctx.max_current_a, ctx.max_current_a), ctx.min_current_a)
         phases = self._estimate_phases(state, plan_phases)
         power_w = current_a * _volts(state, s.pv) * phases
         start_s = departure_s - s.margin_s - needed_wh / power_w * 3600.0

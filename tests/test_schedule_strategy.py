@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from surplus_plugins.pv import make_pv
 from surplus_plugins.schedule import ScheduleStrategy, make_schedule, parse_schedule
 
@@ -25,6 +27,7 @@ from tests.factories import charger_state
 from tests.loop_support import assert_governor_rules_held, build_controller
 
 VOLTS = 230.0
+DAY_WORDS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 NO_SUN_W = -400.0  # a house at night: the "surplus" is the base load, negative
 #: 20 kWh at 16 A on 3 x 230 V take 6521.7 s; with the 30 min margin the plan starts 2 h 18 min 41.7 s early.
 LEAD_S = 1800 + 20_000 / (16 * 3 * VOLTS) * 3600
@@ -330,6 +333,34 @@ def test_a_departure_inside_the_spring_gap_is_just_after_it() -> None:
     assert departure[0] == at("UTC", "2025-03-30 01:30")  # 03:30 CEST
     strategy = schedule(timezone="Europe/Berlin", departure="02:30")
     assert "by 02:30 (Sun)" in decide(strategy, car(), at("UTC", "2025-03-29 20:00")).reason
+
+
+@settings(max_examples=150, deadline=None)
+@example(wall_s=at("Europe/Berlin", "2025-03-29 12:00"), zone="Europe/Berlin", days={6})  # into the gap
+@example(wall_s=at("America/New_York", "2025-03-08 12:00"), zone="America/New_York", days={6})
+@example(wall_s=at("Europe/Berlin", "2025-10-25 12:00"), zone="Europe/Berlin", days={6})  # 02:30 twice
+@given(
+    wall_s=st.floats(min_value=1_577_836_800, max_value=2_051_222_400),  # 2020 to 2035
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Tokyo"]),
+    days=st.sets(st.integers(0, 6), min_size=1),
+)
+def test_the_next_departure_is_the_first_configured_one_in_any_zone(
+    wall_s: float, zone: str, days: set[int]
+) -> None:
+    # 02:30 falls into the spring gap in Berlin and New York (not in Lord Howe, which moves by 30 min).
+    s = parse_schedule({"timezone": zone, "departure": "02:30", "days": [DAY_WORDS[d] for d in days]})
+    found = s.next_departure(wall_s)
+    assert found is not None
+    at_s, local = found
+    assert wall_s < at_s <= wall_s + 7 * 86400 + 3600
+    assert local.weekday() in days and (local.hour, local.minute) == (2, 30)
+    real = datetime.fromtimestamp(at_s, ZoneInfo(zone))
+    assert real.date() == local.date()
+    if (real.hour, real.minute) != (2, 30):  # only in a gap: then just after it
+        assert (real.hour, real.minute) == (3, 30) and s.local(s.unix(local)) != local
+    # no configured departure was skipped: the one a day earlier is already past (or not a departure day)
+    earlier = local - timedelta(days=1)
+    assert earlier.weekday() not in days or s.unix(earlier) <= wall_s
 
 
 def test_the_machines_zone_is_the_default() -> None:
