@@ -208,11 +208,10 @@ class MqttMeter:
         task.cancel()
         # A connect in progress is let finish (TCP + CONNACK, timeout_s each), then the
         # disconnect and the helper's end take up to timeout_s each; plus a margin.
-        done, _ = await asyncio.wait({task}, timeout=4 * self.settings.timeout_s + 1.0)
+        limit_s = 4 * self.settings.timeout_s + 1.0
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
         if not done:
-            log.error(
-                "meter %s: the MQTT task did not stop within %g s", self.meter_id, self.settings.timeout_s
-            )
+            log.error("meter %s: the MQTT task did not stop within %g s", self.meter_id, limit_s)
         self._connected = False
 
     async def read(self) -> MeterReading:
@@ -327,7 +326,7 @@ class MqttMeter:
         for source in self._by_topic.get(topic, ()):
             latest = self._latest[source.role]
             try:
-                value = parse_payload(payload, source.path) * source.factor
+                value = parse_payload(payload, source.path) * source.factor + 0.0  # no -0.0
             except ValueError as exc:
                 error = f"bad payload on {source.role} topic {topic!r}: {exc}"
                 if latest.error is None:  # once per streak of bad payloads

@@ -458,17 +458,26 @@ async def test_a_silent_server_times_out_and_stop_ends_a_connect_in_progress() -
             f"meter grid: broker 127.0.0.1:{port} unreachable for 0 s (no answer within 0.3 s)"
         )
         accepted: list[socket.socket] = []
-
-        def second_connection() -> bool:
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    accepted.append(server.accept()[0])
-            return len(accepted) == 2
-
-        await clock.advance(5.0)
-        await eventually(second_connection, "the second attempt to connect")
-        await meter.stop()  # mid-connect: waits out the bounded attempt, then closes it
+        try:
+            await until_stopped_mid_connect(clock, meter, server, accepted)
+        finally:
+            for conn in accepted:
+                conn.close()
         assert meter.failures == 1
         assert not (asyncio.all_tasks() - before)
-        for conn in accepted:
-            conn.close()
+
+
+async def until_stopped_mid_connect(
+    clock: FakeClock, meter: MqttMeter, server: socket.socket, accepted: list[socket.socket]
+) -> None:
+    """Let the meter's second attempt reach the silent server, then stop the meter."""
+
+    def second_connection() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                accepted.append(server.accept()[0])
+        return len(accepted) == 2
+
+    await clock.advance(5.0)
+    await eventually(second_connection, "the second attempt to connect")
+    await meter.stop()  # mid-connect: waits out the bounded attempt, then closes it
