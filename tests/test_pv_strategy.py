@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -12,14 +11,12 @@ import pytest
 from surplus_plugins.pv import RESET_AFTER_S, PvSettings, available_w, phases_in_use
 
 from surplus.clock import FakeClock
-from surplus.meter import Meter, MeterEnv
 from surplus.options import OptionError
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
-from surplus.sim.model import AmtronModel, EvProfile
 from surplus.strategy import Strategy, StrategyContext
 from surplus.types import ChargerReading, ChargerState, Decision, EvseState, MeterReading, Snapshot
 from tests.factories import charger_state
-from tests.loop_support import assert_governor_rules_held, build_controller
+from tests.loop_support import assert_governor_rules_held, replay_day
 
 STRATEGIES = collect_strategies(make_plugin_manager(load_entrypoints=False))
 METERS = collect_meters(make_plugin_manager(load_entrypoints=False))
@@ -328,63 +325,18 @@ def test_bad_options_name_the_option(name: str, options: dict[str, Any], match: 
 # --- the real loop over a simulated day --------------------------------------------------------
 
 
-@dataclass
-class RecordingMeter:
-    """Passes a meter through and keeps every grid reading (one per tick)."""
-
-    inner: Meter
-    grid_w: list[float] = field(default_factory=list)
-
-    @property
-    def meter_id(self) -> str:
-        return self.inner.meter_id
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def read(self) -> MeterReading:
-        reading = await self.inner.read()
-        self.grid_w.append(reading.grid_power_w)
-        return reading
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-
 DAY_OPTIONS = {"seed": 1, "start_hour": 9.0, "pv_peak_w": 8000, "cloudiness": 0.3}
 
 
 async def test_pv_mode_puts_the_sun_into_the_car_over_six_simulated_hours() -> None:
-    """09:00-15:00 of the simulated day through the real loop, driver, governor and simulator."""
-    hours = 6
-    clock = FakeClock()
-    model = AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=100_000))
-    env = MeterEnv(clock=clock, charger_power_w=lambda: model.charging_power_w)
-    meter = RecordingMeter(METERS["simulated"]("grid", DAY_OPTIONS, env))
-    controller, bus = build_controller(clock, model, meters=[meter], mode="pv")
-    energy_at_start = model.energy_total_wh
-    task = asyncio.ensure_future(controller.run(duration_s=hours * 3600))
-    await clock.advance(hours * 3600 + 1)
-    await task
-    await bus.close()
-    car_wh = model.energy_total_wh - energy_at_start
+    """09:00-15:00 of the simulated day through the real loop, driver, governor and simulator.
 
-    # The same day without the car: what the house alone imported and exported.
-    alone_clock = FakeClock()
-    alone = METERS["simulated"]("grid", DAY_OPTIONS, MeterEnv(clock=alone_clock, charger_power_w=lambda: 0.0))
-    baseline = []
-    for _ in range(len(meter.grid_w)):
-        baseline.append((await alone.read()).grid_power_w)
-        await alone_clock.advance(1.0)
-    export_alone_wh = sum(-g for g in baseline if g < 0) / 3600
-    import_alone_wh = sum(g for g in baseline if g > 0) / 3600
-    import_with_car_wh = sum(g for g in meter.grid_w if g > 0) / 3600
-
-    extra_import_wh = import_with_car_wh - import_alone_wh
-    assert car_wh > 0.9 * export_alone_wh, (car_wh, export_alone_wh)  # most of the surplus went to the car
-    assert extra_import_wh < 0.02 * car_wh, (extra_import_wh, car_wh)  # and little came from the grid
-    assert_governor_rules_held(model.record)
-    assert model.error_code == 0
+    bench/pv_day.py prints the same numbers for whole days, several seeds and modes.
+    """
+    day = await replay_day("pv", hours=6, meter_options=DAY_OPTIONS)
+    assert day.car_wh > 0.9 * day.export_alone_wh, day  # most of the surplus went to the car
+    assert day.extra_import_wh < 0.02 * day.car_wh, day  # and little came from the grid
+    assert_governor_rules_held(day.record)
 
 
 def test_grid_power_is_the_sum_of_all_meters_or_unknown() -> None:
