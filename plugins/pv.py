@@ -187,8 +187,11 @@ class PvStrategy:
         now = ctx.now_s
         raw_w = available_w(snapshot, state, s)
         if self._last_at is None or not 0 <= now - self._last_at <= RESET_AFTER_S:
-            self._restart(state, raw_w)
-        smoothed = self._smooth(raw_w, now - self._last_at if self._last_at is not None else 0.0)
+            self._restart(state, raw_w)  # first call, a long gap, or time going backwards
+            dt = 0.0
+        else:
+            dt = now - self._last_at
+        smoothed = self._smooth(raw_w, dt)
         self._last_at = now
 
         low, high = PLAUSIBLE_VOLTAGE_V

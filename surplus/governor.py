@@ -556,6 +556,11 @@ class SafetyGovernor:
         self._limits = dict(limits)
         self._memory: dict[str, GovernorMemory] = {}
 
+    def ceiling_a(self, reading: ChargerReading) -> float:
+        """The highest current the governor would allow this charger now (for strategies to plan with)."""
+        limits = self._limits.get(reading.charger_id)
+        return MAX_CURRENT_A if limits is None else current_ceiling(limits, reading)[0]
+
     def _govern(
         self, decision: Decision, reading: ChargerReading, now: float, shared_headroom_a: float | None
     ) -> tuple[Verdict, GovernorMemory | None]:

@@ -369,7 +369,8 @@ class Controller:
                 wall_s=self.clock.wall(),
                 options=slot.strategy_options.get(slot.mode, {}),
                 min_current_a=MIN_CURRENT_A,
-                max_current_a=caps.max_current_a,
+                # Device, cable and fuse limits: what the governor would let through.
+                max_current_a=self._governor.ceiling_a(reading),
                 phases_switchable=caps.phase_switching,
             )
             try:

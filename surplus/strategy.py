@@ -28,7 +28,8 @@ class StrategyContext:
     options: Mapping[str, Any]
     #: Lowest current the charger may be set to while charging (IEC 61851: 6 A).
     min_current_a: float
-    #: Highest current the device itself will signal.
+    #: Highest current the governor allows now: the lowest of the AMTRON's 32 A,
+    #: the device's own maximum, the cable's and the configured fuse limit.
     max_current_a: float
     #: The hardware can switch between 1 and 3 phases.
     phases_switchable: bool

@@ -388,3 +388,35 @@ async def test_setting_a_mode_drops_the_override(clock: FakeClock) -> None:
     await clock.advance(10)
     await task
     await bus.close()
+
+
+class _ContextRecorder:
+    """A strategy that pauses and remembers what the loop told it."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.contexts: list[StrategyContext] = []
+
+    def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        self.contexts.append(ctx)
+        return Decision(charger_id=ctx.charger_id, source=Source.STRATEGY, charge=False, reason="recording")
+
+
+@pytest.mark.parametrize(
+    ("limits", "want_a"),
+    [(Limits(), 16.0), (Limits(fuse_limit_a=10.0), 10.0), (Limits(cable_max_a=13.0), 13.0)],
+    ids=["device max", "fuse", "cable"],
+)
+async def test_strategies_plan_with_the_ceiling_the_governor_enforces(
+    clock: FakeClock, limits: Limits, want_a: float
+) -> None:
+    model = AmtronModel(clock, ev=EvProfile())  # the simulated 11 kW box signals at most 16 A
+    recorder = _ContextRecorder()
+    controller, bus = build_controller(clock, model, strategy=recorder, mode="recorder", limits=limits)
+    task = asyncio.ensure_future(controller.run(duration_s=3))
+    await clock.advance(4)
+    await task
+    await bus.close()
+    assert recorder.contexts and {c.max_current_a for c in recorder.contexts} == {want_a}
+    assert {c.wall_s - c.now_s for c in recorder.contexts} == {clock.wall() - clock.now()}

@@ -305,6 +305,13 @@ async def test_a_long_gap_starts_afresh_from_the_present() -> None:
     assert not d.charge  # no surplus, not charging now: no stale "charging" from before
 
 
+def test_time_going_backwards_starts_afresh_instead_of_failing() -> None:
+    strategy = pv(phases=3, reserve_w=0, start_delay_s=0)
+    assert strategy.decide(snap(car(10, 3), -5000.0), context(10_000.0)).charge
+    d = strategy.decide(snap(car(0, 3), 0.0), context(50.0))  # e.g. a replay restarted on a new clock
+    assert not d.charge
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
