@@ -62,6 +62,7 @@ answer, ``pv_power_w`` is None and the grid reading stands.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import math
@@ -409,15 +410,25 @@ class SunSpecMeter:
             _pymodbus_lines.reset(token)
         if not ok:
             client.close()
-            raise SunSpecError(f"{self.address}: cannot connect ({self._connect_reason(lines)})")
+            raise SunSpecError(f"{self.address}: cannot connect ({await self._why_no_connection()})")
         self._client = client
 
-    def _connect_reason(self, lines: list[str]) -> str:
-        text = next((line for line in lines if line.startswith("Failed to connect")), "")
-        text = text.removeprefix("Failed to connect").strip()
-        if "Errno 111" in text or "refused" in text.lower():
+    async def _why_no_connection(self) -> str:
+        """Why pymodbus could not connect, from one plain connection attempt.
+
+        pymodbus only reports it in log lines, which other log filters (the
+        bus owner's) may already have dropped, so ask the network directly.
+        """
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
+        except ConnectionRefusedError:
             return "connection refused"
-        return text or f"no answer within {self.timeout_s:g} s"
+        except TimeoutError:
+            return f"no answer within {self.timeout_s:g} s"
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        writer.close()
+        return "the device accepted a second attempt only"
 
     def _close(self) -> None:
         client, self._client = self._client, None

@@ -200,7 +200,13 @@ DEMO: Mapping[str, Any] = {
     "chargers": [
         {
             "id": "wallbox",
-            "strategies": {"fixed": {"current_a": 10, "phases": None}, "off": {}, "pv": {}, "minpv": {}},
+            "strategies": {
+                "fixed": {"current_a": 10, "phases": None},
+                "off": {},
+                "pv": {},
+                "minpv": {},
+                "schedule": {},
+            },
         }
     ],
     "meters": [
@@ -380,7 +386,11 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
 
 
 def _error_at(config: Config, key: str, message: str) -> ConfigError:
-    line = config.line_of(key)
+    """An error at ``key``'s line; a key that is missing from the file points at its parent's line."""
+    line, parent = None, key
+    while line is None and parent:
+        line = config.line_of(parent)
+        parent = parent.rpartition(".")[0]
     at = f"{config.source}:{line}" if line is not None else config.source
     return ConfigError(f"{at}: {key}: {message}", key=key, line=line, source=config.source)
 

@@ -214,7 +214,7 @@ class Controller:
             try:
                 await meter.start()
             except Exception as exc:  # a broken meter must not stop the loop
-                log.error("meter %s failed to start: %s", meter.meter_id, exc)
+                log.error("meter %s failed to start: %s", meter.meter_id, _meter_why(meter.meter_id, exc))
         for slot in self._slots.values():
             await self._start_charger(slot)
 
@@ -323,12 +323,13 @@ class Controller:
         try:
             reading = await within(self.clock, self._meter_timeout_s, meter.read())
         except Exception as exc:
+            why = _meter_why(mid, exc)
             if mid not in self._meter_errors:  # once per failure streak
-                log.warning("meter %s: read failed: %s", mid, exc)
-            self._meter_errors[mid] = str(exc)
+                log.warning("meter %s: read failed: %s", mid, why)
+            self._meter_errors[mid] = why
             old = self._meter_readings.get(mid)
             if old is not None:
-                self._meter_readings[mid] = dataclasses.replace(old, error=str(exc))
+                self._meter_readings[mid] = dataclasses.replace(old, error=why)
             return
         if self._meter_errors.pop(mid, None) is not None:
             log.info("meter %s: reads work again", mid)
@@ -473,7 +474,7 @@ class Controller:
             try:
                 await meter.stop()
             except Exception as exc:
-                log.error("meter %s: stop failed: %s", meter.meter_id, exc)
+                log.error("meter %s: stop failed: %s", meter.meter_id, _meter_why(meter.meter_id, exc))
 
     async def _sleep_unless_hurried(self, seconds: float) -> None:
         deadline = self.clock.now() + seconds
@@ -516,3 +517,10 @@ class Controller:
                 )
             return
         log.warning("%s: safe state not sent (skipped or not reached in %.0f s)", slot.charger_id, max_wait_s)
+
+
+def _meter_why(meter_id: str, exc: BaseException) -> str:
+    """The exception's text without a leading "meter <id>: " (the log line names the meter already)."""
+    text = str(exc) or type(exc).__name__
+    prefix = f"meter {meter_id}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text

@@ -24,7 +24,13 @@ DEFAULT_PLUGINS = (
     "surplus_plugins.fixed",
     "surplus_plugins.off",
     "surplus_plugins.pv",
+    "surplus_plugins.schedule",
     "surplus_plugins.simulated_meter",
+    "surplus_plugins.fronius",
+    "surplus_plugins.shelly",
+    "surplus_plugins.http_meter",
+    "surplus_plugins.mqtt_meter",
+    "surplus_plugins.sunspec_meter",
 )
 ENTRY_POINT_GROUP = "surplus"
 

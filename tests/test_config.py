@@ -104,10 +104,17 @@ BAD = [
     ),
     (
         "unknown meter type",
-        "meters:\n  - id: g\n    type: fronius\n",
+        "meters:\n  - id: g\n    type: frobnius\n",
         "meters[0].type",
         3,
-        "unknown meter type",
+        "unknown meter type 'frobnius' (did you mean 'fronius'?)",
+    ),
+    (
+        "meter option missing",
+        "meters:\n  - id: g\n    type: fronius\n    options:\n      port: 80\n",
+        "meters[0].options.host",
+        4,  # the line of its parent, options:
+        "expected a host name or IP address",
     ),
     (
         "bad meter option",

@@ -241,6 +241,26 @@ async def test_a_broken_meter_is_isolated(clock: FakeClock, caplog: pytest.LogCa
     assert len([r for r in caplog.records if "meter grid: read failed" in r.getMessage()]) == 1
 
 
+class _PrefixedMeter(_BrokenMeter):
+    """A plugin whose messages already name the meter, as the built-in ones do."""
+
+    async def read(self) -> MeterReading:
+        self.reads += 1
+        raise OSError("meter grid: http://127.0.0.1:9/x: connection refused")
+
+
+async def test_meter_errors_name_the_meter_once(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, meters=[_PrefixedMeter()])
+    with caplog.at_level(logging.WARNING):
+        task = asyncio.ensure_future(controller.run(duration_s=3))
+        await clock.advance(15)  # the run, then the shutdown's wait for the 5 s spacing
+        await task
+    await bus.close()
+    lines = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
+    assert lines == ["meter grid: read failed: http://127.0.0.1:9/x: connection refused"]
+
+
 class _HangingMeter(_BrokenMeter):
     """A meter whose read never returns (a stalled HTTP server, a half-open socket)."""
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from surplus_plugins import mqtt_meter
 from surplus_plugins.mqtt_meter import MqttMeter, MqttMeterError, parse_payload
 
 from surplus.clock import FakeClock
@@ -45,11 +44,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def factory() -> Any:
-    pm = make_plugin_manager(load_entrypoints=False)
-    name = "surplus_plugins.mqtt_meter"
-    if not pm.has_plugin(name):  # until the lead lists it in DEFAULT_PLUGINS
-        pm.register(mqtt_meter, name=name)
-    return collect_meters(pm)["mqtt"]
+    return collect_meters(make_plugin_manager(load_entrypoints=False))["mqtt"]
 
 
 def build(clock: FakeClock, port: int, meter_id: str = "grid", **options: Any) -> MqttMeter:

@@ -93,14 +93,20 @@ def test_default_plugins_load() -> None:
     infos = describe_plugins(pm)
     assert [i.name for i in infos] == list(DEFAULT_PLUGINS)
     assert {i.source for i in infos} == {"built-in"}
-    assert sorted(collect_strategies(pm)) == ["fixed", "minpv", "off", "pv"]
-    assert sorted(collect_meters(pm)) == ["simulated"]
+    assert sorted(collect_strategies(pm)) == ["fixed", "minpv", "off", "pv", "schedule"]
+    assert sorted(collect_meters(pm)) == ["fronius", "http", "mqtt", "shelly", "simulated", "sunspec"]
     assert {p for i in infos for p in i.provides} == {
         "strategy:fixed",
         "strategy:off",
         "strategy:pv",
         "strategy:minpv",
+        "strategy:schedule",
         "meter:simulated",
+        "meter:fronius",
+        "meter:shelly",
+        "meter:http",
+        "meter:mqtt",
+        "meter:sunspec",
     }
 
 
@@ -110,17 +116,13 @@ def test_hooks_are_called_with_keywords_and_return_lists() -> None:
     results = pm.hook.surplus_register_strategies(
         register=lambda name, factory: strategies.setdefault(name, factory)
     )
-    assert results == [] and sorted(strategies) == [
-        "fixed",
-        "minpv",
-        "off",
-        "pv",
-    ]  # implementations return None
+    assert results == []  # implementations return None
+    assert sorted(strategies) == ["fixed", "minpv", "off", "pv", "schedule"]
     meters: dict[str, Any] = {}
     assert (
         pm.hook.surplus_register_meters(register=lambda name, factory: meters.setdefault(name, factory)) == []
     )
-    assert list(meters) == ["simulated"]
+    assert sorted(meters) == ["fronius", "http", "mqtt", "shelly", "simulated", "sunspec"]
     with pytest.raises(TypeError):
         pm.hook.surplus_register_meters(lambda *_: None)  # type: ignore[call-arg]  # positional arguments are refused
 
