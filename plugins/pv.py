@@ -194,13 +194,12 @@ class PvStrategy:
         smoothed = self._smooth(raw_w, dt)
         self._last_at = now
 
-        low, high = PLAUSIBLE_VOLTAGE_V
-        volts = state.voltage_l1_v if low <= state.voltage_l1_v <= high else s.voltage_v
-        want_phases = self._want_phases(state, ctx, volts, now)
+        line_v = volts(state, s.voltage_v)
+        want_phases = self._want_phases(state, ctx, line_v, now)
         phases = self._phases if want_phases is not None else phases_in_use(state)
         if want_phases is not None and want_phases == state.active_phases:
             phases = min(phases, phases_in_use(state))  # a 1-phase car on a 3-phase box
-        exact_a = smoothed / (volts * phases)
+        exact_a = smoothed / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
         shown_a = max(math.floor(exact_a * 10) / 10, 0.0)  # the same rounding as the setpoint
         why = f"surplus {smoothed / 1000:.2f} kW = {shown_a:.1f} A on {phases} phase{'s' * (phases > 1)}"
@@ -215,7 +214,7 @@ class PvStrategy:
                     if self._enough_since is None
                     else f", starting in {s.start_delay_s - (now - self._enough_since):.0f} s"
                 )
-                return self._decision(ctx, charge=False, phases=want_phases, reason=f"pv: {why}{wait}")
+                return strategy_decision(ctx, charge=False, phases=want_phases, reason=f"pv: {why}{wait}")
             self._charging, self._enough_since = True, None
         if enough or s.keep_minimum:
             self._short_since = None
@@ -223,7 +222,7 @@ class PvStrategy:
             self._short_since = now if self._short_since is None else self._short_since
             if now - self._short_since >= s.stop_delay_s:
                 self._charging, self._short_since, self._current_a = False, None, None
-                return self._decision(
+                return strategy_decision(
                     ctx,
                     charge=False,
                     phases=want_phases,
@@ -235,7 +234,7 @@ class PvStrategy:
             why += f"; holding {MIN_CURRENT_A:g} A, stopping in {s.stop_delay_s - (now - self._short_since):.0f} s"
         elif exact_a < MIN_CURRENT_A:
             why += f"; minimum {MIN_CURRENT_A:g} A"
-        return self._decision(
+        return strategy_decision(
             ctx, charge=True, current_a=target, phases=want_phases, reason=f"{self.name}: {why}"
         )
 
@@ -261,23 +260,25 @@ class PvStrategy:
             return target
         return last
 
-    def _decision(
-        self,
-        ctx: StrategyContext,
-        *,
-        charge: bool,
-        reason: str,
-        phases: int | None,
-        current_a: float | None = None,
-    ) -> Decision:
-        return Decision(
-            charger_id=ctx.charger_id,
-            source=Source.STRATEGY,
-            charge=charge,
-            current_a=current_a,
-            phases=phases,
-            reason=reason,
-        )
+
+def strategy_decision(
+    ctx: StrategyContext, *, charge: bool, reason: str, phases: int | None, current_a: float | None = None
+) -> Decision:
+    """A strategy's decision for the context's charger."""
+    return Decision(
+        charger_id=ctx.charger_id,
+        source=Source.STRATEGY,
+        charge=charge,
+        current_a=current_a,
+        phases=phases,
+        reason=reason,
+    )
+
+
+def volts(state: ChargerState, nominal_v: float) -> float:
+    """The box's own L1 voltage when it is plausible, else the nominal one (for W <-> A)."""
+    low, high = PLAUSIBLE_VOLTAGE_V
+    return state.voltage_l1_v if low <= state.voltage_l1_v <= high else nominal_v
 
 
 def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSettings:

@@ -42,9 +42,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from surplus.hookspecs import RegisterStrategy, hookimpl
 from surplus.options import OptionError, check_known, did_you_mean, number
 from surplus.strategy import Strategy, StrategyContext
-from surplus.types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Decision, Snapshot, Source
+from surplus.types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Decision, Snapshot
 
-from .pv import PLAUSIBLE_VOLTAGE_V, PvSettings, PvStrategy, parse_settings, phases_in_use
+from .pv import PvSettings, PvStrategy, parse_settings, phases_in_use, strategy_decision, volts
 
 OPTIONS = (
     "departure",
@@ -189,7 +189,9 @@ class ScheduleStrategy:
         if not wishes:
             until = "until then " if self._waiting else ""
             reason = f"{self.name}: {status}; {until}{sun.reason}"
-            return _decision(ctx, sun.charge, sun.current_a, sun.phases, reason)
+            return strategy_decision(
+                ctx, charge=sun.charge, current_a=sun.current_a, phases=sun.phases, reason=reason
+            )
 
         grid = max(wishes, key=lambda w: w.current_a * w.power_phases)
         # A window and a waiting plan: say both (the plan's status is not a wish then).
@@ -198,13 +200,19 @@ class ScheduleStrategy:
             sun_phases = sun.phases or state.active_phases
             if sun.current_a * sun_phases > grid.current_a * grid.power_phases:
                 reason = f"{self.name}: {why}; the sun gives more: {sun.reason}"
-                return _decision(ctx, True, sun.current_a, sun.phases, reason)
-        return _decision(ctx, True, grid.current_a, grid.phases, f"{self.name}: {why}")
+                return strategy_decision(
+                    ctx, charge=True, current_a=sun.current_a, phases=sun.phases, reason=reason
+                )
+        return strategy_decision(
+            ctx, charge=True, current_a=grid.current_a, phases=grid.phases, reason=f"{self.name}: {why}"
+        )
 
     def _sun(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         """What "pv" would do (a pause when there is no meter at all to tell the surplus)."""
         if snapshot.grid_power_w is None and not snapshot.meters:
-            return _decision(ctx, False, None, None, "pv: no grid meter, the sun part is off")
+            return strategy_decision(
+                ctx, charge=False, phases=None, reason="pv: no grid meter, the sun part is off"
+            )
         return self.pv.decide(snapshot, ctx)
 
     def _plan(
@@ -226,7 +234,7 @@ class ScheduleStrategy:
             self._running_for = None  # that departure has passed: a new plan
         current_a = max(min(s.plan_current_a or ctx.max_current_a, ctx.max_current_a), ctx.min_current_a)
         phases = self._estimate_phases(state, plan_phases)
-        power_w = current_a * _volts(state, s.pv) * phases
+        power_w = current_a * volts(state, s.pv.voltage_v) * phases
         start_s = departure_s - s.margin_s - needed_wh / power_w * 3600.0
         by = f"{departure_local:%H:%M} ({DAY_NAMES[departure_local.weekday()]})"
         needed = f"{needed_wh / 1000:.1f} kWh"
@@ -252,24 +260,6 @@ class ScheduleStrategy:
         if state.charging and state.active_phases == box:
             self._car_phases = phases_in_use(state)
         return min(box, self._car_phases) if self._car_phases else box
-
-
-def _volts(state: ChargerState, pv: PvSettings) -> float:
-    low, high = PLAUSIBLE_VOLTAGE_V
-    return state.voltage_l1_v if low <= state.voltage_l1_v <= high else pv.voltage_v
-
-
-def _decision(
-    ctx: StrategyContext, charge: bool, current_a: float | None, phases: int | None, reason: str
-) -> Decision:
-    return Decision(
-        charger_id=ctx.charger_id,
-        source=Source.STRATEGY,
-        charge=charge,
-        current_a=current_a,
-        phases=phases,
-        reason=reason,
-    )
 
 
 def _hhmm(minute: int) -> str:
