@@ -32,7 +32,7 @@ from yarl import URL
 
 from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
-from surplus.options import OptionError, check_known, number
+from surplus.options import OptionError, check_known, flag, number
 from surplus.types import MeterReading
 
 #: A device answer larger than this is not a meter reading.
@@ -57,14 +57,6 @@ def shown_url(url: URL) -> str:
         masked = [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in safe.query.items()]
         safe = safe.with_query(masked)
     return str(safe)
-
-
-def flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
-    """A true/false option."""
-    value = options.get(name, default)
-    if not isinstance(value, bool):
-        raise OptionError(name, f"expected true or false, got {value!r}")
-    return value
 
 
 def timeout_option(options: Mapping[str, Any]) -> float:

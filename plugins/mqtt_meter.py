@@ -41,7 +41,7 @@ from aiomqtt.exceptions import MqttConnectError
 from surplus.clock import Clock
 from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
-from surplus.options import OptionError, check_known, integer, number
+from surplus.options import OptionError, check_known, flag, integer, number
 from surplus.types import MeterReading
 
 log = logging.getLogger(__name__)
@@ -402,13 +402,6 @@ def _text(options: Mapping[str, Any], name: str, default: str | None) -> str | N
     return value
 
 
-def _flag(options: Mapping[str, Any], name: str) -> bool:
-    value = options.get(name, False)
-    if not isinstance(value, bool):
-        raise OptionError(name, f"expected true or false, got {value!r}")
-    return value
-
-
 def _topic(options: Mapping[str, Any], name: str) -> str | None:
     topic = _text(options, name, None)
     if topic is not None and ("+" in topic or "#" in topic):
@@ -434,7 +427,7 @@ def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSett
     scale = number(options, "scale", 1.0)
     if scale == 0:
         raise OptionError("scale", "0 would turn every value into 0")
-    invert = {"grid": _flag(options, "invert_grid"), "battery": _flag(options, "invert_battery")}
+    invert = {"grid": flag(options, "invert_grid", False), "battery": flag(options, "invert_battery", False)}
     sources = []
     for role in ROLES:
         topic = _topic(options, f"{role}_topic")

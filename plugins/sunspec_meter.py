@@ -75,7 +75,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
-from surplus.options import OptionError, check_known, integer, number
+from surplus.options import OptionError, check_known, flag, integer, number
 from surplus.types import MeterReading
 
 log = logging.getLogger(__name__)
@@ -567,13 +567,6 @@ def _optional_unit(options: Mapping[str, Any], name: str) -> int | None:
     return integer(options, name, 0, lo=0, hi=255)
 
 
-def _flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if not isinstance(value, bool):
-        raise OptionError(name, f"expected true or false, got {value!r}")
-    return value
-
-
 OPTIONS = (
     "host",
     "port",
@@ -598,7 +591,7 @@ def make_sunspec(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Me
         device_id=integer(options, "device_id", 1, lo=0, hi=255),
         meter_device_id=_optional_unit(options, "meter_device_id"),
         base_address=None if base is None else integer(options, "base_address", 0, lo=0, hi=0xFFFF - 4),
-        invert=_flag(options, "invert", False),
+        invert=flag(options, "invert", False),
         timeout_s=number(options, "timeout_s", 2.0, lo=0.1, hi=60, unit="s"),
         reconnect_s=number(options, "reconnect_s", 5.0, lo=0, hi=3600, unit="s"),
     )

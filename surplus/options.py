@@ -72,6 +72,14 @@ def integer(
     return int(number(options, name, default, lo=lo, hi=hi))
 
 
+def flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A true/false option (YAML ``true``/``false``; not 0/1 or strings)."""
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise OptionError(name, f"expected true or false, got {value!r}")
+    return value
+
+
 def choice(options: Mapping[str, Any], name: str, default: Any, choices: Sequence[Any]) -> Any:
     """One of ``choices`` (compared with ``==``; ``None`` may be a choice)."""
     value = options.get(name, default)
