@@ -10,8 +10,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install run test lint
+.PHONY: install run test lint system-deps
 install: $(BIN)/.installed
+
+# Programs the tests talk to for real (node, curl, mosquitto): installed with apt when missing.
+system-deps:
+	bash .ci/system-deps
 
 run: $(BIN)/.installed
 	$(BIN)/surplus run $(ARGS)
@@ -21,5 +25,5 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check surplus plugins tests bench
 	$(BIN)/mypy
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
