@@ -139,6 +139,8 @@ class Controller:
         self._stopping = asyncio.Event()
         self._hurry = False
         self.ticks = 0
+        #: How long the last tick took on the clock (reads, decisions, writes); None before the first.
+        self.last_tick_s: float | None = None
 
     # -- ControllerAPI -----------------------------------------------------
     @property
@@ -200,6 +202,10 @@ class Controller:
 
     def plugins(self) -> Sequence[PluginInfo]:
         return self._plugins
+
+    def add_observer(self, observer: DecisionObserver) -> None:
+        """Also call ``observer`` after every governed decision (e.g. /metrics counting verdicts)."""
+        self._observers.append(observer)
 
     # -- running -----------------------------------------------------------
     def _slot(self, charger_id: str) -> ChargerSlot:
@@ -279,6 +285,7 @@ class Controller:
                 async with slot.lock:
                     await self._govern(slot, snapshot, snapshot.at_s)
         self.ticks += 1
+        self.last_tick_s = self.clock.now() - now
         return snapshot
 
     async def _read_charger(self, slot: ChargerSlot, now: float) -> None:

@@ -1,23 +1,36 @@
-"""``/metrics``: the latest snapshot in Prometheus text format.
+"""``/metrics``: the controller's state in Prometheus text format.
 
 A collector on a per-app :class:`CollectorRegistry` (no global state) reads
-``controller.snapshot()`` at scrape time, so a scrape never touches the bus.
-The charger gauges come from one table, like Home Assistant's entity
-descriptions: a new metric is one row.
+in-memory state at scrape time (the latest snapshot, the last decisions, the
+bus counters), so a scrape never touches the bus. The charger gauges come from
+one table, like Home Assistant's entity descriptions: a new metric is one row.
+
+Names follow the Prometheus conventions: ``surplus_`` prefix, base units in the
+name (``_watts``, ``_amperes``, ``_volts``, ``_celsius``, ``_seconds``, energy in
+``_joules``, which ``promtool check metrics`` accepts where it rejects watt-hours;
+a dashboard divides by 3600 for Wh), ``_total`` on counters, labels
+``charger``, ``meter``, ``phase``, ``bus``, ``device``. No free text goes into a
+label: decision reasons stay in the log and the JSON-RPC API.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api import ControllerAPI
-from .types import ChargerState
+from . import __version__
+from .api import MODES, ControllerAPI, DecisionRecord
+from .modbus.bus import BusConfig, BusStats
+from .types import ChargerState, Outcome, Snapshot
+
+#: Joules per watt-hour.
+WH_TO_J = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,9 +51,18 @@ CHARGER_METRICS: tuple[ChargerMetric, ...] = (
         value=lambda s: s.evse_state,
     ),
     ChargerMetric(
+        name="vehicle_connected", doc="1 while a vehicle is plugged in", value=lambda s: s.vehicle_connected
+    ),
+    ChargerMetric(name="charging", doc="1 while the EVSE reports charging", value=lambda s: s.charging),
+    ChargerMetric(
         name="error_code",
         doc="ACTIVE_ERROR_CODE (0 none, 200 energy manager lost)",
         value=lambda s: s.error_code,
+    ),
+    ChargerMetric(
+        name="master_lost_fallback",
+        doc="1 while the box runs its own fallback current (energy manager lost)",
+        value=lambda s: s.master_lost_fallback,
     ),
     ChargerMetric(
         name="charging_release",
@@ -73,26 +95,122 @@ CHARGER_METRICS: tuple[ChargerMetric, ...] = (
         name="temperature_celsius", doc="Temperature inside the EVSE", value=lambda s: s.temperature_c
     ),
     ChargerMetric(
-        name="session_energy_wh", doc="Energy of the current session", value=lambda s: s.session_energy_wh
+        name="session_energy_joules",
+        doc="Energy of the current session (the box counts Wh; 1 Wh = 3600 J)",
+        value=lambda s: s.session_energy_wh * WH_TO_J,
+    ),
+    ChargerMetric(
+        name="session_duration_seconds",
+        doc="Duration of the current session",
+        value=lambda s: s.session_duration_s,
+    ),
+    ChargerMetric(name="locked", doc="1 while the EVSE is locked", value=lambda s: s.locked),
+)
+
+#: Counters of the charger's own registers (they only grow, unless the box is replaced).
+CHARGER_COUNTERS: tuple[ChargerMetric, ...] = (
+    ChargerMetric(
+        name="energy_joules",
+        doc="Lifetime charged energy (CHARGED_ENERGY_TOTAL; 1 Wh = 3600 J)",
+        value=lambda s: s.energy_total_wh * WH_TO_J,
+    ),
+    ChargerMetric(
+        name="sessions", doc="Charging sessions (SESSIONS_TOTAL)", value=lambda s: s.sessions_total
     ),
 )
 
 
-class SnapshotCollector(Collector):
-    """Yields the controller's latest snapshot as metric families."""
+class DecisionStats:
+    """A decision observer (``Controller.add_observer``) counting verdicts and writes per charger."""
 
-    def __init__(self, controller: ControllerAPI) -> None:
+    def __init__(self) -> None:
+        self.verdicts: dict[tuple[str, Outcome], int] = {}
+        self.writes: dict[str, int] = {}
+
+    def observe(self, record: DecisionRecord, charger_id: str) -> None:
+        """Count one governed decision; an applied command is one write to the charger."""
+        key = (charger_id, record.verdict.outcome)
+        self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        # The loop turns a failed write into REFUSED, so APPLIED with a command was written.
+        if record.verdict.outcome is Outcome.APPLIED and record.verdict.command is not None:
+            self.writes[charger_id] = self.writes.get(charger_id, 0) + 1
+
+
+@runtime_checkable
+class LoopView(Protocol):
+    """What the real :class:`surplus.loop.Controller` offers beyond :class:`ControllerAPI`."""
+
+    ticks: int
+    last_tick_s: float | None
+
+    def add_observer(self, observer: Callable[[DecisionRecord, str], None]) -> None: ...
+
+
+class BusView(Protocol):
+    """The parts of :class:`surplus.modbus.bus.ModbusBus` the metrics read (all in memory)."""
+
+    @property
+    def config(self) -> BusConfig: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def stats(self) -> BusStats: ...
+
+    def worst_heartbeat_gaps(self) -> dict[int, float]: ...
+
+    def last_heartbeat_at(self, device_id: int) -> float | None: ...
+
+
+#: Bus counters: (BusStats field, metric name, help).
+BUS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("transactions", "transactions", "Modbus transactions attempted"),
+    ("timeouts", "timeouts", "Transactions without an answer in time"),
+    ("errors", "errors", "Failed transactions (timeouts, exception replies, lost links)"),
+    ("reconnects", "reconnects", "Times the port was opened again"),
+    ("heartbeats", "heartbeats", "Heartbeats delivered"),
+    ("bytes_sent", "sent_bytes", "RTU bytes sent"),
+    ("bytes_received", "received_bytes", "RTU bytes received"),
+)
+
+
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+class SnapshotCollector(Collector):
+    """Yields the controller's in-memory state as metric families."""
+
+    def __init__(
+        self,
+        controller: ControllerAPI,
+        *,
+        buses: Sequence[BusView] = (),
+        decisions: DecisionStats | None = None,
+    ) -> None:
         self._c = controller
+        self._buses = tuple(buses)
+        self._decisions = decisions
 
     def collect(self) -> Iterator[Metric]:
         snap = self._c.snapshot()
-        lag = max(0.0, self._c.clock.now() - snap.at_s)
-        chargers = [(cid, snap.chargers.get(cid)) for cid in self._c.charger_ids]
+        now = self._c.clock.now()
+        lag = max(0.0, now - snap.at_s)
+        yield from self._charger_families(snap, lag)
+        yield from self._decision_families(now)
+        yield from self._meter_families(snap, lag)
+        yield from self._controller_families(snap, now, lag)
+        yield from self._bus_families(now)
 
-        age = GaugeMetricFamily(
-            "surplus_charger_data_age_seconds", "Age of the last good charger read", labels=["charger"]
-        )
-        up = GaugeMetricFamily("surplus_charger_connected", "1 while the charger answers", labels=["charger"])
+    def _charger_families(self, snap: Snapshot, lag: float) -> Iterator[Metric]:
+        chargers = [(cid, snap.chargers.get(cid)) for cid in self._c.charger_ids]
+        up = _gauge("surplus_charger_connected", "1 while the charger answers", "charger")
+        age = _gauge("surplus_charger_data_age_seconds", "Age of the last good charger read", "charger")
         for cid, reading in chargers:
             up.add_metric([cid], float(reading is not None and reading.connected))
             if reading is not None and math.isfinite(reading.age_s):
@@ -104,56 +222,174 @@ class SnapshotCollector(Collector):
         for row in CHARGER_METRICS:
             name = f"surplus_charger_{row.name}"
             if row.phases:
-                fam = GaugeMetricFamily(name, row.doc, labels=["charger", "phase"])
+                fam = _gauge(name, row.doc, "charger", "phase")
                 for cid, state in states:
                     for i, get in enumerate(row.phases, start=1):
                         fam.add_metric([cid, f"L{i}"], float(get(state)))
             else:
-                fam = GaugeMetricFamily(name, row.doc, labels=["charger"])
+                fam = _gauge(name, row.doc, "charger")
                 for cid, state in states:
                     assert row.value is not None
                     fam.add_metric([cid], float(row.value(state)))
             yield fam
-        energy = CounterMetricFamily(
-            "surplus_charger_energy_wh", "Lifetime charged energy (CHARGED_ENERGY_TOTAL)", labels=["charger"]
-        )
-        for cid, state in states:
-            energy.add_metric([cid], state.energy_total_wh)
-        yield energy
+        for row in CHARGER_COUNTERS:
+            counter = _counter(f"surplus_charger_{row.name}", row.doc, "charger")
+            for cid, state in states:
+                assert row.value is not None
+                counter.add_metric([cid], float(row.value(state)))
+            yield counter
 
-        grid = GaugeMetricFamily(
-            "surplus_meter_grid_power_watts", "Grid power, + import / - export", labels=["meter"]
-        )
-        pv = GaugeMetricFamily("surplus_meter_pv_power_watts", "PV power", labels=["meter"])
-        meter_age = GaugeMetricFamily(
-            "surplus_meter_age_seconds", "Age of the meter reading", labels=["meter"]
-        )
-        for mid, m in snap.meters.items():
-            grid.add_metric([mid], m.grid_power_w)
-            meter_age.add_metric([mid], m.age_s + lag)
-            if m.pv_power_w is not None:
-                pv.add_metric([mid], m.pv_power_w)
-        yield grid
-        yield pv
-        yield meter_age
+        mode = _gauge("surplus_charger_mode", "1 for the charger's active mode (strategy)", "charger", "mode")
+        override = _gauge("surplus_charger_override_active", "1 while a person's override holds", "charger")
+        for cid in self._c.charger_ids:
+            active = self._c.get_mode(cid)
+            for name in dict.fromkeys((*MODES, active)):
+                mode.add_metric([cid, name], float(name == active))
+            override.add_metric([cid], float(self._c.get_override(cid) is not None))
+        yield mode
+        yield override
 
-        setpoint = GaugeMetricFamily(
+    def _decision_families(self, now: float) -> Iterator[Metric]:
+        current = _gauge(
             "surplus_decision_current_amperes",
             "Current the last decision asked for (0 = pause)",
-            labels=["charger", "source"],
+            "charger",
+            "source",
         )
+        charge = _gauge(
+            "surplus_decision_charge", "1 if the last decision charges, 0 if it pauses", "charger"
+        )
+        phases = _gauge("surplus_decision_phases", "Phases the last decision asked for (if any)", "charger")
+        info = _gauge(
+            "surplus_decision_info",
+            "1 for who made the last decision (source) and which strategy (or fallback)",
+            "charger",
+            "source",
+            "strategy",
+        )
+        age = _gauge("surplus_decision_age_seconds", "Time since the last decision", "charger")
         for cid in self._c.charger_ids:
             record = self._c.last_decision(cid)
-            if record is not None:
-                d = record.decision
-                setpoint.add_metric([cid, d.source.value], (d.current_a or 0.0) if d.charge else 0.0)
-        yield setpoint
+            if record is None:
+                continue
+            d = record.decision
+            current.add_metric([cid, d.source.value], (d.current_a or 0.0) if d.charge else 0.0)
+            charge.add_metric([cid], float(d.charge))
+            if d.phases is not None:
+                phases.add_metric([cid], float(d.phases))
+            info.add_metric([cid, d.source.value, record.strategy], 1.0)
+            age.add_metric([cid], max(0.0, now - record.at_s))
+        yield from (current, charge, phases, info, age)
+
+        if self._decisions is None:
+            return
+        verdicts = _counter(
+            "surplus_governor_verdicts",
+            "Decisions by the safety governor's verdict (applied, scheduled, unchanged, refused)",
+            "charger",
+            "outcome",
+        )
+        writes = _counter("surplus_charger_writes", "Commands written to the charger", "charger")
+        for cid in self._c.charger_ids:
+            for outcome in Outcome:
+                verdicts.add_metric(
+                    [cid, outcome.value], float(self._decisions.verdicts.get((cid, outcome), 0))
+                )
+            writes.add_metric([cid], float(self._decisions.writes.get(cid, 0)))
+        yield verdicts
+        yield writes
+
+    def _meter_families(self, snap: Snapshot, lag: float) -> Iterator[Metric]:
+        grid = _gauge("surplus_meter_grid_power_watts", "Grid power, + import / - export", "meter")
+        pv = _gauge("surplus_meter_pv_power_watts", "PV power", "meter")
+        house = _gauge("surplus_meter_house_power_watts", "House power without the chargers", "meter")
+        battery = _gauge(
+            "surplus_meter_battery_power_watts", "Home battery power, + charging / - discharging", "meter"
+        )
+        age = _gauge("surplus_meter_age_seconds", "Age of the meter reading", "meter")
+        up = _gauge("surplus_meter_up", "1 while the meter reading is fresh (no error, not stale)", "meter")
+        for mid, m in snap.meters.items():
+            grid.add_metric([mid], m.grid_power_w)
+            age.add_metric([mid], m.age_s + lag)
+            up.add_metric([mid], float(m.error is None))
+            for fam, value in ((pv, m.pv_power_w), (house, m.house_power_w), (battery, m.battery_power_w)):
+                if value is not None:
+                    fam.add_metric([mid], value)
+        yield from (grid, pv, house, battery, age, up)
+
+    def _controller_families(self, snap: Snapshot, now: float, lag: float) -> Iterator[Metric]:
+        build = _gauge("surplus_build_info", "Always 1; the version in a label", "version")
+        build.add_metric([__version__], 1.0)
+        yield build
+        uptime = _gauge("surplus_uptime_seconds", "Time since the controller started")
+        uptime.add_metric([], max(0.0, now - self._c.started_at_s))
+        yield uptime
+        snap_age = _gauge("surplus_snapshot_age_seconds", "Time since the last tick's snapshot")
+        snap_age.add_metric([], lag)
+        yield snap_age
+
+        available = _gauge(
+            "surplus_available_power_watts",
+            "PV surplus from the grid meter: chargers' power - grid power (before a strategy's reserve)",
+        )
+        grid_w = snap.grid_power_w
+        if grid_w is not None:
+            car_w = sum(r.state.power_total_w for r in snap.chargers.values() if r.state is not None)
+            available.add_metric([], car_w - grid_w)
+        yield available
+
+        if isinstance(self._c, LoopView):
+            ticks = _counter("surplus_ticks", "Control-loop ticks completed")
+            ticks.add_metric([], float(self._c.ticks))
+            yield ticks
+            duration = _gauge("surplus_tick_duration_seconds", "Duration of the last tick")
+            if self._c.last_tick_s is not None:
+                duration.add_metric([], self._c.last_tick_s)
+            yield duration
+
+    def _bus_families(self, now: float) -> Iterator[Metric]:
+        if not self._buses:
+            return
+        counters = {field: _counter(f"surplus_bus_{name}", doc, "bus") for field, name, doc in BUS_COUNTERS}
+        connected = _gauge("surplus_bus_connected", "1 while the port is open and answering", "bus")
+        gap = _gauge(
+            "surplus_bus_heartbeat_gap_max_seconds",
+            "Longest gap between delivered heartbeats so far (the box gives up after 10 s)",
+            "bus",
+            "device",
+        )
+        beat_age = _gauge(
+            "surplus_bus_heartbeat_age_seconds", "Time since the last heartbeat", "bus", "device"
+        )
+        for bus in self._buses:
+            port = bus.config.port
+            stats = bus.stats
+            for field, fam in counters.items():
+                fam.add_metric([port], float(getattr(stats, field)))
+            connected.add_metric([port], float(bus.connected))
+            for device_id, worst in sorted(bus.worst_heartbeat_gaps().items()):
+                gap.add_metric([port, str(device_id)], worst)
+                last = bus.last_heartbeat_at(device_id)
+                if last is not None:
+                    beat_age.add_metric([port, str(device_id)], max(0.0, now - last))
+        yield from counters.values()
+        yield from (connected, gap, beat_age)
 
 
-def metrics_endpoint(controller: ControllerAPI) -> Callable[[], tuple[bytes, str]]:
-    """What ``surplus.web.start_web(metrics=...)`` serves at ``GET /metrics``."""
+def metrics_endpoint(
+    controller: ControllerAPI, *, buses: Sequence[BusView] = ()
+) -> Callable[[], tuple[bytes, str]]:
+    """What ``surplus.web.start_web(metrics=...)`` serves at ``GET /metrics``.
+
+    With the real controller (:class:`LoopView`) it also registers a decision
+    observer for the verdict and write counters; ``buses`` add the Modbus counters.
+    """
+    decisions = None
+    if isinstance(controller, LoopView):
+        decisions = DecisionStats()
+        controller.add_observer(decisions.observe)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(controller))
+    registry.register(SnapshotCollector(controller, buses=buses, decisions=decisions))
 
     def render() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST

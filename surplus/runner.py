@@ -167,7 +167,7 @@ async def build_stack(
                     max_batch=r.max_batch,
                     stale_after_s=config.control.stale_after_s,
                 ),
-                metrics=metrics_endpoint(controller),
+                metrics=metrics_endpoint(controller, buses=stack.buses),
             )
         yield stack
     finally:

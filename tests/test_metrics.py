@@ -1,21 +1,33 @@
-"""/metrics: the latest snapshot in Prometheus text format, scraped over real HTTP."""
+"""/metrics: the controller's in-memory state in Prometheus text format, scraped over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from types import MappingProxyType
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from surplus.metrics import CHARGER_METRICS
+from surplus.clock import FakeClock
+from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, DecisionStats, metrics_endpoint
+from surplus.types import Command, MeterReading, Outcome, Snapshot, Verdict
 
-from .rpc_support import full_stack
+from .prometheus_support import promtool_check_metrics
+from .rpc_support import STACK_CONFIG, FakeController, full_stack, sample_decision
+from .test_bus import HB_ADDR, HB_VALUE, FakeLink, make_bus
 
-pytestmark = pytest.mark.integration
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+#: The stack of rpc_support with a simulated PV + house meter, so meter series exist.
+METER_STACK = STACK_CONFIG.replace(
+    "meters: []",
+    "meters:\n  - id: home\n    type: simulated\n    options: {pv_peak_w: 9000, start_hour: 12}",
+)
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(text: str) -> Samples:
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -23,8 +35,21 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def names(got: Samples) -> set[str]:
+    return {name for name, _ in got}
+
+
+def render(controller: object, **kwargs: object) -> Samples:
+    body, _ = metrics_endpoint(controller, **kwargs)()  # type: ignore[arg-type]
+    return samples(body.decode())
+
+
+CHARGER = (("charger", "wallbox"),)
+
+
+@pytest.mark.integration
 async def test_metrics_serve_the_snapshot_without_touching_the_bus() -> None:
-    async with full_stack() as (stack, model, url), aiohttp.ClientSession() as session:
+    async with full_stack(METER_STACK) as (stack, model, url), aiohttp.ClientSession() as session:
         await asyncio.sleep(1.5)  # a tick or two: the fixed strategy's setpoint is sent
         reads_before = model.record.reads
         async with session.get(url + "metrics") as resp:
@@ -33,20 +58,60 @@ async def test_metrics_serve_the_snapshot_without_touching_the_bus() -> None:
             text = await resp.text()
         scrape_reads = model.record.reads - reads_before
         got = samples(text)
-        state = stack.controller.snapshot().chargers["wallbox"].state
+        ctl = stack.controller
+        state = ctl.snapshot().chargers["wallbox"].state
         assert state is not None
-        charger = (("charger", "wallbox"),)
-        assert got[("surplus_charger_connected", charger)] == 1.0
-        assert got[("surplus_charger_current_limit_amperes", charger)] == pytest.approx(state.current_limit_a)
-        assert got[("surplus_charger_evse_state", charger)] == state.evse_state
+        assert got[("surplus_charger_connected", CHARGER)] == 1.0
+        assert got[("surplus_charger_current_limit_amperes", CHARGER)] == pytest.approx(state.current_limit_a)
+        assert got[("surplus_charger_current_limit_amperes", CHARGER)] == pytest.approx(model.em_current_a)
+        assert got[("surplus_charger_evse_state", CHARGER)] == state.evse_state
         assert got[("surplus_charger_voltage_volts", (("charger", "wallbox"), ("phase", "L1")))] > 200
-        assert got[("surplus_charger_energy_wh_total", charger)] == pytest.approx(state.energy_total_wh)
-        assert 0 <= got[("surplus_charger_data_age_seconds", charger)] < 5
-        assert (
-            got[("surplus_decision_current_amperes", (("charger", "wallbox"), ("source", "strategy")))] == 10
+        assert got[("surplus_charger_energy_joules_total", CHARGER)] == pytest.approx(
+            state.energy_total_wh * 3600
         )
-        for row in CHARGER_METRICS:  # every table row is exported
-            assert any(name == f"surplus_charger_{row.name}" for name, _ in got)
+        assert got[("surplus_charger_sessions_total", CHARGER)] == state.sessions_total
+        assert 0 <= got[("surplus_charger_data_age_seconds", CHARGER)] < 5
+        assert got[("surplus_decision_current_amperes", (*CHARGER, ("source", "strategy")))] == 10
+        assert got[("surplus_decision_charge", CHARGER)] == 1
+        assert got[("surplus_decision_info", (*CHARGER, ("source", "strategy"), ("strategy", "fixed")))] == 1
+        # Mode: one series per known mode, 1 for the active one.
+        modes = {dict(labels)["mode"]: v for (n, labels), v in got.items() if n == "surplus_charger_mode"}
+        assert modes["fixed"] == 1 and sum(modes.values()) == 1 and "pv" in modes
+        assert got[("surplus_charger_override_active", CHARGER)] == 0
+        # The 10 A setpoint was written once; later ticks find it unchanged.
+        verdicts = {
+            dict(labels)["outcome"]: v
+            for (n, labels), v in got.items()
+            if n == "surplus_governor_verdicts_total"
+        }
+        assert set(verdicts) == {o.value for o in Outcome}
+        assert verdicts["applied"] >= 1 and verdicts["unchanged"] >= 1 and verdicts["refused"] == 0
+        assert got[("surplus_charger_writes_total", CHARGER)] == verdicts["applied"]
+        assert 1 <= got[("surplus_ticks_total", ())] <= ctl.ticks
+        assert 0 <= got[("surplus_tick_duration_seconds", ())] < 1
+        assert 1 < got[("surplus_uptime_seconds", ())] < 30
+        # Meters: the simulated meter's reading, fresh.
+        home = (("meter", "home"),)
+        meter = ctl.snapshot().meters["home"]
+        assert got[("surplus_meter_up", home)] == 1
+        assert got[("surplus_meter_pv_power_watts", home)] > 0
+        assert got[("surplus_meter_house_power_watts", home)] > 0
+        assert got[("surplus_meter_grid_power_watts", home)] == pytest.approx(meter.grid_power_w)
+        assert got[("surplus_available_power_watts", ())] == pytest.approx(
+            state.power_total_w - meter.grid_power_w
+        )
+        # Bus: counters match the bus's own, the heartbeat runs within the box's 10 s.
+        bus = stack.buses[0]
+        on_bus = (("bus", bus.config.port),)
+        assert 0 < got[("surplus_bus_transactions_total", on_bus)] <= bus.stats.transactions
+        assert got[("surplus_bus_errors_total", on_bus)] == 0
+        assert got[("surplus_bus_connected", on_bus)] == 1
+        beat = (*on_bus, ("device", "50"))
+        assert 0 < got[("surplus_bus_heartbeat_gap_max_seconds", beat)] < 5
+        assert 0 <= got[("surplus_bus_heartbeat_age_seconds", beat)] < 5
+        for row in (*CHARGER_METRICS, *CHARGER_COUNTERS):  # every table row is exported
+            assert any(name.startswith(f"surplus_charger_{row.name}") for name in names(got))
+        assert not any(name.endswith("_created") for name in names(got))
         # Scrapes read the snapshot, not the bus: 50 more scrapes cost no Modbus reads beyond
         # the loop's own (about 9 per 1 s tick), where a bus read per scrape would be 50 or more.
         before = model.record.reads
@@ -54,3 +119,103 @@ async def test_metrics_serve_the_snapshot_without_touching_the_bus() -> None:
             async with session.get(url + "metrics") as resp:
                 assert resp.status == 200
         assert scrape_reads + model.record.reads - before < 40
+
+
+@pytest.mark.integration
+async def test_promtool_accepts_a_real_scrape() -> None:
+    async with full_stack(METER_STACK) as (_stack, _model, url), aiohttp.ClientSession() as session:
+        await asyncio.sleep(1.2)  # a decision, a verdict and a heartbeat exist
+        async with session.get(url + "metrics") as resp:
+            text = await resp.text()
+    assert "surplus_governor_verdicts_total" in text and "surplus_bus_heartbeat_gap_max_seconds" in text
+    rc, output = promtool_check_metrics(text)
+    assert (rc, output) == (0, ""), output
+
+
+def test_promtool_catches_a_bad_name() -> None:
+    """The check above can fail: promtool rejects a counter without _total and a non-base unit."""
+    rc, output = promtool_check_metrics(
+        "# HELP x_energy_watt_hours e\n# TYPE x_energy_watt_hours counter\nx_energy_watt_hours 1\n"
+    )
+    assert rc != 0 and "x_energy_watt_hours" in output
+
+
+def test_decision_stats_count_verdicts_and_writes() -> None:
+    stats = DecisionStats()
+    record = sample_decision()  # SCHEDULED
+    applied = dataclasses.replace(
+        record, verdict=Verdict(outcome=Outcome.APPLIED, command=Command(charger_id="wb1", current_a=10.0))
+    )
+    failed = dataclasses.replace(record, verdict=Verdict(outcome=Outcome.REFUSED, reasons=("write failed",)))
+    for r in (record, applied, applied, failed):
+        stats.observe(r, "wb1")
+    assert stats.verdicts == {
+        ("wb1", Outcome.SCHEDULED): 1,
+        ("wb1", Outcome.APPLIED): 2,
+        ("wb1", Outcome.REFUSED): 1,
+    }
+    assert stats.writes == {"wb1": 2}
+
+
+def test_a_plain_controller_api_gets_the_snapshot_metrics_only() -> None:
+    """Without the loop's extras (ticks, observers) and buses, those families are simply absent."""
+    fake = FakeController(decision=sample_decision())
+    got = render(fake)
+    wb1 = (("charger", "wb1"),)
+    assert got[("surplus_charger_mode", (*wb1, ("mode", "pv")))] == 1
+    assert got[("surplus_decision_current_amperes", (*wb1, ("source", "strategy")))] == 10
+    assert got[("surplus_decision_age_seconds", wb1)] == pytest.approx(fake.clock.now() - 995.0)
+    assert ("surplus_decision_phases", wb1) not in got  # the decision leaves phases alone
+    assert got[("surplus_meter_grid_power_watts", (("meter", "grid"),))] == -2500
+    assert not {"surplus_ticks_total", "surplus_governor_verdicts_total", "surplus_bus_errors_total"} & names(
+        got
+    )
+
+
+def test_meters_export_every_known_field_and_only_fresh_ones_count_as_up() -> None:
+    fake = FakeController()
+    readings = {
+        "inverter": MeterReading(
+            meter_id="inverter",
+            read_at_s=999.0,
+            grid_power_w=-1200.0,
+            pv_power_w=5000.0,
+            house_power_w=800.0,
+            battery_power_w=-300.0,
+            age_s=1.0,
+        ),
+        "old": MeterReading(meter_id="old", read_at_s=900.0, grid_power_w=50.0, age_s=100.0, error="stale"),
+    }
+    snap = Snapshot(at_s=fake.clock.now(), meters=MappingProxyType(readings))
+    fake.snapshot = lambda: snap  # type: ignore[method-assign]
+    got = render(fake)
+    inv, old = (("meter", "inverter"),), (("meter", "old"),)
+    assert got[("surplus_meter_battery_power_watts", inv)] == -300
+    assert got[("surplus_meter_house_power_watts", inv)] == 800
+    assert (got[("surplus_meter_up", inv)], got[("surplus_meter_up", old)]) == (1, 0)
+    assert ("surplus_meter_pv_power_watts", old) not in got
+    # One stale meter makes the grid total unknown: no surplus is claimed.
+    assert ("surplus_available_power_watts", ()) not in got
+
+
+async def test_worst_heartbeat_gap_includes_an_outage_and_the_open_gap() -> None:
+    clock = FakeClock()
+    link = FakeLink(clock)
+    bus = await make_bus(clock, link, timeout_s=1.0, retries=0)
+    try:
+        bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+        await clock.advance(10)
+        assert bus.worst_heartbeat_gaps()[1] == pytest.approx(3.0 + link.latency_s)
+        link.silent.add(1)  # the device stops answering for a while
+        await clock.advance(12)
+        link.silent.discard(1)
+        await clock.advance(8)
+        worst = bus.worst_heartbeat_gaps()[1]
+        assert 12 <= worst <= 18
+        got = render(FakeController(clock=clock), buses=[bus])
+        beat = (("bus", "/dev/ttyFAKE"), ("device", "1"))
+        assert got[("surplus_bus_heartbeat_gap_max_seconds", beat)] == pytest.approx(worst)
+        assert got[("surplus_bus_heartbeat_age_seconds", beat)] < 3.5
+        assert got[("surplus_bus_timeouts_total", (("bus", "/dev/ttyFAKE"),))] == bus.stats.timeouts > 0
+    finally:
+        await bus.close()

@@ -312,6 +312,8 @@ class _Beat:
     failures: int = 0
     #: Clock times of delivered beats are kept short: only the last one.
     last_ok_at: float | None = None
+    #: Longest time between two delivered beats so far.
+    worst_gap_s: float = 0.0
 
 
 class _Timeout(BusError):
@@ -370,6 +372,15 @@ class ModbusBus:
         """Clock time of the last delivered heartbeat for ``device_id`` (None: none yet)."""
         beat = self._beats.get(device_id)
         return beat.last_ok_at if beat else None
+
+    def worst_heartbeat_gaps(self) -> dict[int, float]:
+        """Per device with a delivered heartbeat: the longest gap between beats so far, the open one included."""
+        now = self._clock.now()
+        return {
+            device_id: max(beat.worst_gap_s, now - beat.last_ok_at)
+            for device_id, beat in self._beats.items()
+            if beat.last_ok_at is not None
+        }
 
     async def start(self) -> None:
         """Open the port (once; failures are logged and retried in the background) and start the owner."""
@@ -628,7 +639,10 @@ class ModbusBus:
                 self._device_state(beat.device_id, False, str(exc))
                 continue
             beat.failures = 0
-            beat.last_ok_at = self._clock.now()
+            delivered_at = self._clock.now()
+            if beat.last_ok_at is not None:
+                beat.worst_gap_s = max(beat.worst_gap_s, delivered_at - beat.last_ok_at)
+            beat.last_ok_at = delivered_at
             beat.due_at = beat.last_ok_at + beat.interval_s
             self._counters.add("heartbeats")
             self._device_state(beat.device_id, True)
