@@ -276,8 +276,16 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        # The chargers (on the bus) and the meters (on the network) are read side by side.
-        await asyncio.gather(self._read_chargers(now), *(self._read_meter(m) for m in self._meters))
+        # The meters (on the network) are read while the chargers (on the bus) are.
+        meter_reads = [asyncio.ensure_future(self._read_meter(m)) for m in self._meters]
+        try:
+            for slot in self._slots.values():
+                await self._read_charger(slot, now)
+            for read in meter_reads:
+                await read
+        finally:  # a cancelled tick leaves no meter read behind
+            for read in meter_reads:
+                read.cancel()
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
         for slot in self._slots.values():
@@ -319,10 +327,6 @@ class Controller:
             log.warning("%s: charger reports error %d (%s)%s", charger_id, now.error_code, text, lost)
         elif was and not now.has_error:
             log.info("%s: charger error cleared", charger_id)
-
-    async def _read_chargers(self, now: float) -> None:
-        for slot in self._slots.values():
-            await self._read_charger(slot, now)
 
     async def _read_meter(self, meter: Meter) -> None:
         """One bounded read; a failure keeps the last value, marked, so its age keeps growing."""
