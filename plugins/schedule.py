@@ -31,6 +31,7 @@ resume.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +64,6 @@ _DAY_WORDS = {name.lower(): i for i, name in enumerate(DAY_NAMES)} | {
     for i, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
 }
 _HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
-#: YAML 1.1 reads an unquoted 22:30 as the base-60 number 1350; H:MM with H >= 1 gives 60..1439.
-_SEXAGESIMAL = range(60, 24 * 60)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,11 +266,17 @@ def _hhmm(minute: int) -> str:
 
 
 def parse_time(name: str, value: Any) -> int:
-    """``"HH:MM"`` -> minutes after midnight (an OptionError names ``name``)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value in _SEXAGESIMAL:
-        return value  # YAML 1.1 already turned an unquoted H:MM into minutes
+    """``"H:MM"`` or ``"HH:MM"`` -> minutes after midnight (an OptionError names ``name``).
+
+    Only text: the config loader keeps an unquoted ``7:00`` the text "7:00" (no
+    YAML 1.1 base-60 numbers), so a number here is a mistake such as ``700``.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hint = _time_hint(value)
+        fix = f'write it as "{hint}"' if hint else 'write a time like "07:00"'
+        raise OptionError(name, f"{value!r} is not a time; {fix}")
     if not isinstance(value, str):
-        raise OptionError(name, f'expected a time like "07:00" (in quotes), got {value!r}')
+        raise OptionError(name, f'expected a time like "07:00", got {value!r}')
     match = _HHMM.match(value)
     if match is None:
         raise OptionError(name, f'{value!r} is not a time like "07:00"')
@@ -279,6 +284,19 @@ def parse_time(name: str, value: Any) -> int:
     if hour > 23 or minute > 59:
         raise OptionError(name, f"{value!r} is not a time of day (00:00 to 23:59)")
     return hour * 60 + minute
+
+
+def _time_hint(value: float) -> str | None:
+    """What a number given as a time most likely meant: 7 -> 07:00, 700 -> 07:00, 2230 -> 22:30."""
+    if not math.isfinite(value) or value != int(value):
+        return None
+    n = int(value)
+    if 0 <= n <= 23:
+        return _hhmm(n * 60)
+    hour, minute = divmod(n, 100)
+    if 0 <= hour <= 23 and minute <= 59:
+        return _hhmm(hour * 60 + minute)
+    return None
 
 
 def _parse_days(value: Any) -> frozenset[int]:

@@ -3,8 +3,9 @@
 The generic half of :mod:`surplus.config`: a dataclass field's annotation gives
 the type, :func:`setting` adds a range or choices, and :func:`build` checks a
 parsed document against it, raising :class:`ConfigError` with ``file:line``
-and the key path. Booleans follow YAML 1.2 (only true/false), so ``mode: off``
-stays the word "off".
+and the key path. Booleans and numbers follow YAML 1.2: only true/false are
+booleans, so ``mode: off`` stays the word "off", and there are no base-60
+numbers, so ``departure: 7:00`` stays the text "7:00".
 """
 
 from __future__ import annotations
@@ -62,11 +63,26 @@ def empty_mapping() -> Mapping[str, Any]:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. In YAML 1.1 ``mode: off`` would be False."""
+    """YAML 1.2 booleans and numbers: ``mode: off`` stays "off", ``departure: 7:00`` stays "7:00".
+
+    YAML 1.1 reads ``off`` as False and an unquoted ``7:00`` or ``22:00`` as the
+    base-60 integers 420 and 1320, which a time option cannot tell from a typo
+    such as ``700``; YAML 1.2 dropped both, and so does this loader.
+    """
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _no_sexagesimal(tag: str, regexp: re.Pattern[str]) -> tuple[str, re.Pattern[str]]:
+    """The resolver without its base-60 forms: a colon is in no other YAML 1.1 int or float."""
+    if tag not in _NUMBER_TAGS:
+        return tag, regexp
+    return tag, re.compile(r"(?!.*:)" + regexp.pattern, regexp.flags)
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [_no_sexagesimal(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(

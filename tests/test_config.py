@@ -373,3 +373,58 @@ def test_an_unwritable_log_file_is_one_line_at_start(
     assert cli.main(["run", "--duration", "1", "--no-rpc"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "surplus: log.file /proc/no-such-dir/surplus.log: No such file or directory"
+
+
+SCHEDULE = """\
+chargers:
+  - id: wb
+    mode: schedule
+    strategies:
+      schedule:
+        departure: {departure}
+        windows:
+          - {{start: 22:00, end: 6:00, current_a: 10}}
+"""
+
+
+def test_unquoted_times_stay_times(tmp_path: Path) -> None:
+    # YAML 1.1 reads an unquoted 7:00 as the base-60 number 420; our loader keeps the text.
+    from surplus_plugins.schedule import parse_schedule
+
+    c = check(write(tmp_path, SCHEDULE.format(departure="7:00")))
+    options = c.chargers[0].strategies["schedule"]
+    assert options["departure"] == "7:00"
+    assert (options["windows"][0]["start"], options["windows"][0]["end"]) == ("22:00", "6:00")
+    s = parse_schedule(options)
+    assert s.departure_min == 7 * 60
+    assert (s.windows[0].start_min, s.windows[0].end_min) == (22 * 60, 6 * 60)
+
+
+def test_a_number_as_a_time_names_key_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, SCHEDULE.format(departure="700"))
+    with pytest.raises(ConfigError) as info:
+        check(path)
+    assert str(info.value) == (
+        f'{path}:6: chargers[0].strategies.schedule.departure: 700 is not a time; write it as "07:00"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("7:00", "7:00"),
+        ("1:30:00", "1:30:00"),
+        ("-1:30", "-1:30"),
+        ("190:20:30.15", "190:20:30.15"),
+        ("700", 700),
+        ("1_000", 1000),
+        ("0x1F", 31),
+        ("1.5", 1.5),
+        ("-2.5e+3", -2500.0),
+    ],
+)
+def test_no_base_60_numbers(tmp_path: Path, text: str, value: object) -> None:
+    path = write(tmp_path, f"chargers:\n  - id: wb\n    strategies:\n      x: {{v: {text}}}\n")
+    c = load_config(path, {})
+    got = c.chargers[0].strategies["x"]["v"]
+    assert got == value and type(got) is type(value)

@@ -116,7 +116,13 @@ TUESDAY_7 = at("UTC", "2025-11-25 07:00")
     [
         ({"departure": "7am"}, "departure: '7am' is not a time like \"07:00\""),
         ({"departure": "24:00"}, "departure: '24:00' is not a time of day"),
-        ({"departure": 7}, 'departure: expected a time like "07:00" \\(in quotes\\), got 7'),
+        ({"departure": 700}, 'departure: 700 is not a time; write it as "07:00"'),
+        ({"departure": 7}, 'departure: 7 is not a time; write it as "07:00"'),
+        ({"departure": 2230}, 'departure: 2230 is not a time; write it as "22:30"'),
+        ({"departure": 2400}, 'departure: 2400 is not a time; write a time like "07:00"'),
+        ({"departure": 7.5}, 'departure: 7.5 is not a time; write a time like "07:00"'),
+        ({"departure": None}, 'departure: expected a time like "07:00", got None'),
+        ({"windows": [{"start": 2200, "end": "6:00", "current_a": 10}]}, "windows\\[0\\].start: 2200 is not"),
         ({"timezone": "Mars/Olympus"}, "timezone: unknown time zone 'Mars/Olympus'"),
         ({"timezone": "../etc/passwd"}, "timezone: unknown time zone"),
         ({"days": ["mon", "tues"]}, "days: unknown day 'tues' \\(did you mean 'tue'\\?\\)"),
@@ -147,10 +153,9 @@ def test_good_options_and_defaults() -> None:
     s = parse_schedule({})
     assert (s.departure_min, s.energy_wh, s.margin_s, s.plan_current_a) == (420, 20_000, 1800, None)
     assert s.days == frozenset(range(7)) and s.zone is None and s.windows == ()
-    # An unquoted 22:30 in YAML 1.1 arrives as 1350 (base 60); it means 22:30.
     s = parse_schedule(
         {
-            "departure": 1350,
+            "departure": "22:30",
             "days": ["Mon", "friday"],
             "timezone": "Europe/Berlin",
             "windows": [{"start": "22:00", "end": "06:00", "current_a": 10}],
