@@ -67,6 +67,8 @@ def timeout_option(options: Mapping[str, Any]) -> float:
 def device_url(options: Mapping[str, Any], path: str, query: Mapping[str, str] | None = None) -> URL:
     """``http://{host}:{port}{path}`` from the ``host`` (required) and ``port`` (80) options."""
     host = options.get("host")
+    if host is None:
+        raise OptionError("host", "required: the device's host name or IP address")
     if not isinstance(host, str) or not host.strip():
         raise OptionError("host", f"expected a host name or IP address, got {host!r}")
     host = host.strip()
@@ -84,6 +86,10 @@ def device_url(options: Mapping[str, Any], path: str, query: Mapping[str, str] |
 def url_option(options: Mapping[str, Any], name: str = "url") -> URL:
     """An absolute ``http://`` or ``https://`` URL."""
     value = options.get(name)
+    if value is None:
+        raise OptionError(
+            name, "required: the http:// or https:// URL to read, like 'http://192.168.1.20/status'"
+        )
     if not isinstance(value, str) or not value.strip():
         raise OptionError(name, f"expected an http:// or https:// URL, got {value!r}")
     try:
@@ -98,8 +104,10 @@ def url_option(options: Mapping[str, Any], name: str = "url") -> URL:
 def path_option(options: Mapping[str, Any], name: str, *, required: bool) -> Path | None:
     """A dotted JSON path such as ``data.grid.power`` (number parts index lists)."""
     value = options.get(name)
-    if value is None and not required:
-        return None
+    if value is None:
+        if not required:
+            return None
+        raise OptionError(name, "required: the dotted path to the value in the JSON, like 'data.grid.power'")
     if not isinstance(value, str) or not value.strip():
         raise OptionError(name, f"expected a dotted path like 'data.grid.power', got {value!r}")
     parts = tuple(p.strip() for p in value.strip().split("."))

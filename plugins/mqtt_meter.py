@@ -423,7 +423,7 @@ def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSett
     """Validate ``options``; :class:`OptionError` names the bad option."""
     check_known(options, OPTIONS)
     if options.get("grid_topic") is None:
-        raise OptionError("grid_topic", "required (the topic carrying grid power, + = import)")
+        raise OptionError("grid_topic", "required: the topic carrying grid power (+ = import)")
     scale = number(options, "scale", 1.0)
     if scale == 0:
         raise OptionError("scale", "0 would turn every value into 0")

@@ -114,7 +114,7 @@ BAD = [
         "meters:\n  - id: g\n    type: fronius\n    options:\n      port: 80\n",
         "meters[0].options.host",
         4,  # the line of its parent, options:
-        "expected a host name or IP address",
+        "required: the device's host name or IP address",
     ),
     (
         "bad meter option",
@@ -428,3 +428,12 @@ def test_no_base_60_numbers(tmp_path: Path, text: str, value: object) -> None:
     c = load_config(path, {})
     got = c.chargers[0].strategies["x"]["v"]
     assert got == value and type(got) is type(value)
+
+
+def test_check_config_says_a_missing_meter_host_is_required(
+    tmp_path: Path, clean_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "meters:\n  - id: grid\n    type: fronius\n    options: {port: 80}\n")
+    assert cli.main(["check-config", path]) == 2
+    err = capsys.readouterr().err
+    assert err == f"{path}:4: meters[0].options.host: required: the device's host name or IP address\n"

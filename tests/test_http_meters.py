@@ -705,6 +705,25 @@ def test_bad_options_name_the_option(factory: MeterFactory, options: dict[str, A
 
 
 @pytest.mark.parametrize(
+    ("factory", "options", "message"),
+    [
+        (make_fronius, {}, "host: required: the device's host name or IP address"),
+        (make_shelly, {"port": 80}, "host: required: the device's host name or IP address"),
+        (make_fronius, {"host": None}, "host: required: the device's host name or IP address"),
+        (make_fronius, {"host": 5}, "host: expected a host name or IP address, got 5"),
+        (make_http, {"grid_path": "a"}, "url: required: the http:// or https:// URL to read, like"),
+        (make_http, {"url": "http://h/x"}, "grid_path: required: the dotted path to the value in the JSON"),
+    ],
+)
+def test_missing_required_options_say_required(
+    factory: MeterFactory, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(OptionError) as info:
+        factory("grid", options, env())
+    assert str(info.value).startswith(message) and "None" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("options", "secret"),
     [
         ({"url": "http://h/x", "grid_path": "a", "headers": {"X-Key": 98765}}, "98765"),
