@@ -16,6 +16,8 @@ from .types import Decision, MeterReading, PauseKind, Snapshot, Verdict
 
 #: Modes a charger can be in; each but "off" names a strategy plugin.
 MODES = ("off", "fixed", "pv", "minpv", "schedule")
+#: Modes that cannot decide without a grid meter ("schedule" works as a timer without one).
+METER_MODES = ("pv", "minpv")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

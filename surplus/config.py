@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .api import METER_MODES
 from .config_schema import (
     ConfigError as ConfigError,
 )
@@ -412,6 +413,12 @@ def validate_plugins(
                 config,
                 f"chargers[{i}].mode",
                 f"unknown strategy {ch.mode!r}{did_you_mean(ch.mode, known_s)}; loaded: {', '.join(known_s)}",
+            )
+        if ch.mode in METER_MODES and not config.meters:
+            raise _error_at(
+                config,
+                f"chargers[{i}].mode",
+                f"{ch.mode} charges from the PV surplus and needs a grid meter: add one under meters:",
             )
         for name, options in ch.strategies.items():
             key = f"chargers[{i}].strategies.{name}"

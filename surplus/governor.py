@@ -365,14 +365,19 @@ def govern(
     need_release = want_release is not None and _flag_needed(
         want_release, memory.release, memory.release_at_s, fresh, fresh is not None and fresh.charging_release
     )
-    if decision.charge and fresh is not None and fresh.em_lost:
+    if fresh is not None and fresh.em_lost and decision.source is not Source.SHUTDOWN:
         # After a missed heartbeat (e.g. the controller was restarted) the box sits in
         # error 200 although its registers still hold our values: only the recovery
-        # writes (heartbeat, release, current; the driver orders them) bring it back.
+        # writes (heartbeat, release 1, a current; the driver orders them) bring it back.
+        # A paused box recovers with the soft-pause current (the EV is offered 0 A), so
+        # the recovery never starts charging; a release pause follows by the usual rules.
         last = memory.current_at_s
         if last is None or now - last >= RECOVERY_RETRY_S:
+            if not decision.charge:
+                want_current, want_release = limits.soft_pause_a, True
             need_current = need_release = True
-            plan.reasons.append("recovery: the charger lost its energy manager (error 200); setpoint re-sent")
+            what = "setpoint re-sent" if decision.charge else "re-sent with the soft-pause current"
+            plan.reasons.append(f"recovery: the charger lost its energy manager (error 200); {what}")
     need_group = need_current or need_release
     need_phases = want_phases is not None and _flag_needed(
         want_phases == 1,
@@ -436,7 +441,8 @@ def govern(
         if need_phases:
             plan.held.append(phases_ready_at)
         if need_group:
-            if need_phases and upward:
+            if need_phases and upward and _fewer_phases(want_phases, memory, fresh):
+                # More amps on the phases in use than meant for fewer phases would draw more power.
                 plan.reasons.append("the raise waits for the phase switch")
                 plan.held.append(max(group_ready_at, phases_ready_at))
             elif group_ready:
@@ -466,6 +472,14 @@ def govern(
     return verdict, _remember(memory, command, decision.charge, was_charging, now)
 
 
+def _fewer_phases(want_phases: int | None, memory: GovernorMemory, fresh: ChargerState | None) -> bool:
+    """The wanted phases are fewer than the box uses (or may use) now."""
+    if want_phases is None:
+        return False
+    present = memory.phases if memory.phases is not None else (_readback_phases(fresh) if fresh else 3)
+    return want_phases < present
+
+
 def _group_ready_at(
     decision: Decision,
     limits: Limits,
@@ -492,15 +506,17 @@ def _group_ready_at(
                 f"release toggles at least {limits.release_toggle_interval_s:g} s apart",
             )
         )
-    transition = memory.charging is not None and memory.charging != decision.charge
-    if (need_current or need_release) and transition and memory.charging_changed_at_s is not None:
+    # Only a resume waits: a pause (stopping) is always the safe direction, and holding
+    # resumes until 5 min after the last pause keeps whole cycles at least that far apart.
+    resume = decision.charge and memory.charging is False
+    if (need_current or need_release) and resume and memory.charging_changed_at_s is not None:
         at = memory.charging_changed_at_s + limits.pause_resume_interval_s
         if decision.by_person or safety_pause:
             if now < at:
                 who = "person override" if decision.by_person else f"{decision.source} pause"
                 plan.reasons.append(f"pause/resume interval waived: {who}")
         else:
-            rules.append((at, f"pause/resume cycles at least {limits.pause_resume_interval_s:g} s apart"))
+            rules.append((at, f"a resume at least {limits.pause_resume_interval_s:g} s after a pause"))
     ready = -math.inf
     for at, rule in rules:
         if now < at:

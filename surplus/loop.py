@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .api import MODES, DecisionRecord, Override, PluginInfo
+from .api import METER_MODES, MODES, DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
 from .clock import Clock, within
 from .governor import SafetyGovernor
@@ -373,6 +373,8 @@ class Controller:
             problem = f"charger not readable ({reading.error or 'no data yet'})"
         elif self._meters and snapshot.grid_power_w is None and slot.mode not in ("off", "fixed"):
             problem = "no fresh grid-meter reading"
+        elif not self._meters and slot.mode in METER_MODES:
+            problem = f"mode {slot.mode} needs a grid meter and none is configured"
         if problem is None and strategy is not None and reading.state is not None:
             caps = reading.state.capabilities
             ctx = StrategyContext(
@@ -391,8 +393,9 @@ class Controller:
                     raise ValueError(f"decision for {decision.charger_id!r}, expected {slot.charger_id!r}")
             except Exception as exc:
                 problem = f"strategy {slot.mode} failed: {exc}"
-                if slot.strategy_error is None:
-                    log.exception("%s: %s; falling back to %s", slot.charger_id, problem, slot.fallback)
+                if slot.strategy_error is None:  # one line per failure streak; the traceback for debugging
+                    log.error("%s: %s; falling back to %s", slot.charger_id, problem, slot.fallback)
+                    log.debug("%s: strategy %s traceback", slot.charger_id, slot.mode, exc_info=True)
                 slot.strategy_error = problem
             else:
                 if slot.strategy_error is not None:
@@ -522,7 +525,10 @@ class Controller:
                 self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
                 continue
-            if verdict.outcome is Outcome.REFUSED:
+            if verdict.outcome is Outcome.REFUSED and decision.charge:
+                # hold_min on a paused box: shutdown never starts charging, so paused is the safe state.
+                log.info("%s: paused; left paused", slot.charger_id)
+            elif verdict.outcome is Outcome.REFUSED:
                 log.warning(
                     "%s: safe state on shutdown refused: %s", slot.charger_id, "; ".join(verdict.reasons)
                 )

@@ -272,17 +272,18 @@ RECENT = T0 - 100.0  # the last pause/resume transition was 100 s ago
 # fmt: off
 PAUSE_TABLE = [
     # id, decision, memory, now, outcome, command fields, reason part
-    ("strategy-pause-too-soon", dec(STRATEGY, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "pause/resume cycles at least 300 s apart"),
+    # A pause is never held by the 5-minute rule (stopping is the safe direction); a resume waits 300 s after a pause.
+    ("strategy-pause-goes-at-once", dec(STRATEGY, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False, "current_a": None}, None),
     ("strategy-pause-after-300s", dec(STRATEGY, charge=False), replace(CHARGING, charging_changed_at_s=T0 - 300), T0, Outcome.APPLIED, {"release": False, "current_a": None}, None),
-    ("strategy-soft-pause-too-soon", dec(STRATEGY, charge=False, pause_kind=PauseKind.SOFT), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "300 s apart"),
-    ("person-pause-release", dec(PERSON, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False, "current_a": None}, "waived: person override"),
-    ("person-pause-soft", dec(PERSON, charge=False, pause_kind=PauseKind.SOFT), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 1.0, "release": None}, "waived"),
-    ("fallback-pause-bypasses-5min", dec(FALLBACK, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False}, "waived: fallback pause"),
-    ("shutdown-pause-bypasses-5min", dec(SHUTDOWN, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False}, "waived: shutdown pause"),
-    ("strategy-resume-release-too-soon", dec(STRATEGY, current_a=10.0), replace(HARD_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "300 s apart"),
+    ("strategy-soft-pause-goes-at-once", dec(STRATEGY, charge=False, pause_kind=PauseKind.SOFT), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 1.0, "release": None}, None),
+    ("person-pause-release", dec(PERSON, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False, "current_a": None}, None),
+    ("person-pause-soft", dec(PERSON, charge=False, pause_kind=PauseKind.SOFT), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 1.0, "release": None}, None),
+    ("fallback-pause", dec(FALLBACK, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False}, None),
+    ("shutdown-pause", dec(SHUTDOWN, charge=False), replace(CHARGING, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": False}, None),
+    ("strategy-resume-release-too-soon", dec(STRATEGY, current_a=10.0), replace(HARD_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "a resume at least 300 s after a pause"),
     ("strategy-resume-release-after-300s", dec(STRATEGY, current_a=8.0), replace(HARD_PAUSED, charging_changed_at_s=T0 - 300), T0, Outcome.APPLIED, {"release": True, "current_a": 8.0}, None),
     ("person-resume-release", dec(PERSON, current_a=10.0), replace(HARD_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"release": True, "current_a": None}, "waived"),
-    ("strategy-resume-soft-too-soon", dec(STRATEGY, current_a=10.0), replace(SOFT_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "300 s apart"),
+    ("strategy-resume-soft-too-soon", dec(STRATEGY, current_a=10.0), replace(SOFT_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.SCHEDULED, {}, "300 s after a pause"),
     ("person-resume-soft", dec(PERSON, current_a=10.0), replace(SOFT_PAUSED, charging_changed_at_s=RECENT), T0, Outcome.APPLIED, {"current_a": 10.0, "release": None}, "waived"),
     ("fallback-never-resumes", dec(FALLBACK, current_a=6.0), HARD_PAUSED, T0, Outcome.REFUSED, {}, "never resumes charging"),
     ("fallback-hold-minimum-from-no-limit", dec(FALLBACK, current_a=6.0), GovernorMemory(), T0, Outcome.APPLIED, {"current_a": 6.0}, None),
@@ -348,7 +349,10 @@ PHASE_TABLE = [
     ("pause-then-phases", dec(STRATEGY, charge=False, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"release": False, "phases": None}, T0, "phase switch follows the pause"),
     ("pause-held-phases-wait", dec(STRATEGY, charge=False, phases=1), replace(CHARGING, release_at_s=T0 - 2), make_reading(), T0, Outcome.SCHEDULED, {}, T0 + 3, "release toggles"),
     ("held-switch-lets-decrease-go", dec(STRATEGY, phases=3, current_a=7.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 7.0, "phases": None}, T0 + 600, "phase switch held"),
-    ("held-switch-holds-raise", dec(STRATEGY, phases=3, current_a=16.0), SWITCHED, make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 600, "the raise waits for the phase switch"),
+    # 16 A on the one phase in use is less power than the 16 A on three that was meant: it goes now.
+    ("held-switch-up-lets-raise-go", dec(STRATEGY, phases=3, current_a=16.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 16.0, "phases": None}, T0 + 600, "phase switch held"),
+    # 16 A on the three phases in use would be three times what was meant for one: it waits.
+    ("held-switch-down-holds-raise", dec(STRATEGY, phases=1, current_a=16.0), replace(CHARGING, phases=3, phases_at_s=T0), make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 600, "the raise waits for the phase switch"),
     ("held-switch-decrease-itself-held", dec(STRATEGY, phases=3, current_a=7.0), replace(SWITCHED, current_at_s=T0 + 198), make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 203, "current changes"),
     ("safety-pause-drops-phases", dec(FALLBACK, charge=False, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"release": False, "phases": None}, None, "phase request ignored"),
 ]
@@ -492,13 +496,15 @@ def test_unchanged_needs_memory_and_readback(
 
 
 def test_unknown_state_counts_as_a_transition() -> None:
-    """After forget() the first resume is stamped, so the next strategy pause waits 5 minutes."""
+    """After forget() the first resume is stamped; a pause may follow, the next resume waits 5 minutes."""
     reading = make_reading(release=False, current_limit_a=10.0)
     verdict, new = run(dec(STRATEGY, current_a=10.0), memory=GovernorMemory(), reading=reading)
     assert_verdict(verdict, Outcome.APPLIED, release=True, current_a=None)
     assert new.charging is True and new.charging_changed_at_s == T0
-    again, _ = run(dec(STRATEGY, charge=False), memory=new, reading=reading, now=T0 + 10)
-    assert again.outcome is Outcome.SCHEDULED and again.retry_at_s == T0 + 300
+    paused, new = run(dec(STRATEGY, charge=False), memory=new, reading=reading, now=T0 + 10)
+    assert paused.outcome is Outcome.APPLIED and new.charging_changed_at_s == T0 + 10
+    again, _ = run(dec(STRATEGY, current_a=10.0), memory=new, reading=reading, now=T0 + 20)
+    assert again.outcome is Outcome.SCHEDULED and again.retry_at_s == T0 + 310
 
 
 # --- sanity ---------------------------------------------------------------------------------------------------
@@ -754,7 +760,8 @@ def test_spacing_holds_when_commands_are_fed_back(
         times = writes[name]
         assert all(b - a >= 5.0 for a, b in itertools.pairwise(times)), (name, times)
     for (a, _), (b, later) in itertools.pairwise(transitions):
-        exempt = later.by_person or (later.source in (FALLBACK, SHUTDOWN) and not later.charge)
+        # Pauses go at once; a strategy's resume comes at least the interval after the pause before it.
+        exempt = later.by_person or not later.charge
         assert exempt or b - a >= limits.pause_resume_interval_s, (a, b, later)
     for (a, _), (b, later) in itertools.pairwise(phase_times):
         assert later.by_person or b - a >= limits.phase_switch_interval_s
@@ -799,3 +806,24 @@ def test_a_box_that_lost_its_energy_manager_gets_the_recovery_writes(
         assert verdict.command is not None
         assert (verdict.command.current_a, verdict.command.release) == (10.0, True)
         assert any("recovery" in r for r in verdict.reasons)
+
+
+@pytest.mark.parametrize("source", [STRATEGY, PERSON, FALLBACK])
+def test_a_paused_box_in_error_200_recovers_without_charging(source: Source) -> None:
+    """Idle at night (pv), off, no car: the box must still leave error 200, offered 0 A."""
+    state = replace(make_state(read_at_s=T0 - 0.5), evse_state=6, error_code=200, charging_release=False)
+    verdict, new = govern(
+        dec(source, charge=False), make_reading(state, age_s=0.5), Limits(), HARD_PAUSED, T0
+    )
+    assert verdict.outcome is Outcome.APPLIED and verdict.command is not None, verdict
+    assert (verdict.command.current_a, verdict.command.release) == (1.0, True)  # the soft-pause value
+    assert any("soft-pause current" in r for r in verdict.reasons)
+    assert new.charging is False  # a recovery is not a resume
+
+
+def test_shutdown_does_not_recover_a_box_in_error_200() -> None:
+    state = replace(make_state(read_at_s=T0 - 0.5), evse_state=6, error_code=200, charging_release=False)
+    verdict, _ = govern(
+        dec(SHUTDOWN, charge=False), make_reading(state, age_s=0.5), Limits(), HARD_PAUSED, T0
+    )
+    assert verdict.outcome is Outcome.UNCHANGED

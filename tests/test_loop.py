@@ -375,6 +375,26 @@ async def test_a_restarted_controller_recovers_a_box_left_in_error_200(
     assert writes[i - 1 : i + 2] == ["HEARTBEAT_EM", "CHARGING_RELEASE_EM", "CHARGING_CURRENT_EM"]
 
 
+@pytest.mark.parametrize("with_car", [False, True], ids=["no-car", "car"])
+async def test_a_paused_controller_recovers_an_idle_box_from_error_200(
+    clock: FakeClock, with_car: bool
+) -> None:
+    """The QA case: mode off (or pv at night), the box in error 200: it must come back, not charge."""
+    model = AmtronModel(clock, ev=EvProfile() if with_car else None)
+    await clock.advance(15)  # no energy manager for 15 s
+    assert (model.evse_state, model.error_code) == (6, 200)
+    controller, bus = build_controller(clock, model, mode="off")
+    task = asyncio.ensure_future(controller.run(duration_s=30))
+    await clock.advance(31)
+    await task
+    await bus.close()
+    assert model.error_code == 0 and model.evse_state != 6
+    assert model.evse_state != 5  # recovered into a pause: the car is offered 0 A
+    currents = [w.value for w in model.record.writes if w.register == "CHARGING_CURRENT_EM"]
+    assert currents and all(0 < c < 6 for c in currents)  # only the soft-pause value, never 0, never charging
+    assert_governor_rules_held(model.record)
+
+
 @pytest.mark.parametrize(("hurry", "paused"), [(False, True), (True, False)], ids=["waits", "hurried"])
 async def test_shutdown_waits_out_the_spacing_unless_hurried(
     clock: FakeClock, hurry: bool, paused: bool
