@@ -339,8 +339,9 @@ class Controller:
                 log.warning("meter %s: read failed: %s", mid, why)
             self._meter_errors[mid] = why
             old = self._meter_readings.get(mid)
-            if old is not None:
-                self._meter_readings[mid] = dataclasses.replace(old, error=why)
+            if old is None:  # never read: still listed (getMeters, /metrics) with why, no numbers
+                old = MeterReading(meter_id=mid, read_at_s=-math.inf, grid_power_w=math.nan)
+            self._meter_readings[mid] = dataclasses.replace(old, error=why)
             return
         if self._meter_errors.pop(mid, None) is not None:
             log.info("meter %s: reads work again", mid)

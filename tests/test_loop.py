@@ -259,6 +259,11 @@ async def test_meter_errors_name_the_meter_once(clock: FakeClock, caplog: pytest
     await bus.close()
     lines = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
     assert lines == ["meter grid: read failed: http://127.0.0.1:9/x: connection refused"]
+    # Never read: still in the snapshot, with why and no numbers, so getMeters can show it.
+    never = controller.snapshot().meters["grid"]
+    assert never.error == "http://127.0.0.1:9/x: connection refused"
+    assert math.isnan(never.grid_power_w) and never.age_s == math.inf
+    assert controller.snapshot().grid_power_w is None
 
 
 class _HangingMeter(_BrokenMeter):
