@@ -29,9 +29,9 @@ Rules and the choices made where the brief left room (tests name each one):
   release pause writes release off and leaves the current alone. The current and
   release of one decision travel together or not at all, so a resume never
   happens at a stale current.
-* Pause/resume transitions are ``pause_resume_interval_s`` apart, except for a
-  person (``Source.OVERRIDE``) and for a *safety pause* (``Source.FALLBACK`` or
-  ``Source.SHUTDOWN`` with ``charge=False``).
+* Pause/resume cycles are ``pause_resume_interval_s`` apart: a pause is never
+  held by this rule (stopping is the safe direction), and a resume waits until
+  that long after the last pause, except a person's (``Source.OVERRIDE``).
 * The 5 s spacing of current changes and of release toggles holds for every
   source, shutdown included. The device needs it, a write it ignores would leave
   us believing in a safe state that does not exist, and the wait is at most
