@@ -110,6 +110,13 @@ BAD = [
         "unknown meter type 'frobnius' (did you mean 'fronius'?)",
     ),
     (
+        "pv without a meter",
+        "chargers:\n  - id: wb\n    mode: pv\n",
+        "chargers[0].mode",
+        3,
+        "pv charges from the PV surplus and needs a grid meter: add one under meters:",
+    ),
+    (
         "meter option missing",
         "meters:\n  - id: g\n    type: fronius\n    options:\n      port: 80\n",
         "meters[0].options.host",
