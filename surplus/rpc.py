@@ -22,6 +22,7 @@ Policy decisions (see the README's API section):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +123,8 @@ _WRITE = _obj(
     reasons={"type": "array", "items": _STR},
     override={"type": ["object", "null"]},
 )
+# Only some replies have these: the current a current write gets; when a held write follows.
+_WRITE["properties"] |= {"current": _NUM, "scheduledAt": {"type": "string", "format": "date-time"}}
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -264,6 +267,71 @@ def all_data(s: ChargerState, timestamp: str) -> dict[str, Any]:
     }
 
 
+# -- write replies ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Says:
+    """A write reply's message per outcome; ``{a}`` is the current the charger gets, ``{at}`` when."""
+
+    applied: str
+    scheduled: str
+    unchanged: str
+
+
+# The applied texts are the Node server's messages.
+_SET_CURRENT = _Says(
+    "Charging current set to {a}",
+    "Charging current change to {a} scheduled for {at}",
+    "Charging current unchanged: stays at {a}",
+)
+_START = _Says(
+    "Charging started with {a}", "Charging start with {a} scheduled for {at}", "Charging already on at {a}"
+)
+_RESUME = _Says(
+    "Charging resumed with {a}", "Charging resume with {a} scheduled for {at}", "Charging already on at {a}"
+)
+_STOP = _Says("Charging stopped", "Charging stop scheduled for {at}", "Charging already stopped")
+_PAUSE = _Says("Charging paused", "Charging pause scheduled for {at}", "Charging already paused")
+_LOCK = _Says("EVSE locked", "EVSE lock scheduled for {at}", "EVSE already locked")
+_UNLOCK = _Says("EVSE unlocked", "EVSE unlock scheduled for {at}", "EVSE already unlocked")
+_OVERRIDE = _Says(
+    "Override set", "Override set; the charger follows at {at}", "Override set; the charger already does this"
+)
+
+#: The governor's reason when it lowers a current to the ceiling: "32 A clamped to 16 A (fuse limit)".
+_CLAMPED = re.compile(r"^(?P<asked>\S+) A clamped to (?P<to>\S+) A \((?P<why>.+)\)$")
+
+
+def amps_text(amps: float) -> str:
+    """``16.0`` -> ``"16A"`` (the Node server's style), ``7.25`` -> ``"7.25A"``."""
+    return f"{round(amps, 2):g}A"
+
+
+def charge_current(requested: float | None, verdict: Verdict) -> tuple[float | None, str | None]:
+    """The current a charge request really gets, and the clamp note if the governor lowered it.
+
+    The command's current when one is sent; otherwise the clamped value, or the
+    request itself (unchanged: the charger already holds it, within the
+    governor's tolerance).
+    """
+    amps, note = requested, None
+    for reason in verdict.reasons:
+        match = _CLAMPED.match(reason)
+        if match is not None:
+            note = f"{match['asked']} A clamped to {match['to']} A: {match['why']}"
+            try:
+                amps = float(match["to"])
+            except ValueError:
+                pass
+    cmd = verdict.command
+    if requested is not None and cmd is not None and cmd.current_a is not None:
+        amps = cmd.current_a
+    if amps is not None and not math.isfinite(amps):
+        amps = None
+    return amps, note
+
+
 # -- the methods ------------------------------------------------------------------------------
 
 
@@ -396,7 +464,15 @@ class _Methods:
 
     # Node: writes, as overrides through the governor
 
-    async def apply(self, cid: str, override: Override, message: str) -> dict[str, Any]:
+    async def apply(
+        self, cid: str, override: Override, says: _Says, *, current: bool = False
+    ) -> dict[str, Any]:
+        """Set the override and reply with what the governor really does with it.
+
+        With ``current`` the reply names the current the charger gets (clamped
+        to the ceiling, or the present one when nothing changes), never just the
+        one asked for.
+        """
         verdict = await self.c.set_override(cid, override)
         reasons = list(verdict.reasons)
         if verdict.outcome is Outcome.REFUSED:
@@ -405,6 +481,18 @@ class _Methods:
                 f"refused: {reasons[0] if reasons else 'not allowed by the safety governor'}",
                 {"status": "refused", "reasons": reasons, "chargerId": cid},
             )
+        amps, clamp = charge_current(override.current_a, verdict)
+        at = "later" if verdict.retry_at_s is None else self.wall_at(verdict.retry_at_s)
+        template = {
+            Outcome.APPLIED: says.applied,
+            Outcome.SCHEDULED: says.scheduled,
+            Outcome.UNCHANGED: says.unchanged,
+        }[verdict.outcome]
+        message = template.format(a="?" if amps is None else amps_text(amps), at=at)
+        if verdict.outcome is Outcome.APPLIED and verdict.retry_at_s is not None:
+            message += f"; the rest follows at {at}"
+        if clamp is not None:
+            message += f" ({clamp})"
         data: dict[str, Any] = {
             "status": verdict.outcome.value,
             "message": message,
@@ -412,44 +500,48 @@ class _Methods:
             "override": self.override_json(self.c.get_override(cid) or override),
             "command": command_json(verdict.command),
         }
+        if current:
+            data["current"] = None if amps is None else _r(amps, 2)
         if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
             data["scheduledAt"] = self.wall_at(verdict.retry_at_s)
         return self.reply(data)
 
+    async def charge_at(self, args: dict[str, Any], amps: float, method: str, says: _Says) -> dict[str, Any]:
+        ov = Override(charge=True, current_a=float(amps), reason=f"rpc {method}")
+        return await self.apply(self.charger(args), ov, says, current=True)
+
     async def set_charging_current(self, args: dict[str, Any]) -> dict[str, Any]:
-        amps = args["ampere"]
-        ov = Override(charge=True, current_a=float(amps), reason="rpc setChargingCurrent")
-        return await self.apply(self.charger(args), ov, f"Charging current set to {amps:g}A")
+        return await self.charge_at(args, args["ampere"], "setChargingCurrent", _SET_CURRENT)
 
     async def start_charging(self, args: dict[str, Any]) -> dict[str, Any]:
-        amps = args.get("current", MIN_CURRENT_A)
-        ov = Override(charge=True, current_a=float(amps), reason="rpc startCharging")
-        return await self.apply(self.charger(args), ov, f"Charging started with {amps:g}A")
+        return await self.charge_at(args, args.get("current", MIN_CURRENT_A), "startCharging", _START)
 
     async def resume_charging(self, args: dict[str, Any]) -> dict[str, Any]:
-        amps = args.get("current", MIN_CURRENT_A)
-        ov = Override(charge=True, current_a=float(amps), reason="rpc resumeCharging")
-        return await self.apply(self.charger(args), ov, f"Charging resumed with {amps:g}A")
+        return await self.charge_at(args, args.get("current", MIN_CURRENT_A), "resumeCharging", _RESUME)
 
     async def stop_charging(self, args: dict[str, Any]) -> dict[str, Any]:
         ov = Override(charge=False, pause_kind=PauseKind.RELEASE, reason="rpc stopCharging")
-        return await self.apply(self.charger(args), ov, "Charging stopped")
+        return await self.apply(self.charger(args), ov, _STOP)
 
     async def pause_charging(self, args: dict[str, Any]) -> dict[str, Any]:
         ov = Override(charge=False, pause_kind=PauseKind.SOFT, reason="rpc pauseCharging")
-        return await self.apply(self.charger(args), ov, "Charging paused")
+        return await self.apply(self.charger(args), ov, _PAUSE)
 
     async def set_requested_phases(self, args: dict[str, Any]) -> dict[str, Any]:
         single = args["phases"] == 1
         ov = Override(phases=1 if single else 3, reason="rpc setRequestedPhases")
-        return await self.apply(
-            self.charger(args), ov, f"Requested phases set to {'single' if single else 'all'}"
+        which = "single" if single else "all"
+        says = _Says(
+            f"Requested phases set to {which}",
+            f"Requested phases change to {which} scheduled for {{at}}",
+            f"Requested phases already {which}",
         )
+        return await self.apply(self.charger(args), ov, says)
 
     async def set_lock(self, args: dict[str, Any]) -> dict[str, Any]:
         lock = args["lock"]
         ov = Override(lock=lock, reason="rpc setLock")
-        return await self.apply(self.charger(args), ov, f"EVSE {'locked' if lock else 'unlocked'}")
+        return await self.apply(self.charger(args), ov, _LOCK if lock else _UNLOCK)
 
     # controller methods
 
@@ -498,7 +590,7 @@ class _Methods:
             until_s=self.until_s(args["until"]) if "until" in args else None,
             reason="rpc setOverride",
         )
-        return await self.apply(cid, ov, "Override set")
+        return await self.apply(cid, ov, _OVERRIDE)
 
     def clear_override(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)

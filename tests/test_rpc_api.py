@@ -248,6 +248,129 @@ async def test_scheduled_unchanged_refused(client: Client, ctl: FakeController) 
     }
 
 
+AT = "2025-11-24T16:00:03.500Z"  # FakeClock wall start + 3.5 s
+CLAMP_32 = ("32 A clamped to 16 A (fuse limit)",)
+
+
+def verdict(outcome: Outcome, current_a: float | None = None, **kw: Any) -> Verdict:
+    cmd = None
+    if outcome is Outcome.APPLIED:
+        cmd = Command(charger_id="wb1", current_a=current_a, release=kw.pop("release", None))
+    return Verdict(outcome=outcome, command=cmd, **kw)
+
+
+# (method, params, the governor's verdict, message, data.current)
+MESSAGES: list[tuple[str, Any, Verdict, str, float | None]] = [
+    (
+        "setChargingCurrent",
+        {"ampere": 16},
+        verdict(Outcome.APPLIED, 16.0),
+        "Charging current set to 16A",
+        16.0,
+    ),
+    (
+        "setChargingCurrent",
+        {"ampere": 32},
+        verdict(Outcome.APPLIED, 16.0, reasons=CLAMP_32),
+        "Charging current set to 16A (32 A clamped to 16 A: fuse limit)",
+        16.0,
+    ),
+    (
+        "setChargingCurrent",
+        {"ampere": 16.5},
+        verdict(Outcome.UNCHANGED, reasons=("16.5 A clamped to 16 A (fuse limit)",)),
+        "Charging current unchanged: stays at 16A (16.5 A clamped to 16 A: fuse limit)",
+        16.0,
+    ),
+    (
+        "setChargingCurrent",
+        {"ampere": 7.25},
+        verdict(Outcome.UNCHANGED),
+        "Charging current unchanged: stays at 7.25A",
+        7.25,
+    ),
+    (
+        "setChargingCurrent",
+        {"ampere": 32},
+        verdict(Outcome.SCHEDULED, reasons=(*CLAMP_32, "held for another 3.5 s (...)"), retry_at_s=1003.5),
+        f"Charging current change to 16A scheduled for {AT} (32 A clamped to 16 A: fuse limit)",
+        16.0,
+    ),
+    # Only the release is sent: the current was right already.
+    ("startCharging", {}, verdict(Outcome.APPLIED, release=True), "Charging started with 6A", 6.0),
+    (
+        "startCharging",
+        {"current": 20},
+        verdict(Outcome.SCHEDULED, reasons=("20 A clamped to 13 A (cable maximum)",), retry_at_s=1003.5),
+        f"Charging start with 13A scheduled for {AT} (20 A clamped to 13 A: cable maximum)",
+        13.0,
+    ),
+    (
+        "resumeCharging",
+        {"current": 32},
+        verdict(Outcome.APPLIED, 16.0, release=True, reasons=CLAMP_32),
+        "Charging resumed with 16A (32 A clamped to 16 A: fuse limit)",
+        16.0,
+    ),
+    ("resumeCharging", {"current": 10}, verdict(Outcome.UNCHANGED), "Charging already on at 10A", 10.0),
+    ("stopCharging", {}, verdict(Outcome.APPLIED, release=False), "Charging stopped", None),
+    ("stopCharging", {}, verdict(Outcome.UNCHANGED), "Charging already stopped", None),
+    (
+        "pauseCharging",
+        {},
+        verdict(Outcome.SCHEDULED, retry_at_s=1003.5),
+        f"Charging pause scheduled for {AT}",
+        None,
+    ),
+    (
+        "setLock",
+        {"lock": True},
+        verdict(Outcome.SCHEDULED, retry_at_s=1003.5),
+        f"EVSE lock scheduled for {AT}",
+        None,
+    ),
+    ("setLock", {"lock": False}, verdict(Outcome.UNCHANGED), "EVSE already unlocked", None),
+    (
+        "setRequestedPhases",
+        {"phases": 1},
+        verdict(Outcome.UNCHANGED),
+        "Requested phases already single",
+        None,
+    ),
+    (
+        "setOverride",
+        {"current": 32, "phases": 1},
+        Verdict(
+            outcome=Outcome.APPLIED,
+            command=Command(charger_id="wb1", phases=1),
+            reasons=(*CLAMP_32, "the rest of the decision follows after the phase switch"),
+            retry_at_s=1003.5,
+        ),
+        f"Override set; the rest follows at {AT} (32 A clamped to 16 A: fuse limit)",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "verdict", "message", "current"), MESSAGES)
+async def test_write_messages_say_what_really_happens(
+    client: Client,
+    ctl: FakeController,
+    method: str,
+    params: Any,
+    verdict: Verdict,
+    message: str,
+    current: float | None,
+) -> None:
+    ctl.next_verdict = verdict
+    data = (await client.result(method, params))["data"]
+    assert data["status"] == verdict.outcome.value
+    assert data["message"] == message
+    assert data["reasons"] == list(verdict.reasons)
+    assert data.get("current") == current
+    assert ("current" in data) == (method in ("setChargingCurrent", "startCharging", "resumeCharging"))
+
+
 BAD_PARAMS = [
     ("setChargingCurrent", {"ampere": 5}, "ampere must be a number between 6 and 32"),
     ("setChargingCurrent", {"ampere": 33}, "ampere must be a number between 6 and 32"),

@@ -14,7 +14,7 @@ import pytest
 from surplus.sim.model import AmtronModel
 
 from .loop_support import assert_governor_rules_held
-from .rpc_support import full_stack
+from .rpc_support import STACK_CONFIG, full_stack
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,35 @@ async def test_pause_and_phases(stack: tuple[Any, AmtronModel, Rpc]) -> None:
     else:
         assert reply["result"]["data"]["status"] in ("applied", "scheduled", "unchanged")
     assert_governor_rules_held(model.record)
+
+
+async def test_write_replies_name_the_current_the_charger_really_gets() -> None:
+    # QA: with a 16 A fuse, "ampere=32" answered "Charging current set to 32A".
+    config = STACK_CONFIG.replace("fuse_limit_a: 32", "fuse_limit_a: 16")
+    assert config != STACK_CONFIG
+    async with full_stack(config) as (st, model, url), aiohttp.ClientSession() as session:
+        rpc = Rpc(url, session)
+        await wait_for_write(model, "CHARGING_CURRENT_EM", 10.0, 0)  # the fixed strategy's setpoint
+        start = len(model.record.writes)
+        data = (await rpc.ok("setChargingCurrent", {"ampere": 32}))["data"]
+        assert data["reasons"][0] == "32 A clamped to 16 A (fuse limit)"
+        assert data["current"] == 16.0
+        if data["status"] == "applied":
+            assert data["message"] == "Charging current set to 16A (32 A clamped to 16 A: fuse limit)"
+            assert data["command"]["current"] == 16.0
+        else:  # within 5 s of the strategy's write
+            assert data["status"] == "scheduled", data
+            assert data["message"] == (
+                f"Charging current change to 16A scheduled for {data['scheduledAt']} "
+                "(32 A clamped to 16 A: fuse limit)"
+            )
+        await wait_for_write(model, "CHARGING_CURRENT_EM", 16.0, start)
+
+        data = (await rpc.ok("setChargingCurrent", {"ampere": 16.5}))["data"]
+        assert data["status"] == "unchanged", data
+        assert (
+            data["message"] == "Charging current unchanged: stays at 16A (16.5 A clamped to 16 A: fuse limit)"
+        )
+        assert data["current"] == 16.0 and data["command"] is None
+        assert writes(model, "CHARGING_CURRENT_EM", start) == [16.0]
+        assert st.controller.get_override("wallbox").current_a == 16.5
