@@ -10,7 +10,8 @@ Policy decisions (see the README's API section):
 - Reads come from ``controller.snapshot()``. A charger that was never read,
   or whose data is older than ``stale_after_s``, gives error -32000
   ("charger data unavailable" / "charger data stale (age N s)") instead of old
-  numbers. ``health`` always answers and reports the staleness.
+  numbers. ``health`` always answers and reports the staleness; its ``status``
+  is the chargers' alone, ``meters`` and ``degraded`` tell about the meters.
 - Writes become overrides (``controller.set_override``); the governor's
   verdict decides the reply: applied / scheduled / unchanged are
   ``success: true`` with ``data.status``; refused is error -32000
@@ -31,7 +32,18 @@ from typing import Any
 from .api import MODES, ControllerAPI, DecisionRecord, Override
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
-from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Command, Decision, Outcome, PauseKind, Verdict
+from .types import (
+    MAX_CURRENT_A,
+    MIN_CURRENT_A,
+    ChargerState,
+    Command,
+    Decision,
+    MeterReading,
+    Outcome,
+    PauseKind,
+    Source,
+    Verdict,
+)
 
 #: ``health`` statuses from good to bad; the reply's top-level status is the worst charger's.
 _HEALTH_ORDER = ("healthy", "stale", "error", "disconnected")
@@ -46,9 +58,12 @@ def iso_utc(wall_s: float) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
-def _r(value: float, digits: int = 3) -> float | None:
-    """Round a reading for people; a non-finite value (a garbled register) becomes null."""
-    return round(value, digits) if math.isfinite(value) else None
+def _r(value: float | None, digits: int = 3) -> float | None:
+    """Round a reading for people; None or a non-finite value (garbled, never read) becomes null.
+
+    JSON has no NaN or Infinity: every float a reply carries goes through here.
+    """
+    return round(value, digits) if value is not None and math.isfinite(value) else None
 
 
 # -- JSON Schema helpers for the OpenRPC document ---------------------------------------------
@@ -392,7 +407,7 @@ class _Methods:
     def reply(self, data: Any, fresh: _Fresh | None = None) -> dict[str, Any]:
         out = {"success": True, "data": data, "timestamp": self.now_iso()}
         if fresh is not None:
-            out["ageSeconds"] = round(fresh.age_s, 3)
+            out["ageSeconds"] = _r(fresh.age_s)
             out["chargerId"] = fresh.charger_id
         return out
 
@@ -435,18 +450,22 @@ class _Methods:
             chargers[cid] = {
                 "status": state,
                 "modbusConnected": connected,
-                "ageSeconds": round(age, 3) if age is not None and math.isfinite(age) else None,
+                "ageSeconds": _r(age),
                 "lastError": None if reading is None else reading.error,
                 "chargerError": charger_error,
             }
         first = chargers.get(self.c.charger_ids[0]) if self.c.charger_ids else None
+        meters, degraded = meter_health(self.c)
         data = {
             "status": worst,
             "modbusConnected": bool(first and first["modbusConnected"]),
-            "uptime": round(now - self.c.started_at_s, 3),
+            "uptime": _r(now - self.c.started_at_s),
             "timestamp": self.now_iso(),
-            "maxAgeSeconds": self.stale_after_s,
+            "maxAgeSeconds": _r(self.stale_after_s),
             "chargers": chargers,
+            "meters": meters,
+            "degraded": bool(degraded),
+            "degradedReasons": degraded,
         }
         return self.reply(data)
 
@@ -602,19 +621,7 @@ class _Methods:
         return self.reply(None if record is None else self.decision_json(record))
 
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return self.reply(
-            {
-                mid: {
-                    "gridPowerW": _r(m.grid_power_w, 1),
-                    "pvPowerW": None if m.pv_power_w is None else _r(m.pv_power_w, 1),
-                    "housePowerW": None if m.house_power_w is None else _r(m.house_power_w, 1),
-                    "batteryPowerW": None if m.battery_power_w is None else _r(m.battery_power_w, 1),
-                    "ageSeconds": _r(m.age_s),
-                    "error": m.error,
-                }
-                for mid, m in self.c.meters().items()
-            }
-        )
+        return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
 
     def list_plugins(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply(
@@ -628,7 +635,7 @@ class _Methods:
             return None
         return {
             "charge": ov.charge,
-            "current": ov.current_a,
+            "current": _r(ov.current_a),
             "phases": ov.phases,
             "lock": ov.lock,
             "pauseKind": None if ov.pause_kind is None else ov.pause_kind.value,
@@ -652,7 +659,7 @@ class _Methods:
             "decision": decision_json(rec.decision),
             "verdict": self.verdict_json(rec.verdict),
             "inputs": {
-                "gridPowerW": rec.grid_power_w,
+                "gridPowerW": _r(rec.grid_power_w, 1),
                 "chargerAgeSeconds": _r(rec.charger_age_s),
                 "override": self.override_json(rec.override),
             },
@@ -664,7 +671,50 @@ def command_json(cmd: Command | None) -> dict[str, Any] | None:
     """A governor command as JSON (None fields: left alone)."""
     if cmd is None:
         return None
-    return {"current": cmd.current_a, "release": cmd.release, "phases": cmd.phases, "lock": cmd.lock}
+    return {"current": _r(cmd.current_a), "release": cmd.release, "phases": cmd.phases, "lock": cmd.lock}
+
+
+def meter_json(m: MeterReading) -> dict[str, Any]:
+    """A meter reading as JSON: a value the meter never gave (NaN: never read) is null; ``error`` says why."""
+    return {
+        "gridPowerW": _r(m.grid_power_w, 1),
+        "pvPowerW": _r(m.pv_power_w, 1),
+        "housePowerW": _r(m.house_power_w, 1),
+        "batteryPowerW": _r(m.battery_power_w, 1),
+        "ageSeconds": _r(m.age_s),
+        "error": m.error,
+    }
+
+
+def meter_status(m: MeterReading) -> str:
+    """``"ok"``, ``"stale"`` (no new reading within the loop's limit) or ``"error: <why>"``."""
+    if m.error is None:
+        return "ok" if math.isfinite(m.grid_power_w) else "error: no valid reading"
+    # The loop marks a reading that has merely aged "stale (N s old)"; anything else is a failure.
+    return "stale" if m.error.startswith("stale") else f"error: {m.error}"
+
+
+#: Modes that run without any meter reading.
+_MODES_WITHOUT_METER = ("off", "fixed")
+
+
+def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
+    """Each meter's :func:`meter_status`, and why the controller runs degraded (empty: it does not).
+
+    Degraded: a charger's mode needs the meters while one of them is not ok, or
+    a charger runs on its fallback (e.g. "pv" with no meter at all).
+    """
+    meters = {mid: meter_status(m) for mid, m in controller.snapshot().meters.items()}
+    down = [f"{mid} {status}" for mid, status in meters.items() if status != "ok"]
+    reasons = []
+    for cid in controller.charger_ids:
+        mode = controller.get_mode(cid)
+        record = controller.last_decision(cid)
+        if down and mode not in _MODES_WITHOUT_METER:
+            reasons.append(f"{cid}: mode {mode} needs the meters: {'; '.join(down)}")
+        elif record is not None and record.decision.source is Source.FALLBACK:
+            reasons.append(f"{cid}: {record.decision.reason or 'on its fallback'}")
+    return meters, reasons
 
 
 def decision_json(d: Decision) -> dict[str, Any]:
@@ -672,7 +722,7 @@ def decision_json(d: Decision) -> dict[str, Any]:
     return {
         "source": d.source.value,
         "charge": d.charge,
-        "current": d.current_a,
+        "current": _r(d.current_a),
         "phases": d.phases,
         "lock": d.lock,
         "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
@@ -703,9 +753,22 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
         MethodSpec(name="ping", doc="Ping; answers pong.", handler=m.ping, result=_envelope(message=True)),
         MethodSpec(
             name="health",
-            doc="Server health: status healthy/stale/disconnected, Modbus connection, uptime.",
+            doc=(
+                "Server health: status healthy/stale/error/disconnected (the chargers), Modbus connection, "
+                "uptime; meters ok/stale/error, and degraded when a mode lacks the meter it needs."
+            ),
             handler=m.health,
-            result=_envelope(_obj(status=_STR, modbusConnected=_BOOL, uptime=_NUM, timestamp=_STR)),
+            result=_envelope(
+                _obj(
+                    status=_STR,
+                    modbusConnected=_BOOL,
+                    uptime=_NUM,
+                    timestamp=_STR,
+                    meters={"type": "object", "additionalProperties": _STR},
+                    degraded=_BOOL,
+                    degradedReasons={"type": "array", "items": _STR},
+                )
+            ),
         ),
         read(
             "getDeviceInfo",
@@ -846,7 +909,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
         ),
         MethodSpec(
             name="getMeters",
-            doc="The latest grid-meter readings by meter id.",
+            doc="The latest grid-meter readings by meter id (null: no value; error says why).",
             handler=m.get_meters,
             result=_envelope({"type": "object"}),
         ),

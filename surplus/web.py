@@ -22,7 +22,7 @@ from . import __version__
 from .api import ControllerAPI
 from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, Dispatcher, dumps, error_object
-from .rpc import build_methods
+from .rpc import build_methods, meter_health
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,17 @@ def build_app(
                 "ageSeconds": round(age, 3) if fresh and age is not None else None,
             }
         status = "ok" if ok else "error" if any(c["error"] for c in chargers.values()) else "stale"
-        body = dumps({"status": status, "chargers": chargers})
+        # Meter trouble is reported but keeps 200: the chargers are still safely controlled.
+        meters, degraded = meter_health(controller)
+        body = dumps(
+            {
+                "status": status,
+                "chargers": chargers,
+                "meters": meters,
+                "degraded": bool(degraded),
+                "degradedReasons": degraded,
+            }
+        )
         return web.Response(status=200 if ok else 503, body=body, content_type=_JSON)
 
     async def metrics_handler(_request: web.Request) -> web.Response:

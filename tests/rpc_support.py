@@ -53,6 +53,12 @@ class FakeController:
     current_override: dict[str, Override] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=lambda: {"wb1": "pv"})
     decision: DecisionRecord | None = None
+    #: The snapshot's meters (default: one fresh "grid" meter exporting 2.5 kW).
+    meter_readings: dict[str, MeterReading] = field(
+        default_factory=lambda: {
+            "grid": MeterReading(meter_id="grid", read_at_s=999.0, grid_power_w=-2500.0, pv_power_w=8000.0)
+        }
+    )
 
     @property
     def charger_ids(self) -> Sequence[str]:
@@ -64,11 +70,10 @@ class FakeController:
             chargers[self.ids[0]] = ChargerReading(
                 charger_id=self.ids[0], state=self.state, age_s=self.age_s, connected=self.connected
             )
-        meters = {
-            "grid": MeterReading(meter_id="grid", read_at_s=999.0, grid_power_w=-2500.0, pv_power_w=8000.0)
-        }
         return Snapshot(
-            at_s=self.clock.now(), chargers=MappingProxyType(chargers), meters=MappingProxyType(meters)
+            at_s=self.clock.now(),
+            chargers=MappingProxyType(chargers),
+            meters=MappingProxyType(dict(self.meter_readings)),
         )
 
     def get_mode(self, charger_id: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,7 +17,8 @@ import pytest
 
 from surplus.api import Override
 from surplus.jsonrpc import Dispatcher
-from surplus.types import Command, Outcome, PauseKind, Verdict
+from surplus.rpc import build_methods
+from surplus.types import Command, Decision, MeterReading, Outcome, PauseKind, Source, Verdict
 from surplus.web import DISPATCHER, RpcSettings, WebServer, start_web
 
 from .rpc_support import FakeController, sample_decision
@@ -642,3 +645,108 @@ async def test_health_and_healthz_report_a_charger_error(
     }
     async with client.session.get(server.url + "healthz") as resp:
         assert resp.status == 503 and (await resp.json())["status"] == "error"
+
+
+# -- meters in getMeters, health and /healthz --------------------------------------------------
+
+NEVER_READ = MeterReading(
+    meter_id="grid", read_at_s=0.0, grid_power_w=math.nan, age_s=math.inf, error="connection refused"
+)
+
+
+def no_nan(text: str) -> Any:
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a reply"))
+
+
+async def test_a_meter_that_never_read_is_null_with_its_error(
+    client: Client, server: WebServer, ctl: FakeController
+) -> None:
+    ctl.meter_readings = {
+        "grid": NEVER_READ,
+        "pv": MeterReading(meter_id="pv", read_at_s=999.0, grid_power_w=0.0, pv_power_w=math.inf, age_s=1.0),
+    }
+    req = {"jsonrpc": "2.0", "method": "getMeters", "id": 1}
+    async with client.session.post(server.url, data=json.dumps(req)) as resp:
+        data = no_nan(await resp.text())["result"]["data"]
+    assert data["grid"] == {
+        "gridPowerW": None,
+        "pvPowerW": None,
+        "housePowerW": None,
+        "batteryPowerW": None,
+        "ageSeconds": None,
+        "error": "connection refused",
+    }
+    assert data["pv"]["gridPowerW"] == 0.0 and data["pv"]["pvPowerW"] is None and data["pv"]["error"] is None
+
+
+async def test_no_reply_builds_nan_or_infinity(ctl: FakeController) -> None:
+    # Not even one that the transport's fallback would still have to clean up.
+    ctl.meter_readings = {"grid": NEVER_READ}
+    record = sample_decision()
+    ctl.decision = replace(
+        record,
+        grid_power_w=math.nan,
+        charger_age_s=math.inf,
+        decision=replace(record.decision, current_a=math.nan),
+        verdict=replace(record.verdict, command=Command(charger_id="wb1", current_a=math.inf)),
+    )
+    ctl.next_verdict = Verdict(outcome=Outcome.APPLIED, command=Command(charger_id="wb1", current_a=math.nan))
+    ctl.age_s = 0.5
+    methods = {m.name: m.handler for m in build_methods(ctl)}
+    for name, params in [
+        ("getMeters", {}),
+        ("health", {}),
+        ("getDecision", {}),
+        ("setChargingCurrent", {"ampere": 16}),
+    ]:
+        result = methods[name](params)
+        if inspect.isawaitable(result):
+            result = await result
+        json.dumps(result, allow_nan=False)  # raises on NaN or Infinity
+
+
+async def test_health_reports_meters_and_degraded(
+    client: Client, server: WebServer, ctl: FakeController
+) -> None:
+    health = (await client.result("health"))["data"]
+    assert (health["meters"], health["degraded"], health["degradedReasons"]) == ({"grid": "ok"}, False, [])
+
+    # The grid meter is down while the charger's mode (pv) needs it: the charger is still healthy.
+    ctl.meter_readings = {"grid": NEVER_READ}
+    health = (await client.result("health"))["data"]
+    assert health["status"] == "healthy" and health["chargers"]["wb1"]["status"] == "healthy"
+    assert health["meters"] == {"grid": "error: connection refused"}
+    assert health["degraded"] is True
+    assert health["degradedReasons"] == ["wb1: mode pv needs the meters: grid error: connection refused"]
+    async with client.session.get(server.url + "healthz") as resp:
+        assert resp.status == 200
+        body = no_nan(await resp.text())
+    assert body["status"] == "ok" and body["meters"] == {"grid": "error: connection refused"}
+    assert body["degraded"] is True and body["degradedReasons"] == health["degradedReasons"]
+
+    stale = replace(NEVER_READ, grid_power_w=-300.0, age_s=45.0, error="stale (45 s old)")
+    ctl.meter_readings = {"grid": stale}
+    health = (await client.result("health"))["data"]
+    assert health["meters"] == {"grid": "stale"} and health["degraded"] is True
+
+    # "fixed" needs no meter: the meter is reported, but nothing is degraded.
+    ctl.modes["wb1"] = "fixed"
+    health = (await client.result("health"))["data"]
+    assert health["meters"] == {"grid": "stale"} and health["degraded"] is False
+
+    # No meter at all, and "pv" on its fallback.
+    ctl.modes["wb1"] = "pv"
+    ctl.meter_readings = {}
+    record = sample_decision()
+    fallback = Decision(
+        charger_id="wb1",
+        source=Source.FALLBACK,
+        charge=False,
+        reason="fallback pause: strategy pv failed: no fresh grid-meter reading",
+    )
+    ctl.decision = replace(record, decision=fallback)
+    health = (await client.result("health"))["data"]
+    assert health["meters"] == {} and health["degraded"] is True
+    assert health["degradedReasons"] == [
+        "wb1: fallback pause: strategy pv failed: no fresh grid-meter reading"
+    ]
