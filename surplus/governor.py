@@ -190,6 +190,7 @@ class _Plan:
     release: bool | None = None
     phases: int | None = None
     lock: bool | None = None
+    clamp: tuple[float, float, str] | None = None
 
     @property
     def sends(self) -> bool:
@@ -348,6 +349,7 @@ def govern(
             )
         if requested > ceiling:
             plan.reasons.append(f"{requested:g} A clamped to {ceiling:g} A ({why})")
+            plan.clamp = (requested, ceiling, why)
             requested = ceiling
         want_current, want_release = requested, True
         previous = _present_current(memory, fresh, min_a) if was_charging else None
@@ -393,7 +395,7 @@ def govern(
     if need_phases and stale is not None:
         return refuse(f"{stale}: no phase switch on stale data")
     if not (need_group or need_phases or need_lock):
-        return Verdict(outcome=Outcome.UNCHANGED, reasons=tuple(plan.reasons)), memory
+        return Verdict(outcome=Outcome.UNCHANGED, reasons=tuple(plan.reasons), clamp=plan.clamp), memory
 
     # --- spacing rules
     switch_pause_s = state.capabilities.phase_switch_pause_s if state is not None else 0.0
@@ -404,7 +406,12 @@ def govern(
                 f"the charger is switching phases for another {end - now:.1f} s; "
                 f"nothing else is sent meanwhile"
             )
-            return Verdict(outcome=Outcome.SCHEDULED, reasons=tuple(plan.reasons), retry_at_s=end), memory
+            return (
+                Verdict(
+                    outcome=Outcome.SCHEDULED, reasons=tuple(plan.reasons), retry_at_s=end, clamp=plan.clamp
+                ),
+                memory,
+            )
 
     group_ready_at = _group_ready_at(
         decision, limits, memory, plan, need_current, need_release, safety_pause, now
@@ -453,7 +460,10 @@ def govern(
 
     if not plan.sends:
         return Verdict(
-            outcome=Outcome.SCHEDULED, reasons=tuple(plan.reasons), retry_at_s=min(plan.held)
+            outcome=Outcome.SCHEDULED,
+            reasons=tuple(plan.reasons),
+            retry_at_s=min(plan.held),
+            clamp=plan.clamp,
         ), memory
     command = Command(
         charger_id=decision.charger_id,
@@ -468,6 +478,7 @@ def govern(
         command=command,
         reasons=tuple(plan.reasons),
         retry_at_s=min(plan.held) if plan.held else None,
+        clamp=plan.clamp,
     )
     return verdict, _remember(memory, command, decision.charge, was_charging, now)
 

@@ -23,7 +23,6 @@ Policy decisions (see the README's API section):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -315,7 +314,6 @@ _OVERRIDE = _Says(
 )
 
 #: The governor's reason when it lowers a current to the ceiling: "32 A clamped to 16 A (fuse limit)".
-_CLAMPED = re.compile(r"^(?P<asked>\S+) A clamped to (?P<to>\S+) A \((?P<why>.+)\)$")
 
 
 def amps_text(amps: float) -> str:
@@ -331,14 +329,10 @@ def charge_current(requested: float | None, verdict: Verdict) -> tuple[float | N
     governor's tolerance).
     """
     amps, note = requested, None
-    for reason in verdict.reasons:
-        match = _CLAMPED.match(reason)
-        if match is not None:
-            note = f"{match['asked']} A clamped to {match['to']} A: {match['why']}"
-            try:
-                amps = float(match["to"])
-            except ValueError:
-                pass
+    if verdict.clamp is not None:
+        asked, allowed, why = verdict.clamp
+        note = f"{asked:g} A clamped to {allowed:g} A: {why}"
+        amps = allowed
     cmd = verdict.command
     if requested is not None and cmd is not None and cmd.current_a is not None:
         amps = cmd.current_a

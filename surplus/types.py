@@ -299,3 +299,5 @@ class Verdict:
     command: Command | None = None
     reasons: tuple[str, ...] = ()
     retry_at_s: float | None = None
+    #: When a current was lowered to the ceiling: (asked A, allowed A, what sets the ceiling).
+    clamp: tuple[float, float, str] | None = None

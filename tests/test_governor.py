@@ -827,3 +827,12 @@ def test_shutdown_does_not_recover_a_box_in_error_200() -> None:
         dec(SHUTDOWN, charge=False), make_reading(state, age_s=0.5), Limits(), HARD_PAUSED, T0
     )
     assert verdict.outcome is Outcome.UNCHANGED
+
+
+def test_a_clamp_is_reported_as_data_in_every_outcome() -> None:
+    """The RPC reply says what was really applied; it reads this field, not the reason text."""
+    applied, memory = run(dec(PERSON, current_a=40.0), memory=GovernorMemory())
+    assert applied.outcome is Outcome.APPLIED and applied.clamp == (40.0, 32.0, "AMTRON maximum")
+    unchanged, _ = run(dec(PERSON, current_a=40.0), memory=memory, reading=make_reading(current_limit_a=32.0))
+    assert unchanged.outcome is Outcome.UNCHANGED and unchanged.clamp == (40.0, 32.0, "AMTRON maximum")
+    assert run(dec(PERSON, current_a=16.0), memory=GovernorMemory())[0].clamp is None

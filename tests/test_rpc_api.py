@@ -255,11 +255,21 @@ AT = "2025-11-24T16:00:03.500Z"  # FakeClock wall start + 3.5 s
 CLAMP_32 = ("32 A clamped to 16 A (fuse limit)",)
 
 
+def clamp_of(reasons: tuple[str, ...]) -> tuple[float, float, str] | None:
+    """The governor sets ``clamp`` together with its "X A clamped to Y A (why)" reason."""
+    for reason in reasons:
+        if " A clamped to " in reason:
+            asked, rest = reason.split(" A clamped to ", 1)
+            allowed, why = rest.split(" A (", 1)
+            return float(asked), float(allowed), why.rstrip(")")
+    return None
+
+
 def verdict(outcome: Outcome, current_a: float | None = None, **kw: Any) -> Verdict:
     cmd = None
     if outcome is Outcome.APPLIED:
         cmd = Command(charger_id="wb1", current_a=current_a, release=kw.pop("release", None))
-    return Verdict(outcome=outcome, command=cmd, **kw)
+    return Verdict(outcome=outcome, command=cmd, clamp=clamp_of(kw.get("reasons", ())), **kw)
 
 
 # (method, params, the governor's verdict, message, data.current)
@@ -348,6 +358,7 @@ MESSAGES: list[tuple[str, Any, Verdict, str, float | None]] = [
             command=Command(charger_id="wb1", phases=1),
             reasons=(*CLAMP_32, "the rest of the decision follows after the phase switch"),
             retry_at_s=1003.5,
+            clamp=(32.0, 16.0, "fuse limit"),
         ),
         f"Override set; the rest follows at {AT} (32 A clamped to 16 A: fuse limit)",
         None,
