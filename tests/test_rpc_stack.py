@@ -180,3 +180,32 @@ async def test_write_replies_name_the_current_the_charger_really_gets() -> None:
         assert data["current"] == 16.0 and data["command"] is None
         assert writes(model, "CHARGING_CURRENT_EM", start) == [16.0]
         assert st.controller.get_override("wallbox").current_a == 16.5
+
+
+async def test_a_dead_meter_shows_in_get_meters_health_and_healthz() -> None:
+    """QA: with the grid meter unreachable from the start, getMeters was empty and health 'healthy'."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = STACK_CONFIG.replace("mode: fixed", "mode: pv").replace(
+        "meters: []",
+        f"meters:\n  - id: grid\n    type: fronius\n    options: {{host: 127.0.0.1, port: {port}, timeout_s: 0.5}}",
+    )
+    async with full_stack(config) as (_st, _model, url), aiohttp.ClientSession() as session:
+        rpc = Rpc(url, session)
+        async with asyncio.timeout(10):
+            while "grid" not in (await rpc.ok("getMeters"))["data"]:  # noqa: ASYNC110  (polling the API)
+                await asyncio.sleep(0.1)
+        grid = (await rpc.ok("getMeters"))["data"]["grid"]
+        assert grid["gridPowerW"] is None and grid["ageSeconds"] is None
+        assert "cannot connect (connection refused)" in grid["error"]
+        health = (await rpc.ok("health"))["data"]
+        assert health["degraded"] is True and health["meters"]["grid"].startswith("error: ")
+        assert any("mode pv needs the meters" in r for r in health["degradedReasons"])
+        async with session.get(url + "healthz") as resp:
+            body = await resp.json()
+        assert body["degraded"] is True  # meter trouble is reported, the charger itself is fine
+        decision = (await rpc.ok("getDecision"))["data"]
+        assert decision["strategy"] == "fallback" and "no fresh grid-meter reading" in decision["reasons"][0]
