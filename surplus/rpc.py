@@ -25,18 +25,34 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .api import MODES, ControllerAPI, DecisionRecord, Override
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
+from .rpc_shapes import (
+    all_data,
+    command_json,
+    configuration,
+    current,
+    decision_json,
+    device_info,
+    diagnostics,
+    energy,
+    iso_utc,
+    meter_json,
+    power,
+    rounded,
+    session,
+    statistics,
+    status,
+    voltage,
+)
 from .types import (
     MAX_CURRENT_A,
     MIN_CURRENT_A,
     ChargerState,
-    Command,
-    Decision,
     MeterReading,
     Outcome,
     PauseKind,
@@ -49,20 +65,6 @@ _HEALTH_ORDER = ("healthy", "stale", "error", "disconnected")
 
 #: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
 MAX_OVERRIDE_S = 7 * 24 * 3600.0
-
-
-def iso_utc(wall_s: float) -> str:
-    """Unix time as ISO 8601 UTC with milliseconds and ``Z`` (like JavaScript's ``toISOString``)."""
-    ms = round(wall_s * 1000)
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
-
-
-def _r(value: float | None, digits: int = 3) -> float | None:
-    """Round a reading for people; None or a non-finite value (garbled, never read) becomes null.
-
-    JSON has no NaN or Infinity: every float a reply carries goes through here.
-    """
-    return round(value, digits) if value is not None and math.isfinite(value) else None
 
 
 # -- JSON Schema helpers for the OpenRPC document ---------------------------------------------
@@ -151,136 +153,6 @@ def _current(name: str, doc: str, *, required: bool) -> Param:
     )
 
 
-# -- shapes (pure functions of a ChargerState) ------------------------------------------------
-
-
-def device_info(s: ChargerState) -> dict[str, Any]:
-    """``getDeviceInfo`` data."""
-    return {
-        "modbusVersion": s.info.layout_text,
-        "firmwareVersion": s.info.firmware_version,
-        "serialNumber": s.info.serial_number,
-        "maxCurrentEVSE": _r(s.config.max_current_evse_a),
-        "maxCurrentHouse": _r(s.config.max_current_house_a),
-        "articleNumber": s.info.article_number,
-    }
-
-
-def status(s: ChargerState) -> dict[str, Any]:
-    """``getStatus`` data."""
-    return {
-        "evseState": s.evse_state,
-        "evseStateText": R.EVSE_STATE.text(s.evse_state),
-        "cpState": s.cp_state,
-        "cpStateText": R.CP_STATE.text(s.cp_state),
-        "authorizationStatus": s.authorization_status,
-        "authorizationText": R.AUTHORIZATION_STATUS.text(s.authorization_status),
-        "downgrade": s.downgrade_status,
-        "downgradeText": R.DOWNGRADE_STATUS.text(s.downgrade_status),
-        "phaseRotation": s.phase_rotation,
-        "signaledCurrent": _r(s.signaled_current_a),
-        "currentLimit": _r(s.current_limit_a),
-        "chargingRelease": s.charging_release,
-        "locked": s.locked,
-        "activePhases": s.active_phases,
-    }
-
-
-def voltage(s: ChargerState) -> dict[str, Any]:
-    """``getVoltage`` data."""
-    return {"l1": _r(s.voltage_l1_v), "l2": _r(s.voltage_l2_v), "l3": _r(s.voltage_l3_v), "unit": "V"}
-
-
-def current(s: ChargerState) -> dict[str, Any]:
-    """``getCurrent`` data."""
-    return {"l1": _r(s.current_l1_a), "l2": _r(s.current_l2_a), "l3": _r(s.current_l3_a), "unit": "A"}
-
-
-def power(s: ChargerState) -> dict[str, Any]:
-    """``getPower`` data."""
-    return {
-        "l1": _r(s.power_l1_w, 1),
-        "l2": _r(s.power_l2_w, 1),
-        "l3": _r(s.power_l3_w, 1),
-        "total": _r(s.power_total_w, 1),
-        "unit": "W",
-    }
-
-
-def energy(s: ChargerState) -> dict[str, Any]:
-    """``getEnergy`` data (kWh, like the Node server)."""
-    return {"session": _r(s.session_energy_wh / 1000), "total": _r(s.energy_total_wh / 1000), "unit": "kWh"}
-
-
-def format_duration(seconds: int) -> str:
-    """``1823`` -> ``"0h 30m 23s"`` (the Node server's format)."""
-    return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
-
-
-def session(s: ChargerState) -> dict[str, Any]:
-    """``getSessionData`` data."""
-    return {
-        "maxCurrent": _r(s.session_max_current_a),
-        "chargedEnergy": _r(s.session_energy_wh / 1000),
-        "duration": s.session_duration_s,
-        "durationFormatted": format_duration(s.session_duration_s),
-        "detectedPhases": s.detected_phases,
-        "unit": {"current": "A", "energy": "kWh", "duration": "s"},
-    }
-
-
-def statistics(s: ChargerState) -> dict[str, Any]:
-    """``getStatistics`` data."""
-    return {
-        "totalEnergy": _r(s.energy_total_wh / 1000),
-        "totalSessions": s.sessions_total,
-        "unit": {"energy": "kWh"},
-    }
-
-
-def diagnostics(s: ChargerState) -> dict[str, Any]:
-    """``getDiagnostics`` data."""
-    return {
-        "activeErrorCode": s.error_code,
-        "activeErrorText": R.ACTIVE_ERROR_CODE.text(s.error_code),
-        "hasError": s.error_code != 0,
-        "masterLostFallback": s.master_lost_fallback,
-        "switchedPhases": s.switched_phases,
-        "temperature": _r(s.temperature_c, 1),
-    }
-
-
-def configuration(s: ChargerState) -> dict[str, Any]:
-    """``getConfiguration`` data."""
-    c = s.config
-    return {
-        "maxCurrentHouse": _r(c.max_current_house_a),
-        "maxCurrentEvse": _r(c.max_current_evse_a),
-        "phaseSwitchingMode": c.phase_switching_mode,
-        "phaseOptionsHw": c.phase_options_hw,
-        "cableLock": c.cable_lock_setting,
-        "masterLostFallbackCurrent": c.master_lost_fallback_current_a,
-        "gridImbalance": c.grid_imbalance,
-        "gridPhasesConnected": c.grid_phases_connected,
-        "authorization": c.authorization_enabled,
-        "phaseSwitching": s.capabilities.phase_switching,
-    }
-
-
-def all_data(s: ChargerState, timestamp: str) -> dict[str, Any]:
-    """``getAllData`` data (the Node server has it, though its README does not list it)."""
-    return {
-        "deviceInfo": device_info(s),
-        "status": status(s),
-        "measurements": {"voltage": voltage(s), "current": current(s), "power": power(s)},
-        "energy": energy(s),
-        "session": session(s),
-        "diagnostics": diagnostics(s),
-        "configuration": configuration(s),
-        "timestamp": timestamp,
-    }
-
-
 # -- write replies ----------------------------------------------------------------------------
 
 
@@ -312,8 +184,6 @@ _UNLOCK = _Says("EVSE unlocked", "EVSE unlock scheduled for {at}", "EVSE already
 _OVERRIDE = _Says(
     "Override set", "Override set; the charger follows at {at}", "Override set; the charger already does this"
 )
-
-#: The governor's reason when it lowers a current to the ceiling: "32 A clamped to 16 A (fuse limit)".
 
 
 def amps_text(amps: float) -> str:
@@ -401,7 +271,7 @@ class _Methods:
     def reply(self, data: Any, fresh: _Fresh | None = None) -> dict[str, Any]:
         out = {"success": True, "data": data, "timestamp": self.now_iso()}
         if fresh is not None:
-            out["ageSeconds"] = _r(fresh.age_s)
+            out["ageSeconds"] = rounded(fresh.age_s)
             out["chargerId"] = fresh.charger_id
         return out
 
@@ -444,7 +314,7 @@ class _Methods:
             chargers[cid] = {
                 "status": state,
                 "modbusConnected": connected,
-                "ageSeconds": _r(age),
+                "ageSeconds": rounded(age),
                 "lastError": None if reading is None else reading.error,
                 "chargerError": charger_error,
             }
@@ -453,9 +323,9 @@ class _Methods:
         data = {
             "status": worst,
             "modbusConnected": bool(first and first["modbusConnected"]),
-            "uptime": _r(now - self.c.started_at_s),
+            "uptime": rounded(now - self.c.started_at_s),
             "timestamp": self.now_iso(),
-            "maxAgeSeconds": _r(self.stale_after_s),
+            "maxAgeSeconds": rounded(self.stale_after_s),
             "chargers": chargers,
             "meters": meters,
             "degraded": bool(degraded),
@@ -465,11 +335,11 @@ class _Methods:
 
     def charging_power(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
-        return self.reply(_r(f.state.power_total_w / 1000), f)
+        return self.reply(rounded(f.state.power_total_w / 1000), f)
 
     def temperature(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
-        return self.reply(_r(f.state.temperature_c, 1), f)
+        return self.reply(rounded(f.state.temperature_c, 1), f)
 
     def all_data(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
@@ -514,7 +384,7 @@ class _Methods:
             "command": command_json(verdict.command),
         }
         if current:
-            data["current"] = None if amps is None else _r(amps, 2)
+            data["current"] = None if amps is None else rounded(amps, 2)
         if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
             data["scheduledAt"] = self.wall_at(verdict.retry_at_s)
         return self.reply(data)
@@ -629,7 +499,7 @@ class _Methods:
             return None
         return {
             "charge": ov.charge,
-            "current": _r(ov.current_a),
+            "current": rounded(ov.current_a),
             "phases": ov.phases,
             "lock": ov.lock,
             "pauseKind": None if ov.pause_kind is None else ov.pause_kind.value,
@@ -653,31 +523,12 @@ class _Methods:
             "decision": decision_json(rec.decision),
             "verdict": self.verdict_json(rec.verdict),
             "inputs": {
-                "gridPowerW": _r(rec.grid_power_w, 1),
-                "chargerAgeSeconds": _r(rec.charger_age_s),
+                "gridPowerW": rounded(rec.grid_power_w, 1),
+                "chargerAgeSeconds": rounded(rec.charger_age_s),
                 "override": self.override_json(rec.override),
             },
             "reasons": [r for r in (rec.decision.reason, *rec.verdict.reasons) if r],
         }
-
-
-def command_json(cmd: Command | None) -> dict[str, Any] | None:
-    """A governor command as JSON (None fields: left alone)."""
-    if cmd is None:
-        return None
-    return {"current": _r(cmd.current_a), "release": cmd.release, "phases": cmd.phases, "lock": cmd.lock}
-
-
-def meter_json(m: MeterReading) -> dict[str, Any]:
-    """A meter reading as JSON: a value the meter never gave (NaN: never read) is null; ``error`` says why."""
-    return {
-        "gridPowerW": _r(m.grid_power_w, 1),
-        "pvPowerW": _r(m.pv_power_w, 1),
-        "housePowerW": _r(m.house_power_w, 1),
-        "batteryPowerW": _r(m.battery_power_w, 1),
-        "ageSeconds": _r(m.age_s),
-        "error": m.error,
-    }
 
 
 def meter_status(m: MeterReading) -> str:
@@ -709,19 +560,6 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
         elif record is not None and record.decision.source is Source.FALLBACK:
             reasons.append(f"{cid}: {record.decision.reason or 'on its fallback'}")
     return meters, reasons
-
-
-def decision_json(d: Decision) -> dict[str, Any]:
-    """A decision as JSON."""
-    return {
-        "source": d.source.value,
-        "charge": d.charge,
-        "current": _r(d.current_a),
-        "phases": d.phases,
-        "lock": d.lock,
-        "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
-        "reason": d.reason,
-    }
 
 
 def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> list[MethodSpec]:
