@@ -288,36 +288,8 @@ class _Methods:
         return {"success": True, "message": "pong", "timestamp": self.now_iso()}
 
     def health(self, _args: dict[str, Any]) -> dict[str, Any]:
-        snap = self.c.snapshot()
         now = self.c.clock.now()
-        chargers: dict[str, Any] = {}
-        worst = "healthy"
-        for cid in self.c.charger_ids:
-            reading = snap.chargers.get(cid)
-            age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
-            connected = reading is not None and reading.connected
-            fresh = (
-                reading is not None
-                and reading.state is not None
-                and age is not None
-                and age <= self.stale_after_s
-            )
-            state = "healthy" if fresh and connected else "stale" if fresh or connected else "disconnected"
-            charger_error = None
-            if fresh and reading is not None and reading.state is not None and reading.state.has_error:
-                code = reading.state.error_code
-                charger_error = {"code": code, "text": R.ACTIVE_ERROR_CODE.text(code)}
-                if state == "healthy":
-                    state = "error"
-            if _HEALTH_ORDER.index(state) > _HEALTH_ORDER.index(worst):
-                worst = state
-            chargers[cid] = {
-                "status": state,
-                "modbusConnected": connected,
-                "ageSeconds": rounded(age),
-                "lastError": None if reading is None else reading.error,
-                "chargerError": charger_error,
-            }
+        worst, chargers = charger_health(self.c, self.stale_after_s)
         first = chargers.get(self.c.charger_ids[0]) if self.c.charger_ids else None
         meters, degraded = meter_health(self.c)
         data = {
@@ -529,6 +501,41 @@ class _Methods:
             },
             "reasons": [r for r in (rec.decision.reason, *rec.verdict.reasons) if r],
         }
+
+
+def charger_health(controller: ControllerAPI, stale_after_s: float) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The worst charger status and each charger's health (what ``health`` and ``/healthz`` report).
+
+    A status is ``healthy`` (fresh data, connected, no error), ``stale``
+    (data older than ``stale_after_s`` or the line just dropped),
+    ``error`` (the box reports an error, e.g. 200) or ``disconnected``.
+    """
+    snap = controller.snapshot()
+    now = controller.clock.now()
+    chargers: dict[str, dict[str, Any]] = {}
+    worst = "healthy"
+    for cid in controller.charger_ids:
+        reading = snap.chargers.get(cid)
+        age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
+        connected = reading is not None and reading.connected
+        fresh = reading is not None and reading.state is not None and age is not None and age <= stale_after_s
+        state = "healthy" if fresh and connected else "stale" if fresh or connected else "disconnected"
+        charger_error = None
+        if fresh and reading is not None and reading.state is not None and reading.state.has_error:
+            code = reading.state.error_code
+            charger_error = {"code": code, "text": R.ACTIVE_ERROR_CODE.text(code)}
+            if state == "healthy":
+                state = "error"
+        if _HEALTH_ORDER.index(state) > _HEALTH_ORDER.index(worst):
+            worst = state
+        chargers[cid] = {
+            "status": state,
+            "modbusConnected": connected,
+            "ageSeconds": rounded(age),
+            "lastError": None if reading is None else reading.error,
+            "chargerError": charger_error,
+        }
+    return worst, chargers
 
 
 def meter_status(m: MeterReading) -> str:

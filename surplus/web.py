@@ -14,7 +14,6 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +21,7 @@ from . import __version__
 from .api import ControllerAPI
 from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, Dispatcher, dumps, error_object
-from .rpc import build_methods, meter_health
+from .rpc import build_methods, charger_health, meter_health
 
 log = logging.getLogger(__name__)
 
@@ -135,27 +134,9 @@ def build_app(
         return web.Response(body=reply, content_type=_JSON)
 
     async def healthz(_request: web.Request) -> web.Response:
-        snap = controller.snapshot()
-        now = controller.clock.now()
-        chargers: dict[str, Any] = {}
-        ok = bool(controller.charger_ids)
-        for cid in controller.charger_ids:
-            reading = snap.chargers.get(cid)
-            age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
-            fresh = (
-                reading is not None
-                and reading.state is not None
-                and age is not None
-                and age <= settings.stale_after_s
-            )
-            error = fresh and reading is not None and reading.state is not None and reading.state.has_error
-            ok = ok and fresh and not error
-            chargers[cid] = {
-                "fresh": fresh,
-                "error": error,
-                "ageSeconds": round(age, 3) if fresh and age is not None else None,
-            }
-        status = "ok" if ok else "error" if any(c["error"] for c in chargers.values()) else "stale"
+        worst, chargers = charger_health(controller, settings.stale_after_s)
+        ok = bool(chargers) and worst == "healthy"
+        status = "ok" if ok else worst
         # Meter trouble is reported but keeps 200: the chargers are still safely controlled.
         meters, degraded = meter_health(controller)
         body = dumps(

@@ -543,6 +543,12 @@ async def test_http_routes(client: Client, server: WebServer, ctl: FakeControlle
     ctl.age_s = 60.0
     async with client.session.get(server.url + "healthz") as resp:
         assert resp.status == 503 and (await resp.json())["status"] == "stale"
+        # The same words and shape as the health method (one function computes both).
+        body = await resp.json()
+    health = (await client.result("health"))["data"]
+    assert body["chargers"] == {
+        cid: {**c, "ageSeconds": body["chargers"][cid]["ageSeconds"]} for cid, c in health["chargers"].items()
+    }
 
 
 # -- OpenRPC ----------------------------------------------------------------------------------
