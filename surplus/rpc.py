@@ -454,7 +454,15 @@ class _Methods:
     def get_decision(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         record = self.c.last_decision(cid)
-        return self.reply(None if record is None else self.decision_json(record))
+        if record is None:  # nothing decided yet: say why rather than answer an empty reply
+            reading = self.c.snapshot().chargers.get(cid)
+            why = (
+                reading.error
+                if reading is not None and reading.error
+                else "the charger has not been read yet"
+            )
+            return self.reply({"chargerId": cid, "decision": None, "reasons": [f"no decision yet: {why}"]})
+        return self.reply(self.decision_json(record))
 
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
@@ -741,7 +749,10 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
         ),
         MethodSpec(
             name="getDecision",
-            doc="The last decision: what was asked, the governor's verdict, its inputs and reasons.",
+            doc=(
+                "The last decision: what was asked, the governor's verdict, its inputs and reasons "
+                "(before the first one: decision null and the reason why)."
+            ),
             handler=m.get_decision,
             params=ch,
             result=_envelope(any_obj),

@@ -459,7 +459,11 @@ async def test_set_and_clear_override(client: Client, ctl: FakeController) -> No
 
 
 async def test_decision_meters_plugins(client: Client, ctl: FakeController) -> None:
-    assert (await client.result("getDecision"))["data"] is None
+    assert (await client.result("getDecision"))["data"] == {
+        "chargerId": "wb1",
+        "decision": None,
+        "reasons": ["no decision yet: the charger has not been read yet"],
+    }
     ctl.decision = sample_decision()
     data = (await client.result("getDecision"))["data"]
     assert data["decision"]["current"] == 10.0 and data["verdict"]["outcome"] == "scheduled"
