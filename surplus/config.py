@@ -168,6 +168,14 @@ class SimulatorConfig:
 
 
 @dataclass(**_FROZEN)
+class HistoryConfig:
+    #: SQLite file of the charging-session history (its directory is created); null keeps none.
+    path: str | None = None
+    #: How often an open session is written: a crash loses at most this much of it.
+    flush_every_s: float = setting(60.0, gt=0, hi=3600, unit="s")
+
+
+@dataclass(**_FROZEN)
 class PluginsConfig:
     #: Plugin names (as ``surplus plugins`` lists them) not to load.
     blocked: tuple[str, ...] = ()
@@ -184,6 +192,7 @@ class Config:
     rpc: RpcConfig = field(default_factory=RpcConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     #: Where it came from (a path or "<built-in defaults>").
     source: str = field(default=BUILTIN_SOURCE, compare=False, repr=False, metadata={"internal": True})
     #: Line of each key path in the file, for errors found later (plugins).

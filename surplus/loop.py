@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from .api import METER_MODES, MODES, DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
@@ -36,10 +37,15 @@ from .types import (
     Verdict,
 )
 
+if TYPE_CHECKING:
+    from .history import History
+
 log = logging.getLogger("surplus.loop")
 
 #: Observer called after every governed decision (logging, metrics, plugins).
 DecisionObserver = Callable[[DecisionRecord, str], None]
+#: Observer called with the new snapshot after every tick (session history); keep it cheap.
+TickObserver = Callable[[Snapshot], None]
 
 
 @dataclass(slots=True)
@@ -133,6 +139,11 @@ class Controller:
         self._meter_timeout_s = meter_timeout_s
         self._plugins = tuple(plugins)
         self._observers = list(observers)
+        self._tick_observers: list[TickObserver] = []
+        #: Tick observers whose last call failed (their traceback is logged once per streak).
+        self._failing_tick_observers: set[int] = set()
+        #: The session history when one is configured (``getSessions`` reads it).
+        self.history: History | None = None
         self._meter_readings: dict[str, MeterReading] = {}
         self._meter_errors: dict[str, str] = {}
         self._snapshot = Snapshot(at_s=clock.now())
@@ -206,6 +217,10 @@ class Controller:
     def add_observer(self, observer: DecisionObserver) -> None:
         """Also call ``observer`` after every governed decision (e.g. /metrics counting verdicts)."""
         self._observers.append(observer)
+
+    def add_tick_observer(self, observer: TickObserver) -> None:
+        """Also call ``observer`` with the new snapshot after every tick (e.g. the session history)."""
+        self._tick_observers.append(observer)
 
     # -- running -----------------------------------------------------------
     def _slot(self, charger_id: str) -> ChargerSlot:
@@ -294,7 +309,22 @@ class Controller:
                     await self._govern(slot, snapshot, snapshot.at_s)
         self.ticks += 1
         self.last_tick_s = self.clock.now() - now
+        self._notify_tick(snapshot)
         return snapshot
+
+    def _notify_tick(self, snapshot: Snapshot) -> None:
+        """Call the tick observers; a failing one is logged once per failure streak, never fatal."""
+        for i, observer in enumerate(self._tick_observers):
+            try:
+                observer(snapshot)
+            except Exception:
+                if i not in self._failing_tick_observers:
+                    log.exception("tick observer failed (logged once until it works again)")
+                    self._failing_tick_observers.add(i)
+            else:
+                if i in self._failing_tick_observers:
+                    log.info("tick observer works again")
+                    self._failing_tick_observers.discard(i)
 
     async def _read_charger(self, slot: ChargerSlot, now: float) -> None:
         if not slot.started:

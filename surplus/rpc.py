@@ -22,6 +22,7 @@ Policy decisions (see the README's API section):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from .api import MODES, ControllerAPI, DecisionRecord, Override
+from .history import History, SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
 from .rpc_shapes import (
@@ -65,6 +67,9 @@ _HEALTH_ORDER = ("healthy", "stale", "error", "disconnected")
 
 #: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
 MAX_OVERRIDE_S = 7 * 24 * 3600.0
+#: ``getSessions`` without ``limit`` returns this many; at most MAX_SESSIONS.
+DEFAULT_SESSIONS = 20
+MAX_SESSIONS = 1000
 
 
 # -- JSON Schema helpers for the OpenRPC document ---------------------------------------------
@@ -141,6 +146,24 @@ _WRITE = _obj(
 )
 # Only some replies have these: the current a current write gets; when a held write follows.
 _WRITE["properties"] |= {"current": _NUM, "scheduledAt": {"type": "string", "format": "date-time"}}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_SESSION_ROW = _obj(
+    id=_INT,
+    chargerId=_STR,
+    start={"type": "string", "format": "date-time"},
+    end=_TIME_OR_NULL,
+    open=_BOOL,
+    durationSeconds=_NUM,
+    energyWh=_NUM,
+    sunEnergyWh=_NUM,
+    sunShare=_NUM,
+    unmeteredEnergyWh=_NUM,
+    maxCurrent=_NUM,
+    phases={"type": "array", "items": _INT},
+    modes={"type": "array", "items": _STR},
+    endReason={"type": ["string", "null"]},
+    updated={"type": "string", "format": "date-time"},
+)
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -467,6 +490,12 @@ class _Methods:
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
 
+    async def get_sessions(self, history: History, args: dict[str, Any]) -> dict[str, Any]:
+        cid = self.charger(args) if "chargerId" in args else None
+        records = await history.sessions(charger_id=cid, limit=args.get("limit", DEFAULT_SESSIONS))
+        now = self.c.clock.wall()
+        return self.reply([session_json(r, now) for r in records])
+
     def list_plugins(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply(
             [{"name": p.name, "source": p.source, "provides": list(p.provides)} for p in self.c.plugins()]
@@ -509,6 +538,28 @@ class _Methods:
             },
             "reasons": [r for r in (rec.decision.reason, *rec.verdict.reasons) if r],
         }
+
+
+def session_json(r: SessionRecord, now_wall: float) -> dict[str, Any]:
+    """One ``getSessions`` entry: ISO times, energy in Wh (an open session runs until now)."""
+    end = r.ended_at
+    return {
+        "id": r.id,
+        "chargerId": r.charger_id,
+        "start": iso_utc(r.started_at),
+        "end": None if end is None else iso_utc(end),
+        "open": end is None,
+        "durationSeconds": rounded(max(0.0, (now_wall if end is None else end) - r.started_at), 0),
+        "energyWh": rounded(r.energy_wh, 1),
+        "sunEnergyWh": rounded(r.sun_wh, 1),
+        "sunShare": rounded(r.sun_wh / r.energy_wh, 3) if r.energy_wh > 0 else None,
+        "unmeteredEnergyWh": rounded(r.unmetered_wh, 1),
+        "maxCurrent": rounded(r.max_current_a, 2),
+        "phases": list(r.phases),
+        "modes": list(r.modes),
+        "endReason": r.end_reason,
+        "updated": iso_utc(r.updated_at),
+    }
 
 
 def charger_health(controller: ControllerAPI, stale_after_s: float) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -596,7 +647,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
         )
 
     any_obj: dict[str, Any] = {"type": ["object", "null"]}
-    return [
+    methods = [
         MethodSpec(name="ping", doc="Ping; answers pong.", handler=m.ping, result=_envelope(message=True)),
         MethodSpec(
             name="health",
@@ -770,3 +821,29 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             result=_envelope({"type": "array"}),
         ),
     ]
+    # Only with a history configured (history.path); a controller without one has no such method.
+    history: History | None = getattr(controller, "history", None)
+    if history is not None:
+        methods.append(
+            MethodSpec(
+                name="getSessions",
+                doc="Past and open charging sessions, newest first: times, energy, sun energy, modes.",
+                handler=functools.partial(m.get_sessions, history),
+                params=(
+                    Param(
+                        name="chargerId",
+                        kind="string",
+                        doc="Only this charger's sessions (default: every charger's).",
+                    ),
+                    Param(
+                        name="limit",
+                        kind="integer",
+                        doc=f"At most this many sessions (default {DEFAULT_SESSIONS}).",
+                        minimum=1,
+                        maximum=MAX_SESSIONS,
+                    ),
+                ),
+                result=_envelope({"type": "array", "items": _SESSION_ROW}),
+            )
+        )
+    return methods

@@ -38,6 +38,7 @@ class Stack:
     buses: list[ModbusBus] = field(default_factory=list)
     simulator: Any = None  # surplus.sim.server.SimulatorServer when bus.port is "sim"
     web: Any = None  # surplus.web.WebServer when the RPC server runs
+    history: Any = None  # surplus.history.History when history.path is set
 
 
 def bus_config(config: Config, port: str) -> BusConfig:
@@ -94,6 +95,12 @@ async def build_stack(
     strategy_factories = collect_strategies(pm)
     meter_factories = collect_meters(pm)
     validate_plugins(config, strategy_factories, meter_factories)
+    store = None
+    if config.history.path is not None:
+        from .history import SessionStore
+
+        # Before anything starts: an unusable path is a one-line start-up error.
+        store = SessionStore.open(config.history.path)
 
     simulator = None
     port = config.bus.port
@@ -151,6 +158,11 @@ async def build_stack(
     holder["c"] = controller
     stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)
     try:
+        if store is not None:
+            from .history import attach
+
+            stack.history = attach(controller, store, flush_every_s=config.history.flush_every_s)
+            log.info("session history in %s (saved every %g s)", store.path, config.history.flush_every_s)
         if rpc:
             from .metrics import metrics_endpoint
             from .web import RpcSettings, start_web
@@ -173,6 +185,8 @@ async def build_stack(
     finally:
         if stack.web is not None:
             await stack.web.close()
+        if stack.history is not None:
+            await stack.history.close()
         await bus.close()
         if simulator is not None:
             await simulator.stop()

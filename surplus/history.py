@@ -1,0 +1,628 @@
+"""Charging-session history in SQLite: what each plug-in charged, and how much of it came from the sun.
+
+A session runs from the car being connected until it is disconnected, as the
+box reports it (EVSE state; the CP state while the box is in an error, so an
+error 200 after a restart does not end a session). The box's own counters
+decide the rest: a drop of CHARGED_ENERGY_SESSION or a rise of
+CHARGING_SESSIONS_TOTAL without an unplug seen in between starts a new session.
+
+What a session records:
+
+- energy: the box's session energy, plus the power integrated since the box
+  last refreshed that register (the driver reads it every few seconds), so the
+  figure is current on every tick and ends on the box's own count;
+- sun energy, an approximation from the grid meter: per tick the part of the
+  car's power that was not imported, ``min(P_car, max(0, P_car - P_grid))``.
+  The house is served from the sun first, and a home battery discharging into
+  the car counts as sun (the grid meter cannot tell them apart). While there
+  is no fresh grid reading the car's energy is "unmetered": not counted as sun;
+  ``sun_wh`` is clamped to ``energy_wh``;
+- the highest phase current measured, the phase counts used while charging,
+  and the modes in effect while the car was connected ("override" when a
+  person overrode the mode).
+
+Durability: WAL journal, ``synchronous=FULL``, one transaction per write, all
+writes in one worker thread so a slow SD card never stalls the loop. An open
+session is written when it starts, every ``flush_every_s``, when it ends and at
+shutdown, so a crash loses at most ``flush_every_s`` of it. At start-up an open
+row continues if the box still runs that session (car connected, same
+CHARGING_SESSIONS_TOTAL, session energy not lower); otherwise it is closed with
+its last saved values (its end is its last save).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .types import ChargerState, EvseState, Snapshot
+
+if TYPE_CHECKING:
+    from .api import ControllerAPI
+    from .loop import Controller
+
+log = logging.getLogger("surplus.history")
+
+#: ``PRAGMA user_version`` of the schema below; a file with a higher one is refused.
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        charger_id TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        updated_at REAL NOT NULL,
+        energy_wh REAL NOT NULL,
+        sun_wh REAL NOT NULL,
+        unmetered_wh REAL NOT NULL,
+        max_current_a REAL NOT NULL,
+        phases TEXT NOT NULL,
+        modes TEXT NOT NULL,
+        box_sessions_total INTEGER,
+        end_reason TEXT
+    )""",
+    "CREATE INDEX sessions_by_start ON sessions (started_at DESC, id DESC)",
+    # At most one open session per charger.
+    "CREATE UNIQUE INDEX sessions_open ON sessions (charger_id) WHERE ended_at IS NULL",
+)
+_COLUMNS = (
+    "charger_id",
+    "started_at",
+    "ended_at",
+    "updated_at",
+    "energy_wh",
+    "sun_wh",
+    "unmetered_wh",
+    "max_current_a",
+    "phases",
+    "modes",
+    "box_sessions_total",
+    "end_reason",
+)
+
+#: Ticks further apart than this are not integrated (a read outage, a restart).
+MAX_GAP_S = 10.0
+#: The box's session registers belong to our session once its duration fits into it plus this.
+TRUST_SLACK_S = 15.0
+#: After a restart the box's session energy may read this much below our last save
+#: (what we integrate between two refreshes of the register) and still be the same session.
+ENERGY_SLACK_WH = 50.0
+#: A longer session duration is garbled (word order), not a start time.
+MAX_SESSION_S = 30 * 86400
+#: A phase carrying at least this current is in use.
+PHASE_USED_A = 1.0
+_CP_NO_EV = (10, 26)
+_CP_EV = (11, 12, 13, 27, 28, 29)
+
+
+class HistoryError(ValueError):
+    """The history file cannot be used; the message is one line naming the path."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    """One charging session as stored (times are Unix seconds)."""
+
+    id: int
+    charger_id: str
+    started_at: float
+    #: None while the session is open.
+    ended_at: float | None
+    #: When its values were last saved (for an open session read live: now).
+    updated_at: float
+    energy_wh: float
+    sun_wh: float
+    #: Energy charged while no fresh grid reading existed (its sun share is unknown).
+    unmetered_wh: float
+    max_current_a: float
+    phases: tuple[int, ...]
+    modes: tuple[str, ...]
+    #: "unplugged", "new session on the box", "not running after restart", "charger not configured".
+    end_reason: str | None = None
+
+
+def vehicle_present(state: ChargerState) -> bool | None:
+    """Whether a car is connected; None when the box cannot tell (error, initialising, service)."""
+    if state.evse_state == EvseState.IDLE:
+        return False
+    if state.vehicle_connected:
+        return True
+    if state.cp_state in _CP_NO_EV:
+        return False
+    if state.cp_state in _CP_EV:
+        return True
+    return None
+
+
+def _finite(value: float, default: float = 0.0) -> float:
+    return value if math.isfinite(value) else default
+
+
+@dataclass(slots=True, kw_only=True)
+class _Live:
+    """An open session in memory (loop thread only, except ``row_id``, set by the writer)."""
+
+    charger_id: str
+    started_at: float
+    updated_at: float
+    row_id: int | None = None
+    #: The box's session energy at its last refresh (before one: what was saved).
+    box_wh: float = 0.0
+    #: Integrated since that refresh.
+    since_box_wh: float = 0.0
+    box_s: int | None = None
+    #: The box's session registers are this session's (not the last session's, not yet refreshed).
+    trusted: bool = False
+    #: (energy, duration) the box showed at a live start: the previous session's until refreshed.
+    marker: tuple[float, int] | None = None
+    sun_wh: float = 0.0
+    unmetered_wh: float = 0.0
+    max_current_a: float = 0.0
+    phases: set[int] = field(default_factory=set)
+    modes: list[str] = field(default_factory=list)
+    box_sessions: int | None = None
+    last_at_s: float | None = None
+    last_power_w: float = 0.0
+    last_grid_w: float | None = None
+    saved_at_s: float = -math.inf
+
+    @property
+    def energy_wh(self) -> float:
+        return self.box_wh + self.since_box_wh
+
+    def update(self, state: ChargerState, at_s: float, wall: float, grid_w: float | None) -> None:
+        """Integrate the interval since the last tick (at that tick's power), then take the box's counters."""
+        if self.last_at_s is not None and 0 < at_s - self.last_at_s <= MAX_GAP_S:
+            hours = (at_s - self.last_at_s) / 3600.0
+            power = max(0.0, self.last_power_w)
+            self.since_box_wh += power * hours
+            if self.last_grid_w is None:
+                self.unmetered_wh += power * hours
+            else:
+                self.sun_wh += min(power, max(0.0, power - self.last_grid_w)) * hours
+        self.last_at_s, self.last_power_w, self.last_grid_w = at_s, _finite(state.power_total_w), grid_w
+        energy, duration = state.session_energy_wh, state.session_duration_s
+        if math.isfinite(energy) and (self.trusted or self._belongs(energy, duration, wall)):
+            if not self.trusted or energy != self.box_wh or duration != self.box_s:
+                self.trusted, self.box_wh, self.box_s, self.since_box_wh = True, energy, duration, 0.0
+        self.updated_at = wall
+        if state.charging:
+            currents = [c for c in (state.current_l1_a, state.current_l2_a, state.current_l3_a) if c >= 0]
+            self.max_current_a = max([self.max_current_a, *currents])
+            used = sum(1 for c in currents if c >= PHASE_USED_A)
+            if used:
+                self.phases.add(used)
+
+    def _belongs(self, energy: float, duration: int, wall: float) -> bool:
+        if 0 <= duration <= wall - self.started_at + TRUST_SLACK_S:
+            return True
+        # A reset since the start: the box has begun counting our session.
+        return self.marker is not None and (energy < self.marker[0] or duration < self.marker[1])
+
+    def record(self, *, ended_at: float | None = None, end_reason: str | None = None) -> SessionRecord:
+        energy = max(0.0, self.energy_wh)
+        return SessionRecord(
+            id=-1 if self.row_id is None else self.row_id,
+            charger_id=self.charger_id,
+            started_at=self.started_at,
+            ended_at=ended_at,
+            updated_at=self.updated_at if ended_at is None else ended_at,
+            energy_wh=energy,
+            sun_wh=min(self.sun_wh, energy),
+            unmetered_wh=min(self.unmetered_wh, energy),
+            max_current_a=self.max_current_a,
+            phases=tuple(sorted(self.phases)),
+            modes=tuple(self.modes),
+            end_reason=end_reason,
+        )
+
+    @classmethod
+    def from_row(cls, rec: SessionRecord, box_sessions: int | None) -> _Live:
+        return cls(
+            charger_id=rec.charger_id,
+            started_at=rec.started_at,
+            updated_at=rec.updated_at,
+            row_id=rec.id,
+            box_wh=rec.energy_wh,
+            sun_wh=rec.sun_wh,
+            unmetered_wh=rec.unmetered_wh,
+            max_current_a=rec.max_current_a,
+            phases=set(rec.phases),
+            modes=list(rec.modes),
+            box_sessions=box_sessions,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One row's values, taken on the loop thread; the writer inserts or updates ``live``'s row."""
+
+    live: _Live
+    values: tuple[object, ...]
+
+    @classmethod
+    def of(cls, live: _Live, *, ended_at: float | None = None, end_reason: str | None = None) -> _Write:
+        r = live.record(ended_at=ended_at, end_reason=end_reason)
+        values = (
+            r.charger_id,
+            r.started_at,
+            r.ended_at,
+            r.updated_at,
+            r.energy_wh,
+            r.sun_wh,
+            r.unmetered_wh,
+            r.max_current_a,
+            ",".join(str(p) for p in r.phases),
+            ",".join(r.modes),
+            live.box_sessions,
+            r.end_reason,
+        )
+        return cls(live, values)
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+class SessionStore:
+    """The SQLite file. Not for concurrent use: :class:`History` calls it from one worker thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str) -> SessionStore:
+        """Open (creating the directory, file and schema) or raise :class:`HistoryError` (one line)."""
+        where = f"history.path {path}"
+        full = os.path.abspath(os.path.expanduser(path))
+        folder = os.path.dirname(full)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            why = (
+                "a file is in the way"
+                if isinstance(exc, FileExistsError | NotADirectoryError)
+                else exc.strerror
+            )
+            raise HistoryError(f"{where}: cannot create its directory {folder}: {why or exc}") from None
+        if os.path.isdir(full):
+            raise HistoryError(f"{where}: is a directory; name a file")
+        probe = full if os.path.exists(full) else os.path.dirname(full)
+        if not os.access(probe, os.W_OK):
+            raise HistoryError(f"{where}: not writable by this user")
+        try:
+            conn = sqlite3.connect(full, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"{where}: cannot open: {exc}") from None
+        store = cls(conn, full)
+        try:
+            store._prepare()
+        except HistoryError as exc:
+            conn.close()
+            raise HistoryError(f"{where}: {exc}") from None
+        except sqlite3.Error as exc:
+            conn.close()
+            raise HistoryError(f"{where}: {exc}") from None
+        return store
+
+    def _prepare(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise HistoryError(
+                f"schema version {version} is newer than this surplus knows ({SCHEMA_VERSION}):"
+                " upgrade surplus or use another file"
+            )
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("history: %s runs in %s journal mode, not WAL", self.path, mode)
+        self._conn.execute("PRAGMA synchronous=FULL")
+        if version == SCHEMA_VERSION:
+            return
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables:
+            raise HistoryError("not a surplus session history (it has other tables); use another file")
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def write(self, writes: Sequence[_Write]) -> None:
+        """Insert or update each row, all in one transaction."""
+        with self._transaction():
+            for w in writes:
+                if w.live.row_id is None:
+                    names = ", ".join(_COLUMNS)
+                    marks = ", ".join("?" * len(_COLUMNS))
+                    cur = self._conn.execute(f"INSERT INTO sessions ({names}) VALUES ({marks})", w.values)
+                    w.live.row_id = cur.lastrowid
+                else:
+                    sets = ", ".join(f"{c} = ?" for c in _COLUMNS)
+                    self._conn.execute(f"UPDATE sessions SET {sets} WHERE id = ?", (*w.values, w.live.row_id))
+
+    def _records(self, where: str, args: Sequence[object]) -> list[tuple[SessionRecord, int | None]]:
+        rows = self._conn.execute(
+            f"SELECT id, {', '.join(_COLUMNS)} FROM sessions {where}", tuple(args)
+        ).fetchall()
+        out = []
+        for row in rows:
+            rid, cid, start, end, updated, energy, sun, unmetered, max_a, phases, modes, box, reason = row
+            rec = SessionRecord(
+                id=int(rid),
+                charger_id=str(cid),
+                started_at=float(start),
+                ended_at=None if end is None else float(end),
+                updated_at=float(updated),
+                energy_wh=float(energy),
+                sun_wh=float(sun),
+                unmetered_wh=float(unmetered),
+                max_current_a=float(max_a),
+                phases=tuple(int(p) for p in _split(phases)),
+                modes=tuple(_split(modes)),
+                end_reason=reason,
+            )
+            out.append((rec, None if box is None else int(box)))
+        return out
+
+    def open_rows(self) -> list[tuple[SessionRecord, int | None]]:
+        """Sessions without an end, with the box's session counter they were recorded under."""
+        return self._records("WHERE ended_at IS NULL ORDER BY id", ())
+
+    def recent(self, charger_id: str | None, limit: int) -> list[SessionRecord]:
+        """The newest ``limit`` sessions (of one charger, or all), newest first."""
+        if charger_id is None:
+            rows = self._records("ORDER BY started_at DESC, id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._records(
+                "WHERE charger_id = ? ORDER BY started_at DESC, id DESC LIMIT ?", (charger_id, limit)
+            )
+        return [rec for rec, _box in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass(slots=True)
+class _Tracker:
+    open: _Live | None = None
+    #: An open row from before the start, until the box's first reading says whether it continues.
+    pending: _Live | None = None
+    #: A reading of this charger arrived since the start (the first one is a full, fresh read).
+    seen: bool = False
+    #: CHARGING_SESSIONS_TOTAL while no car was connected (a live start shows it until refreshed).
+    idle_sessions: int | None = None
+    last_read_at_s: float = -math.inf
+
+
+class History:
+    """Follows the sessions tick by tick and keeps them in a :class:`SessionStore`."""
+
+    def __init__(
+        self, store: SessionStore, controller: ControllerAPI, *, flush_every_s: float = 60.0
+    ) -> None:
+        self._store = store
+        self._controller = controller
+        self._clock = controller.clock
+        self._flush_every_s = flush_every_s
+        self._trackers = {cid: _Tracker() for cid in controller.charger_ids}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surplus-history")
+        self._jobs: deque[Future[None]] = deque()
+        self._failing = False
+        self._closed = False
+        orphans = []
+        for rec, box_sessions in store.open_rows():
+            live = _Live.from_row(rec, box_sessions)
+            tracker = self._trackers.get(rec.charger_id)
+            if tracker is None:
+                orphans.append(_Write.of(live, ended_at=rec.updated_at, end_reason="charger not configured"))
+            else:
+                tracker.pending = live
+        if orphans:
+            store.write(orphans)
+
+    @property
+    def path(self) -> str:
+        return self._store.path
+
+    # -- the tick ------------------------------------------------------------------------------
+    def on_tick(self, snapshot: Snapshot) -> None:
+        """Tick observer: follow each charger's session; write what is due (in the worker)."""
+        self._reap()
+        if self._closed:
+            return
+        wall = self._clock.wall() - (self._clock.now() - snapshot.at_s)
+        grid = snapshot.grid_power_w
+        writes: list[_Write] = []
+        for cid, reading in snapshot.chargers.items():
+            tracker = self._trackers.get(cid)
+            state = reading.state
+            if tracker is None or state is None or reading.error is not None:
+                continue
+            if state.read_at_s <= tracker.last_read_at_s:
+                continue  # no new read this tick
+            tracker.last_read_at_s = state.read_at_s
+            self._observe(cid, tracker, state, snapshot.at_s, wall, grid, writes)
+        if writes:
+            self._submit(writes)
+
+    def _observe(
+        self,
+        cid: str,
+        t: _Tracker,
+        state: ChargerState,
+        at_s: float,
+        wall: float,
+        grid: float | None,
+        writes: list[_Write],
+    ) -> None:
+        present = vehicle_present(state)
+        if t.pending is not None:
+            if present is None:
+                return  # wait until the box says whether the car is there
+            row, t.pending = t.pending, None
+            if present and self._continues(row, state):
+                t.open = row
+                log.info("%s: session %s continues after the restart", cid, row.row_id)
+            else:
+                writes.append(_Write.of(row, ended_at=row.updated_at, end_reason="not running after restart"))
+                log.info(
+                    "%s: session %s from before the restart closed: the box no longer runs it",
+                    cid,
+                    row.row_id,
+                )
+        live = t.open
+        if live is not None and present is False:
+            live.update(state, at_s, wall, grid)
+            writes.append(_Write.of(live, ended_at=wall, end_reason="unplugged"))
+            self._log_end(live)
+            t.open = live = None
+        elif live is not None and self._restarted_on_box(live, state):
+            writes.append(_Write.of(live, ended_at=wall, end_reason="new session on the box"))
+            self._log_end(live)
+            t.open = live = None
+        if live is None and present:
+            live = t.open = self._start(cid, t, state, wall)
+            writes.append(_Write.of(live))
+            live.saved_at_s = at_s
+        if present is False:
+            t.idle_sessions = state.sessions_total or None
+        t.seen = True
+        if live is None:
+            return
+        if live.box_sessions is None and state.sessions_total and state.sessions_total != t.idle_sessions:
+            live.box_sessions = state.sessions_total
+        live.update(state, at_s, wall, grid)
+        self._note_mode(cid, live)
+        if at_s - live.saved_at_s >= self._flush_every_s:
+            writes.append(_Write.of(live))
+            live.saved_at_s = at_s
+
+    def _start(self, cid: str, t: _Tracker, state: ChargerState, wall: float) -> _Live:
+        duration = state.session_duration_s
+        if not t.seen:
+            # Already connected when we started: the first read is a full one, so the box's
+            # session registers are fresh and tell when the session began.
+            start = wall - duration if 0 <= duration <= MAX_SESSION_S else wall
+            live = _Live(charger_id=cid, started_at=start, updated_at=wall)
+            live.box_sessions = state.sessions_total or None
+            if math.isfinite(state.session_energy_wh):
+                live.trusted, live.box_wh, live.box_s = True, state.session_energy_wh, duration
+        else:
+            live = _Live(charger_id=cid, started_at=wall, updated_at=wall)
+            live.marker = (state.session_energy_wh, duration)
+        log.info("%s: session started (car connected)", cid)
+        return live
+
+    @staticmethod
+    def _continues(row: _Live, state: ChargerState) -> bool:
+        """Does the box still run the session of an open row from before the start?"""
+        if row.box_sessions and state.sessions_total and state.sessions_total != row.box_sessions:
+            return False
+        energy = state.session_energy_wh
+        return not (math.isfinite(energy) and energy + ENERGY_SLACK_WH < row.energy_wh)
+
+    @staticmethod
+    def _restarted_on_box(live: _Live, state: ChargerState) -> bool:
+        """A new session on the box without an unplug seen (e.g. during a read outage)."""
+        if live.box_sessions and state.sessions_total and state.sessions_total > live.box_sessions:
+            return True
+        energy = state.session_energy_wh
+        return live.trusted and math.isfinite(energy) and energy + 1.0 < live.box_wh
+
+    def _note_mode(self, cid: str, live: _Live) -> None:
+        names = [self._controller.get_mode(cid)]
+        if self._controller.get_override(cid) is not None:
+            names.append("override")
+        for name in names:
+            if name not in live.modes:
+                live.modes.append(name)
+
+    @staticmethod
+    def _log_end(live: _Live) -> None:
+        rec = live.record()
+        log.info(
+            "%s: session ended: %.2f kWh, %.2f kWh of it from the sun",
+            live.charger_id,
+            rec.energy_wh / 1000,
+            rec.sun_wh / 1000,
+        )
+
+    # -- the writer thread --------------------------------------------------------------------
+    def _submit(self, writes: list[_Write]) -> None:
+        self._jobs.append(self._executor.submit(self._store.write, writes))
+
+    def _reap(self) -> None:
+        """Log a failed write once per failure streak (the next write carries the full values again)."""
+        # One worker: jobs finish in the order they were submitted.
+        while self._jobs and self._jobs[0].done():
+            exc = self._jobs.popleft().exception()
+            if exc is not None and not self._failing:
+                log.error("history: cannot write %s: %s (retrying with the next write)", self.path, exc)
+                self._failing = True
+            elif exc is None and self._failing:
+                log.info("history: writes work again")
+                self._failing = False
+
+    async def drain(self) -> None:
+        """Wait until every write handed to the worker is done."""
+        for job in list(self._jobs):
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(job)
+        self._reap()
+
+    # -- reading --------------------------------------------------------------------------------
+    async def sessions(self, *, charger_id: str | None = None, limit: int = 20) -> list[SessionRecord]:
+        """The newest ``limit`` sessions, newest first; open ones with their values of now."""
+        if self._closed:
+            raise RuntimeError("the session history is closed")
+        job = self._executor.submit(self._store.recent, charger_id, limit)
+        records = await asyncio.wrap_future(job)
+        live = {t.open.row_id: t.open for t in self._trackers.values() if t.open is not None}
+        return [live[r.id].record() if r.ended_at is None and r.id in live else r for r in records]
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """The sessions open now, as they stand (not waiting for the file)."""
+        return [t.open.record() for t in self._trackers.values() if t.open is not None]
+
+    async def close(self, *, save: bool = True) -> None:
+        """Save the open sessions (they continue after a restart), finish the writes, close the file.
+
+        ``save=False`` skips the final save: what a crash leaves behind (for tests).
+        """
+        if self._closed:
+            return
+        if save:
+            writes = [_Write.of(t.open) for t in self._trackers.values() if t.open is not None]
+            if writes:
+                self._submit(writes)
+        self._closed = True
+        await self.drain()
+        self._executor.shutdown(wait=True)
+        self._store.close()
+
+
+def attach(controller: Controller, store: SessionStore, *, flush_every_s: float = 60.0) -> History:
+    """A :class:`History` fed by ``controller``'s ticks and served by its ``getSessions``."""
+    history = History(store, controller, flush_every_s=flush_every_s)
+    controller.add_tick_observer(history.on_tick)
+    controller.history = history
+    return history
