@@ -164,6 +164,8 @@ class _Live:
     trusted: bool = False
     #: (energy, duration) the box showed at a live start: the previous session's until refreshed.
     marker: tuple[float, int] | None = None
+    #: Continued from the file after a restart: what the box counted meanwhile is unmetered.
+    resumed: bool = False
     sun_wh: float = 0.0
     unmetered_wh: float = 0.0
     max_current_a: float = 0.0
@@ -192,6 +194,9 @@ class _Live:
         self.last_at_s, self.last_power_w, self.last_grid_w = at_s, _finite(state.power_total_w), grid_w
         energy, duration = state.session_energy_wh, state.session_duration_s
         if math.isfinite(energy) and (self.trusted or self._belongs(energy, duration, wall)):
+            if not self.trusted and self.resumed:
+                # Charged while we were down (or after our last save): nobody saw the grid then.
+                self.unmetered_wh += max(0.0, energy - self.energy_wh)
             if not self.trusted or energy != self.box_wh or duration != self.box_s:
                 self.trusted, self.box_wh, self.box_s, self.since_box_wh = True, energy, duration, 0.0
         self.updated_at = wall
@@ -239,6 +244,7 @@ class _Live:
             phases=set(rec.phases),
             modes=list(rec.modes),
             box_sessions=box_sessions,
+            resumed=True,
         )
 
 
@@ -495,12 +501,14 @@ class History:
             writes.append(_Write.of(live, ended_at=wall, end_reason="unplugged"))
             self._log_end(live)
             t.open = live = None
-        elif live is not None and self._restarted_on_box(live, state):
+        restarted = live is not None and self._restarted_on_box(live, state)
+        if live is not None and restarted:
             writes.append(_Write.of(live, ended_at=wall, end_reason="new session on the box"))
             self._log_end(live)
             t.open = live = None
         if live is None and present:
-            live = t.open = self._start(cid, t, state, wall)
+            # Seen for the first time, or caught by its counters: the box's session registers are fresh.
+            live = t.open = self._start(cid, state, wall, fresh=restarted or not t.seen)
             writes.append(_Write.of(live))
             live.saved_at_s = at_s
         if present is False:
@@ -516,11 +524,10 @@ class History:
             writes.append(_Write.of(live))
             live.saved_at_s = at_s
 
-    def _start(self, cid: str, t: _Tracker, state: ChargerState, wall: float) -> _Live:
+    def _start(self, cid: str, state: ChargerState, wall: float, *, fresh: bool) -> _Live:
         duration = state.session_duration_s
-        if not t.seen:
-            # Already connected when we started: the first read is a full one, so the box's
-            # session registers are fresh and tell when the session began.
+        if fresh:
+            # The first read is a full one: the box's session registers tell when the session began.
             start = wall - duration if 0 <= duration <= MAX_SESSION_S else wall
             live = _Live(charger_id=cid, started_at=start, updated_at=wall)
             live.box_sessions = state.sessions_total or None
