@@ -22,7 +22,6 @@ Policy decisions (see the README's API section):
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -490,7 +489,10 @@ class _Methods:
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
 
-    async def get_sessions(self, history: History, args: dict[str, Any]) -> dict[str, Any]:
+    async def get_sessions(self, args: dict[str, Any]) -> dict[str, Any]:
+        history: History | None = getattr(self.c, "history", None)
+        if history is None:
+            raise RpcError(SERVER_ERROR, "history is off: set history.path in the config")
         cid = self.charger(args) if "chargerId" in args else None
         records = await history.sessions(charger_id=cid, limit=args.get("limit", DEFAULT_SESSIONS))
         now = self.c.clock.wall()
@@ -821,29 +823,30 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             result=_envelope({"type": "array"}),
         ),
     ]
-    # Only with a history configured (history.path); a controller without one has no such method.
-    history: History | None = getattr(controller, "history", None)
-    if history is not None:
-        methods.append(
-            MethodSpec(
-                name="getSessions",
-                doc="Past and open charging sessions, newest first: times, energy, sun energy, modes.",
-                handler=functools.partial(m.get_sessions, history),
-                params=(
-                    Param(
-                        name="chargerId",
-                        kind="string",
-                        doc="Only this charger's sessions (default: every charger's).",
-                    ),
-                    Param(
-                        name="limit",
-                        kind="integer",
-                        doc=f"At most this many sessions (default {DEFAULT_SESSIONS}).",
-                        minimum=1,
-                        maximum=MAX_SESSIONS,
-                    ),
+    # Always listed; without history.path it answers -32000 "history is off".
+    methods.append(
+        MethodSpec(
+            name="getSessions",
+            doc=(
+                "Past and open charging sessions, newest first: times, energy, sun energy, modes "
+                "(needs history.path)."
+            ),
+            handler=m.get_sessions,
+            params=(
+                Param(
+                    name="chargerId",
+                    kind="string",
+                    doc="Only this charger's sessions (default: every charger's).",
                 ),
-                result=_envelope({"type": "array", "items": _SESSION_ROW}),
-            )
+                Param(
+                    name="limit",
+                    kind="integer",
+                    doc=f"At most this many sessions (default {DEFAULT_SESSIONS}).",
+                    minimum=1,
+                    maximum=MAX_SESSIONS,
+                ),
+            ),
+            result=_envelope({"type": "array", "items": _SESSION_ROW}),
         )
+    )
     return methods

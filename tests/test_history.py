@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 
 from surplus.clock import FakeClock
@@ -440,6 +441,11 @@ async def test_get_sessions_over_the_real_rpc_stack(tmp_path: Path) -> None:
             while not stack.history.open_sessions():  # noqa: ASYNC110  (polling the loop's state)
                 await asyncio.sleep(0.05)
         reply = await call({})
+        discover = {"jsonrpc": "2.0", "method": "rpc.discover", "id": 2}
+        async with http.post(url, data=json.dumps(discover)) as resp:
+            doc = (await resp.json())["result"]
+        (spec,) = [m for m in doc["methods"] if m["name"] == "getSessions"]
+        jsonschema.validate(reply["result"], spec["result"]["schema"])  # the documented shape
         sessions = reply["result"]["data"]
         # The simulator's car is plugged in: its session is open, and the newest.
         assert [s["id"] for s in sessions] == [3, 2, 1]
