@@ -307,7 +307,7 @@ def govern(
         if want_lock is not None:
             plan.reasons.append(f"lock request ignored: a {decision.source} pause only pauses")
             want_lock = None
-    if want_lock is not None and not decision.by_person:
+    if want_lock is not None and not decision.person_decides("lock"):
         return refuse(f"lock/unlock is for persons only, not for a {decision.source} decision")
     if want_phases is not None:
         if want_phases not in (1, 3):
@@ -419,7 +419,7 @@ def govern(
     group_ready = now >= group_ready_at
     phases_ready_at = -math.inf
     if need_phases and memory.phases_at_s is not None:
-        if decision.by_person:
+        if decision.person_decides("phases"):
             plan.reasons.append("phase switch interval waived: person override")
         else:
             phases_ready_at = memory.phases_at_s + limits.phase_switch_interval_s
@@ -522,9 +522,9 @@ def _group_ready_at(
     resume = decision.charge and memory.charging is False
     if (need_current or need_release) and resume and memory.charging_changed_at_s is not None:
         at = memory.charging_changed_at_s + limits.pause_resume_interval_s
-        if decision.by_person or safety_pause:
+        if decision.person_decides("charge") or safety_pause:
             if now < at:
-                who = "person override" if decision.by_person else f"{decision.source} pause"
+                who = "person override" if decision.person_decides("charge") else f"{decision.source} pause"
                 plan.reasons.append(f"pause/resume interval waived: {who}")
         else:
             rules.append((at, f"a resume at least {limits.pause_resume_interval_s:g} s after a pause"))

@@ -87,6 +87,14 @@ def merge_override(decision: Decision, override: Override | None) -> Decision:
     charge = override.charge
     if charge is None and override.current_a is not None:
         charge = True
+    parts = {
+        name
+        for name, value in (("charge", charge), ("phases", override.phases), ("lock", override.lock))
+        if value is not None
+    }
+    # A phases- or lock-only override leaves starting and stopping to the strategy, and
+    # with it the rules that bind strategies (5 minutes between a pause and a resume).
+    reason = override.reason if "charge" in parts else f"{override.reason}; {decision.reason}"
     return dataclasses.replace(
         decision,
         source=Source.OVERRIDE,
@@ -95,7 +103,8 @@ def merge_override(decision: Decision, override: Override | None) -> Decision:
         phases=decision.phases if override.phases is None else override.phases,
         lock=decision.lock if override.lock is None else override.lock,
         pause_kind=decision.pause_kind if override.pause_kind is None else override.pause_kind,
-        reason=override.reason,
+        reason=reason,
+        person_parts=frozenset(parts),
     )
 
 

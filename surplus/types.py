@@ -252,9 +252,17 @@ class Decision:
     pause_kind: PauseKind | None = None
     reason: str = ""
 
+    #: For an override laid over a strategy's decision: which parts the person set
+    #: ("charge", "phases", "lock"). Empty: the whole decision is the person's.
+    person_parts: frozenset[str] = frozenset()
+
     @property
     def by_person(self) -> bool:
         return self.source is Source.OVERRIDE
+
+    def person_decides(self, part: str) -> bool:
+        """A person chose this part ("charge", "phases" or "lock"), so rules that bind strategies give way."""
+        return self.by_person and (not self.person_parts or part in self.person_parts)
 
 
 @dataclass(**_FROZEN)

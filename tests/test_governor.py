@@ -836,3 +836,18 @@ def test_a_clamp_is_reported_as_data_in_every_outcome() -> None:
     unchanged, _ = run(dec(PERSON, current_a=40.0), memory=memory, reading=make_reading(current_limit_a=32.0))
     assert unchanged.outcome is Outcome.UNCHANGED and unchanged.clamp == (40.0, 32.0, "AMTRON maximum")
     assert run(dec(PERSON, current_a=16.0), memory=GovernorMemory())[0].clamp is None
+
+
+def test_a_phases_or_lock_only_override_does_not_waive_the_resume_rule() -> None:
+    """QA: setRequestedPhases during pv let the strategy cycle pause/resume every minute."""
+    paused = replace(HARD_PAUSED, charging_changed_at_s=T0 - 60)
+    for part, extra in (("phases", {"phases": 1}), ("lock", {"lock": True})):
+        merged = replace(dec(PERSON, current_a=10.0, **extra), person_parts=frozenset({part}))
+        verdict, _ = run(merged, memory=paused)
+        assert "300 s after a pause" in " ".join(verdict.reasons), (part, verdict)
+        assert verdict.command is None or verdict.command.release is None, (part, verdict)
+    person_resume = replace(dec(PERSON, current_a=10.0), person_parts=frozenset({"charge"}))
+    verdict, _ = run(person_resume, memory=paused)
+    assert (
+        verdict.outcome is Outcome.APPLIED and verdict.command is not None and verdict.command.release is True
+    )

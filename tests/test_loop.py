@@ -178,11 +178,13 @@ def test_merge_override_replaces_only_what_it_sets() -> None:
     d = Decision(charger_id="w", source=Source.STRATEGY, charge=True, current_a=10, phases=3, reason="pv")
     assert merge_override(d, None) is d
     m = merge_override(d, Override(phases=1, reason="rpc"))
-    assert (m.charge, m.current_a, m.phases, m.source, m.reason) == (True, 10, 1, Source.OVERRIDE, "rpc")
+    assert (m.charge, m.current_a, m.phases, m.source, m.reason) == (True, 10, 1, Source.OVERRIDE, "rpc; pv")
+    # Only the phases are the person's: starting and stopping stay the strategy's (and bound by its rules).
+    assert m.person_decides("phases") and not m.person_decides("charge") and not m.person_decides("lock")
     p = merge_override(d, Override(charge=False, pause_kind=PauseKind.SOFT))
-    assert (p.charge, p.pause_kind) == (False, PauseKind.SOFT)
+    assert (p.charge, p.pause_kind) == (False, PauseKind.SOFT) and p.person_decides("charge")
     c = merge_override(dataclass_replace(d, charge=False), Override(current_a=16))
-    assert (c.charge, c.current_a) == (True, 16)
+    assert (c.charge, c.current_a) == (True, 16) and c.person_decides("charge")
 
 
 def dataclass_replace(obj: Any, **kw: Any) -> Any:
