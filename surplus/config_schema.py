@@ -90,6 +90,22 @@ _Loader.add_implicit_resolver(
 )
 
 
+class _Constructor(SafeConstructor):
+    """YAML 1.2 integers: a leading zero is decimal (``0700`` is 700, not the YAML 1.1 octal 448)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        if re.fullmatch(r"[-+]?0[0-9]+", text):
+            return int(text, 10)
+        return int(super().construct_yaml_int(node))
+
+
+_Constructor.yaml_constructors = {
+    **SafeConstructor.yaml_constructors,
+    "tag:yaml.org,2002:int": _Constructor.construct_yaml_int,
+}
+
+
 @dataclass(slots=True)
 class Raw:
     """A parsed value with where it came from."""
@@ -116,7 +132,7 @@ class Where:
 
 
 def _from_node(node: yaml.Node, where: Where, path: str, line: int) -> Raw:
-    constructor = SafeConstructor()
+    constructor = _Constructor()
     if isinstance(node, yaml.MappingNode):
         constructor.flatten_mapping(node)  # supports "<<: *anchor"
         out: dict[str, Raw] = {}

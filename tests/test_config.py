@@ -426,6 +426,8 @@ def test_a_number_as_a_time_names_key_and_line(tmp_path: Path) -> None:
         ("700", 700),
         ("1_000", 1000),
         ("0x1F", 31),
+        ("0700", 700),  # YAML 1.2: a leading zero is decimal, not the 1.1 octal 448
+        ("-017", -17),
         ("1.5", 1.5),
         ("-2.5e+3", -2500.0),
     ],
