@@ -309,9 +309,14 @@ class SnapshotCollector(Collector):
         age = _gauge("surplus_meter_age_seconds", "Age of the meter reading", "meter")
         up = _gauge("surplus_meter_up", "1 while the meter reading is fresh (no error, not stale)", "meter")
         for mid, m in snap.meters.items():
-            grid.add_metric([mid], m.grid_power_w)
-            age.add_metric([mid], m.age_s + lag)
             up.add_metric([mid], float(m.error is None))
+            if math.isfinite(m.age_s):
+                age.add_metric([mid], m.age_s + lag)
+            if m.error is not None:
+                # Down, stale or never read: no power series, so graphs show a gap (and sums
+                # stay numbers) rather than a flat line of old values or NaN; up says why.
+                continue
+            grid.add_metric([mid], m.grid_power_w)
             for fam, value in ((pv, m.pv_power_w), (house, m.house_power_w), (battery, m.battery_power_w)):
                 if value is not None:
                     fam.add_metric([mid], value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from types import MappingProxyType
 
 import aiohttp
@@ -177,6 +178,9 @@ def test_meters_export_every_known_field_and_only_fresh_ones_count_as_up() -> No
             age_s=1.0,
         ),
         "old": MeterReading(meter_id="old", read_at_s=900.0, grid_power_w=50.0, age_s=100.0, error="stale"),
+        "never": MeterReading(
+            meter_id="never", read_at_s=-math.inf, grid_power_w=math.nan, age_s=math.inf, error="refused"
+        ),
     }
     snap = Snapshot(at_s=fake.clock.now(), meters=MappingProxyType(readings))
     fake.snapshot = lambda: snap  # type: ignore[method-assign]
@@ -186,6 +190,12 @@ def test_meters_export_every_known_field_and_only_fresh_ones_count_as_up() -> No
     assert got[("surplus_meter_house_power_watts", inv)] == 800
     assert (got[("surplus_meter_up", inv)], got[("surplus_meter_up", old)]) == (1, 0)
     assert ("surplus_meter_pv_power_watts", old) not in got
+    # Down or never read: up says so, and no power series (no flat line of old values, no NaN in sums).
+    never = (("meter", "never"),)
+    assert got[("surplus_meter_up", never)] == 0 and ("surplus_meter_age_seconds", never) not in got
+    for mid in (old, never):
+        assert ("surplus_meter_grid_power_watts", mid) not in got
+    assert got[("surplus_meter_age_seconds", old)] == pytest.approx(100, abs=1)
     # One stale meter makes the grid total unknown: no surplus is claimed.
     assert ("surplus_available_power_watts", ()) not in got
 
