@@ -63,6 +63,9 @@ _DAY_WORDS = {name.lower(): i for i, name in enumerate(DAY_NAMES)} | {
     full: i
     for i, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
 }
+#: Before a plan starts, the box is put on the plan's phases this long ahead: the governor
+#: holds a phase switch up to its interval (10 min by default) after the last one.
+PREPARE_S = 15 * 60.0
 _HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -152,6 +155,8 @@ class ScheduleStrategy:
         self._car_phases: int | None = None
         #: This tick's plan has not started yet (the reason says "until then").
         self._waiting = False
+        #: Unix time the waiting plan starts.
+        self._plan_start_s = math.inf
 
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         """The sun's decision, raised to the plan's or a window's current while they need the grid."""
@@ -188,8 +193,12 @@ class ScheduleStrategy:
         if not wishes:
             until = "until then " if self._waiting else ""
             reason = f"{self.name}: {status}; {until}{sun.reason}"
+            phases = sun.phases
+            if self._waiting and plan_phases is not None and ctx.wall_s >= self._plan_start_s - PREPARE_S:
+                # The plan starts soon: be on its phases by then (a switch has its own minimum interval).
+                phases = plan_phases
             return strategy_decision(
-                ctx, charge=sun.charge, current_a=sun.current_a, phases=sun.phases, reason=reason
+                ctx, charge=sun.charge, current_a=sun.current_a, phases=phases, reason=reason
             )
 
         grid = max(wishes, key=lambda w: w.current_a * w.power_phases)
@@ -243,6 +252,7 @@ class ScheduleStrategy:
             if start_local.date() != local_now.date():
                 starts = f"{DAY_NAMES[start_local.weekday()]} {starts}"
             self._waiting = True
+            self._plan_start_s = start_s
             return f"{needed} still needed by {by}, plan starts {starts}", None
         self._running_for = departure_s
         on = f"{phases} phase{'s' * (phases > 1)}"

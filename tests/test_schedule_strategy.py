@@ -201,6 +201,19 @@ def test_at_the_latest_start_it_charges_at_the_plan_current_without_sun() -> Non
     assert d.reason == "schedule: plan running, 16 A on 3 phases until 20.0 kWh more or 07:00 (Tue)"
 
 
+def test_shortly_before_the_plan_the_box_goes_to_the_plans_phases() -> None:
+    """QA: the paused sun part chose 1 phase just before a 3-phase plan, which then waited 10 min."""
+    start = TUESDAY_7 - LEAD_S
+    early = schedule()
+    d = decide(early, car(phases=3), start - 20 * 60)
+    assert not d.charge and d.phases == 1  # the sun's choice while the plan is far off
+    soon = schedule()
+    d = decide(soon, car(phases=3), start - 10 * 60)
+    assert not d.charge and d.phases == 3  # within PREPARE_S of the start: the plan's phases
+    d = decide(soon, car(phases=3), start + 0.5)
+    assert d.charge and d.phases == 3
+
+
 def test_the_plan_runs_on_until_the_target_and_then_the_sun_alone_charges() -> None:
     strategy = schedule()
     start = TUESDAY_7 - LEAD_S
