@@ -63,3 +63,10 @@ def test_decode_span_picks_registers_inside_the_span() -> None:
     words = codec.encode(R.CURRENT_L1, 16.0) + codec.encode(R.CURRENT_L2, 15.5)
     out = codec.decode_span(R.REGISTERS, R.CURRENT_L1.address, words)
     assert out == {"CURRENT_L1": 16.0, "CURRENT_L2": 15.5}
+
+
+@pytest.mark.parametrize("value", [9.1, 6.01, 229.2, 33.1, 0.01, 32.0, 1234567.0])
+def test_float32_reads_show_the_digits_a_float32_holds(value: float) -> None:
+    """9.1 written as float32 reads back 9.100000381 raw; people (and /metrics) should see 9.1."""
+    words = codec.encode(R.CHARGING_CURRENT_EM, value)
+    assert codec.decode(R.CHARGING_CURRENT_EM, words) == value
