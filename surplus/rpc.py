@@ -370,6 +370,17 @@ class _Methods:
             message += f"; the rest follows at {at}"
         if clamp is not None:
             message += f" ({clamp})"
+        wants_charge = override.charge is True or (override.charge is None and override.current_a is not None)
+        reading = self.c.snapshot().chargers.get(cid)
+        lock = (
+            override.lock
+            if override.lock is not None
+            else (reading.state.locked if reading and reading.state else False)
+        )
+        if wants_charge and lock:
+            note = "the EVSE is locked: the car cannot charge until setLock lock=false"
+            reasons.append(note)
+            message += f"; {note}"
         data: dict[str, Any] = {
             "status": verdict.outcome.value,
             "message": message,

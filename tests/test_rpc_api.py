@@ -366,6 +366,19 @@ MESSAGES: list[tuple[str, Any, Verdict, str, float | None]] = [
 ]
 
 
+async def test_a_resume_on_a_locked_evse_says_it_will_not_charge(client: Client, ctl: FakeController) -> None:
+    """QA: resumeCharging on a locked box answered "Charging resumed" and nothing happened."""
+    assert ctl.state is not None
+    ctl.state = replace(ctl.state, locked=True)
+    ctl.next_verdict = verdict(Outcome.APPLIED, 11.0, release=True)
+    data = (await client.result("resumeCharging", {"current": 11}))["data"]
+    note = "the EVSE is locked: the car cannot charge until setLock lock=false"
+    assert data["message"] == f"Charging resumed with 11A; {note}" and data["reasons"] == [note]
+    ctl.state = replace(ctl.state, locked=False)
+    data = (await client.result("resumeCharging", {"current": 11}))["data"]
+    assert data["message"] == "Charging resumed with 11A" and data["reasons"] == []
+
+
 @pytest.mark.parametrize(("method", "params", "verdict", "message", "current"), MESSAGES)
 async def test_write_messages_say_what_really_happens(
     client: Client,
