@@ -113,8 +113,8 @@ async def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = 
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_readme_curl_examples(real: tuple[int, AmtronModel]) -> None:
+    assert shutil.which("curl"), "curl is not installed: `make test` installs it (.ci/system-deps)"
     port, model = real
     script = README_CURL.replace("localhost:8080", f"localhost:{port}")
     replies = []
@@ -163,8 +163,8 @@ def _npm_install() -> Path:
     return target
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (CI installs it)")
 async def test_readme_jayson_example(real: tuple[int, AmtronModel]) -> None:
+    assert shutil.which("node"), "node is not installed: `make test` installs it (.ci/system-deps)"
     port, model = real
     workdir = await asyncio.to_thread(_npm_install)
     env = {**os.environ, "RPC_PORT": str(port)}
