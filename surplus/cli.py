@@ -1,4 +1,4 @@
-"""Command line: ``surplus run | sim | call | check-config | plugins``.
+"""Command line: ``surplus run | sim | simulate | call | check-config | plugins``.
 
 Each subcommand lives next to the code it drives and exposes
 ``add_parser(subparsers)``, which registers the subcommand and sets
@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "surplus.runner",  # run
     "surplus.sim.cli",  # sim
+    "surplus.sim.simulate_cli",  # simulate
     "surplus.config_cli",  # check-config, plugins
     "surplus.rpc_cli",  # call
 )

@@ -11,10 +11,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable
-from typing import Protocol, TypeVar
-
-T = TypeVar("T")
+from typing import Protocol
 
 
 class Clock(Protocol):
@@ -32,6 +29,15 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
         ...
 
+    def timer(self, seconds: float) -> asyncio.Future[None]:
+        """A future that completes ``seconds`` of this clock's time from now (cancel it to drop it)."""
+        ...
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
 
 class SystemClock:
     """The real clock."""
@@ -44,6 +50,13 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def timer(self, seconds: float) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_later(max(0.0, seconds), _wake, fut)
+        fut.add_done_callback(lambda _: handle.cancel())
+        return fut
 
 
 class FakeClock:
@@ -68,9 +81,12 @@ class FakeClock:
         return self._now + self._wall_offset
 
     async def sleep(self, seconds: float) -> None:
+        await self.timer(seconds)
+
+    def timer(self, seconds: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), next(self._seq), fut))
-        await fut
+        return fut
 
     def set(self, now: float) -> None:
         """Jump to ``now`` without waking anyone (for synchronous tests)."""
@@ -94,30 +110,11 @@ class FakeClock:
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, fut = heapq.heappop(self._sleepers)
+            if fut.done():  # a cancelled timer (e.g. a meter read that finished in time)
+                continue
             self._now = max(self._now, deadline)
-            if not fut.done():
-                fut.set_result(None)
+            fut.set_result(None)
             await self.settle()
         self._now = target
 
     run_for = advance
-
-
-async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` for at most ``seconds`` of ``clock`` time.
-
-    Raises :class:`TimeoutError` ("no answer within N s") and cancels
-    the work when the clock's deadline passes first. Measured on the injected
-    clock, so a test on a :class:`FakeClock` sees the timeout without waiting.
-    """
-    work = asyncio.ensure_future(awaitable)
-    timer = asyncio.ensure_future(clock.sleep(seconds))
-    try:
-        await asyncio.wait((work, timer), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        timer.cancel()
-    if not work.done():
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    return work.result()

@@ -16,11 +16,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .api import METER_MODES, MODES, DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
-from .clock import Clock, within
+from .clock import Clock
 from .governor import SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
@@ -300,16 +300,40 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        # The meters (on the network) are read while the chargers (on the bus) are.
-        meter_reads = [asyncio.ensure_future(self._read_meter(m)) for m in self._meters]
+        # The meters (on the network) are read while the chargers (on the bus) are:
+        # one task per meter and one timer for all of them, on the injected clock.
+        # A meter that does no I/O (``instant``, e.g. a simulated one) is read in place.
+        reads: dict[asyncio.Future[Any], Meter] = {
+            asyncio.ensure_future(m.read()): m for m in self._meters if not getattr(m, "instant", False)
+        }
+        deadline = self.clock.timer(self._meter_timeout_s) if reads else None
         try:
             for slot in self._slots.values():
                 await self._read_charger(slot, now)
-            for read in meter_reads:
-                await read
+            for meter in self._meters:
+                if getattr(meter, "instant", False):
+                    try:
+                        self._store_meter(meter, await meter.read())
+                    except Exception as exc:
+                        self._store_meter(meter, exc)
+            pending: set[asyncio.Future[Any]] = set(reads)
+            while deadline is not None and not deadline.done():
+                pending = {r for r in pending if not r.done()}
+                if not pending:
+                    break
+                await asyncio.wait((*pending, deadline), return_when=asyncio.FIRST_COMPLETED)
+            for read, meter in reads.items():
+                if not read.done():
+                    self._store_meter(meter, TimeoutError(f"no answer within {self._meter_timeout_s:g} s"))
+                elif read.cancelled():
+                    self._store_meter(meter, asyncio.CancelledError("read cancelled"))
+                else:
+                    self._store_meter(meter, read.exception() or read.result())
         finally:  # a cancelled tick leaves no meter read behind
-            for read in meter_reads:
+            for read in reads:
                 read.cancel()
+            if deadline is not None:
+                deadline.cancel()
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
         for slot in self._slots.values():
@@ -367,24 +391,24 @@ class Controller:
         elif was and not now.has_error:
             log.info("%s: charger error cleared", charger_id)
 
-    async def _read_meter(self, meter: Meter) -> None:
-        """One bounded read; a failure keeps the last value, marked, so its age keeps growing."""
+    def _store_meter(self, meter: Meter, result: object) -> None:
+        """Keep a reading; a failure keeps the last value, marked, so its age keeps growing."""
         mid = meter.meter_id
-        try:
-            reading = await within(self.clock, self._meter_timeout_s, meter.read())
-        except Exception as exc:
-            why = _meter_why(mid, exc)
-            if mid not in self._meter_errors:  # once per failure streak
-                log.warning("meter %s: read failed: %s", mid, why)
-            self._meter_errors[mid] = why
-            old = self._meter_readings.get(mid)
-            if old is None:  # never read: still listed (getMeters, /metrics) with why, no numbers
-                old = MeterReading(meter_id=mid, read_at_s=-math.inf, grid_power_w=math.nan)
-            self._meter_readings[mid] = dataclasses.replace(old, error=why)
+        if not isinstance(result, (MeterReading, BaseException)):  # a plugin breaking its contract
+            result = TypeError(f"returned {type(result).__name__} instead of a MeterReading")
+        if isinstance(result, MeterReading):
+            if self._meter_errors.pop(mid, None) is not None:
+                log.info("meter %s: reads work again", mid)
+            self._meter_readings[mid] = result
             return
-        if self._meter_errors.pop(mid, None) is not None:
-            log.info("meter %s: reads work again", mid)
-        self._meter_readings[mid] = reading
+        why = _meter_why(mid, result)
+        if mid not in self._meter_errors:  # once per failure streak
+            log.warning("meter %s: read failed: %s", mid, why)
+        self._meter_errors[mid] = why
+        old = self._meter_readings.get(mid)
+        if old is None:  # never read: still listed (getMeters, /metrics) with why, no numbers
+            old = MeterReading(meter_id=mid, read_at_s=-math.inf, grid_power_w=math.nan)
+        self._meter_readings[mid] = dataclasses.replace(old, error=why)
 
     def _build_snapshot(self, now: float) -> Snapshot:
         chargers = {}

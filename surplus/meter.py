@@ -30,6 +30,9 @@ class Meter(Protocol):
     """A source of grid power readings (positive = import)."""
 
     meter_id: str
+    #: Optional (default False): True for a meter whose ``read`` does no I/O and
+    #: never waits (a simulated one); the loop then reads it in place, without a task.
+    #: instant: bool
 
     async def start(self) -> None:
         """Connect (may be called again after a failure)."""

@@ -334,7 +334,26 @@ class _NonsenseMeter(_BrokenMeter):
 
     async def read(self) -> MeterReading:
         self.reads += 1
-        return None  # type: ignore[return-value]  # a plugin breaking its contract
+        # A plugin breaking its contract in a way only the snapshot notices.
+        return MeterReading(meter_id=self.meter_id, read_at_s=None, grid_power_w=0.0)  # type: ignore[arg-type]
+
+
+class _NoneMeter(_NonsenseMeter):
+    async def read(self) -> MeterReading:
+        self.reads += 1
+        return None  # type: ignore[return-value]
+
+
+async def test_a_meter_that_returns_no_reading_is_a_failed_meter(clock: FakeClock) -> None:
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, meters=[_NoneMeter()], mode="pv")
+    task = asyncio.ensure_future(controller.run(duration_s=5))
+    await clock.advance(6)
+    await task
+    await bus.close()
+    reading = controller.meters()["grid"]
+    assert reading.error == "returned NoneType instead of a MeterReading"
+    assert controller.ticks >= 5
 
 
 async def test_an_unexpected_error_in_a_tick_does_not_end_the_controller(

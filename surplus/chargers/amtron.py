@@ -17,7 +17,7 @@ from ..clock import Clock
 from ..modbus import plan
 from ..modbus import registers as R
 from ..modbus.base import Bus, BusError, PortUnavailable
-from ..modbus.codec import Value, WordOrder, decode_span, encode
+from ..modbus.codec import Value, WordOrder, decode_span, decode_words, encode
 from ..modbus.registers import Register
 from ..types import (
     ERROR_EM_UNAVAILABLE,
@@ -89,6 +89,10 @@ class AmtronCharger:
         #: When CONTROL_POLL was last read; a write makes it due at once.
         self._control_read_at: float | None = None
         self._heartbeat_running = False
+        #: Per poll set and layout: the planned reads.
+        self._plans: dict[tuple[str, int], tuple[plan.Span, ...]] = {}
+        #: Per span start: the words last read, their span and what they decoded to.
+        self._decoded: dict[int, tuple[list[int], plan.Span, Mapping[str, Value]]] = {}
 
     # --- properties ----------------------------------------------------------
     @property
@@ -174,17 +178,40 @@ class AmtronCharger:
         return self._device_id
 
     async def _read(self, registers: Iterable[Register], layout: int | None) -> dict[str, Value]:
+        return await self._read_spans(plan.plan_reads(registers, layout=layout))
+
+    async def _read_spans(self, spans: Iterable[plan.Span]) -> dict[str, Value]:
         device_id = self._require_id()
         values: dict[str, Value] = {}
-        for span in plan.plan_reads(registers, layout=layout):
+        for span in spans:
             try:
                 words = await self._bus.read(device_id, span.address, span.count)
             except BusError as exc:
                 raise ChargerError(
                     f"{self.charger_id}: reading {span.label} failed: {_one_line(str(exc))}"
                 ) from None
-            values.update(decode_span(span.registers, span.address, words, self._word_order))
+            # Most spans read the same words poll after poll: decode each content once.
+            seen = self._decoded.get(span.address)
+            if seen is not None and seen[0] == words and seen[1] is span:
+                values.update(seen[2])
+                continue
+            decoded = decode_words(span.registers, span.address, words, self._word_order)
+            self._decoded[span.address] = (words, span, decoded)
+            values.update(decoded)
         return values
+
+    def _poll_spans(self, name: str, layout: int) -> tuple[plan.Span, ...]:
+        """The planned reads of a poll set ("fast", "fast+control", "full") for ``layout``, planned once."""
+        key = (name, layout)
+        spans = self._plans.get(key)
+        if spans is None:
+            registers = {
+                "fast": plan.FAST_POLL,
+                "fast+control": plan.FAST_POLL + plan.CONTROL_POLL,
+                "full": plan.FULL_POLL,
+            }[name]
+            spans = self._plans[key] = tuple(plan.plan_reads(registers, layout=layout))
+        return spans
 
     async def _read_identity(self) -> None:
         layout_values = await self._read([R.MODBUS_LAYOUT_VERSION], None)
@@ -253,14 +280,14 @@ class AmtronCharger:
         layout = self._info.layout_version
         read_at = self._clock.now()
         if full or not self._latest:
-            values = await self._read(plan.FULL_POLL, layout)
+            values = await self._read_spans(self._poll_spans("full", layout))
             self._apply_identity(int(values.get(R.MODBUS_LAYOUT_VERSION.name, layout)), values)
             self._latest = dict(values)
             self._control_read_at = read_at
         else:
             due = self._control_read_at is None or read_at - self._control_read_at >= CONTROL_EVERY_S
-            registers = plan.FAST_POLL + plan.CONTROL_POLL if due else plan.FAST_POLL
-            self._latest.update(await self._read(registers, layout))
+            polled = self._poll_spans("fast+control" if due else "fast", layout)
+            self._latest.update(await self._read_spans(polled))
             if due:
                 self._control_read_at = read_at
         info, config, caps = self._info, self._config, self._capabilities

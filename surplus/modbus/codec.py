@@ -68,10 +68,17 @@ def _decode_span(
 ) -> Mapping[str, Value]:
     # Memoised per span: status, configuration and diagnostics read back the
     # same words tick after tick; the result is shared, hence read-only.
+    return MappingProxyType(decode_words(registers, start, words, word_order))
+
+
+def decode_words(
+    registers: Sequence[Register], start: int, words: Sequence[int], word_order: WordOrder = "big"
+) -> dict[str, Value]:
+    """Like :func:`decode_span`, without the memo (for callers that keep their own)."""
     out: dict[str, Value] = {}
     for reg in registers:
         lo = reg.address - start
         if lo < 0 or lo + reg.count > len(words):
             continue
         out[reg.name] = decode(reg, words[lo : lo + reg.count], word_order)
-    return MappingProxyType(out)
+    return out

@@ -401,6 +401,9 @@ class AmtronModel:
         return ERROR_EM_UNAVAILABLE if self._em_error else 0
 
     def _max_evse_a(self) -> float:
+        return float(self._static_values()[R.MAX_CURRENT_EVSE.name])
+
+    def _max_evse_setting_a(self) -> float:
         big, small = _MAX_CURRENT_SETTING[self._settings[R.SETTING_MAX_CURRENT_EVSE.name]]
         setting = big if self.profile.max_current_evse_a > 16 else small
         return min(self.profile.max_current_evse_a, float(setting))
@@ -691,7 +694,7 @@ class AmtronModel:
                 R.PHASE_ROTATION_STATUS.name: s[R.SETTING_PHASE_ROTATION.name],
                 R.DOWNGRADE_CURRENT.name: p.downgrade_current_a,
                 R.MAX_CURRENT_HOUSE.name: p.max_current_house_a,
-                R.MAX_CURRENT_EVSE.name: self._max_evse_a(),
+                R.MAX_CURRENT_EVSE.name: self._max_evse_setting_a(),
                 R.PHASE_SWITCHING_MODE.name: p.phase_switching_mode,
                 R.PHASE_OPTIONS_HW.name: p.phase_options_hw,
                 R.CABLE_LOCK_SETTING.name: 0,

@@ -1,0 +1,304 @@
+"""`surplus simulate`: day files, the car, the oracle, the scores, the references and the real replay."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surplus.config import load_config
+from surplus.sim.day import Day, DayError, parse_day
+from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
+from surplus.sim.score import Car, CarError, Series, Setup, energies, oracle_wh, parse_car
+from surplus.sim.simulate_cli import shipped_days, simulate
+
+V = 230.0
+BOTH = Setup(phase_counts=(1, 3), max_a=16.0, volts=V)
+ONE = Setup(phase_counts=(1,), max_a=16.0, volts=V)
+THREE = Setup(phase_counts=(3,), max_a=16.0, volts=V)
+
+
+def lines_of(points: list[tuple[float, float, float]]) -> list[str]:
+    """A day file from breakpoints (t_s, pv_w, load_w): rows every 15 min (the longest step) in between."""
+    lines = ["t_s,pv_w,load_w"]
+    for k, (t, pv, load) in enumerate(points):
+        end = points[k + 1][0] if k + 1 < len(points) else 86400
+        while t < end:
+            lines.append(f"{t:g},{pv:g},{load:g}")
+            t += 900
+    return lines
+
+
+def day_of(points: list[tuple[float, float, float]]) -> Day:
+    return parse_day(lines_of(points), name="day.csv")
+
+
+def constant(pv_w: float, load_w: float = 0.0) -> Day:
+    return day_of([(0, pv_w, load_w)])
+
+
+# --- day files -------------------------------------------------------------------------------
+
+
+def test_a_day_is_a_step_function_that_holds_until_the_next_row() -> None:
+    day = parse_day(["t_s,pv_w,load_w", "0,0,300", "600,5000,500", "660,4000,500"], name="d")
+    assert day.end_s == 86400
+    assert day.index(599.0) == 0 and day.index(600.0) == 1 and day.index(659.9) == 1
+    assert day.index(80000.0) == 2
+    assert day.surplus_w(1) == 4500.0
+    assert list(day.segments(590, 670)) == [(590, 600, 0), (600, 660, 1), (660, 670, 2)]
+
+
+def test_iso_times_count_from_the_first_rows_midnight_and_the_battery_column_is_optional() -> None:
+    day = parse_day(
+        ["time,pv_w,load_w,battery_w", "2022-03-18T12:00:00,0,300,0", "2022-03-18T12:01:30,5000,500,1000"],
+        name="d",
+    )
+    assert list(day.t_s) == [43200.0, 43290.0]
+    assert day.has_battery
+    assert day.surplus_w(1) == 3500.0  # what the battery takes is not there for the car
+
+
+def test_a_discharging_battery_is_not_sun() -> None:
+    day = parse_day(["t_s,pv_w,load_w,battery_w", "0,2000,500,-800"], name="d")
+    assert day.surplus_w(0) == 1500.0
+
+
+@pytest.mark.parametrize(
+    ("lines", "error"),
+    [
+        ([], "d: empty file"),
+        (["pv_w,load_w", "1,2"], "d:1: header: needs exactly one time column"),
+        (["t_s,pv_w", "0,1"], "d:1: header: missing column 'load_w'"),
+        (["t_s,pv_w,load_w"], "d:1: no data rows after the header"),
+        (["t_s,pv_w,load_w", "0,1,2", "60,x,2"], "d:3: pv_w: 'x' is not a number"),
+        (["t_s,pv_w,load_w", "0,1,2", "60,nan,2"], "d:3: pv_w: 'nan' is not a finite number"),
+        (["t_s,pv_w,load_w", "0,1,2", "60,1"], "d:3: 2 fields, the header has 3"),
+        (["t_s,pv_w,load_w", "0,1,2", "60,-5,2"], "d:3: pv_w: -5 W is negative"),
+        (["t_s,pv_w,load_w", "0,1,2", "60,5,-2"], "d:3: load_w: -2 W is negative"),
+        (
+            ["t_s,pv_w,load_w", "0,1,2", "60,1,2", "30,1,2"],
+            "d:4: t_s: 30 s is not after the previous row's 60 s",
+        ),
+        (["t_s,pv_w,load_w", "0,1,2", "0,1,2"], "d:3: t_s: 0 s is not after"),
+        (["t_s,pv_w,load_w", "0,1,2", "", "3600,1,2"], "d:4: t_s: a gap of 60.0 min after line 2"),
+        (["time,pv_w,load_w", "12:00,1,2"], "d:2: time: '12:00' is not an ISO 8601 time"),
+    ],
+)
+def test_bad_day_files_name_the_line(lines: list[str], error: str) -> None:
+    with pytest.raises(DayError) as err:
+        parse_day(lines, name="d")
+    assert str(err.value).startswith(error), str(err.value)
+
+
+# --- the car -------------------------------------------------------------------------------
+
+
+def test_car_specs() -> None:
+    assert parse_car("") == Car()
+    car = parse_car("arrival=07:30, departure=19:00,capacity_kwh=60,soc=0.25,max_a=32,phases=3")
+    assert (car.arrival_s, car.departure_s, car.energy_wh, car.max_a, car.phases) == (
+        27000.0,
+        68400.0,
+        45000.0,
+        32.0,
+        "3",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("arrival=8", "--car arrival: '8' is not a time of day"),
+        ("arrival=18:00,departure=08:00", "--car departure: must be after arrival"),
+        ("speed=3", "--car: unknown key 'speed'"),
+        ("energy_kwh=-1", "--car energy_kwh: -1 must be above 0"),
+        ("energy_kwh=10,soc=0.5", "--car: give energy_kwh, or capacity_kwh and soc"),
+        ("soc=0.5", "--car: capacity_kwh and soc go together"),
+        ("capacity_kwh=60,soc=1.2", "--car soc: 1.2 must be 0 or more and below 1"),
+        ("max_a=5", "--car max_a: 5 A is below the 6 A"),
+        ("phases=2", "--car phases: '2' must be 1, 3 or 1p3p"),
+        ("arrival", "--car: 'arrival' is not key=value"),
+    ],
+)
+def test_bad_car_specs_name_the_key(spec: str, error: str) -> None:
+    with pytest.raises(CarError) as err:
+        parse_car(spec)
+    assert str(err.value).startswith(error), str(err.value)
+
+
+# --- the oracle: hand-computed days -----------------------------------------------------------
+
+
+def test_oracle_of_a_constant_surplus_is_the_surplus_times_the_hours() -> None:
+    car = Car(arrival_s=8 * 3600, departure_s=10 * 3600, energy_wh=100_000)
+    assert oracle_wh(constant(3000, 500), car, BOTH) == pytest.approx(2 * 2500)
+    # capped by 16 A on one phase (3680 W) when three phases are not allowed
+    assert oracle_wh(constant(6000), car, ONE) == pytest.approx(2 * 16 * V)
+
+
+def test_a_surplus_below_6_a_on_three_phases_counts_only_where_one_phase_is_allowed() -> None:
+    car = Car(arrival_s=0, departure_s=3600, energy_wh=100_000)
+    day = constant(4000)  # 5.8 A on three phases, 17.4 A on one
+    assert oracle_wh(day, car, THREE) == 0.0
+    assert oracle_wh(day, car, BOTH) == pytest.approx(16 * V)  # one phase at its 16 A maximum
+    assert oracle_wh(day, car, ONE) == pytest.approx(16 * V)
+    assert oracle_wh(constant(1379), car, ONE) == 0.0  # just below 6 A on one phase
+    assert oracle_wh(constant(1380), car, ONE) == pytest.approx(1380)
+
+
+def test_a_car_that_fills_up_at_noon_takes_nothing_after() -> None:
+    day = day_of([(0, 0, 0), (8 * 3600, 5000, 0), (16 * 3600, 0, 0)])
+    car = Car(arrival_s=8 * 3600, departure_s=18 * 3600, energy_wh=20_000)
+    assert oracle_wh(day, car, BOTH) == pytest.approx(20_000)  # full at 12:00
+    assert oracle_wh(day, Car(arrival_s=8 * 3600, departure_s=12 * 3600, energy_wh=20_000), BOTH) == 20_000
+    assert oracle_wh(day, Car(arrival_s=8 * 3600, departure_s=11 * 3600, energy_wh=20_000), BOTH) == 15_000
+
+
+def test_a_car_that_arrives_after_sunset_can_take_nothing() -> None:
+    day = day_of([(0, 0, 0), (8 * 3600, 5000, 300), (19 * 3600, 0, 300)])
+    assert oracle_wh(day, Car(arrival_s=19 * 3600, departure_s=23 * 3600), BOTH) == 0.0
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+
+def test_energies_split_the_car_into_sun_and_grid() -> None:
+    day = day_of([(0, 2000, 0), (2, 1000, 0)])
+    series = Series(tick_s=1.0)
+    for t, car in [(0, 1500), (1, 2500), (2, 1500), (3, 0)]:
+        series.t_s.append(t)
+        series.car_w.append(car)
+    e = energies(day, series)
+    assert e.car_wh == pytest.approx(5500 / 3600)
+    assert e.solar_wh == pytest.approx((1500 + 2000 + 1000) / 3600)
+    assert e.grid_wh == pytest.approx((500 + 500) / 3600)
+
+
+# --- the reference controllers -----------------------------------------------------------------
+
+
+def test_the_30s_reference_starts_after_its_delay_and_follows_the_sun() -> None:
+    day = day_of([(0, 0, 0), (3600, 3000, 0), (7200, 8000, 0), (10800, 2000, 0), (14400, 1000, 0)])
+    car = Car(arrival_s=0, departure_s=5 * 3600, energy_wh=100_000)
+    series, counts = run_reference(day, car, BOTH, REFERENCE_30S)
+    at = {int(t): (c, a, p) for t, c, a, p, _ in series.rows()}
+    assert at[3659][0] == 0 and at[3660][0] == pytest.approx(3000)  # on after 60 s, on one phase
+    assert at[3660][2] == 1
+    assert at[7200 + 59][2] == 1 and at[7200 + 60][2] == 3  # three phases after 60 s above 4.14 kW
+    assert at[7200 + 60][0] == pytest.approx(8000)
+    # 2 kW: three phases held 180 s (6 A = 4.14 kW), then one phase
+    assert at[10800 + 100][0] == pytest.approx(6 * 3 * V) and at[10800 + 180][2] == 1
+    assert at[10800 + 200][0] == pytest.approx(2000)
+    # 1 kW: 6 A held for 180 s, then off
+    assert at[14400 + 179][0] == pytest.approx(6 * V) and at[14400 + 180][0] == 0
+    assert counts.pauses == 1 and counts.phase_switches == 2
+
+
+def test_the_5s_reference_reacts_faster() -> None:
+    day = day_of([(0, 0, 0), (600, 2000, 0)])
+    car = Car(arrival_s=0, departure_s=1200, energy_wh=100_000)
+    fast, _ = run_reference(day, car, ONE, REFERENCE_5S)
+    slow, _ = run_reference(day, car, ONE, REFERENCE_30S)
+    assert fast.car_w[630] == pytest.approx(2000) and fast.car_w[629] == 0
+    assert slow.car_w[659] == 0 and slow.car_w[660] == pytest.approx(2000)
+
+
+def test_a_reference_stops_when_the_car_is_full() -> None:
+    car = Car(arrival_s=0, departure_s=7200, energy_wh=1000)
+    series, _ = run_reference(constant(3000), car, ONE, REFERENCE_5S)
+    assert sum(series.car_w) / 3600 == pytest.approx(1000)
+
+
+# --- the real replay ----------------------------------------------------------------------------
+
+
+def _independent_scores(day_path: Path, out_csv: Path) -> tuple[float, float, float]:
+    """solar, grid and car Wh from the day file and --out-csv alone (no surplus code)."""
+    rows = list(csv.DictReader(day_path.open()))
+    steps = [(float(r["t_s"]), float(r["pv_w"]) - float(r["load_w"])) for r in rows]
+    solar = grid = car = 0.0
+    i = 0
+    ticks = list(csv.DictReader(out_csv.open()))
+    for k, tick in enumerate(ticks):
+        t = float(tick["t_s"])
+        dt = float(ticks[k + 1]["t_s"]) - t if k + 1 < len(ticks) else 1.0
+        while i + 1 < len(steps) and steps[i + 1][0] <= t:
+            i += 1
+        surplus = max(0.0, steps[i][1])
+        power = float(tick["car_w"])
+        solar += min(power, surplus) * dt / 3600
+        grid += max(0.0, power - surplus) * dt / 3600
+        car += power * dt / 3600
+    return solar, grid, car
+
+
+@pytest.mark.parametrize("path", shipped_days(), ids=lambda p: p.stem)
+def test_simulate_on_every_shipped_day_matches_an_independent_score_of_its_own_output(
+    path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "surplus.cli", "simulate", path.stem, "--json", "--out-csv", str(out),
+         "--car", "arrival=11:00,departure=13:00,energy_kwh=100"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["day"] == path.stem
+    run = result["runs"][0]
+    solar, grid, car = _independent_scores(path, out)
+    assert run["solar_wh"] == pytest.approx(solar, rel=0.005, abs=1.0)
+    assert run["grid_wh"] == pytest.approx(grid, rel=0.005, abs=1.0)
+    assert run["car_wh"] == pytest.approx(car, rel=0.005, abs=1.0)
+    if result["oracle_wh"] > 0:
+        assert run["capture"] == pytest.approx(solar / result["oracle_wh"], rel=0.005, abs=0.001)
+
+
+async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> None:
+    day = parse_day(
+        lines_of([(0, 0, 400), (36000, 3000, 400), (36600, 300, 400), (37200, 6000, 400)]), name="s"
+    )
+    car = Car(arrival_s=36000 - 30, departure_s=39600, energy_wh=50_000)
+    sim = await simulate(day, car, load_config(None, {}), mode="pv", reference=True)
+    names = [r.controller for r in sim.runs]
+    assert names == ["surplus", "reference-30s", "reference-5s"]
+    surplus = sim.runs[0]
+    assert 0 < surplus.capture <= 1.05 and surplus.car_wh > 0
+    assert sim.series.t_s[0] == 36000 - 30
+    on = [t for t, _, amps, _, _ in sim.series.rows() if amps > 0]
+    assert on and all(6 <= a <= 16 for _, _, a, _, _ in sim.series.rows() if a > 0)
+
+
+def test_the_cli_says_what_is_wrong_with_a_day_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_s,pv_w,load_w\n0,1,2\n60,oops,2\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "surplus.cli", "simulate", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert f"{bad}:3: pv_w: 'oops' is not a number" in proc.stderr
+
+
+def test_the_plot_is_a_png_of_the_right_size_and_not_blank(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from surplus.sim.plot import HEIGHT_PX, WIDTH_PX, plot_day
+
+    day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400), (37800, 500, 400)]), name="steps")
+    car = Car(arrival_s=36000, departure_s=39600, energy_wh=50_000)
+    sim = asyncio.run(simulate(day, car, load_config(None, {})))
+    png = tmp_path / "day.png"
+    plot_day(str(png), sim)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(str(png))
+    assert pixels.shape[:2] == (HEIGHT_PX, WIDTH_PX)
+    assert pixels.std() > 0.05  # lines and text, not one colour
