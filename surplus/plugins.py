@@ -32,6 +32,15 @@ DEFAULT_PLUGINS = (
     "surplus_plugins.mqtt_meter",
     "surplus_plugins.sunspec_meter",
 )
+#: The built-ins that provide meters only: a day replay (the day is its meter) blocks them.
+METER_PLUGINS = (
+    "surplus_plugins.simulated_meter",
+    "surplus_plugins.fronius",
+    "surplus_plugins.shelly",
+    "surplus_plugins.http_meter",
+    "surplus_plugins.mqtt_meter",
+    "surplus_plugins.sunspec_meter",
+)
 ENTRY_POINT_GROUP = "surplus"
 
 F = TypeVar("F")

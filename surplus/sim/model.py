@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from dataclasses import dataclass, field
 
 from surplus.clock import Clock
@@ -163,6 +162,18 @@ def _kwh(wh: float) -> float:
     return steps / (1.0 / ENERGY_STEP_KWH)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _unit_noise(n: int) -> float:
+    """A fixed pseudo-random number in [-1, 1) for the integer ``n`` (splitmix64's finaliser)."""
+    z = (n * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return z / 2.0**63 - 1.0
+
+
 def _settings_range(name: str, value: int) -> bool:
     ok: dict[str, bool] = {
         R.SETTING_MAX_CURRENT_EVSE.name: 0 <= value <= 6,
@@ -187,8 +198,11 @@ class AmtronModel:
         seed: int = 0,
         ev: EvProfile | None = None,
         word_order: WordOrder = "big",
+        keep_record: bool = True,
     ) -> None:
         self._clock = clock
+        #: False: ``record`` keeps only counts, no per-write lists (a day's replay needs no write log).
+        self._keep = keep_record
         self.profile = profile
         self.word_order: WordOrder = word_order
         self.record = SimRecord()
@@ -230,6 +244,7 @@ class AmtronModel:
         self._cache_t = math.nan
         self._words: dict[tuple[str, Value], list[int]] = {}
         self._static: dict[str, Value] | None = None
+        self._status: dict[str, Value] | None = None
         self._span_words: dict[tuple[int, tuple[Value, ...]], list[int]] = {}
         self._events: tuple[float, float] | None = None
         self._spans: dict[tuple[int, int, bool], tuple[R.Register, ...] | tuple[int, str]] = {}
@@ -556,6 +571,7 @@ class AmtronModel:
     def _refresh(self) -> None:
         """After any change: start or stop the car according to the signalled current."""
         self._cache = None
+        self._status = None
         self._events = None
         if self._signal() > 0 and not self._ev_full():
             if not self._drawing and self._accept_at is None:
@@ -645,13 +661,13 @@ class AmtronModel:
     def _noise(self) -> tuple[float, ...]:
         """Measurement noise, redrawn every NOISE_HOLD_S of simulated time.
 
-        Drawn from (seed, time bucket), so it does not depend on how often
+        A hash of (seed, time bucket), so it does not depend on how often
         anyone polls, and a poll-heavy replay sees repeated words it can cache.
         """
         bucket = int(self._t // NOISE_HOLD_S)
         if bucket != self._noise_bucket:
-            rng = random.Random(self._seed * 1_000_003 + bucket)
-            self._noise_values = tuple(rng.uniform(-1.0, 1.0) for _ in range(7))
+            base = (self._seed * 1_000_003 + bucket) * 7
+            self._noise_values = tuple(_unit_noise(base + i) for i in range(7))
             self._noise_bucket = bucket
         return self._noise_values
 
@@ -710,19 +726,16 @@ class AmtronModel:
         return self._static
 
     def _register_values(self) -> dict[str, Value]:
-        values = dict(self._static_values())
-        values.update(
-            {
+        if self._status is None:
+            # What changes only with a write, an event or an input (cleared by _refresh).
+            self._status = {
+                **self._static_values(),
                 R.EVSE_STATE.name: self._evse_state(),
                 R.AUTHORIZATION_STATUS.name: self._authorization(),
                 R.DOWNGRADE_STATUS.name: 0 if self._ev is None else (2 if self._downgrade_active else 1),
                 R.CP_STATE.name: self._cp_state(),
                 R.SIGNALED_CURRENT.name: self._signal(),
                 R.CHARGING_CURRENT_EM.name: self._em_current,
-                R.SESSION_MAX_CURRENT.name: round(self._session_max_a, 2),
-                R.CHARGED_ENERGY_SESSION.name: _kwh(self._session_energy_wh),
-                R.SESSION_DURATION.name: int(self._session_s),
-                R.DETECTED_EV_PHASES.name: self._detected_phases,
                 R.CABLE_LOCK_STATUS.name: 1 if self._ev is None else 2,
                 R.SOLAR_CHARGING_MODE.name: self._solar_mode,
                 R.REQUESTED_PHASES.name: self._requested_phases,
@@ -731,10 +744,15 @@ class AmtronModel:
                 R.ACTIVE_ERROR_CODE.name: self._error_code(),
                 R.MASTER_LOST_FALLBACK_STATE.name: int(self._lost),
                 R.SWITCHED_PHASES.name: self._switched_phases,
-                R.CHARGED_ENERGY_TOTAL.name: _kwh(self._energy_total_wh),
                 R.CHARGING_SESSIONS_TOTAL.name: self._sessions,
             }
-        )
+        values = dict(self._status)
+        # What moves with time: the session and the energy counters, the measurements.
+        values[R.SESSION_MAX_CURRENT.name] = round(self._session_max_a, 2)
+        values[R.CHARGED_ENERGY_SESSION.name] = _kwh(self._session_energy_wh)
+        values[R.SESSION_DURATION.name] = int(self._session_s)
+        values[R.DETECTED_EV_PHASES.name] = self._detected_phases
+        values[R.CHARGED_ENERGY_TOTAL.name] = _kwh(self._energy_total_wh)
         values.update(self._measurements())
         return values
 
@@ -770,6 +788,8 @@ class AmtronModel:
         self._refresh()
 
     def _record(self, name: str, value: Value, fc: int, code: int | None) -> None:
+        if not self._keep:
+            return
         self.record.writes.append(
             WriteRecord(at_s=self._t, register=name, value=value, function_code=fc, exception_code=code)
         )
@@ -804,7 +824,8 @@ class AmtronModel:
 
     def _apply(self, reg: R.Register, value: Value) -> None:
         if reg is R.HEARTBEAT_EM:
-            self.record.heartbeats.append(self._t)
+            if self._keep:
+                self.record.heartbeats.append(self._t)
             self._hb_ref = self._t
             if self._em_error:
                 self._recovery_step = max(self._recovery_step, 1)
@@ -815,8 +836,9 @@ class AmtronModel:
                 self._recovery_step = 2 if value == 1 else 1
         elif reg is R.CHARGING_CURRENT_EM:
             amps = float(value)
-            if not self.record.current_changes or self.record.current_changes[-1][1] != amps:
-                self.record.current_changes.append((self._t, amps))
+            changes = self.record.current_changes
+            if self._keep and (not changes or changes[-1][1] != amps):
+                changes.append((self._t, amps))
             self._em_current = amps
             self._em_written = True
             if self._em_error and self._recovery_step == 2 and not self._lost:

@@ -25,7 +25,7 @@ from surplus.clock import FakeClock
 from surplus.config import ChargerEntry, Config, to_limits
 from surplus.governor import Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller
-from surplus.plugins import collect_strategies, make_plugin_manager
+from surplus.plugins import METER_PLUGINS, collect_strategies, make_plugin_manager
 from surplus.types import MeterReading, Snapshot
 
 from .day import Day, hhmm
@@ -94,7 +94,7 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
     options = {name: dict(opts) for name, opts in entry.strategies.items()}
     schedule = options.setdefault("schedule", {})
     # The replay's car decides when it leaves and what it needs.
-    schedule["departure"] = hhmm(car.departure_s)
+    schedule["departure"] = hhmm(car.departure_s % 86400)  # 24:00 is 00:00 of the next day
     schedule["energy_kwh"] = car.energy_wh / 1000.0
     return Plan(
         charger=entry,
@@ -209,7 +209,9 @@ async def replay(
 ) -> ReplayResult:
     """Run the real controller through ``day`` with ``car`` in ``mode``."""
     plan = plan_replay(config, car, charger_id=charger_id)
-    factories = collect_strategies(make_plugin_manager(blocked=config.plugins.blocked))
+    # The day is the meter: meter plugins (and their network libraries) stay unloaded.
+    blocked = (*config.plugins.blocked, *METER_PLUGINS)
+    factories = collect_strategies(make_plugin_manager(blocked=blocked))
     if mode not in factories:
         raise ReplayError(f"mode {mode!r} has no strategy plugin (loaded: {', '.join(sorted(factories))})")
     strategies = {name: f(plan.strategy_options.get(name, {})) for name, f in factories.items()}
@@ -217,7 +219,7 @@ async def replay(
     start = max(day.start_s, car.arrival_s - LEAD_S)
     end = min(car.departure_s, day.end_s)
     clock = FakeClock(start=1000.0, wall_start=_midnight_wall(plan.strategy_options["schedule"]) + start)
-    model = AmtronModel(clock, profile=plan.profile)
+    model = AmtronModel(clock, profile=plan.profile, keep_record=False)
     bus = ModelBus({DEVICE_ID: model}, clock)
     charger = AmtronCharger(bus, charger_id=plan.charger.id, clock=clock, device_id=DEVICE_ID)
     meter = DayMeter(day, model, clock, t0=clock.now(), day_t0=start)
