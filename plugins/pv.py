@@ -5,36 +5,50 @@
 exporting 2 kW while the car draws 1.4 kW means 3.4 kW are there for the car).
 It does not depend on what the car draws now, so changing the current does not
 feed back into the next decision. With a home battery (``battery_power_w`` on a
-meter, positive while the battery charges): power flowing out of the battery is
-never counted as surplus, so the car does not empty the house battery;
+meter, positive while it charges): power flowing out of the battery is never
+counted as surplus, so the car does not empty the house battery;
 ``battery: car_first`` also counts the power the battery is absorbing, so the
 car gets it before the battery does (``house_first``, the default, leaves it to
 the battery and the car gets what the battery does not take).
 
-**Smoothing** is asymmetric: a falling surplus is followed within a few seconds
-(``smoothing_down_s``, a time constant) so a cloud does not pull power from the
-grid for long, a rising one more slowly (``smoothing_up_s``) so a gap in the
-clouds does not make the car chase it. The current follows the smoothed surplus
-on the phases in use; it changes at once when it moves by ``step_a`` or more,
-and after ``SETTLE_S`` when a smaller change persists (noise does not cause writes,
-a slow drift is still followed).
+**Following the sun.** The loop ticks every second and the governor lets a
+new current through every 5 s, so the current follows the surplus as it is:
+a falling surplus at once (``smoothing_down_s``, default 0), a rising one with
+a short time constant (``smoothing_up_s``, default 5 s) so one bright second
+does not pull the car up. Changes smaller than ``step_a`` wait until they have
+pointed the same way for a minute, so meter noise causes no writes.
 
-**Start and stop** have hysteresis in time: charging starts once the smoothed
-surplus has carried the minimum current (6 A on the phases in use) for
-``start_delay_s``; it stops after it has been too small for ``stop_delay_s``,
-holding 6 A in between (so a passing cloud does not stop the car). "minpv"
-never stops: it charges at least 6 A (on one phase where the box can switch)
-and adds whatever surplus there is.
+**Each rule prices what it costs, in energy.** The box's own rules are fixed:
+a resume comes at least 5 minutes after a pause (``resume_at_s`` in the
+context), a phase switch while the car draws stops it for the box's switching
+pause (PHASE_SWITCHING_PAUSE, 0x0314), a paused box switches for free, and the
+governor spaces switches by ``limits.phase_switch_interval_min``. So:
 
-**Phases** (``phases: auto`` on a box that can switch, the default): three
-phases when the smoothed surplus carries 6 A on all three (about 4.1 kW) for
-``phase_up_delay_s``, one phase when it has not for ``phase_down_delay_s``. A
-car that charges on fewer phases than the box offers is noticed from the phase
-currents, and the amps are computed for the phases it really uses.
+* *Pause or ride through?* When the surplus no longer carries 6 A, the car is
+  held at 6 A and the import is counted. A pause costs the sun the car cannot
+  take for the next 5 minutes, estimated from the last ten minutes (the power
+  the car could take from the sun, on average). The car rides through a dip
+  as long as the import it cost stays below that price (``ride_through``, a
+  factor on it, default 0.5), and ``stop_delay_s`` at the longest: a short
+  cloud is ridden through, an overcast afternoon is not.
+* *Three phases down to one.* When three phases cannot be carried (6 A on three
+  is 4.1 kW), the import of holding them is counted against what the switch
+  costs (the sun lost during the box's switching pause): a deep dip switches
+  within seconds, a shallow one rides on. ``phase_down_delay_s`` is the longest.
+* *One phase up to three.* When three phases can be carried, the power that
+  one phase leaves on the table is counted until it pays for the switching
+  pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
+* *Start.* A paused box picks the phases that take the most sun (switching
+  costs nothing then) and starts once the surplus has carried 6 A for
+  ``start_delay_s`` and the 5 minutes since the last pause are over.
 
-All of this is advice: the safety governor still enforces the limits, 5 s
-between changes, 5 min between pause and resume, and the phase-switch interval.
-The strategy keeps its timers between ticks; after a gap of more than
+The current is always computed for the phases the box will really have: a
+switch the governor still holds does not change the amps. "minpv" never
+pauses: it charges at least 6 A (on one phase where the box can switch) and
+adds whatever surplus there is.
+
+All of this is advice: the safety governor still enforces the limits. The
+strategy keeps its timers between ticks; after a gap of more than
 ``RESET_AFTER_S`` (the mode was switched away, the data was stale) it starts
 afresh from the present state.
 """
@@ -59,6 +73,13 @@ PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
 SETTLE_S = 60.0
 #: After this long without a call the strategy forgets its timers and smoothing.
 RESET_AFTER_S = 30.0
+#: The window of "the sun of the last minutes" that prices a pause.
+TYPICAL_SUN_S = 600.0
+#: The manufacturer's minimum time between a pause and a resume (the governor's default).
+PAUSE_HOLD_S = 300.0
+#: A kWh imported counts this many kWh of sun given away: the import is paid in full, while
+#: sun that goes to the grid earns the feed-in and is often made up later the same day.
+IMPORT_WEIGHT = 3.0
 
 OPTIONS = (
     "phases",
@@ -66,6 +87,7 @@ OPTIONS = (
     "battery",
     "start_delay_s",
     "stop_delay_s",
+    "ride_through",
     "smoothing_up_s",
     "smoothing_down_s",
     "step_a",
@@ -83,16 +105,21 @@ class PvSettings:
     keep_minimum: bool = False
     #: 1 or 3 to pin the phases; None = automatic where the box can switch.
     phases: int | None = None
-    reserve_w: float = 100.0
+    reserve_w: float = 0.0
     car_first: bool = False
-    start_delay_s: float = 60.0
-    stop_delay_s: float = 180.0
-    smoothing_up_s: float = 30.0
-    smoothing_down_s: float = 5.0
+    start_delay_s: float = 10.0
+    #: The longest a dip is ridden through at 6 A before pausing.
+    stop_delay_s: float = 300.0
+    #: Import allowed for riding through a dip, as a share of what a pause would cost in sun.
+    ride_through: float = 1.0 / IMPORT_WEIGHT
+    smoothing_up_s: float = 5.0
+    smoothing_down_s: float = 0.0
     step_a: float = 0.5
     voltage_v: float = 230.0
+    #: The longest wait before going to three phases once they can be carried.
     phase_up_delay_s: float = 300.0
-    phase_down_delay_s: float = 180.0
+    #: The longest three phases are held at 6 A once they cannot be carried.
+    phase_down_delay_s: float = 300.0
 
 
 def available_w(snapshot: Snapshot, state: ChargerState, settings: PvSettings) -> float:
@@ -125,29 +152,50 @@ def phases_in_use(state: ChargerState) -> int:
     return offered
 
 
+def _plural(phases: int) -> str:
+    return f"{phases} phase{'s' * (phases > 1)}"
+
+
+def _kwh(wh: float) -> str:
+    return f"{wh / 1000:.2f} kWh"
+
+
 class PvStrategy:
-    """One charger's PV-surplus strategy; keeps its timers between ticks."""
+    """One charger's PV-surplus strategy; keeps its timers and energy accounts between ticks."""
 
     def __init__(self, settings: PvSettings, name: str) -> None:
         self.settings = settings
         self.name = name
         self._last_at: float | None = None
         self._smoothed_w = 0.0
+        #: Averages over TYPICAL_SUN_S: the power the car could have taken from the sun, what
+        #: one phase leaves behind where three would take more, and the import of holding
+        #: three phases at 6 A where they are not carried.
+        self._typical_w = 0.0
+        self._one_short_w = 0.0
+        self._three_over_w = 0.0
         self._charging = False
         self._enough_since: float | None = None
-        self._short_since: float | None = None
-        self._three_since: float | None = None
-        self._one_since: float | None = None
-        self._phases = 3
+        #: A dip being ridden through: when it began and the import it has cost (Wh).
+        self._dip_since: float | None = None
+        self._dip_wh = 0.0
+        #: Three phases that cannot be carried: since when, and the import of holding them (Wh).
+        self._low_since: float | None = None
+        self._low_wh = 0.0
+        #: Three phases that could be carried: since when, and the power one phase left behind (Wh).
+        self._high_since: float | None = None
+        self._high_wh = 0.0
         self._current_a: float | None = None
         #: (direction, since) of a small change that has not been sent yet.
         self._drift: tuple[int, float] | None = None
 
     def _restart(self, state: ChargerState, raw_w: float) -> None:
         self._smoothed_w = raw_w
+        self._typical_w = max(0.0, raw_w)
+        self._one_short_w = self._three_over_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
-        self._enough_since = self._short_since = self._three_since = self._one_since = None
-        self._phases = state.active_phases
+        self._enough_since = self._dip_since = self._low_since = self._high_since = None
+        self._dip_wh = self._low_wh = self._high_wh = 0.0
         self._current_a = None
         self._drift = None
 
@@ -157,27 +205,92 @@ class PvStrategy:
         self._smoothed_w += (raw_w - self._smoothed_w) * (1.0 - math.exp(-dt / tau) if tau > 0 else 1.0)
         return self._smoothed_w
 
-    def _want_phases(self, state: ChargerState, ctx: StrategyContext, volts: float, now: float) -> int | None:
-        """The phases to ask for (None: leave them), with the up/down delays."""
+    # --- phases ------------------------------------------------------------------------------
+
+    def _phase_choice(
+        self, state: ChargerState, ctx: StrategyContext, sun_w: float, line_v: float, dt: float
+    ) -> tuple[int, int | None, str]:
+        """(phases to plan the current with, phases to ask for or None, why)."""
         s = self.settings
+        now = ctx.now_s
+        present = phases_in_use(state)
+        box = state.active_phases
         if not ctx.phases_switchable or state.capabilities.grid_phases == 1:
-            self._phases = state.active_phases
-            return None
+            return present, None, ""
         if s.phases is not None:
-            self._phases = s.phases
-            return s.phases
-        three_min_w = MIN_CURRENT_A * 3 * volts
-        if self._smoothed_w >= three_min_w:
-            self._one_since = None
-            self._three_since = now if self._three_since is None else self._three_since
-            if self._phases == 1 and (not self._charging or now - self._three_since >= s.phase_up_delay_s):
-                self._phases = 3
+            if s.phases == box:
+                return min(s.phases, present), s.phases, ""  # e.g. a one-phase car on three
+            if now < ctx.phase_switch_at_s:
+                return present, None, f"; {_plural(s.phases)} after the switch interval"
+            return s.phases, s.phases, ""
+        if present < box:  # a car that uses fewer phases than offered: more would not help it
+            return present, box, ""
+        max_a = max(ctx.max_current_a, MIN_CURRENT_A)
+        three_min_w = MIN_CURRENT_A * 3 * line_v
+        one_max_w = max_a * line_v
+        pause_s = state.capabilities.phase_switch_pause_s
+        fits_three = sun_w >= three_min_w
+        want, why = present, ""
+        if not self._charging:
+            # A paused box switches for free, but the switch interval then binds the charging
+            # car: three phases when they are carried now and, lately, one phase has left
+            # more sun behind than holding three at 6 A would have imported.
+            self._low_since = self._high_since = None
+            self._low_wh = self._high_wh = 0.0
+            want = 3 if fits_three and self._one_short_w >= self._three_over_w * IMPORT_WEIGHT else 1
+            if want != present:
+                why = f"; {_plural(want)} for the start (a paused box switches without a pause)"
+        elif present >= 3:
+            self._high_since, self._high_wh = None, 0.0
+            if fits_three:
+                self._low_since, self._low_wh = None, 0.0
+            else:
+                self._low_since = now if self._low_since is None else self._low_since
+                self._low_wh += (three_min_w - max(sun_w, 0.0)) * dt / 3600.0
+                # The switch costs the sun of its pause, and one phase for the switch interval
+                # (at what one phase left behind lately).
+                cost_wh = (
+                    pause_s * min(max(sun_w, 0.0), one_max_w)
+                    + ctx.phase_switch_interval_s * self._one_short_w
+                ) / 3600.0
+                held_s = now - self._low_since
+                if self._low_wh * IMPORT_WEIGHT >= cost_wh or held_s >= s.phase_down_delay_s:
+                    want = 1
+                    why = (
+                        f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)}, "
+                        f"the switch costs {_kwh(cost_wh)} of sun"
+                    )
         else:
-            self._three_since = None
-            self._one_since = now if self._one_since is None else self._one_since
-            if self._phases == 3 and (not self._charging or now - self._one_since >= s.phase_down_delay_s):
-                self._phases = 1
-        return self._phases
+            self._low_since, self._low_wh = None, 0.0
+            if not fits_three:
+                self._high_since, self._high_wh = None, 0.0
+            else:
+                self._high_since = now if self._high_since is None else self._high_since
+                self._high_wh += (min(sun_w, 3 * one_max_w) - one_max_w) * dt / 3600.0
+                # The switch costs the power of its pause, and three phases for the switch
+                # interval (at the import of holding them lately).
+                cost_wh = (
+                    pause_s * min(present * one_max_w, sun_w)
+                    + ctx.phase_switch_interval_s * self._three_over_w * IMPORT_WEIGHT
+                ) / 3600.0
+                if self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
+                    want = 3
+                    why = (
+                        f"; to 3 phases: one phase left {_kwh(max(self._high_wh, 0.0))} of sun behind, "
+                        f"the switch costs {_kwh(cost_wh)}"
+                    )
+        if want == present:
+            return present, box, why
+        if now < ctx.phase_switch_at_s:
+            wait = ctx.phase_switch_at_s - now
+            return present, None, f"{why} (the switch interval allows it in {wait:.0f} s)"
+        if want == 1:
+            self._low_since, self._low_wh = None, 0.0
+        else:
+            self._high_since, self._high_wh = None, 0.0
+        return want, want, why
+
+    # --- the decision ------------------------------------------------------------------------
 
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         state = snapshot.chargers[ctx.charger_id].state
@@ -191,52 +304,90 @@ class PvStrategy:
             dt = 0.0
         else:
             dt = now - self._last_at
-        smoothed = self._smooth(raw_w, dt)
+        sun_w = self._smooth(raw_w, dt)
         self._last_at = now
-
         line_v = volts(state, s.voltage_v)
-        want_phases = self._want_phases(state, ctx, line_v, now)
-        phases = self._phases if want_phases is not None else phases_in_use(state)
-        if want_phases is not None and want_phases == state.active_phases:
-            phases = min(phases, phases_in_use(state))  # a 1-phase car on a 3-phase box
-        exact_a = smoothed / (line_v * phases)
+        self._track_typical(raw_w, ctx, line_v, dt)
+
+        phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)
+        exact_a = sun_w / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
         shown_a = max(math.floor(exact_a * 10) / 10, 0.0)  # the same rounding as the setpoint
-        why = f"surplus {smoothed / 1000:.2f} kW = {shown_a:.1f} A on {phases} phase{'s' * (phases > 1)}"
+        why = f"surplus {sun_w / 1000:.2f} kW = {shown_a:.1f} A on {_plural(phases)}"
 
         if not self._charging:
             self._enough_since = (
                 (now if self._enough_since is None else self._enough_since) if enough else None
             )
-            if self._enough_since is None or now - self._enough_since < s.start_delay_s:
-                wait = (
-                    ""
-                    if self._enough_since is None
-                    else f", starting in {s.start_delay_s - (now - self._enough_since):.0f} s"
-                )
-                return strategy_decision(ctx, charge=False, phases=want_phases, reason=f"pv: {why}{wait}")
+            waiting = self._enough_since is None or now - self._enough_since < s.start_delay_s
+            if waiting or now < ctx.resume_at_s:
+                if self._enough_since is None:
+                    wait = ""
+                elif now < ctx.resume_at_s:
+                    wait = f", resuming in {ctx.resume_at_s - now:.0f} s (5 min after a pause)"
+                else:
+                    wait = f", starting in {s.start_delay_s - (now - self._enough_since):.0f} s"
+                # The phases are chosen when the car starts: switching a paused box costs no
+                # pause, but it starts the switch interval, which would bind the charging car.
+                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
+            self._dip_since, self._dip_wh = None, 0.0
         if enough or s.keep_minimum:
-            self._short_since = None
+            self._dip_since, self._dip_wh = None, 0.0
         else:
-            self._short_since = now if self._short_since is None else self._short_since
-            if now - self._short_since >= s.stop_delay_s:
-                self._charging, self._short_since, self._current_a = False, None, None
-                return strategy_decision(
-                    ctx,
-                    charge=False,
-                    phases=want_phases,
-                    reason=f"pv: {why}, below {MIN_CURRENT_A:g} A for {s.stop_delay_s:g} s",
-                )
+            paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
+            if paused is not None:
+                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
         target = min(max(math.floor(exact_a * 10) / 10, MIN_CURRENT_A), ctx.max_current_a)
         self._current_a = target = self._settle(target, ctx.max_current_a, now)
-        if self._short_since is not None:
-            why += f"; holding {MIN_CURRENT_A:g} A, stopping in {s.stop_delay_s - (now - self._short_since):.0f} s"
+        if self._dip_since is not None:
+            budget = self._pause_cost_wh() * s.ride_through
+            why += (
+                f"; riding through at {MIN_CURRENT_A:g} A (imported {_kwh(self._dip_wh)} of "
+                f"{_kwh(budget)} that a pause would cost in sun)"
+            )
         elif exact_a < MIN_CURRENT_A:
             why += f"; minimum {MIN_CURRENT_A:g} A"
+        elif target != min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a):
+            why += f"; holding {target:g} A until the change of less than {s.step_a:g} A persists"
         return strategy_decision(
-            ctx, charge=True, current_a=target, phases=want_phases, reason=f"{self.name}: {why}"
+            ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )
+
+    def _track_typical(self, raw_w: float, ctx: StrategyContext, line_v: float, dt: float) -> None:
+        """Update the averages of the recent sun (see ``__init__``)."""
+        lowest = 1 if ctx.phases_switchable else 3
+        max_a = max(ctx.max_current_a, MIN_CURRENT_A)
+        one = min(raw_w, max_a * line_v) if raw_w >= MIN_CURRENT_A * line_v else 0.0
+        three = min(raw_w, 3 * max_a * line_v) if raw_w >= 3 * MIN_CURRENT_A * line_v else 0.0
+        takeable = max(one, three) if lowest == 1 else three
+        k = 1.0 - math.exp(-dt / TYPICAL_SUN_S)
+        self._typical_w += (takeable - self._typical_w) * k
+        self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
+        over = max(0.0, 3 * MIN_CURRENT_A * line_v - max(raw_w, 0.0))
+        self._three_over_w += (over - self._three_over_w) * k
+
+    def _pause_cost_wh(self) -> float:
+        """What a pause costs: the sun of the next 5 minutes, judged by the last ten."""
+        return self._typical_w * PAUSE_HOLD_S / 3600.0
+
+    def _ride_or_pause(self, sun_w: float, phases: int, line_v: float, now: float, dt: float) -> str | None:
+        """Count the import of riding a dip at 6 A; the reason to pause once it costs more than a pause."""
+        s = self.settings
+        self._dip_since = now if self._dip_since is None else self._dip_since
+        self._dip_wh += (MIN_CURRENT_A * phases * line_v - max(sun_w, 0.0)) * dt / 3600.0
+        budget = self._pause_cost_wh() * s.ride_through
+        if self._dip_wh >= budget:
+            why = (
+                f"pausing: riding through imported {_kwh(self._dip_wh)}, more than the "
+                f"{_kwh(budget)} a pause is worth (5 min of the recent sun)"
+            )
+        elif now - self._dip_since >= s.stop_delay_s:
+            why = f"pausing: below {MIN_CURRENT_A:g} A for {s.stop_delay_s:g} s"
+        else:
+            return None
+        self._charging, self._dip_since, self._dip_wh, self._current_a = False, None, 0.0, None
+        return why
 
     def _settle(self, target: float, max_a: float, now: float) -> float:
         """Hold the last current through small changes unless they persist.
@@ -293,6 +444,7 @@ def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSetti
         car_first=choice(options, "battery", "house_first", ("house_first", "car_first")) == "car_first",
         start_delay_s=number(options, "start_delay_s", d.start_delay_s, lo=0, hi=3600, unit="s"),
         stop_delay_s=number(options, "stop_delay_s", d.stop_delay_s, lo=0, hi=3600, unit="s"),
+        ride_through=number(options, "ride_through", d.ride_through, lo=0, hi=10),
         smoothing_up_s=number(options, "smoothing_up_s", d.smoothing_up_s, lo=0, hi=600, unit="s"),
         smoothing_down_s=number(options, "smoothing_down_s", d.smoothing_down_s, lo=0, hi=600, unit="s"),
         step_a=number(options, "step_a", d.step_a, lo=0.1, hi=10, unit="A"),
@@ -305,7 +457,7 @@ def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSetti
 
 
 def make_pv(options: Mapping[str, Any]) -> Strategy:
-    """Surplus only: pauses when the sun does not carry the minimum current."""
+    """Surplus only: pauses when riding through the dip would cost more than the pause."""
     return PvStrategy(parse_settings(options, keep_minimum=False), "pv")
 
 

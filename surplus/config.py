@@ -123,7 +123,7 @@ class LimitsConfig:
     #: Written to CHARGING_CURRENT_EM for a soft pause; never 0 ("no limit").
     soft_pause_a: float = setting(1.0, lo=0.01, hi=5.99, unit="A")
     pause: PauseKind = PauseKind.RELEASE
-    phase_switch_interval_min: float = setting(10.0, lo=1, hi=1440, unit="min")
+    phase_switch_interval_min: float = setting(5.0, lo=1, hi=1440, unit="min")
     pause_resume_interval_min: float = setting(
         5.0, lo=5, hi=1440, unit="min", below="the 5 min the manufacturer requires between pause and resume"
     )

@@ -39,8 +39,9 @@ Rules and the choices made where the brief left room (tests name each one):
 * Phase switches: only with ``capabilities.phase_switching``; the minutes-long
   ``phase_switch_interval_s`` binds strategies, not persons; the device's own
   switching pause (``capabilities.phase_switch_pause_s`` after a switch was
-  sent) binds everyone except a shutdown, which must reach the safe state in
-  bounded time. A phase change is always sent alone: a pause goes before it,
+  sent to a box whose car was drawing, or about to) binds everyone except a
+  shutdown, which must reach the safe state in bounded time. A box that offers
+  no current (paused) switches without that pause, so nothing waits for it. A phase change is always sent alone: a pause goes before it,
   currents and resumes after it. While a phase change is held by the interval,
   a decrease or pause still goes, a raise waits with it.
 * Stale charger data (no state, not connected, or older than
@@ -103,7 +104,8 @@ class Limits:
     release_toggle_interval_s: float = 5.0
     #: Manufacturer: pause/resume cycles more than 5 minutes apart, unless a person overrides.
     pause_resume_interval_s: float = 300.0
-    phase_switch_interval_s: float = 600.0
+    #: Strategies switch phases at most this often (the box needs its pause, the car likes calm).
+    phase_switch_interval_s: float = 300.0
     #: Charger data older than this is stale.
     stale_after_s: float = 10.0
 
@@ -148,6 +150,8 @@ class GovernorMemory:
     charging_changed_at_s: float | None = None
     phases: int | None = None
     phases_at_s: float | None = None
+    #: The box's own switching pause that follows the last switch (0 when the car drew nothing).
+    phases_pause_s: float = 0.0
     lock: bool | None = None
 
 
@@ -398,9 +402,9 @@ def govern(
         return Verdict(outcome=Outcome.UNCHANGED, reasons=tuple(plan.reasons), clamp=plan.clamp), memory
 
     # --- spacing rules
-    switch_pause_s = state.capabilities.phase_switch_pause_s if state is not None else 0.0
+    switch_pause_s = _switch_pause_s(state, fresh)
     if decision.source is not Source.SHUTDOWN and memory.phases_at_s is not None:
-        end = memory.phases_at_s + switch_pause_s
+        end = memory.phases_at_s + memory.phases_pause_s
         if now < end:
             plan.reasons.append(
                 f"the charger is switching phases for another {end - now:.1f} s; "
@@ -480,7 +484,22 @@ def govern(
         retry_at_s=min(plan.held) if plan.held else None,
         clamp=plan.clamp,
     )
-    return verdict, _remember(memory, command, decision.charge, was_charging, now)
+    return verdict, _remember(memory, command, decision.charge, was_charging, now, switch_pause_s)
+
+
+def _switch_pause_s(state: ChargerState | None, fresh: ChargerState | None) -> float:
+    """The box's own pause if it switched phases now: none while it offers the car no current.
+
+    The AMTRON runs its switching pause (PHASE_SWITCHING_PAUSE) only when the car
+    draws or is about to; a paused box switches at once. Without fresh data the
+    pause is assumed (the safe side: nothing is sent during it).
+    """
+    if state is None:
+        return 0.0
+    pause = state.capabilities.phase_switch_pause_s
+    if fresh is not None and not fresh.charging and fresh.signaled_current_a <= 0.0:
+        return 0.0
+    return pause
 
 
 def _fewer_phases(want_phases: int | None, memory: GovernorMemory, fresh: ChargerState | None) -> bool:
@@ -547,7 +566,12 @@ def _send_group(
 
 
 def _remember(
-    memory: GovernorMemory, command: Command, charge: bool, was_charging: bool | None, now: float
+    memory: GovernorMemory,
+    command: Command,
+    charge: bool,
+    was_charging: bool | None,
+    now: float,
+    switch_pause_s: float,
 ) -> GovernorMemory:
     new = memory
     if command.current_a is not None:
@@ -559,7 +583,7 @@ def _remember(
         if was_charging != charge:
             new = replace(new, charging_changed_at_s=now)
     if command.phases is not None:
-        new = replace(new, phases=command.phases, phases_at_s=now)
+        new = replace(new, phases=command.phases, phases_at_s=now, phases_pause_s=switch_pause_s)
     if command.lock is not None:
         new = replace(new, lock=command.lock)
     return new
@@ -587,6 +611,26 @@ class SafetyGovernor:
         """The highest current the governor would allow this charger now (for strategies to plan with)."""
         limits = self._limits.get(reading.charger_id)
         return MAX_CURRENT_A if limits is None else current_ceiling(limits, reading)[0]
+
+    def phase_switch_at_s(self, charger_id: str) -> float:
+        """When a strategy's phase switch would be let through at the earliest (-inf: now)."""
+        limits = self._limits.get(charger_id)
+        memory = self.memory(charger_id)
+        if limits is None or memory.phases_at_s is None:
+            return -math.inf
+        return memory.phases_at_s + max(limits.phase_switch_interval_s, memory.phases_pause_s)
+
+    def limits(self, charger_id: str) -> Limits | None:
+        """The limits of ``charger_id`` (None for an unknown charger)."""
+        return self._limits.get(charger_id)
+
+    def resume_at_s(self, charger_id: str) -> float:
+        """When a strategy's resume would be let through at the earliest (-inf: now, or not paused)."""
+        limits = self._limits.get(charger_id)
+        memory = self.memory(charger_id)
+        if limits is None or memory.charging is not False or memory.charging_changed_at_s is None:
+            return -math.inf
+        return memory.charging_changed_at_s + limits.pause_resume_interval_s
 
     def _govern(
         self, decision: Decision, reading: ChargerReading, now: float, shared_headroom_a: float | None

@@ -441,6 +441,7 @@ class Controller:
             problem = f"mode {slot.mode} needs a grid meter and none is configured"
         if problem is None and strategy is not None and reading.state is not None:
             caps = reading.state.capabilities
+            limits = self._governor.limits(slot.charger_id)
             ctx = StrategyContext(
                 charger_id=slot.charger_id,
                 now_s=now,
@@ -450,6 +451,9 @@ class Controller:
                 # Device, cable and fuse limits: what the governor would let through.
                 max_current_a=self._governor.ceiling_a(reading),
                 phases_switchable=caps.phase_switching,
+                phase_switch_at_s=self._governor.phase_switch_at_s(slot.charger_id),
+                resume_at_s=self._governor.resume_at_s(slot.charger_id),
+                phase_switch_interval_s=limits.phase_switch_interval_s if limits else 300.0,
             )
             try:
                 decision = strategy.decide(snapshot, ctx)

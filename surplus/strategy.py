@@ -33,6 +33,13 @@ class StrategyContext:
     max_current_a: float
     #: The hardware can switch between 1 and 3 phases.
     phases_switchable: bool
+    #: The governor's clock, so a strategy plans with what will really happen:
+    #: the earliest time a phase switch it asks for goes through (-inf: now) ...
+    phase_switch_at_s: float = float("-inf")
+    #: ... and the earliest time a resume goes through after a pause (-inf: now, or not paused).
+    resume_at_s: float = float("-inf")
+    #: The governor's minimum time between two phase switches of a strategy.
+    phase_switch_interval_s: float = 300.0
 
 
 class Strategy(Protocol):

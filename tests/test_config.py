@@ -237,7 +237,7 @@ def test_to_limits() -> None:
     c = load_config(None, {})
     limits = to_limits(c.chargers[0], c.control.stale_after_s)
     assert (limits.fuse_limit_a, limits.cable_max_a, limits.min_current_a) == (16.0, 32.0, 6.0)
-    assert (limits.pause_resume_interval_s, limits.phase_switch_interval_s) == (300.0, 600.0)
+    assert (limits.pause_resume_interval_s, limits.phase_switch_interval_s) == (300.0, 300.0)
     assert limits.default_pause is PauseKind.RELEASE
     assert limits.stale_after_s == 10.0
 

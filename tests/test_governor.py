@@ -327,7 +327,9 @@ def test_default_pause_kind_comes_from_limits() -> None:
 
 # --- rule 5: phases ---------------------------------------------------------------------------------------------
 
-SWITCHED = replace(CHARGING, phases=1, phases_at_s=T0)  # a switch to one phase was sent at T0
+SWITCHED = replace(
+    CHARGING, phases=1, phases_at_s=T0, phases_pause_s=SWITCH_PAUSE_S
+)  # sent at T0 while charging
 # fmt: off
 PHASE_TABLE = [
     # id, decision, memory, reading, now, outcome, command fields, retry, reason part
@@ -337,8 +339,8 @@ PHASE_TABLE = [
     ("stale-no-switch", dec(PERSON, phases=1), CHARGING, make_reading(age_s=11.0), T0, Outcome.REFUSED, {}, None, "no phase switch on stale data"),
     ("switch-alone", dec(STRATEGY, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"phases": 1, "current_a": None}, None, None),
     ("same-phases-unchanged", dec(STRATEGY, phases=3), CHARGING, make_reading(), T0, Outcome.UNCHANGED, {}, None, None),
-    ("interval-599s-held", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 599, Outcome.SCHEDULED, {}, T0 + 600, "switches at least 600 s apart"),
-    ("interval-600s-ok", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 600, Outcome.APPLIED, {"phases": 3}, None, None),
+    ("interval-299s-held", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 299, Outcome.SCHEDULED, {}, T0 + 300, "switches at least 300 s apart"),
+    ("interval-300s-ok", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 300, Outcome.APPLIED, {"phases": 3}, None, None),
     ("person-waives-interval", dec(PERSON, phases=3), SWITCHED, make_reading(), T0 + SWITCH_PAUSE_S, Outcome.APPLIED, {"phases": 3}, None, "phase switch interval waived"),
     ("blackout-holds-person-current", dec(PERSON, current_a=8.0), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "switching phases for another 60.0 s"),
     ("blackout-holds-person-phases", dec(PERSON, phases=3), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "nothing else is sent"),
@@ -348,11 +350,11 @@ PHASE_TABLE = [
     ("phases-then-current", dec(STRATEGY, phases=1, current_a=16.0), CHARGING, make_reading(), T0, Outcome.APPLIED, {"phases": 1, "current_a": None}, T0 + SWITCH_PAUSE_S, "follows after the phase switch"),
     ("pause-then-phases", dec(STRATEGY, charge=False, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"release": False, "phases": None}, T0, "phase switch follows the pause"),
     ("pause-held-phases-wait", dec(STRATEGY, charge=False, phases=1), replace(CHARGING, release_at_s=T0 - 2), make_reading(), T0, Outcome.SCHEDULED, {}, T0 + 3, "release toggles"),
-    ("held-switch-lets-decrease-go", dec(STRATEGY, phases=3, current_a=7.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 7.0, "phases": None}, T0 + 600, "phase switch held"),
+    ("held-switch-lets-decrease-go", dec(STRATEGY, phases=3, current_a=7.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 7.0, "phases": None}, T0 + 300, "phase switch held"),
     # 16 A on the one phase in use is less power than the 16 A on three that was meant: it goes now.
-    ("held-switch-up-lets-raise-go", dec(STRATEGY, phases=3, current_a=16.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 16.0, "phases": None}, T0 + 600, "phase switch held"),
+    ("held-switch-up-lets-raise-go", dec(STRATEGY, phases=3, current_a=16.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 16.0, "phases": None}, T0 + 300, "phase switch held"),
     # 16 A on the three phases in use would be three times what was meant for one: it waits.
-    ("held-switch-down-holds-raise", dec(STRATEGY, phases=1, current_a=16.0), replace(CHARGING, phases=3, phases_at_s=T0), make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 600, "the raise waits for the phase switch"),
+    ("held-switch-down-holds-raise", dec(STRATEGY, phases=1, current_a=16.0), replace(CHARGING, phases=3, phases_at_s=T0), make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 300, "the raise waits for the phase switch"),
     ("held-switch-decrease-itself-held", dec(STRATEGY, phases=3, current_a=7.0), replace(SWITCHED, current_at_s=T0 + 198), make_reading(), T0 + 200, Outcome.SCHEDULED, {}, T0 + 203, "current changes"),
     ("safety-pause-drops-phases", dec(FALLBACK, charge=False, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"release": False, "phases": None}, None, "phase request ignored"),
 ]
@@ -851,3 +853,49 @@ def test_a_phases_or_lock_only_override_does_not_waive_the_resume_rule() -> None
     assert (
         verdict.outcome is Outcome.APPLIED and verdict.command is not None and verdict.command.release is True
     )
+
+
+# --- the box's switching pause only follows a switch while the car draws ------------------------------------
+
+
+def _paused_box(read_at_s: float) -> ChargerReading:
+    state = replace(
+        make_state(read_at_s=read_at_s, release=False), evse_state=3, signaled_current_a=0.0, current_l1_a=0.0
+    )
+    return ChargerReading(charger_id=CID, state=state, age_s=0.5, connected=True)
+
+
+PAUSED = replace(CHARGING, release=False, charging=False, charging_changed_at_s=T0 - 1000)
+
+
+def test_a_paused_box_switches_phases_without_waiting_for_the_switching_pause() -> None:
+    verdict, memory = govern(dec(STRATEGY, phases=1, current_a=8.0), _paused_box(T0), Limits(), PAUSED, T0)
+    assert verdict.command is not None and verdict.command.phases == 1
+    assert memory.phases_pause_s == 0.0
+    # The resume follows on the next tick: nothing waits for a pause the box does not run.
+    verdict, _ = govern(
+        dec(STRATEGY, phases=1, current_a=8.0), _paused_box(T0 + 0.9), Limits(), memory, T0 + 1
+    )
+    assert verdict.outcome is Outcome.APPLIED and verdict.command is not None
+    assert verdict.command.release is True and verdict.command.current_a == 8.0
+
+
+def test_a_switch_while_charging_waits_out_the_boxs_pause() -> None:
+    verdict, memory = govern(
+        dec(STRATEGY, phases=1), make_reading(read_at_s=T0 - 0.5, age_s=0.5), Limits(), CHARGING, T0
+    )
+    assert verdict.command is not None and verdict.command.phases == 1
+    assert memory.phases_pause_s == SWITCH_PAUSE_S
+    verdict, _ = govern(
+        dec(STRATEGY, current_a=8.0), make_reading(read_at_s=T0 + 5), Limits(), memory, T0 + 6
+    )
+    assert verdict.outcome is Outcome.SCHEDULED and "switching phases" in verdict.reasons[0]
+
+
+def test_the_governor_tells_strategies_when_a_switch_and_a_resume_go_through() -> None:
+    gov = SafetyGovernor({CID: Limits()})
+    assert gov.phase_switch_at_s(CID) == -math.inf and gov.resume_at_s(CID) == -math.inf
+    gov.commit(dec(STRATEGY, phases=1), make_reading(read_at_s=T0 - 0.5, age_s=0.5), T0)
+    assert gov.phase_switch_at_s(CID) == T0 + 300.0  # the interval (5 min by default)
+    gov.commit(dec(STRATEGY, charge=False), make_reading(read_at_s=T0 + 200, age_s=0.5), T0 + 200)
+    assert gov.resume_at_s(CID) == T0 + 200 + 300.0

@@ -14,8 +14,10 @@ the surplus and
   3 -> 1 once they have not for ``disable_delay_s``.
 
 They are deliberately generous: they see the surplus exactly (no meter lag,
-no noise), the car follows every setpoint at once, a phase switch costs no
-pause, and there is no minimum time between a pause and a resume. Each works
+no noise), the car follows every setpoint at once, and there is no minimum
+time between a pause and a resume. They run on the same box: a phase switch
+while the car draws costs the box's own switching pause (the car draws nothing
+for ``Setup.switch_pause_s``), as it does for surplus. Each works
 in whole seconds on the day's step function and fills the same per-tick
 :class:`~surplus.sim.score.Series` as the real replay.
 """
@@ -53,6 +55,8 @@ class _State:
     disable_since: float | None = None
     up_since: float | None = None
     down_since: float | None = None
+    #: The box's switching pause runs until then (the car draws nothing).
+    switching_until: float = -math.inf
 
 
 def _since(flag: bool, since: float | None, now: float) -> float | None:
@@ -80,8 +84,10 @@ def _decide(st: _State, surplus_w: float, setup: Setup, ref: Reference, now: flo
         st.down_since = _since(st.phases == most and not three_fit, st.down_since, now)
         if st.up_since is not None and now - st.up_since >= ref.enable_delay_s:
             st.phases, st.up_since = most, None
+            st.switching_until = now + setup.switch_pause_s
         if st.down_since is not None and now - st.down_since >= ref.disable_delay_s:
             st.phases, st.down_since = fewest, None
+            st.switching_until = now + setup.switch_pause_s
     amps = surplus_w / (v * st.phases)
     st.disable_since = _since(amps < lo, st.disable_since, now)
     if st.disable_since is not None and now - st.disable_since >= ref.disable_delay_s:
@@ -110,7 +116,8 @@ def run_reference(day: Day, car: Car, setup: Setup, ref: Reference) -> tuple[Ser
         if now >= next_decision:
             _decide(st, surplus, setup, ref, now)
             next_decision += ref.interval_s
-        power = st.current_a * st.phases * setup.volts if st.on else 0.0
+        drawing = st.on and now >= st.switching_until
+        power = st.current_a * st.phases * setup.volts if drawing else 0.0
         if got_wh >= need_wh:
             power = 0.0
         elif got_wh + power / 3600.0 > need_wh:

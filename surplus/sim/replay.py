@@ -101,7 +101,12 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
         limits=limits,
         profile=profile,
         ev=ev,
-        setup=Setup(phase_counts=counts, max_a=max_a, volts=profile.voltage_v),
+        setup=Setup(
+            phase_counts=counts,
+            max_a=max_a,
+            volts=profile.voltage_v,
+            switch_pause_s=float(profile.phase_switching_pause_s),
+        ),
         strategy_options=options,
         tick_s=config.control.tick_s,
         stale_after_s=config.control.stale_after_s,

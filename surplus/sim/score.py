@@ -137,6 +137,8 @@ class Setup:
     max_a: float
     volts: float = VOLTS
     min_a: float = MIN_CURRENT_A
+    #: The box's own pause when it switches phases while the car draws (PHASE_SWITCHING_PAUSE).
+    switch_pause_s: float = 0.0
 
     def best_power_w_on(self, surplus_w: float, phases: int) -> float:
         """The most of ``surplus_w`` the car can draw on ``phases`` (0 below 6 A on them)."""

@@ -1,0 +1,114 @@
+"""pv on the real stack: simulator over Modbus RTU-over-TCP, bus, driver, governor, loop, an HTTP meter.
+
+The QA defect: while a phase switch was held by ``phase_switch_interval_min``,
+the current sent was computed for the *other* phase count ("current 8 A (pv:
+surplus 5.51 kW = 8.0 A on 3 phases) [phase switch held ...]"), so strong sun
+within the interval left a one-phase box at 8 A instead of 16 A.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from tests.rpc_support import full_stack
+
+pytestmark = pytest.mark.integration
+
+
+class GridServer:
+    """A meter's JSON endpoint on 127.0.0.1 whose grid power the test sets."""
+
+    def __init__(self) -> None:
+        self.grid_w = 200.0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _serve(self, _: web.Request) -> web.Response:
+        return web.Response(text=json.dumps({"grid": self.grid_w}), content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._serve)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def grid() -> AsyncIterator[GridServer]:
+    server = GridServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+CONFIG = """\
+bus:
+  port: sim
+control:
+  tick_s: 0.5
+chargers:
+  - id: wallbox
+    device_id: 50
+    mode: pv
+    strategies:
+      pv: {{phases: auto, start_delay_s: 1, smoothing_up_s: 0, phase_up_delay_s: 2}}
+    limits: {{fuse_limit_a: 32, phase_switch_interval_min: 1}}
+meters:
+  - id: grid
+    type: http
+    options: {{url: "http://127.0.0.1:{port}/", grid_path: grid}}
+rpc:
+  port: 0
+simulator:
+  profile: 11kw
+"""
+
+
+async def _until(what: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_held_phase_switch_leaves_the_box_at_the_current_its_present_phases_allow(
+    grid: GridServer,
+) -> None:
+    async with full_stack(CONFIG.format(port=grid.port)) as (stack, model, _url):
+        controller = stack.controller
+        # Moderate sun: the paused box goes to one phase (free: it draws nothing) and starts.
+        grid.grid_w = -2000.0
+        await _until(lambda: model.charging_current_a > 0 and model.requested_phases == 1, 20)
+        switched_at = time.monotonic()
+        assert not model.phase_switch_pause_active  # a paused box switches without the box's pause
+        # Strong sun within the minute the switch interval holds the box on one phase.
+        grid.grid_w = -8000.0
+        strong_at = time.monotonic()
+        await _until(lambda: model.em_current_a >= 15.9, 10)
+        await asyncio.sleep(3)  # past phase_up_delay_s: three phases are wanted, the interval holds them
+        assert time.monotonic() - switched_at < 50, "the switch interval had already run out"
+        assert model.requested_phases == 1 and model.charging_phases == 1
+        record = controller.last_decision("wallbox")
+        assert record is not None
+        assert "on 1 phase" in record.decision.reason
+        assert "the switch interval allows it in" in record.decision.reason
+        # Never the three-phase amps (about 11-14 A here) on one phase: straight to 16 A.
+        after = [amps for at, amps in model.record.current_changes if at >= strong_at]
+        assert after and after[0] == 16.0, after
