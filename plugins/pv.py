@@ -13,9 +13,9 @@ the battery and the car gets what the battery does not take).
 
 **Following the sun.** The loop ticks every second and the governor lets a
 new current through every 5 s, so the current follows the surplus as it is:
-a falling surplus at once (``smoothing_down_s``, default 0), a rising one with
-a short time constant (``smoothing_up_s``, default 5 s) so one bright second
-does not pull the car up. Changes smaller than ``step_a`` wait until they have
+a falling surplus at once (``smoothing_down_s``, default 0), a rising one once
+it has held for ``smoothing_up_s`` (default 5 s), in one step, so one bright
+second does not pull the car up and a step in the sun is one write. Changes smaller than ``step_a`` wait until they have
 pointed the same way for a minute, so meter noise causes no writes.
 
 **Each rule prices what it costs, in energy.** The box's own rules are fixed:
@@ -56,8 +56,10 @@ afresh from the present state.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
@@ -71,10 +73,16 @@ PHASE_IN_USE_A = 1.0
 PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
 #: A change smaller than ``step_a`` is sent once it has persisted this long.
 SETTLE_S = 60.0
+#: A smaller change is never sent: it is the noise of the meter and the voltage reading.
+NOISE_A = 0.2
 #: After this long without a call the strategy forgets its timers and smoothing.
 RESET_AFTER_S = 30.0
 #: The window of "the sun of the last minutes" that prices a pause.
 TYPICAL_SUN_S = 600.0
+#: Spells of sun (or of its absence) whose median predicts the present one, and how many
+#: must have ended before they are trusted.
+SPELLS_KEPT = 3
+SPELLS_NEEDED = 2
 #: The manufacturer's minimum time between a pause and a resume (the governor's default).
 PAUSE_HOLD_S = 300.0
 #: A kWh imported counts this many kWh of sun given away: the import is paid in full, while
@@ -160,6 +168,35 @@ def _kwh(wh: float) -> str:
     return f"{wh / 1000:.2f} kWh"
 
 
+@dataclass(slots=True)
+class Spells:
+    """How long the sun stays on one side of a threshold: the recent spells' typical length.
+
+    ``update`` is called every tick with whether the condition holds; the typical
+    length is the median of the last ``SPELLS_KEPT`` spells that ended (one odd
+    spell, such as a dark morning, does not move it). ``remaining_s`` is the
+    expected rest of the present spell: the typical length, or as long again as it
+    has lasted when it has lasted longer (a long spell tends to go on); None until
+    ``SPELLS_NEEDED`` spells have ended, so only the energy accounts decide.
+    """
+
+    since: float | None = None
+    state: bool | None = None
+    lengths: deque[float] = field(default_factory=lambda: deque(maxlen=SPELLS_KEPT))
+
+    def update(self, holds: bool, now: float) -> None:
+        if holds != self.state:
+            if self.state and self.since is not None:  # a spell in which the condition held ends
+                self.lengths.append(now - self.since)
+            self.state, self.since = holds, now
+
+    def remaining_s(self, now: float) -> float | None:
+        """The expected rest of a spell in which the condition holds (None when it does not hold now)."""
+        if len(self.lengths) < SPELLS_NEEDED or self.since is None or not self.state:
+            return None
+        return max(statistics.median(self.lengths), now - self.since)
+
+
 class PvStrategy:
     """One charger's PV-surplus strategy; keeps its timers and energy accounts between ticks."""
 
@@ -168,6 +205,8 @@ class PvStrategy:
         self.name = name
         self._last_at: float | None = None
         self._smoothed_w = 0.0
+        #: (time, surplus) of the last ``smoothing_up_s`` seconds.
+        self._recent: deque[tuple[float, float]] = deque()
         #: Averages over TYPICAL_SUN_S: the power the car could have taken from the sun, what
         #: one phase leaves behind where three would take more, and the import of holding
         #: three phases at 6 A where they are not carried.
@@ -188,9 +227,15 @@ class PvStrategy:
         self._current_a: float | None = None
         #: (direction, since) of a small change that has not been sent yet.
         self._drift: tuple[int, float] | None = None
+        #: Recent spells of sun that carries three phases, of sun that does not, and of dips
+        #: below the minimum (on the fewest phases the box can use).
+        self._three_spells = Spells()
+        self._short_spells = Spells()
+        self._dip_spells = Spells()
 
     def _restart(self, state: ChargerState, raw_w: float) -> None:
         self._smoothed_w = raw_w
+        self._recent.clear()
         self._typical_w = max(0.0, raw_w)
         self._one_short_w = self._three_over_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
@@ -199,10 +244,24 @@ class PvStrategy:
         self._current_a = None
         self._drift = None
 
-    def _smooth(self, raw_w: float, dt: float) -> float:
+    def _smooth(self, raw_w: float, now: float, dt: float) -> float:
+        """A rise counts once it has held for ``smoothing_up_s`` (then in one step); a fall at once.
+
+        The lowest surplus of the last ``smoothing_up_s`` seconds: a step up in the sun
+        becomes one step up in the current, a few seconds late, not a staircase of
+        writes; one bright second does nothing. ``smoothing_down_s`` (a time constant,
+        default 0) can slow the fall for a meter that jitters.
+        """
         s = self.settings
-        tau = s.smoothing_up_s if raw_w > self._smoothed_w else s.smoothing_down_s
-        self._smoothed_w += (raw_w - self._smoothed_w) * (1.0 - math.exp(-dt / tau) if tau > 0 else 1.0)
+        recent = self._recent
+        recent.append((now, raw_w))
+        while recent[0][0] < now - s.smoothing_up_s:
+            recent.popleft()
+        held_w = min(w for _, w in recent)
+        if held_w < self._smoothed_w and s.smoothing_down_s > 0:
+            self._smoothed_w += (held_w - self._smoothed_w) * (1.0 - math.exp(-dt / s.smoothing_down_s))
+        else:
+            self._smoothed_w = held_w
         return self._smoothed_w
 
     # --- phases ------------------------------------------------------------------------------
@@ -237,7 +296,7 @@ class PvStrategy:
             # more sun behind than holding three at 6 A would have imported.
             self._low_since = self._high_since = None
             self._low_wh = self._high_wh = 0.0
-            want = 3 if fits_three and self._one_short_w >= self._three_over_w * IMPORT_WEIGHT else 1
+            want = 3 if fits_three else 1
             if want != present:
                 why = f"; {_plural(want)} for the start (a paused box switches without a pause)"
         elif present >= 3:
@@ -254,7 +313,15 @@ class PvStrategy:
                     + ctx.phase_switch_interval_s * self._one_short_w
                 ) / 3600.0
                 held_s = now - self._low_since
-                if self._low_wh * IMPORT_WEIGHT >= cost_wh or held_s >= s.phase_down_delay_s:
+                rest_s = self._short_spells.remaining_s(now)
+                expected_wh = 0.0 if rest_s is None else (three_min_w - max(sun_w, 0.0)) * rest_s / 3600.0
+                if rest_s is not None and expected_wh * IMPORT_WEIGHT >= cost_wh:
+                    want = 1
+                    why = (
+                        f"; to 1 phase: three are not carried, and such spells last about {rest_s:.0f} s: "
+                        f"holding them would import {_kwh(expected_wh)}, the switch costs {_kwh(cost_wh)} of sun"
+                    )
+                elif self._low_wh * IMPORT_WEIGHT >= cost_wh or held_s >= s.phase_down_delay_s:
                     want = 1
                     why = (
                         f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)}, "
@@ -269,11 +336,17 @@ class PvStrategy:
                 self._high_wh += (min(sun_w, 3 * one_max_w) - one_max_w) * dt / 3600.0
                 # The switch costs the power of its pause, and three phases for the switch
                 # interval (at the import of holding them lately).
-                cost_wh = (
-                    pause_s * min(present * one_max_w, sun_w)
-                    + ctx.phase_switch_interval_s * self._three_over_w * IMPORT_WEIGHT
-                ) / 3600.0
-                if self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
+                cost_wh = (pause_s * min(present * one_max_w, sun_w)) / 3600.0
+                rest_s = self._three_spells.remaining_s(now)
+                gain_w = min(sun_w, 3 * one_max_w) - one_max_w
+                expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
+                if rest_s is not None and expected_wh >= cost_wh:
+                    want = 3
+                    why = (
+                        f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
+                        f"{_kwh(expected_wh)} behind, the switch costs {_kwh(cost_wh)}"
+                    )
+                elif self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
                     want = 3
                     why = (
                         f"; to 3 phases: one phase left {_kwh(max(self._high_wh, 0.0))} of sun behind, "
@@ -304,7 +377,7 @@ class PvStrategy:
             dt = 0.0
         else:
             dt = now - self._last_at
-        sun_w = self._smooth(raw_w, dt)
+        sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = volts(state, s.voltage_v)
         self._track_typical(raw_w, ctx, line_v, dt)
@@ -366,6 +439,10 @@ class PvStrategy:
         self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
         over = max(0.0, 3 * MIN_CURRENT_A * line_v - max(raw_w, 0.0))
         self._three_over_w += (over - self._three_over_w) * k
+        now = ctx.now_s
+        self._three_spells.update(three > 0, now)
+        self._short_spells.update(three == 0, now)
+        self._dip_spells.update(takeable == 0, now)
 
     def _pause_cost_wh(self) -> float:
         """What a pause costs: the sun of the next 5 minutes, judged by the last ten."""
@@ -377,7 +454,16 @@ class PvStrategy:
         self._dip_since = now if self._dip_since is None else self._dip_since
         self._dip_wh += (MIN_CURRENT_A * phases * line_v - max(sun_w, 0.0)) * dt / 3600.0
         budget = self._pause_cost_wh() * s.ride_through
-        if self._dip_wh >= budget:
+        spells = self._short_spells if phases >= 3 else self._dip_spells
+        rest_s = spells.remaining_s(now)
+        import_w = MIN_CURRENT_A * phases * line_v - max(sun_w, 0.0)
+        expected_wh = 0.0 if rest_s is None else import_w * rest_s / 3600.0
+        if rest_s is not None and expected_wh >= budget:
+            why = (
+                f"pausing: such dips last about {rest_s:.0f} s, riding through would import "
+                f"{_kwh(expected_wh)}, more than the {_kwh(budget)} a pause is worth (5 min of the recent sun)"
+            )
+        elif self._dip_wh >= budget:
             why = (
                 f"pausing: riding through imported {_kwh(self._dip_wh)}, more than the "
                 f"{_kwh(budget)} a pause is worth (5 min of the recent sun)"
@@ -394,9 +480,13 @@ class PvStrategy:
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes
         through at once; a smaller one only after it has pointed the same way
-        for ``SETTLE_S`` (noise flips its sign, a real drift does not).
+        for ``SETTLE_S`` (noise flips its sign, a real drift does not), and one
+        below ``NOISE_A`` never.
         """
         last = self._current_a
+        if last is not None and abs(target - last) < NOISE_A and target not in (MIN_CURRENT_A, max_a):
+            self._drift = None
+            return last
         if last is None or target == last or abs(target - last) >= self.settings.step_a:
             self._drift = None
             return target

@@ -271,7 +271,12 @@ def score_run(
 
 
 def count_changes(series: Series) -> Counts:
-    """Setpoint changes, pauses (offering current -> not) and phase switches, from a series."""
+    """Setpoint changes, pauses (offering current -> not) and phase switches, from a series.
+
+    A phase switch counts when the box offered current just before it (the car was
+    charging or about to): those interrupt charging for the box's switching pause.
+    A paused box choosing its phases for the next start is not counted.
+    """
     changes = pauses = switches = 0
     cur, ph = series.current_a, series.phases
     for k in range(1, len(cur)):
@@ -279,6 +284,6 @@ def count_changes(series: Series) -> Counts:
             changes += 1
             if cur[k - 1] > 0 and cur[k] == 0:
                 pauses += 1
-        if ph[k] != ph[k - 1]:
+        if ph[k] != ph[k - 1] and cur[k - 1] > 0:
             switches += 1
     return Counts(setpoint_changes=changes, pauses=pauses, phase_switches=switches)
