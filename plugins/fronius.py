@@ -13,6 +13,9 @@
 - ``P_Load``: the consumers, negative (+ generator, - consumer); it includes
   a wallbox behind the grid meter, so ``house_power_w = -P_Load - chargers``.
 
+and ``Body.Data.Inverters.<n>.SOC``: a hybrid inverter's battery state of charge
+in percent (the first inverter that reports one), as ``battery_soc_pct``.
+
 A non-zero ``Head.Status.Code`` is an error carrying the device's ``Reason``.
 
 Sources relied on (read for facts, no code taken): the Fronius Solar API V1
@@ -85,6 +88,7 @@ class FroniusMeter:
         akku = self._http.number(doc, P_AKKU, null_ok=True)
         load = self._http.number(doc, P_LOAD, null_ok=True)
         return MeterReading(
+            battery_soc_pct=_battery_soc(doc),
             meter_id=self.meter_id,
             read_at_s=self._env.clock.now(),
             grid_power_w=round(grid, 1),
@@ -92,6 +96,20 @@ class FroniusMeter:
             house_power_w=house_without_chargers(self._env, -load if load is not None else None),
             battery_power_w=round(-akku, 1) if akku is not None else None,
         )
+
+
+def _battery_soc(doc: Any) -> float | None:
+    """The first ``Body.Data.Inverters.<n>.SOC`` that is a number in 0..100, else None."""
+    body = doc.get("Body") if isinstance(doc, Mapping) else None
+    data = body.get("Data") if isinstance(body, Mapping) else None
+    inverters = data.get("Inverters") if isinstance(data, Mapping) else None
+    if not isinstance(inverters, Mapping):
+        return None
+    for inverter in inverters.values():
+        soc = inverter.get("SOC") if isinstance(inverter, Mapping) else None
+        if isinstance(soc, (int, float)) and not isinstance(soc, bool) and 0 <= soc <= 100:
+            return round(float(soc), 1)
+    return None
 
 
 def make_fronius(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter:

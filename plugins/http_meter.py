@@ -8,7 +8,8 @@ one line: ``meter <id>: <url without credentials>: <what went wrong>``.
 Type "http" reads numbers out of a JSON document by dotted paths
 (``data.grid.power``; a number part indexes a list, ``meters.0.power``).
 Options: ``url`` (required), ``grid_path`` (required), ``pv_path``,
-``battery_path``, ``house_path``, ``scale`` (multiplies every value, e.g. 1000
+``battery_path``, ``house_path``, ``battery_soc_path`` (the home battery's state
+of charge in percent; not scaled), ``scale`` (multiplies every power, e.g. 1000
 for kW; default 1), ``invert_grid`` (the device says + = export),
 ``invert_battery`` (the device says + = discharge), ``house_includes_chargers``
 (the device's house power includes the wallboxes, which are then subtracted),
@@ -290,6 +291,7 @@ class HttpJsonMeter:
         pv_path: Path | None = None,
         battery_path: Path | None = None,
         house_path: Path | None = None,
+        battery_soc_path: Path | None = None,
         scale: float = 1.0,
         invert_grid: bool = False,
         invert_battery: bool = False,
@@ -302,6 +304,7 @@ class HttpJsonMeter:
         self.pv_path = pv_path
         self.battery_path = battery_path
         self.house_path = house_path
+        self.battery_soc_path = battery_soc_path
         self.scale = scale
         self.invert_grid = invert_grid
         self.invert_battery = invert_battery
@@ -333,6 +336,11 @@ class HttpJsonMeter:
             pv_power_w=self._scaled(doc, self.pv_path),
             house_power_w=house,
             battery_power_w=self._scaled(doc, self.battery_path, -1.0 if self.invert_battery else 1.0),
+            battery_soc_pct=(
+                None
+                if self.battery_soc_path is None
+                else self._http.number(doc, self.battery_soc_path, null_ok=True)
+            ),
         )
 
 
@@ -341,6 +349,7 @@ HTTP_OPTIONS = (
     "grid_path",
     "pv_path",
     "battery_path",
+    "battery_soc_path",
     "house_path",
     "scale",
     "invert_grid",
@@ -368,6 +377,7 @@ def make_http(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter
         grid_path=grid_path,
         pv_path=path_option(options, "pv_path", required=False),
         battery_path=path_option(options, "battery_path", required=False),
+        battery_soc_path=path_option(options, "battery_soc_path", required=False),
         house_path=path_option(options, "house_path", required=False),
         scale=scale,
         invert_grid=flag(options, "invert_grid", False),

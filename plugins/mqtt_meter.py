@@ -12,6 +12,9 @@ Payloads are a plain number (``"-1234.5"``) or JSON, with a dotted path per
 topic to the number (``grid_path: "ENERGY.Power"``, list indices as numbers:
 ``"phases.0.w"``). Several roles may share one topic with different paths.
 
+``battery_soc_topic`` (and ``battery_soc_path``) carry the home battery's state
+of charge in percent (``scale`` does not apply to it).
+
 Sign conventions (ours): grid positive = import, battery positive = charging,
 house = the house without the chargers. ``invert_grid`` / ``invert_battery``
 flip meters that count the other way; ``scale`` multiplies every value (1000
@@ -46,7 +49,7 @@ from surplus.types import MeterReading
 
 log = logging.getLogger(__name__)
 
-ROLES = ("grid", "pv", "battery", "house")
+ROLES = ("grid", "pv", "battery", "house", "battery_soc")
 #: The broker notices a silently dead client (and we a dead broker) within ~1.5x this.
 KEEPALIVE_S = 15
 OPTIONS = (
@@ -238,6 +241,7 @@ class MqttMeter:
             pv_power_w=self._optional("pv", now),
             battery_power_w=self._optional("battery", now),
             house_power_w=self._optional("house", now),
+            battery_soc_pct=self._optional("battery_soc", now),
         )
 
     def _optional(self, role: str, now: float) -> float | None:
@@ -436,7 +440,7 @@ def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSett
             if path:
                 raise OptionError(f"{role}_path", f"set {role}_topic too")
             continue
-        factor = -scale if invert.get(role) else scale
+        factor = 1.0 if role == "battery_soc" else (-scale if invert.get(role) else scale)
         sources.append(Source(role=role, topic=topic, path=path, factor=factor))
     username = _text(options, "username", None)
     password = _text(options, "password", None)

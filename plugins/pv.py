@@ -9,7 +9,11 @@ meter, positive while it charges): power flowing out of the battery is never
 counted as surplus, so the car does not empty the house battery;
 ``battery: car_first`` also counts the power the battery is absorbing, so the
 car gets it before the battery does (``house_first``, the default, leaves it to
-the battery and the car gets what the battery does not take).
+the battery and the car gets what the battery does not take). Where a meter
+reports the battery's state of charge: ``battery_soc_min`` gives the car the
+battery's charging power once the battery is at least that full (below it the
+battery comes first), and ``battery_to_car_soc`` lets a battery above that charge
+discharge into the car (by default it never does).
 
 **Following the sun.** The loop ticks every second and the governor lets a
 new current through every 5 s, so the current follows the surplus as it is:
@@ -93,6 +97,8 @@ OPTIONS = (
     "phases",
     "reserve_w",
     "battery",
+    "battery_soc_min",
+    "battery_to_car_soc",
     "start_delay_s",
     "stop_delay_s",
     "ride_through",
@@ -115,6 +121,10 @@ class PvSettings:
     phases: int | None = None
     reserve_w: float = 0.0
     car_first: bool = False
+    #: Above this state of charge (%) the car gets what the battery would absorb.
+    battery_soc_min: float | None = None
+    #: Above this state of charge (%) a discharging battery may feed the car; None: never.
+    battery_to_car_soc: float | None = None
     start_delay_s: float = 10.0
     #: The longest a dip is ridden through at 6 A before pausing.
     stop_delay_s: float = 300.0
@@ -140,10 +150,22 @@ def available_w(snapshot: Snapshot, state: ChargerState, settings: PvSettings) -
         for m in snapshot.meters.values()
         if m.error is None and m.battery_power_w is not None
     )
+    socs = [
+        m.battery_soc_pct
+        for m in snapshot.meters.values()
+        if m.error is None and m.battery_soc_pct is not None
+    ]
+    soc = min(socs) if socs else None
     available = state.power_total_w - grid_w - settings.reserve_w
-    if battery_w < 0:  # the battery discharges: that power is not the sun's
-        available += battery_w
-    elif settings.car_first:
+    if battery_w < 0:  # the battery discharges: not the sun's, unless the user lets it feed the car
+        feeds_car = (
+            settings.battery_to_car_soc is not None and soc is not None and soc >= settings.battery_to_car_soc
+        )
+        if not feeds_car:
+            available += battery_w
+    elif settings.car_first or (
+        settings.battery_soc_min is not None and soc is not None and soc >= settings.battery_soc_min
+    ):
         available += battery_w
     return available
 
@@ -532,6 +554,8 @@ def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSetti
         phases=None if phases == "auto" else int(phases),
         reserve_w=number(options, "reserve_w", d.reserve_w, lo=-5000, hi=50000, unit="W"),
         car_first=choice(options, "battery", "house_first", ("house_first", "car_first")) == "car_first",
+        battery_soc_min=_optional_pct(options, "battery_soc_min"),
+        battery_to_car_soc=_optional_pct(options, "battery_to_car_soc"),
         start_delay_s=number(options, "start_delay_s", d.start_delay_s, lo=0, hi=3600, unit="s"),
         stop_delay_s=number(options, "stop_delay_s", d.stop_delay_s, lo=0, hi=3600, unit="s"),
         ride_through=number(options, "ride_through", d.ride_through, lo=0, hi=10),
@@ -544,6 +568,13 @@ def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSetti
             options, "phase_down_delay_s", d.phase_down_delay_s, lo=0, hi=7200, unit="s"
         ),
     )
+
+
+def _optional_pct(options: Mapping[str, Any], name: str) -> float | None:
+    """A state of charge in percent, or None when the option is not given."""
+    if options.get(name) is None:
+        return None
+    return number(options, name, 0.0, lo=0, hi=100, unit="%")
 
 
 def make_pv(options: Mapping[str, Any]) -> Strategy:

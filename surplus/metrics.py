@@ -306,6 +306,7 @@ class SnapshotCollector(Collector):
         battery = _gauge(
             "surplus_meter_battery_power_watts", "Home battery power, + charging / - discharging", "meter"
         )
+        soc = _gauge("surplus_meter_battery_soc_percent", "Home battery state of charge", "meter")
         age = _gauge("surplus_meter_age_seconds", "Age of the meter reading", "meter")
         up = _gauge("surplus_meter_up", "1 while the meter reading is fresh (no error, not stale)", "meter")
         for mid, m in snap.meters.items():
@@ -317,10 +318,15 @@ class SnapshotCollector(Collector):
                 # stay numbers) rather than a flat line of old values or NaN; up says why.
                 continue
             grid.add_metric([mid], m.grid_power_w)
-            for fam, value in ((pv, m.pv_power_w), (house, m.house_power_w), (battery, m.battery_power_w)):
+            for fam, value in (
+                (pv, m.pv_power_w),
+                (house, m.house_power_w),
+                (battery, m.battery_power_w),
+                (soc, m.battery_soc_pct),
+            ):
                 if value is not None:
                     fam.add_metric([mid], value)
-        yield from (grid, pv, house, battery, age, up)
+        yield from (grid, pv, house, battery, soc, age, up)
 
     def _controller_families(self, snap: Snapshot, now: float, lag: float) -> Iterator[Metric]:
         build = _gauge("surplus_build_info", "Always 1; the version in a label", "version")

@@ -187,6 +187,7 @@ def meter_json(m: MeterReading) -> dict[str, Any]:
         "pvPowerW": rounded(m.pv_power_w, 1),
         "housePowerW": rounded(m.house_power_w, 1),
         "batteryPowerW": rounded(m.battery_power_w, 1),
+        "batterySocPct": rounded(m.battery_soc_pct, 1),
         "ageSeconds": rounded(m.age_s),
         "error": m.error,
     }

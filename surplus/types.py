@@ -185,6 +185,8 @@ class MeterReading:
     house_power_w: float | None = None
     #: A home battery's power: positive while it charges, negative while it discharges.
     battery_power_w: float | None = None
+    #: A home battery's state of charge in percent (0..100), where the meter reports it.
+    battery_soc_pct: float | None = None
     #: Filled in by the loop when the reading enters a snapshot.
     age_s: float = 0.0
     error: str | None = None

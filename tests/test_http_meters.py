@@ -270,6 +270,7 @@ async def test_fronius_gen24_battery_charging_signs_and_house_without_wallbox(de
     assert r.grid_power_w == -1200.0  # exporting
     assert r.pv_power_w == 7850.4
     assert r.battery_power_w == 1500.2  # P_Akku -1500.2 = charging = + for us
+    assert r.battery_soc_pct == 64.5  # Inverters.1.SOC
     assert r.house_power_w == pytest.approx(5150.2 - 3680.0)
     assert device.seen[0][0] == FRONIUS_PATH
 
@@ -290,6 +291,7 @@ async def test_fronius_symo_at_night_without_battery_nulls(device: Device) -> No
     assert r.grid_power_w == 412.3  # importing
     assert r.pv_power_w == 0.0  # null at night
     assert r.battery_power_w is None  # no battery
+    assert r.battery_soc_pct is None
     assert r.house_power_w == 412.3
 
 
@@ -485,6 +487,19 @@ async def test_http_paths_scale_and_signs(device: Device) -> None:
     flipped = {**options, "invert_grid": True, "invert_battery": True, "house_includes_chargers": True}
     r = await read_once(make_http("grid", flipped, env(None, Chargers(2500.0))))
     assert (r.grid_power_w, r.battery_power_w, r.house_power_w) == (1250.0, -500.0, 1500.0)
+
+
+async def test_http_battery_state_of_charge_is_a_percentage_and_not_scaled(device: Device) -> None:
+    device.serve("/soc", {"grid": -1.5, "battery": {"p": 0.8, "soc": 81.5}})
+    options = {
+        "url": f"http://127.0.0.1:{device.port}/soc",
+        "grid_path": "grid",
+        "battery_path": "battery.p",
+        "battery_soc_path": "battery.soc",
+        "scale": 1000,
+    }
+    r = await read_once(make_http("grid", options, env()))
+    assert (r.grid_power_w, r.battery_power_w, r.battery_soc_pct) == (-1500.0, 800.0, 81.5)
 
 
 async def test_http_only_grid_and_a_null_optional(device: Device) -> None:

@@ -239,6 +239,7 @@ async def test_json_paths_shared_topic_scale_and_signs(broker: Mosquitto) -> Non
         pv_topic="tele/meter/SENSOR",
         pv_path="pv",
         battery_topic="bat/p",
+        battery_soc_topic="bat/soc",
         house_topic="house/p",
         scale=1000,  # the meter speaks kW
         invert_grid=True,  # it counts export as positive
@@ -248,11 +249,13 @@ async def test_json_paths_shared_topic_scale_and_signs(broker: Mosquitto) -> Non
     try:
         await connected(meter)
         await publish(broker, "bat/p", "0.5")
+        await publish(broker, "bat/soc", "77.5")  # percent: scale and invert do not apply
         await publish(broker, "house/p", "0.75")
         await publish(broker, "tele/meter/SENSOR", '{"ENERGY": {"Power": [-1.2, 0]}, "pv": 3.4}')
         reading = await read_value(meter, 1200.0)
         assert reading.pv_power_w == 3400.0
         assert reading.battery_power_w == -500.0  # discharging 0.5 kW
+        assert reading.battery_soc_pct == 77.5
         assert reading.house_power_w == 750.0
     finally:
         await meter.stop()

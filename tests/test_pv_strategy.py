@@ -145,6 +145,44 @@ def minpv(**options: Any) -> Strategy:
         # a charging battery: the house gets it first unless the car comes first
         (0.0, -500.0, {"battery_power_w": 2000.0}, PvSettings(reserve_w=0), 500.0),
         (0.0, -500.0, {"battery_power_w": 2000.0}, PvSettings(reserve_w=0, car_first=True), 2500.0),
+        # battery_soc_min: the car gets the battery's charging power once the battery is that full
+        (
+            0.0,
+            -500.0,
+            {"battery_power_w": 2000.0, "battery_soc_pct": 85.0},
+            PvSettings(battery_soc_min=80),
+            2500.0,
+        ),
+        (
+            0.0,
+            -500.0,
+            {"battery_power_w": 2000.0, "battery_soc_pct": 79.9},
+            PvSettings(battery_soc_min=80),
+            500.0,
+        ),
+        (
+            0.0,
+            -500.0,
+            {"battery_power_w": 2000.0},
+            PvSettings(battery_soc_min=80),
+            500.0,
+        ),  # no SoC: house first
+        # battery_to_car_soc: a fuller battery may discharge into the car; by default never
+        (
+            10.0,
+            0.0,
+            {"battery_power_w": -1500.0, "battery_soc_pct": 60.0},
+            PvSettings(battery_to_car_soc=50),
+            6900.0,
+        ),
+        (
+            10.0,
+            0.0,
+            {"battery_power_w": -1500.0, "battery_soc_pct": 40.0},
+            PvSettings(battery_to_car_soc=50),
+            5400.0,
+        ),
+        (10.0, 0.0, {"battery_power_w": -1500.0, "battery_soc_pct": 99.0}, PvSettings(), 5400.0),
     ],
 )
 def test_available_power(
@@ -421,6 +459,8 @@ def test_time_going_backwards_starts_afresh_instead_of_failing() -> None:
         ({"step_a": 0}, "step_a: 0 A is below the minimum 0.1 A"),
         ({"start_delay_s": "soon"}, "start_delay_s: expected a number"),
         ({"voltage_v": 400}, "voltage_v: 400 V is above the maximum 260 V"),
+        ({"battery_soc_min": 120}, "battery_soc_min: 120 % is above the maximum 100 %"),
+        ({"battery_to_car_soc": "half"}, "battery_to_car_soc: expected a number"),
     ],
 )
 @pytest.mark.parametrize("name", ["pv", "minpv"])

@@ -715,6 +715,7 @@ async def test_a_meter_that_never_read_is_null_with_its_error(
         "pvPowerW": None,
         "housePowerW": None,
         "batteryPowerW": None,
+        "batterySocPct": None,
         "ageSeconds": None,
         "error": "connection refused",
     }

@@ -302,3 +302,24 @@ def test_the_plot_is_a_png_of_the_right_size_and_not_blank(tmp_path: Path) -> No
     pixels = matplotlib.image.imread(str(png))
     assert pixels.shape[:2] == (HEIGHT_PX, WIDTH_PX)
     assert pixels.std() > 0.05  # lines and text, not one colour
+
+
+async def test_a_replayed_battery_above_battery_soc_min_gives_the_car_its_charging_power(
+    tmp_path: Path,
+) -> None:
+    """The day's battery absorbs 2 kW at 90 %: with battery_soc_min 80 the car gets it, by default not."""
+    lines = ["t_s,pv_w,load_w,battery_w,battery_soc"]
+    lines += [
+        f"{t},{3500 if 36000 <= t < 39600 else 0},500,{2000 if 36000 <= t < 39600 else 0},90"
+        for t in range(0, 86400, 900)
+    ]
+    day = parse_day(lines, name="battery")
+    car = Car(arrival_s=36000, departure_s=39600, energy_wh=50_000)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "chargers:\n  - id: wallbox\n    mode: pv\n    strategies:\n      pv: {battery_soc_min: 80}\n"
+    )
+    house_first = await simulate(day, car, load_config(None, {}))
+    car_first = await simulate(day, car, load_config(str(config), {}))
+    assert house_first.runs[0].car_wh < 100  # 1 kW left after the battery: below 6 A, never starts
+    assert car_first.runs[0].car_wh > 2500  # ~3 kW for most of the hour

@@ -4,7 +4,8 @@ The input of ``surplus simulate``: a CSV file with a header row and one row per
 sample. The time column is ``t_s`` (seconds from the day's midnight) or
 ``time`` (ISO 8601 local time, e.g. ``2022-03-18T12:01:00``); then ``pv_w``
 (PV power), ``load_w`` (the house without the charger) and, optionally,
-``battery_w`` (a home battery, positive while it charges). Any resolution from
+``battery_w`` (a home battery, positive while it charges) and ``battery_soc``
+(its state of charge in percent, for the strategies' battery options). Any resolution from
 1 s to 15 min; a row's values hold until the next row (a step function), and
 the last row's until the end of the day. Errors name the file and its 1-based
 line number.
@@ -26,7 +27,7 @@ DAY_S = 86400.0
 MAX_STEP_S = 15 * 60.0
 TIME_COLUMNS = ("t_s", "time")
 REQUIRED = ("pv_w", "load_w")
-OPTIONAL = ("battery_w",)
+OPTIONAL = ("battery_w", "battery_soc")
 
 
 class DayError(ValueError):
@@ -46,6 +47,8 @@ class Day:
     end_s: float
     #: Any row with a battery power other than 0.
     has_battery: bool = False
+    #: The battery's state of charge per row (%), when the file has the column.
+    battery_soc: array[float] | None = None
 
     @property
     def start_s(self) -> float:
@@ -131,7 +134,7 @@ def parse_day(lines: list[str], *, name: str) -> Day:
     time_col = time_cols[0]
     col = {c: header.index(c) for c in (time_col, *REQUIRED, *OPTIONAL) if c in header}
 
-    t_s, pv, load, battery = array("d"), array("d"), array("d"), array("d")
+    t_s, pv, load, battery, soc = array("d"), array("d"), array("d"), array("d"), array("d")
     midnight: datetime | None = None
     last_line = header_line
     for n, line in rows[1:]:
@@ -149,6 +152,11 @@ def parse_day(lines: list[str], *, name: str) -> Day:
         p = _number(cells[col["pv_w"]], "pv_w", where)
         ld = _number(cells[col["load_w"]], "load_w", where)
         b = _number(cells[col["battery_w"]], "battery_w", where) if "battery_w" in col else 0.0
+        if "battery_soc" in col:
+            charge = _number(cells[col["battery_soc"]], "battery_soc", where)
+            if not 0 <= charge <= 100:
+                raise DayError(f"{where}: battery_soc: {charge:g} is not a percentage (0..100)")
+            soc.append(charge)
         if p < 0:
             raise DayError(f"{where}: pv_w: {p:g} W is negative (PV power is 0 or more)")
         if ld < 0:
@@ -183,6 +191,7 @@ def parse_day(lines: list[str], *, name: str) -> Day:
         battery_w=battery,
         end_s=end,
         has_battery=any(b != 0.0 for b in battery),
+        battery_soc=soc if "battery_soc" in col else None,
     )
 
 

@@ -161,6 +161,7 @@ class DayMeter:
             pv_power_w=d.pv_w[i],
             house_power_w=d.load_w[i],
             battery_power_w=battery if d.has_battery else None,
+            battery_soc_pct=d.battery_soc[i] if d.battery_soc is not None else None,
         )
 
 
