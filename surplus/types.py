@@ -203,17 +203,16 @@ class Snapshot:
     at_s: float
     chargers: Mapping[str, ChargerReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
     meters: Mapping[str, MeterReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    #: Sum of the meters' grid power; None unless every meter is fresh. Several
+    #: meters add up (e.g. two feeds); a partial sum would understate the import,
+    #: so one stale or failed meter makes the total unknown. (Computed once.)
+    grid_power_w: float | None = field(init=False, compare=False)
 
-    @property
-    def grid_power_w(self) -> float | None:
-        """Sum of the meters' grid power; None unless every meter is fresh.
-
-        Several meters add up (e.g. two feeds); a partial sum would understate
-        the import, so one stale or failed meter makes the total unknown.
-        """
-        if not self.meters or any(m.error is not None for m in self.meters.values()):
-            return None
-        return sum(m.grid_power_w for m in self.meters.values())
+    def __post_init__(self) -> None:
+        total: float | None = None
+        if self.meters and all(m.error is None for m in self.meters.values()):
+            total = sum(m.grid_power_w for m in self.meters.values())
+        object.__setattr__(self, "grid_power_w", total)
 
 
 class PauseKind(enum.StrEnum):

@@ -35,8 +35,10 @@ MAX_EM_CURRENT_A = 32.0
 MAX_READ_COUNT = 125
 #: Resolution of the energy registers (10 Wh).
 ENERGY_STEP_KWH = 0.01
-#: Measurement noise is held this long (simulated seconds) before it is redrawn.
-NOISE_HOLD_S = 2.0
+#: Measurement noise is held this long (simulated seconds) before it is redrawn: often
+#: enough that drivers and strategies meet noisy readings every few polls, rarely enough
+#: that a day's replay (86,400 polls) does not spend its time decoding new noise.
+NOISE_HOLD_S = 5.0
 AMBIENT_C = 25.0
 #: Thermal time constant of the box and the rise per amp of total load.
 THERMAL_TAU_S = 600.0
