@@ -19,31 +19,41 @@ discharge into the car (by default it never does).
 new current through every 5 s, so the current follows the surplus as it is:
 a falling surplus at once (``smoothing_down_s``, default 0), a rising one once
 it has held for ``smoothing_up_s`` (default 5 s), in one step, so one bright
-second does not pull the car up and a step in the sun is one write. Changes smaller than ``step_a`` wait until they have
-pointed the same way for a minute, so meter noise causes no writes.
+second does not pull the car up and a step in the sun is one write. Changes
+smaller than ``step_a`` wait until they have pointed the same way for a
+minute, changes below ``NOISE_A`` never, so meter noise causes no writes.
 
-**Each rule prices what it costs, in energy.** The box's own rules are fixed:
-a resume comes at least 5 minutes after a pause (``resume_at_s`` in the
-context), a phase switch while the car draws stops it for the box's switching
-pause (PHASE_SWITCHING_PAUSE, 0x0314), a paused box switches for free, and the
-governor spaces switches by ``limits.phase_switch_interval_min``. So:
+**Each rule prices what it costs, in energy**, an imported Wh counting
+``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
+that goes to the grid earns the feed-in and is often made up later). The box's
+own rules are fixed: a resume comes at least 5 minutes after a pause
+(``resume_at_s`` in the context), a phase switch while the car draws stops it
+for the box's switching pause (PHASE_SWITCHING_PAUSE, 0x0314), a paused box
+switches for free, and the governor spaces switches by
+``limits.phase_switch_interval_min``. So:
 
 * *Pause or ride through?* When the surplus no longer carries 6 A, the car is
-  held at 6 A and the import is counted. A pause costs the sun the car cannot
-  take for the next 5 minutes, estimated from the last ten minutes (the power
-  the car could take from the sun, on average). The car rides through a dip
-  as long as the import it cost stays below that price (``ride_through``, a
-  factor on it, default 0.5), and ``stop_delay_s`` at the longest: a short
+  held at 6 A. A pause costs the sun the car cannot take for the next 5
+  minutes, estimated from the last ten (the power the car could take from the
+  sun, on average). Riding costs its weighted import less the little sun it
+  still takes (which a pause would give away). The car rides through while
+  that stays below the pause's price; ``stop_delay_s`` is the longest. A short
   cloud is ridden through, an overcast afternoon is not.
 * *Three phases down to one.* When three phases cannot be carried (6 A on three
-  is 4.1 kW), the import of holding them is counted against what the switch
-  costs (the sun lost during the box's switching pause): a deep dip switches
-  within seconds, a shallow one rides on. ``phase_down_delay_s`` is the longest.
+  is 4.1 kW), the weighted import of holding them is counted against what the
+  switch costs: the sun lost during the box's switching pause, and the switch
+  interval on one phase at what one phase left behind lately. A deep dip
+  switches within seconds, a shallow one rides on. ``phase_down_delay_s`` is
+  the longest.
 * *One phase up to three.* When three phases can be carried, the power that
   one phase leaves on the table is counted until it pays for the switching
   pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
-* *Start.* A paused box picks the phases that take the most sun (switching
-  costs nothing then) and starts once the surplus has carried 6 A for
+  (No allowance for a later dip: on three phases it costs at most a ride.)
+* *Recent spells* (:class:`Spells`): how long the last dips and bright spells
+  lasted predicts the present one; a dip or a spell that is long by that
+  measure is acted on at once, a short one is left to the accounts above.
+* *Start.* A paused box starts on three phases when they are carried, else on
+  one (switching costs nothing then), once the surplus has carried 6 A for
   ``start_delay_s`` and the 5 minutes since the last pause are over.
 
 The current is always computed for the phases the box will really have: a
@@ -101,7 +111,7 @@ OPTIONS = (
     "battery_to_car_soc",
     "start_delay_s",
     "stop_delay_s",
-    "ride_through",
+    "import_weight",
     "smoothing_up_s",
     "smoothing_down_s",
     "step_a",
@@ -128,11 +138,11 @@ class PvSettings:
     start_delay_s: float = 10.0
     #: The longest a dip is ridden through at 6 A before pausing.
     stop_delay_s: float = 300.0
-    #: Import allowed for riding through a dip, as a share of what a pause would cost in sun.
-    ride_through: float = 1.0 / IMPORT_WEIGHT
+    #: An imported kWh counts this many kWh of sun given away, in every trade-off.
+    import_weight: float = IMPORT_WEIGHT
     smoothing_up_s: float = 5.0
     smoothing_down_s: float = 0.0
-    step_a: float = 0.5
+    step_a: float = 0.25
     voltage_v: float = 230.0
     #: The longest wait before going to three phases once they can be carried.
     phase_up_delay_s: float = 300.0
@@ -240,6 +250,7 @@ class PvStrategy:
         #: A dip being ridden through: when it began and the import it has cost (Wh).
         self._dip_since: float | None = None
         self._dip_wh = 0.0
+        self._dip_cost_wh = 0.0
         #: Three phases that cannot be carried: since when, and the import of holding them (Wh).
         self._low_since: float | None = None
         self._low_wh = 0.0
@@ -262,7 +273,7 @@ class PvStrategy:
         self._one_short_w = self._three_over_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
         self._enough_since = self._dip_since = self._low_since = self._high_since = None
-        self._dip_wh = self._low_wh = self._high_wh = 0.0
+        self._dip_wh = self._dip_cost_wh = self._low_wh = self._high_wh = 0.0
         self._current_a = None
         self._drift = None
 
@@ -337,13 +348,13 @@ class PvStrategy:
                 held_s = now - self._low_since
                 rest_s = self._short_spells.remaining_s(now)
                 expected_wh = 0.0 if rest_s is None else (three_min_w - max(sun_w, 0.0)) * rest_s / 3600.0
-                if rest_s is not None and expected_wh * IMPORT_WEIGHT >= cost_wh:
+                if rest_s is not None and expected_wh * s.import_weight >= cost_wh:
                     want = 1
                     why = (
                         f"; to 1 phase: three are not carried, and such spells last about {rest_s:.0f} s: "
                         f"holding them would import {_kwh(expected_wh)}, the switch costs {_kwh(cost_wh)} of sun"
                     )
-                elif self._low_wh * IMPORT_WEIGHT >= cost_wh or held_s >= s.phase_down_delay_s:
+                elif self._low_wh * s.import_weight >= cost_wh or held_s >= s.phase_down_delay_s:
                     want = 1
                     why = (
                         f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)}, "
@@ -426,9 +437,9 @@ class PvStrategy:
                 # pause, but it starts the switch interval, which would bind the charging car.
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
-            self._dip_since, self._dip_wh = None, 0.0
+            self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         if enough or s.keep_minimum:
-            self._dip_since, self._dip_wh = None, 0.0
+            self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         else:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
@@ -436,10 +447,9 @@ class PvStrategy:
         target = min(max(math.floor(exact_a * 10) / 10, MIN_CURRENT_A), ctx.max_current_a)
         self._current_a = target = self._settle(target, ctx.max_current_a, now)
         if self._dip_since is not None:
-            budget = self._pause_cost_wh() * s.ride_through
             why += (
-                f"; riding through at {MIN_CURRENT_A:g} A (imported {_kwh(self._dip_wh)} of "
-                f"{_kwh(budget)} that a pause would cost in sun)"
+                f"; riding through at {MIN_CURRENT_A:g} A (imported {_kwh(self._dip_wh)}, net cost "
+                f"{_kwh(self._dip_cost_wh)} of the {_kwh(self._pause_cost_wh())} a pause would cost in sun)"
             )
         elif exact_a < MIN_CURRENT_A:
             why += f"; minimum {MIN_CURRENT_A:g} A"
@@ -471,30 +481,38 @@ class PvStrategy:
         return self._typical_w * PAUSE_HOLD_S / 3600.0
 
     def _ride_or_pause(self, sun_w: float, phases: int, line_v: float, now: float, dt: float) -> str | None:
-        """Count the import of riding a dip at 6 A; the reason to pause once it costs more than a pause."""
+        """Count what riding a dip at 6 A costs; the reason to pause once it costs more than a pause.
+
+        Riding costs its import (weighted) but takes the little sun there is, which a
+        pause would send to the grid; a pause costs the sun of the next 5 minutes.
+        """
         s = self.settings
         self._dip_since = now if self._dip_since is None else self._dip_since
-        self._dip_wh += (MIN_CURRENT_A * phases * line_v - max(sun_w, 0.0)) * dt / 3600.0
-        budget = self._pause_cost_wh() * s.ride_through
+        sun = max(sun_w, 0.0)
+        import_w = MIN_CURRENT_A * phases * line_v - sun
+        net_w = import_w * s.import_weight - sun
+        self._dip_wh += import_w * dt / 3600.0
+        self._dip_cost_wh += net_w * dt / 3600.0
+        budget = self._pause_cost_wh()
         spells = self._short_spells if phases >= 3 else self._dip_spells
         rest_s = spells.remaining_s(now)
-        import_w = MIN_CURRENT_A * phases * line_v - max(sun_w, 0.0)
-        expected_wh = 0.0 if rest_s is None else import_w * rest_s / 3600.0
-        if rest_s is not None and expected_wh >= budget:
+        expected_wh = 0.0 if rest_s is None else net_w * rest_s / 3600.0
+        if rest_s is not None and expected_wh > 0 and expected_wh >= budget:
             why = (
-                f"pausing: such dips last about {rest_s:.0f} s, riding through would import "
+                f"pausing: such dips last about {rest_s:.0f} s, riding through would cost "
                 f"{_kwh(expected_wh)}, more than the {_kwh(budget)} a pause is worth (5 min of the recent sun)"
             )
-        elif self._dip_wh >= budget:
+        elif self._dip_cost_wh > 0 and self._dip_cost_wh >= budget:
             why = (
-                f"pausing: riding through imported {_kwh(self._dip_wh)}, more than the "
-                f"{_kwh(budget)} a pause is worth (5 min of the recent sun)"
+                f"pausing: riding through imported {_kwh(self._dip_wh)} (net cost {_kwh(self._dip_cost_wh)}), "
+                f"more than the {_kwh(budget)} a pause is worth (5 min of the recent sun)"
             )
         elif now - self._dip_since >= s.stop_delay_s:
             why = f"pausing: below {MIN_CURRENT_A:g} A for {s.stop_delay_s:g} s"
         else:
             return None
-        self._charging, self._dip_since, self._dip_wh, self._current_a = False, None, 0.0, None
+        self._charging, self._dip_since, self._current_a = False, None, None
+        self._dip_wh = self._dip_cost_wh = 0.0
         return why
 
     def _settle(self, target: float, max_a: float, now: float) -> float:
@@ -558,7 +576,7 @@ def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSetti
         battery_to_car_soc=_optional_pct(options, "battery_to_car_soc"),
         start_delay_s=number(options, "start_delay_s", d.start_delay_s, lo=0, hi=3600, unit="s"),
         stop_delay_s=number(options, "stop_delay_s", d.stop_delay_s, lo=0, hi=3600, unit="s"),
-        ride_through=number(options, "ride_through", d.ride_through, lo=0, hi=10),
+        import_weight=number(options, "import_weight", d.import_weight, lo=0.1, hi=100),
         smoothing_up_s=number(options, "smoothing_up_s", d.smoothing_up_s, lo=0, hi=600, unit="s"),
         smoothing_down_s=number(options, "smoothing_down_s", d.smoothing_down_s, lo=0, hi=600, unit="s"),
         step_a=number(options, "step_a", d.step_a, lo=0.1, hi=10, unit="A"),

@@ -268,10 +268,11 @@ async def _first(house: House, seconds: int, what: Any) -> float | None:
 @pytest.mark.parametrize(
     ("dip_w", "earliest_s", "latest_s"),
     [
-        # A pause costs 5 min of the recent sun (3 kW: 0.25 kWh); a third of it may be imported
-        # (IMPORT_WEIGHT 3), and the price falls as the dip makes the recent sun darker.
-        (1000.0, 350, 450),  # 0.38 kW import: ~400 s
-        (0.0, 140, 190),  # 1.38 kW import: ~165 s
+        # A pause costs 5 min of the recent sun (3 kW: 0.25 kWh), a price that falls as the dip
+        # makes the recent sun darker; riding costs its import three times (IMPORT_WEIGHT) less
+        # the sun it still takes.
+        (500.0, 240, 300),  # 0.88 kW import x 3 - 0.5 kW of sun: ~268 s
+        (0.0, 140, 190),  # 1.38 kW import x 3: ~165 s
     ],
 )
 async def test_a_dip_is_ridden_through_until_its_import_costs_more_than_a_pause(
@@ -283,6 +284,17 @@ async def test_a_dip_is_ridden_through_until_its_import_costs_more_than_a_pause(
     riding = [d for d in house.decisions[-int(paused_after) : -1]]
     assert all(d.charge and d.current_a == 6.0 and "riding through at 6 A" in d.reason for d in riding)
     assert "pausing: riding through imported" in house.decisions[-1].reason
+    assert "net cost" in house.decisions[-1].reason
+
+
+async def test_a_dip_with_enough_sun_is_worth_riding_until_stop_delay_s() -> None:
+    """Three phases only, 3.5 kW of sun: 0.64 kW import x 3 is less than the 3.5 kW a pause gives away."""
+    house = House(pv(start_delay_s=0), surplus_w=8000, phases=3, switchable=False, max_current_a=16.0)
+    await house.run(600)
+    house.surplus_w = 3500
+    paused_after = await _first(house, 400, lambda d: not d.charge)
+    assert paused_after is not None and 295 <= paused_after <= 305  # stop_delay_s (300) decides
+    assert "below 6 A for 300 s" in house.decisions[-1].reason
 
 
 async def test_stop_delay_is_the_longest_ride() -> None:
