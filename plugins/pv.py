@@ -94,9 +94,10 @@ RESET_AFTER_S = 30.0
 #: The window of "the sun of the last minutes" that prices a pause.
 TYPICAL_SUN_S = 600.0
 #: Spells of sun (or of its absence) whose median predicts the present one, and how many
-#: must have ended before they are trusted.
+#: must have ended before they are trusted (one: a wrong guess costs one switch or one
+#: pause, a late one costs every spell until the second has ended).
 SPELLS_KEPT = 3
-SPELLS_NEEDED = 2
+SPELLS_NEEDED = 1
 #: The manufacturer's minimum time between a pause and a resume (the governor's default).
 PAUSE_HOLD_S = 300.0
 #: A kWh imported counts this many kWh of sun given away: the import is paid in full, while
