@@ -64,6 +64,11 @@ def test_iso_times_count_from_the_first_rows_midnight_and_the_battery_column_is_
     assert day.surplus_w(1) == 3500.0  # what the battery takes is not there for the car
 
 
+def test_semicolons_separate_fields_when_the_header_has_no_comma() -> None:
+    day = parse_day(["t_s;pv_w;load_w", "0;0;300", "60;2500.5;400"], name="d")
+    assert list(day.pv_w) == [0.0, 2500.5] and day.surplus_w(1) == 2100.5
+
+
 def test_a_discharging_battery_is_not_sun() -> None:
     day = parse_day(["t_s,pv_w,load_w,battery_w", "0,2000,500,-800"], name="d")
     assert day.surplus_w(0) == 1500.0

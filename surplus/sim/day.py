@@ -6,9 +6,10 @@ sample. The time column is ``t_s`` (seconds from the day's midnight) or
 (PV power), ``load_w`` (the house without the charger) and, optionally,
 ``battery_w`` (a home battery, positive while it charges) and ``battery_soc``
 (its state of charge in percent, for the strategies' battery options). Any resolution from
-1 s to 15 min; a row's values hold until the next row (a step function), and
-the last row's until the end of the day. Errors name the file and its 1-based
-line number.
+1 s to 15 min; a row's values hold until the next row (a step function), the
+last row's until the end of the day, and before the first row the first row's.
+Fields are separated by commas, or by semicolons when the header has no comma.
+Errors name the file and its 1-based line number.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def parse_day(lines: list[str], *, name: str) -> Day:
     if not rows:
         raise DayError(f"{name}: empty file (expected a header such as t_s,pv_w,load_w)")
     header_line, header_text = rows[0]
-    header = [h.strip() for h in next(csv.reader([header_text]))]
+    delimiter = ";" if ";" in header_text and "," not in header_text else ","
+    header = [h.strip() for h in next(csv.reader([header_text], delimiter=delimiter))]
     where = f"{name}:{header_line}"
     time_cols = [c for c in TIME_COLUMNS if c in header]
     if len(time_cols) != 1:
@@ -139,7 +141,7 @@ def parse_day(lines: list[str], *, name: str) -> Day:
     last_line = header_line
     for n, line in rows[1:]:
         where = f"{name}:{n}"
-        cells = next(csv.reader([line]))
+        cells = next(csv.reader([line], delimiter=delimiter))
         if len(cells) != len(header):
             raise DayError(f"{where}: {len(cells)} fields, the header has {len(header)}")
         if time_col == "t_s":

@@ -162,9 +162,10 @@ went into the car.
 DAY is a CSV file: a time column (t_s = seconds from midnight, or time = ISO
 8601 local time), pv_w (PV power), load_w (the house without the charger) and
 optionally battery_w (a home battery, positive while it charges; replayed as
-recorded). Any resolution from 1 s to 15 min; each row's values hold until the
-next row (a step function), the last row's until the end of the day. DAY may
-also name a day shipped with surplus (see --list-days).
+recorded) and battery_soc (%). Any resolution from 1 s to 15 min; each row's
+values hold until the next row (a step function), the last row's until the end
+of the day. Commas or semicolons separate the fields. DAY may also name a day
+shipped with surplus (see --list-days).
 
 capture = sun into the car / the most sun the car could have taken (the oracle:
 nothing below 6 A on every allowed phase count); grid share = grid energy /
