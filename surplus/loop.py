@@ -423,7 +423,18 @@ class Controller:
         for mid, m in self._meter_readings.items():
             age = now - m.read_at_s
             stale = m.error or (f"stale ({age:.0f} s old)" if age > self._stale_after_s else None)
-            meters[mid] = dataclasses.replace(m, age_s=age, error=stale)
+            # Built directly rather than with dataclasses.replace: this runs every tick.
+            meters[mid] = MeterReading(
+                meter_id=m.meter_id,
+                read_at_s=m.read_at_s,
+                grid_power_w=m.grid_power_w,
+                pv_power_w=m.pv_power_w,
+                house_power_w=m.house_power_w,
+                battery_power_w=m.battery_power_w,
+                battery_soc_pct=m.battery_soc_pct,
+                age_s=age,
+                error=stale,
+            )
         return Snapshot(at_s=now, chargers=MappingProxyType(chargers), meters=MappingProxyType(meters))
 
     def _strategy_decision(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> tuple[Decision, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -486,3 +487,18 @@ async def test_strategies_plan_with_the_ceiling_the_governor_enforces(
     await bus.close()
     assert recorder.contexts and {c.max_current_a for c in recorder.contexts} == {want_a}
     assert {c.wall_s - c.now_s for c in recorder.contexts} == {clock.wall() - clock.now()}
+
+
+def test_the_snapshot_keeps_every_field_of_a_meter_reading(clock: FakeClock) -> None:
+    """_build_snapshot copies readings field by field (for speed): none may get lost."""
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, _bus = build_controller(clock, model)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(MeterReading):
+        values[f.name] = "grid" if f.name == "meter_id" else (None if f.name == "error" else 7.5)
+    values["read_at_s"] = clock.now()  # fresh: no "stale" error
+    reading = MeterReading(**values)
+    controller._meter_readings["grid"] = reading
+    copied = controller._build_snapshot(clock.now()).meters["grid"]
+    assert dataclasses.replace(copied, age_s=reading.age_s) == reading
+    assert copied.age_s == 0.0

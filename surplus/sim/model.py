@@ -247,6 +247,7 @@ class AmtronModel:
         self._words: dict[tuple[str, Value], list[int]] = {}
         self._static: dict[str, Value] | None = None
         self._status: dict[str, Value] | None = None
+        self._signal_a: float | None = None
         self._span_words: dict[tuple[int, tuple[Value, ...]], list[int]] = {}
         self._events: tuple[float, float] | None = None
         self._spans: dict[tuple[int, int, bool], tuple[R.Register, ...] | tuple[int, str]] = {}
@@ -436,7 +437,12 @@ class AmtronModel:
         return limit
 
     def _signal(self) -> float:
-        """The current the box signals on CP now."""
+        """The current the box signals on CP now (cached until the next change: see ``_refresh``)."""
+        if self._signal_a is None:
+            self._signal_a = self._compute_signal()
+        return self._signal_a
+
+    def _compute_signal(self) -> float:
         if self._ev is None or self._error_code() or self._lock or self._switch_until is not None:
             return 0.0
         if self._lost:  # fallback mode (otherwise there would be error 200)
@@ -574,6 +580,7 @@ class AmtronModel:
         """After any change: start or stop the car according to the signalled current."""
         self._cache = None
         self._status = None
+        self._signal_a = None
         self._events = None
         if self._signal() > 0 and not self._ev_full():
             if not self._drawing and self._accept_at is None:

@@ -184,7 +184,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("day", nargs="?", metavar="DAY", help="day CSV file, or the name of a shipped day")
     p.add_argument("-c", "--config", help="YAML config: charger limits, strategy options, simulator profile")
-    p.add_argument("--mode", choices=MODES, default="pv", help="the strategy to replay (default pv)")
+    p.add_argument(
+        "--mode",
+        default="pv",
+        help=f"the strategy to replay: {', '.join(MODES)} or a plugin's (default pv)",
+    )
     p.add_argument("--charger", metavar="ID", help="which charger of the config (default: the first)")
     p.add_argument(
         "--car",
