@@ -124,6 +124,8 @@ class LimitsConfig:
     soft_pause_a: float = setting(1.0, lo=0.01, hi=5.99, unit="A")
     pause: PauseKind = PauseKind.RELEASE
     phase_switch_interval_min: float = setting(5.0, lo=1, hi=1440, unit="min")
+    #: A person's switches (setPhases over JSON-RPC) too: the contactors wear.
+    person_phase_switch_interval_min: float = setting(1.0, lo=1, hi=1440, unit="min")
     pause_resume_interval_min: float = setting(
         5.0, lo=5, hi=1440, unit="min", below="the 5 min the manufacturer requires between pause and resume"
     )
@@ -475,5 +477,6 @@ def to_limits(charger: ChargerEntry, stale_after_s: float) -> Limits:
         release_toggle_interval_s=RELEASE_TOGGLE_INTERVAL_S,
         pause_resume_interval_s=lim.pause_resume_interval_min * 60.0,
         phase_switch_interval_s=lim.phase_switch_interval_min * 60.0,
+        person_phase_switch_interval_s=lim.person_phase_switch_interval_min * 60.0,
         stale_after_s=stale_after_s,
     )

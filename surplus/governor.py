@@ -50,7 +50,14 @@ Rules and the choices made where the brief left room (tests name each one):
   governor cannot see meter staleness, so "never upward" is enforced by source).
 * A safety pause only pauses: lock and phase parts in it are dropped with a
   reason instead of refusing the pause.
-* Lock/unlock: persons only, otherwise no rate limit.
+* Lock/unlock: persons only. A lock toggle stops or starts charging like a
+  release toggle, so lock and release toggles share one spacing
+  (``release_toggle_interval_s``): each is that far from the last of either.
+* While the box runs its switching pause, the safe direction is never held: a
+  pause, a lock and a lower current go at once (by their own spacing rules);
+  resumes, raises, unlocks and further switches wait for the pause to end.
+* Persons may switch phases more often than strategies, but not without limit
+  (contactors wear): at least ``person_phase_switch_interval_s`` apart.
 * UNCHANGED needs both: memory holds the value, and a fresh readback taken
   after that write agrees (a reboot or another master is noticed and undone).
   After :meth:`SafetyGovernor.forget` the readback alone decides; a readback of
@@ -106,6 +113,8 @@ class Limits:
     pause_resume_interval_s: float = 300.0
     #: Strategies switch phases at most this often (the box needs its pause, the car likes calm).
     phase_switch_interval_s: float = 300.0
+    #: Persons switch phases at most this often (the contactors wear).
+    person_phase_switch_interval_s: float = 60.0
     #: Charger data older than this is stale.
     stale_after_s: float = 10.0
 
@@ -121,6 +130,7 @@ class Limits:
             "release_toggle_interval_s",
             "pause_resume_interval_s",
             "phase_switch_interval_s",
+            "person_phase_switch_interval_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -153,6 +163,7 @@ class GovernorMemory:
     #: The box's own switching pause that follows the last switch (0 when the car drew nothing).
     phases_pause_s: float = 0.0
     lock: bool | None = None
+    lock_at_s: float | None = None
 
 
 def stale_reason(reading: ChargerReading, limits: Limits) -> str | None:
@@ -403,41 +414,72 @@ def govern(
 
     # --- spacing rules
     switch_pause_s = _switch_pause_s(state, fresh)
+    lock_ready_at = _lock_ready_at(limits, memory, plan, need_lock, now)
     if decision.source is not Source.SHUTDOWN and memory.phases_at_s is not None:
         end = memory.phases_at_s + memory.phases_pause_s
         if now < end:
+            safe_group = need_group and (not decision.charge or (not upward and not need_release))
+            safe_lock = need_lock and want_lock is True
+            if not (safe_group or safe_lock):
+                plan.reasons.append(
+                    f"the charger is switching phases for another {end - now:.1f} s; "
+                    f"only a pause, a lock or a lower current is sent meanwhile"
+                )
+                return (
+                    Verdict(
+                        outcome=Outcome.SCHEDULED,
+                        reasons=tuple(plan.reasons),
+                        retry_at_s=end,
+                        clamp=plan.clamp,
+                    ),
+                    memory,
+                )
+            # The safe direction is never held by the box's switching pause.
             plan.reasons.append(
-                f"the charger is switching phases for another {end - now:.1f} s; "
-                f"nothing else is sent meanwhile"
+                f"the charger is switching phases for another {end - now:.1f} s; the safe part goes now"
             )
-            return (
-                Verdict(
-                    outcome=Outcome.SCHEDULED, reasons=tuple(plan.reasons), retry_at_s=end, clamp=plan.clamp
-                ),
-                memory,
-            )
+            if safe_group:
+                ready = _group_ready_at(
+                    decision, limits, memory, plan, need_current, need_release, safety_pause, now
+                )
+                if now >= ready:
+                    _send_group(plan, want_current, want_release, need_current, need_release)
+                else:
+                    plan.held.append(ready)
+            if safe_lock:
+                if now >= lock_ready_at:
+                    plan.lock = True
+                else:
+                    plan.held.append(lock_ready_at)
+            if need_phases or (need_group and not safe_group) or (need_lock and not safe_lock):
+                plan.held.append(end)
+            return _verdict(decision, plan, memory, was_charging, now, switch_pause_s)
 
     group_ready_at = _group_ready_at(
         decision, limits, memory, plan, need_current, need_release, safety_pause, now
     )
     group_ready = now >= group_ready_at
     phases_ready_at = -math.inf
+    interval_s = limits.phase_switch_interval_s
     if need_phases and memory.phases_at_s is not None:
         if decision.person_decides("phases"):
-            plan.reasons.append("phase switch interval waived: person override")
-        else:
-            phases_ready_at = memory.phases_at_s + limits.phase_switch_interval_s
+            interval_s = limits.person_phase_switch_interval_s
+            plan.reasons.append(
+                f"phase switch interval waived: person override (a person's switches at least "
+                f"{interval_s:g} s apart)"
+            )
+        phases_ready_at = memory.phases_at_s + interval_s
     if need_phases and now < phases_ready_at:
         plan.reasons.append(
             f"phase switch held for another {_seconds(phases_ready_at - now)} s "
-            f"(switches at least {limits.phase_switch_interval_s:g} s apart)"
+            f"(switches at least {interval_s:g} s apart)"
         )
 
     if need_phases and not decision.charge and need_group:
         # Pause first: a switch while charging runs the box's switch pause and then charges again.
         if group_ready:
             _send_group(plan, want_current, want_release, need_current, need_release)
-            plan.lock = want_lock if need_lock else None
+            _send_lock(plan, want_lock, need_lock, lock_ready_at, now)
             plan.reasons.append("the phase switch follows the pause")
             plan.held.append(max(now, phases_ready_at))
         else:
@@ -460,8 +502,45 @@ def govern(
                 _send_group(plan, want_current, want_release, need_current, need_release)
             else:
                 plan.held.append(group_ready_at)
-        plan.lock = want_lock if need_lock else None
+        _send_lock(plan, want_lock, need_lock, lock_ready_at, now)
+    return _verdict(decision, plan, memory, was_charging, now, switch_pause_s)
 
+
+def _send_lock(plan: _Plan, want_lock: bool | None, need_lock: bool, ready_at: float, now: float) -> None:
+    """The lock part goes when its toggle spacing allows, else it is held until then."""
+    if not need_lock:
+        return
+    if now >= ready_at:
+        plan.lock = want_lock
+    else:
+        plan.held.append(ready_at)
+
+
+def _lock_ready_at(limits: Limits, memory: GovernorMemory, plan: _Plan, need_lock: bool, now: float) -> float:
+    """When a lock toggle may be sent: ``release_toggle_interval_s`` after the last release or lock toggle."""
+    if not need_lock:
+        return -math.inf
+    last = max((t for t in (memory.release_at_s, memory.lock_at_s) if t is not None), default=None)
+    if last is None:
+        return -math.inf
+    at = last + limits.release_toggle_interval_s
+    if now < at:
+        plan.reasons.append(
+            f"lock held for another {_seconds(at - now)} s (a lock toggle stops or starts charging: "
+            f"toggles at least {limits.release_toggle_interval_s:g} s apart)"
+        )
+    return at
+
+
+def _verdict(
+    decision: Decision,
+    plan: _Plan,
+    memory: GovernorMemory,
+    was_charging: bool | None,
+    now: float,
+    switch_pause_s: float,
+) -> tuple[Verdict, GovernorMemory]:
+    """The verdict for a finished plan, and the memory as it will be once its command is sent."""
     if not plan.sends:
         return Verdict(
             outcome=Outcome.SCHEDULED,
@@ -529,11 +608,12 @@ def _group_ready_at(
                 f"current changes at least {limits.current_change_interval_s:g} s apart",
             )
         )
-    if need_release and memory.release_at_s is not None:
+    toggled = [t for t in (memory.release_at_s, memory.lock_at_s) if t is not None]
+    if need_release and toggled:
         rules.append(
             (
-                memory.release_at_s + limits.release_toggle_interval_s,
-                f"release toggles at least {limits.release_toggle_interval_s:g} s apart",
+                max(toggled) + limits.release_toggle_interval_s,
+                f"release and lock toggles at least {limits.release_toggle_interval_s:g} s apart",
             )
         )
     # Only a resume waits: a pause (stopping) is always the safe direction, and holding
@@ -585,7 +665,7 @@ def _remember(
     if command.phases is not None:
         new = replace(new, phases=command.phases, phases_at_s=now, phases_pause_s=switch_pause_s)
     if command.lock is not None:
-        new = replace(new, lock=command.lock)
+        new = replace(new, lock=command.lock, lock_at_s=now)
     return new
 
 
@@ -688,6 +768,7 @@ class SafetyGovernor:
                     release_at_s=stamp(memory.release_at_s),
                     charging_changed_at_s=stamp(memory.charging_changed_at_s),
                     phases_at_s=stamp(memory.phases_at_s),
+                    lock_at_s=stamp(memory.lock_at_s),
                 )
             self._memory[decision.charger_id] = memory
         return verdict

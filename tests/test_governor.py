@@ -24,6 +24,7 @@ from surplus.types import (
     Capabilities,
     ChargerReading,
     ChargerState,
+    Command,
     Decision,
     Outcome,
     PauseKind,
@@ -342,14 +343,19 @@ PHASE_TABLE = [
     ("interval-299s-held", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 299, Outcome.SCHEDULED, {}, T0 + 300, "switches at least 300 s apart"),
     ("interval-300s-ok", dec(STRATEGY, phases=3), SWITCHED, make_reading(), T0 + 300, Outcome.APPLIED, {"phases": 3}, None, None),
     ("person-waives-interval", dec(PERSON, phases=3), SWITCHED, make_reading(), T0 + SWITCH_PAUSE_S, Outcome.APPLIED, {"phases": 3}, None, "phase switch interval waived"),
-    ("blackout-holds-person-current", dec(PERSON, current_a=8.0), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "switching phases for another 60.0 s"),
-    ("blackout-holds-person-phases", dec(PERSON, phases=3), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "nothing else is sent"),
-    ("blackout-holds-fallback-pause", dec(FALLBACK, charge=False), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "switching phases"),
+    ("blackout-holds-person-raise", dec(PERSON, current_a=12.0), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "switching phases for another 60.0 s"),
+    ("blackout-holds-person-phases", dec(PERSON, phases=3), SWITCHED, make_reading(), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "only a pause, a lock or a lower current"),
+    # The safe direction is never held by the box's switching pause.
+    ("blackout-lets-a-decrease-go", dec(PERSON, current_a=8.0), SWITCHED, make_reading(), T0 + 60, Outcome.APPLIED, {"current_a": 8.0}, None, "the safe part goes now"),
+    ("blackout-lets-fallback-pause-go", dec(FALLBACK, charge=False), SWITCHED, make_reading(), T0 + 60, Outcome.APPLIED, {"release": False}, None, "the safe part goes now"),
+    ("blackout-lets-a-lock-go", dec(PERSON, lock=True), SWITCHED, make_reading(), T0 + 60, Outcome.APPLIED, {"lock": True}, None, "the safe part goes now"),
+    ("blackout-holds-an-unlock", dec(PERSON, lock=False), replace(SWITCHED, lock=True), make_reading(locked=True), T0 + 60, Outcome.SCHEDULED, {}, T0 + SWITCH_PAUSE_S, "switching phases"),
+    ("blackout-pause-goes-phases-wait", dec(PERSON, charge=False, phases=3), SWITCHED, make_reading(), T0 + 60, Outcome.APPLIED, {"release": False, "phases": None}, T0 + SWITCH_PAUSE_S, "the safe part goes now"),
     ("blackout-over", dec(PERSON, current_a=8.0), SWITCHED, make_reading(), T0 + SWITCH_PAUSE_S, Outcome.APPLIED, {"current_a": 8.0}, None, None),
     ("shutdown-ignores-blackout", dec(SHUTDOWN, charge=False), SWITCHED, make_reading(), T0 + 1, Outcome.APPLIED, {"release": False}, None, None),
     ("phases-then-current", dec(STRATEGY, phases=1, current_a=16.0), CHARGING, make_reading(), T0, Outcome.APPLIED, {"phases": 1, "current_a": None}, T0 + SWITCH_PAUSE_S, "follows after the phase switch"),
     ("pause-then-phases", dec(STRATEGY, charge=False, phases=1), CHARGING, make_reading(), T0, Outcome.APPLIED, {"release": False, "phases": None}, T0, "phase switch follows the pause"),
-    ("pause-held-phases-wait", dec(STRATEGY, charge=False, phases=1), replace(CHARGING, release_at_s=T0 - 2), make_reading(), T0, Outcome.SCHEDULED, {}, T0 + 3, "release toggles"),
+    ("pause-held-phases-wait", dec(STRATEGY, charge=False, phases=1), replace(CHARGING, release_at_s=T0 - 2), make_reading(), T0, Outcome.SCHEDULED, {}, T0 + 3, "release and lock toggles"),
     ("held-switch-lets-decrease-go", dec(STRATEGY, phases=3, current_a=7.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 7.0, "phases": None}, T0 + 300, "phase switch held"),
     # 16 A on the one phase in use is less power than the 16 A on three that was meant: it goes now.
     ("held-switch-up-lets-raise-go", dec(STRATEGY, phases=3, current_a=16.0), SWITCHED, make_reading(), T0 + 200, Outcome.APPLIED, {"current_a": 16.0, "phases": None}, T0 + 300, "phase switch held"),
@@ -736,9 +742,10 @@ def test_spacing_holds_when_commands_are_fed_back(
     memory = GovernorMemory()
     now = T0
     writes: dict[str, list[float]] = {"current": [], "release": [], "phases": []}
+    toggles: list[float] = []  # release and lock writes share one spacing
     transitions: list[tuple[float, Decision]] = []
     phase_times: list[tuple[float, Decision]] = []
-    any_write: list[tuple[float, Decision]] = []
+    any_write: list[tuple[float, Decision, Command, GovernorMemory]] = []
     for dt, decision, age, switching in steps:
         now += dt
         reading = make_reading(age_s=age, switching=switching, read_at_s=T0 - 1)
@@ -748,11 +755,13 @@ def test_spacing_holds_when_commands_are_fed_back(
             assert new == memory
             continue
         cmd = verdict.command
-        any_write.append((now, decision))
+        any_write.append((now, decision, cmd, memory))
         if cmd.current_a is not None:
             writes["current"].append(now)
         if cmd.release is not None:
             writes["release"].append(now)
+        if cmd.release is not None or cmd.lock is not None:
+            toggles.append(now)
         if cmd.phases is not None:
             phase_times.append((now, decision))
         if new.charging_changed_at_s != memory.charging_changed_at_s and memory.charging is not None:
@@ -761,15 +770,24 @@ def test_spacing_holds_when_commands_are_fed_back(
     for name in ("current", "release"):
         times = writes[name]
         assert all(b - a >= 5.0 for a, b in itertools.pairwise(times)), (name, times)
+    assert all(b - a >= 5.0 for a, b in itertools.pairwise(toggles)), ("toggles", toggles)
     for (a, _), (b, later) in itertools.pairwise(transitions):
         # Pauses go at once; a strategy's resume comes at least the interval after the pause before it.
         exempt = later.by_person or not later.charge
         assert exempt or b - a >= limits.pause_resume_interval_s, (a, b, later)
     for (a, _), (b, later) in itertools.pairwise(phase_times):
-        assert later.by_person or b - a >= limits.phase_switch_interval_s
+        if later.by_person:
+            assert b - a >= limits.person_phase_switch_interval_s
+        else:
+            assert b - a >= limits.phase_switch_interval_s
     for at, _ in phase_times:
-        during = [(t, d) for t, d in any_write if at < t < at + SWITCH_PAUSE_S]
-        assert all(d.source is SHUTDOWN for _, d in during), (at, during)
+        during = [(t, d, c, m) for t, d, c, m in any_write if at < t < at + SWITCH_PAUSE_S]
+        # During the box's switching pause only the safe direction goes: a pause, a lock, less current.
+        for _t, d, c, m in during:
+            if d.source is SHUTDOWN:
+                continue
+            assert c.phases is None and c.release is not True and c.lock is not False, (at, d, c)
+            assert c.current_a is None or m.current_a is None or c.current_a <= m.current_a, (at, d, c, m)
 
 
 def test_commit_counts_spacing_from_when_the_write_finished() -> None:
@@ -887,7 +905,7 @@ def test_a_switch_while_charging_waits_out_the_boxs_pause() -> None:
     assert verdict.command is not None and verdict.command.phases == 1
     assert memory.phases_pause_s == SWITCH_PAUSE_S
     verdict, _ = govern(
-        dec(STRATEGY, current_a=8.0), make_reading(read_at_s=T0 + 5), Limits(), memory, T0 + 6
+        dec(STRATEGY, current_a=12.0), make_reading(read_at_s=T0 + 5), Limits(), memory, T0 + 6
     )
     assert verdict.outcome is Outcome.SCHEDULED and "switching phases" in verdict.reasons[0]
 
@@ -899,3 +917,41 @@ def test_the_governor_tells_strategies_when_a_switch_and_a_resume_go_through() -
     assert gov.phase_switch_at_s(CID) == T0 + 300.0  # the interval (5 min by default)
     gov.commit(dec(STRATEGY, charge=False), make_reading(read_at_s=T0 + 200, age_s=0.5), T0 + 200)
     assert gov.resume_at_s(CID) == T0 + 200 + 300.0
+
+
+# --- lock toggles are toggles; persons switch phases at most once a minute -------------------------------------
+
+
+def test_lock_toggles_are_spaced_like_release_toggles() -> None:
+    """Six setLock true/false calls within 5 ms made six lock writes (each stops and starts charging)."""
+    gov = SafetyGovernor({CID: Limits()})
+    reading = make_reading(read_at_s=T0 - 0.5, age_s=0.5)
+    sent = []
+    for k in range(6):
+        now = T0 + k * 0.001
+        decision = dec(PERSON, lock=k % 2 == 0)
+        verdict = gov.evaluate(decision, reading, now)
+        if verdict.command is not None:
+            gov.commit(decision, reading, now)
+            sent.append((now, verdict.command.lock))
+        else:
+            assert verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s == pytest.approx(T0 + 5.0)
+            assert "lock held for another 5.0 s" in verdict.reasons[-1]
+    assert sent == [(T0, True)]
+    # A release toggle counts against the lock toggle too, and the other way round.
+    verdict = gov.evaluate(dec(PERSON, charge=False), reading, T0 + 2)
+    assert verdict.outcome is Outcome.SCHEDULED and "release and lock toggles" in verdict.reasons[-1]
+    verdict = gov.evaluate(dec(PERSON, lock=False), reading, T0 + 5)
+    assert verdict.command is not None and verdict.command.lock is False
+
+
+def test_persons_switch_phases_at_most_once_a_minute() -> None:
+    limits = Limits()
+    verdict, memory = govern(dec(PERSON, phases=1), make_reading(), limits, CHARGING, T0)
+    assert verdict.command is not None and verdict.command.phases == 1
+    verdict, _ = govern(dec(PERSON, phases=3), make_reading(), limits, memory, T0 + SWITCH_PAUSE_S)
+    assert verdict.command is not None  # 120 s later: allowed (strategies would wait 300 s)
+    quick = replace(SWITCHED, phases_pause_s=0.0)  # a paused box: no switching pause in the way
+    verdict, _ = govern(dec(PERSON, phases=3), make_reading(), limits, quick, T0 + 10)
+    assert verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s == T0 + 60.0
+    assert "phase switch held for another 50.0 s (switches at least 60 s apart)" in verdict.reasons

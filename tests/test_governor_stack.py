@@ -1,6 +1,7 @@
-"""pv on the real stack: simulator over Modbus RTU-over-TCP, bus, driver, governor, loop, an HTTP meter.
+"""Governor rules on the real stack: simulator over Modbus RTU-over-TCP, bus, driver, governor, loop,
+JSON-RPC and an HTTP meter.
 
-The QA defect: while a phase switch was held by ``phase_switch_interval_min``,
+The held-switch defect: while a phase switch was held by ``phase_switch_interval_min``,
 the current sent was computed for the *other* phase count ("current 8 A (pv:
 surplus 5.51 kW = 8.0 A on 3 phases) [phase switch held ...]"), so strong sun
 within the interval left a one-phase box at 8 A instead of 16 A.
@@ -112,3 +113,51 @@ async def test_a_held_phase_switch_leaves_the_box_at_the_current_its_present_pha
         # Never the three-phase amps (about 11-14 A here) on one phase: straight to 16 A.
         after = [amps for at, amps in model.record.current_changes if at >= strong_at]
         assert after and after[0] == 16.0, after
+
+
+async def test_a_batch_of_lock_toggles_makes_one_lock_write_per_5_s() -> None:
+    """Six setLock true/false calls in one JSON-RPC batch: each flip would stop and start charging."""
+    import aiohttp
+
+    from tests.rpc_support import STACK_CONFIG
+
+    async with full_stack(STACK_CONFIG) as (_stack, model, url):
+        batch = [
+            {"jsonrpc": "2.0", "id": k, "method": "setLock", "params": {"lock": k % 2 == 0}} for k in range(6)
+        ]
+        async with aiohttp.ClientSession() as session, session.post(url, json=batch) as resp:
+            replies = await resp.json()
+        assert len(replies) == 6
+        locks = [w for w in model.record.writes if w.register == "LOCK_EVSE" and w.exception_code is None]
+        assert len(locks) <= 1  # six flips asked, at most one lock toggle within 5 s (was: six in 5 ms)
+        statuses = [r["result"]["data"]["status"] for r in replies]
+        scheduled = [r for r in replies if r["result"]["data"]["status"] == "scheduled"]
+        assert scheduled, statuses
+        for reply in scheduled:
+            assert "toggles at least 5 s apart" in " ".join(reply["result"]["data"]["reasons"])
+
+
+async def test_a_stop_during_the_boxs_switching_pause_goes_at_once() -> None:
+    """The safe direction is never held by the box's phase-switching pause (90 s in the simulator)."""
+    import aiohttp
+
+    from tests.rpc_support import STACK_CONFIG
+
+    async def call(
+        session: aiohttp.ClientSession, url: str, method: str, **params: object
+    ) -> dict[str, object]:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        async with session.post(url, json=body) as resp:
+            reply: dict[str, object] = await resp.json()
+            return reply
+
+    async with full_stack(STACK_CONFIG) as (_stack, model, url), aiohttp.ClientSession() as session:
+        await _until(lambda: model.charging_current_a > 0, 20)  # fixed 10 A: charging
+        await call(session, url, "setRequestedPhases", phases=1)  # a single phase
+        await _until(lambda: model.phase_switch_pause_active, 10)
+        stop_at = time.monotonic()
+        reply = await call(session, url, "stopCharging")
+        # At once, or after the 5 s release-toggle spacing: long before the 90 s pause ends.
+        await _until(lambda: model.release == 0, 8)
+        assert time.monotonic() - stop_at < 6.0, reply
+        assert model.phase_switch_pause_active
