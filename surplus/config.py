@@ -114,6 +114,9 @@ class ControlConfig:
     full_read_every_s: float = setting(60.0, gt=0, hi=86400, unit="s")
     #: A meter read that takes longer is abandoned for this tick (counted as a failure).
     meter_timeout_s: float = setting(3.0, gt=0, hi=60, unit="s")
+    #: The house connection's fuse per phase: a meter reading beyond what it can carry
+    #: (3 phases x 230 V x this, with a 50 % margin) is implausible and counts as a failed read.
+    site_fuse_a: float = setting(63.0, gt=0, hi=4000, unit="A")
 
 
 @dataclass(**_FROZEN)

@@ -132,6 +132,7 @@ class Controller:
         stale_after_s: float = 10.0,
         full_read_every_s: float = 60.0,
         meter_timeout_s: float = 3.0,
+        meter_max_w: float = math.inf,
         plugins: Sequence[PluginInfo] = (),
         observers: Sequence[DecisionObserver] = (),
     ) -> None:
@@ -146,6 +147,8 @@ class Controller:
         self._stale_after_s = stale_after_s
         self._full_read_every_s = full_read_every_s
         self._meter_timeout_s = meter_timeout_s
+        #: A reading whose powers exceed this (W, either sign) is implausible: a failed read.
+        self._meter_max_w = meter_max_w
         self._plugins = tuple(plugins)
         self._observers = list(observers)
         self._tick_observers: list[TickObserver] = []
@@ -397,6 +400,10 @@ class Controller:
         if not isinstance(result, (MeterReading, BaseException)):  # a plugin breaking its contract
             result = TypeError(f"returned {type(result).__name__} instead of a MeterReading")
         if isinstance(result, MeterReading):
+            why_not = implausible(result, self._meter_max_w)
+            if why_not is not None:
+                result = ValueError(why_not)
+        if isinstance(result, MeterReading):
             if self._meter_errors.pop(mid, None) is not None:
                 log.info("meter %s: reads work again", mid)
             self._meter_readings[mid] = result
@@ -613,6 +620,38 @@ class Controller:
                 )
             return
         log.warning("%s: safe state not sent (skipped or not reached in %.0f s)", slot.charger_id, max_wait_s)
+
+
+#: Mains voltage for the plausibility bound, with a margin for what a fuse carries briefly.
+_PLAUSIBLE_V, _PLAUSIBLE_MARGIN = 230.0, 1.5
+
+
+def plausible_meter_w(site_fuse_a: float, phases: int = 3) -> float:
+    """The most power (W, either sign) a house connection with ``site_fuse_a`` per phase can carry."""
+    return phases * _PLAUSIBLE_V * site_fuse_a * _PLAUSIBLE_MARGIN
+
+
+def implausible(reading: MeterReading, max_w: float) -> str | None:
+    """Why a reading cannot be true (not a number, or beyond what the site can carry), or None."""
+    for name, value in (
+        ("grid", reading.grid_power_w),
+        ("PV", reading.pv_power_w),
+        ("house", reading.house_power_w),
+        ("battery", reading.battery_power_w),
+    ):
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            return f"implausible {name} power {value} W (not a finite number)"
+        if abs(value) > max_w:
+            return (
+                f"implausible {name} power {value:.6g} W: beyond the {max_w / 1000:.1f} kW the house "
+                f"connection can carry (control.site_fuse_a)"
+            )
+    soc = reading.battery_soc_pct
+    if soc is not None and not 0 <= soc <= 100:
+        return f"implausible battery state of charge {soc:g} % (not 0..100)"
+    return None
 
 
 def _meter_why(meter_id: str, exc: BaseException) -> str:

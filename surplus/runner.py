@@ -21,7 +21,7 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, to_limits, validate_plugins
 from .governor import SafetyGovernor
-from .loop import ChargerSlot, Controller
+from .loop import ChargerSlot, Controller, plausible_meter_w
 from .meter import Meter, MeterEnv
 from .modbus.bus import BusConfig, ModbusBus
 from .plugins import collect_meters, collect_strategies, describe_plugins, make_plugin_manager
@@ -153,6 +153,7 @@ async def build_stack(
         stale_after_s=config.control.stale_after_s,
         full_read_every_s=config.control.full_read_every_s,
         meter_timeout_s=config.control.meter_timeout_s,
+        meter_max_w=plausible_meter_w(config.control.site_fuse_a),
         plugins=describe_plugins(pm),
     )
     holder["c"] = controller

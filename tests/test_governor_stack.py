@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -27,11 +27,14 @@ class GridServer:
 
     def __init__(self) -> None:
         self.grid_w = 200.0
+        #: When set, the grid power is computed at each request (e.g. the car's power minus the sun).
+        self.grid_fn: Callable[[], float] | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def _serve(self, _: web.Request) -> web.Response:
-        return web.Response(text=json.dumps({"grid": self.grid_w}), content_type="application/json")
+        grid = self.grid_fn() if self.grid_fn is not None else self.grid_w
+        return web.Response(text=json.dumps({"grid": grid}), content_type="application/json")
 
     async def start(self) -> None:
         app = web.Application()
@@ -161,3 +164,21 @@ async def test_a_stop_during_the_boxs_switching_pause_goes_at_once() -> None:
         await _until(lambda: model.release == 0, 8)
         assert time.monotonic() - stop_at < 6.0, reply
         assert model.phase_switch_pause_active
+
+
+async def test_an_implausible_meter_value_is_a_failed_read_and_moves_nothing(grid: GridServer) -> None:
+    """QA: {"grid": -1e12} for 2 s took the current from 8.5 A to 16 A within 0.1 s, and held it 84 s."""
+    async with full_stack(CONFIG.format(port=grid.port)) as (stack, model, _url):
+        grid.grid_fn = lambda: model.charging_power_w - 2000.0  # 2 kW of sun
+        await _until(lambda: model.charging_current_a > 0, 20)
+        await asyncio.sleep(6)  # settled at what 2 kW carry on one phase
+        before = model.em_current_a
+        assert 8.0 <= before <= 9.0
+        grid.grid_fn = lambda: -1e12
+        await asyncio.sleep(2)
+        reading = stack.controller.meters()["grid"]
+        assert reading.error is not None and reading.error.startswith("implausible grid power")
+        grid.grid_fn = lambda: model.charging_power_w - 2000.0
+        await asyncio.sleep(3)
+        assert max(a for _, a in model.record.current_changes) <= 9.0
+        assert stack.controller.meters()["grid"].error is None

@@ -502,3 +502,74 @@ def test_the_snapshot_keeps_every_field_of_a_meter_reading(clock: FakeClock) -> 
     copied = controller._build_snapshot(clock.now()).meters["grid"]
     assert dataclasses.replace(copied, age_s=reading.age_s) == reading
     assert copied.age_s == 0.0
+
+
+# --- implausible meter readings are failed reads -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"grid_power_w": -1e12}, "implausible grid power -1e+12 W: beyond the 65.2 kW"),
+        ({"grid_power_w": math.nan}, "implausible grid power nan W (not a finite number)"),
+        ({"grid_power_w": 0.0, "pv_power_w": math.inf}, "implausible PV power inf W"),
+        ({"grid_power_w": 0.0, "battery_soc_pct": 140.0}, "implausible battery state of charge 140 %"),
+        ({"grid_power_w": -40_000.0}, None),  # a big PV plant on a 63 A connection: possible
+    ],
+)
+def test_implausible_readings(fields: dict[str, Any], why: str | None) -> None:
+    from surplus.loop import implausible, plausible_meter_w
+
+    reading = MeterReading(meter_id="grid", read_at_s=0.0, **fields)
+    found = implausible(reading, plausible_meter_w(63.0))
+    assert (found is None) if why is None else (found is not None and found.startswith(why)), found
+
+
+class _ScriptedMeter:
+    """grid = what the car draws - the sun, except for scripted outliers at given seconds."""
+
+    meter_id = "grid"
+    instant = True
+
+    def __init__(
+        self, clock: FakeClock, model: AmtronModel, sun_w: float, outliers: dict[int, float]
+    ) -> None:
+        self._clock, self._model, self._sun_w, self._outliers = clock, model, sun_w, outliers
+        self._t0 = clock.now()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def read(self) -> MeterReading:
+        second = round(self._clock.now() - self._t0)
+        grid = self._outliers.get(second, self._model.charging_power_w - self._sun_w)
+        return MeterReading(meter_id="grid", read_at_s=self._clock.now(), grid_power_w=grid)
+
+
+@pytest.mark.parametrize("outlier_w", [-1e12, -30_000.0])
+async def test_a_meter_outlier_never_raises_the_current(clock: FakeClock, outlier_w: float) -> None:
+    """An implausible value is a failed read; a plausible one-tick spike is not followed upward."""
+    from surplus.loop import plausible_meter_w
+
+    model = AmtronModel(clock, ev=EvProfile())
+    meter = _ScriptedMeter(clock, model, 2000.0, {120: outlier_w, 121: outlier_w})
+    controller, bus = build_controller(clock, model, meters=[meter], mode="pv")
+    controller._meter_max_w = plausible_meter_w(63.0)
+    task = asyncio.ensure_future(controller.run(duration_s=180))
+    await clock.advance(100)
+    before = model.em_current_a
+    assert 8.0 <= before <= 9.0  # 2 kW on one phase
+    await clock.advance(20.5)  # just after the tick that read the first outlier
+    error = controller.meters()["grid"].error
+    await clock.advance(60.5)
+    await task
+    await bus.close()
+    after = [a for t, a in model.record.current_changes if t >= clock.now() - 81]
+    assert max(after, default=before) <= before + 0.3, after
+    if outlier_w == -1e12:
+        assert error is not None and error.startswith("implausible grid power -1e+12 W")
+    else:
+        assert error is None  # possible, so believed for its tick, but never followed upward

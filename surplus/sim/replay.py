@@ -24,7 +24,7 @@ from surplus.chargers.amtron import AmtronCharger
 from surplus.clock import FakeClock
 from surplus.config import ChargerEntry, Config, to_limits
 from surplus.governor import Limits, SafetyGovernor
-from surplus.loop import ChargerSlot, Controller
+from surplus.loop import ChargerSlot, Controller, plausible_meter_w
 from surplus.plugins import METER_PLUGINS, collect_strategies, make_plugin_manager
 from surplus.types import MeterReading, Snapshot
 
@@ -59,6 +59,7 @@ class Plan:
     stale_after_s: float
     full_read_every_s: float
     meter_timeout_s: float
+    meter_max_w: float
 
 
 def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> Plan:
@@ -112,6 +113,7 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
         stale_after_s=config.control.stale_after_s,
         full_read_every_s=config.control.full_read_every_s,
         meter_timeout_s=config.control.meter_timeout_s,
+        meter_max_w=plausible_meter_w(config.control.site_fuse_a),
     )
 
 
@@ -245,6 +247,7 @@ async def replay(
         stale_after_s=plan.stale_after_s,
         full_read_every_s=plan.full_read_every_s,
         meter_timeout_s=plan.meter_timeout_s,
+        meter_max_w=plan.meter_max_w,
     )
     series = Series(tick_s=plan.tick_s)
     energy: list[float] = []
