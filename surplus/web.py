@@ -125,9 +125,10 @@ def build_app(
             )
         if len(body) > limit:
             return _too_large(limit)
-        authorized = expected is None or hmac.compare_digest(
-            request.headers.get("Authorization", "").encode(), expected
-        )
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the raw bytes they were
+        # (they never match a token), instead of failing with a traceback.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        authorized = expected is None or hmac.compare_digest(given, expected)
         reply = await dispatcher.handle(body, authorized=authorized)
         if reply is None:
             return web.Response(status=204)
@@ -157,11 +158,17 @@ def build_app(
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     app = web.Application(client_max_size=limit + 1)
+    app.on_response_prepare.append(_plain_server_header)
     app.router.add_post("/", rpc)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app[DISPATCHER] = dispatcher
     return app
+
+
+async def _plain_server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """No Python or aiohttp versions in replies (they help only someone looking for a weakness)."""
+    response.headers["Server"] = "surplus"
 
 
 async def start_web(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -793,3 +794,27 @@ async def test_health_reports_meters_and_degraded(
     assert health["degradedReasons"] == [
         "wb1: fallback pause: strategy pv failed: no fresh grid-meter reading"
     ]
+
+
+async def test_invalid_bytes_in_the_authorization_header_get_a_json_rpc_error(ctl: FakeController) -> None:
+    """QA: invalid header bytes gave HTTP 500 in plain text with a traceback."""
+    srv = await start_web(ctl, RpcSettings(port=0, token="s3cret"))
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "setLock", "params": {"lock": True}}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3(\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"\r\nServer: surplus\r\n" in head  # no Python or aiohttp versions
+        assert json.loads(payload)["error"]["code"] == -32001
+        assert ctl.overrides == []  # nothing written
+    finally:
+        await srv.close()
