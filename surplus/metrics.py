@@ -160,6 +160,8 @@ class BusView(Protocol):
 
     def worst_heartbeat_gaps(self) -> dict[int, float]: ...
 
+    def worst_sent_heartbeat_gaps(self) -> dict[int, float]: ...
+
     def last_heartbeat_at(self, device_id: int) -> float | None: ...
 
 
@@ -365,7 +367,13 @@ class SnapshotCollector(Collector):
         connected = _gauge("surplus_bus_connected", "1 while the port is open and answering", "bus")
         gap = _gauge(
             "surplus_bus_heartbeat_gap_max_seconds",
-            "Longest gap between delivered heartbeats so far (the box gives up after 10 s)",
+            "Longest gap between acknowledged heartbeats so far (the box gives up after 10 s)",
+            "bus",
+            "device",
+        )
+        sent_gap = _gauge(
+            "surplus_bus_heartbeat_sent_gap_max_seconds",
+            "Longest gap between heartbeats sent, acknowledged or not (a lost reply usually reached the box)",
             "bus",
             "device",
         )
@@ -383,8 +391,10 @@ class SnapshotCollector(Collector):
                 last = bus.last_heartbeat_at(device_id)
                 if last is not None:
                     beat_age.add_metric([port, str(device_id)], max(0.0, now - last))
+            for device_id, worst in sorted(bus.worst_sent_heartbeat_gaps().items()):
+                sent_gap.add_metric([port, str(device_id)], worst)
         yield from counters.values()
-        yield from (connected, gap, beat_age)
+        yield from (connected, gap, sent_gap, beat_age)
 
 
 def metrics_endpoint(

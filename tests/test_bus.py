@@ -250,3 +250,31 @@ def test_heartbeat_interval_shrinks_to_meet_the_deadline() -> None:
 
     beats = asyncio.run(run())
     assert max(gaps(beats)) == pytest.approx(2.0)  # deadline 5 s - one 2 s transaction - 1 s quiet
+
+
+async def test_lost_heartbeat_replies_show_in_the_acknowledged_gap_not_the_sent_one() -> None:
+    """QA: the gap metric counted beats whose reply was lost (8.2 s reported, 4.74 s at the box)."""
+    clock = FakeClock()
+    link = FakeLink(clock)
+    lost = {"on": False}
+    inner = link.write_register
+
+    async def write_register(device_id: int, address: int, value: int) -> None:
+        await inner(device_id, address, value)  # the box got it ...
+        if lost["on"]:
+            await clock.sleep(3600)  # ... but its reply never arrives
+
+    link.write_register = write_register  # type: ignore[method-assign]
+    bus = await make_bus(clock, link, timeout_s=1.0, retries=0)
+    bus.start_heartbeat(1, HB_ADDR, HB_VALUE, 3.0)
+    await clock.advance(10)
+    lost["on"] = True
+    await clock.advance(12)
+    lost["on"] = False
+    await clock.advance(10)
+    at_the_box = max(gaps(link.beats()))
+    acknowledged = bus.worst_heartbeat_gaps()[1]
+    sent = bus.worst_sent_heartbeat_gaps()[1]
+    assert acknowledged > 10.0  # no reply for 12 s
+    assert sent == pytest.approx(at_the_box, abs=0.1) and sent < 5.0  # what the box saw
+    await bus.close()

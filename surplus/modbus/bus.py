@@ -312,8 +312,17 @@ class _Beat:
     failures: int = 0
     #: Clock times of delivered beats are kept short: only the last one.
     last_ok_at: float | None = None
-    #: Longest time between two delivered beats so far.
+    #: Longest time between two delivered (acknowledged) beats so far.
     worst_gap_s: float = 0.0
+    #: The same for beats sent, acknowledged or not: a beat whose reply was lost
+    #: usually reached the box, so this is closer to what the box saw.
+    last_sent_at: float | None = None
+    worst_sent_gap_s: float = 0.0
+
+    def sent(self, at: float) -> None:
+        if self.last_sent_at is not None:
+            self.worst_sent_gap_s = max(self.worst_sent_gap_s, at - self.last_sent_at)
+        self.last_sent_at = at
 
 
 class _Timeout(BusError):
@@ -374,12 +383,22 @@ class ModbusBus:
         return beat.last_ok_at if beat else None
 
     def worst_heartbeat_gaps(self) -> dict[int, float]:
-        """Per device with a delivered heartbeat: the longest gap between beats so far, the open one included."""
+        """Per device with a delivered heartbeat: the longest gap between acknowledged beats so far,
+        the open one included."""
         now = self._clock.now()
         return {
             device_id: max(beat.worst_gap_s, now - beat.last_ok_at)
             for device_id, beat in self._beats.items()
             if beat.last_ok_at is not None
+        }
+
+    def worst_sent_heartbeat_gaps(self) -> dict[int, float]:
+        """Per device: the longest gap between heartbeats sent (acknowledged or not), the open one included."""
+        now = self._clock.now()
+        return {
+            device_id: max(beat.worst_sent_gap_s, now - beat.last_sent_at)
+            for device_id, beat in self._beats.items()
+            if beat.last_sent_at is not None
         }
 
     async def start(self) -> None:
@@ -625,12 +644,15 @@ class ModbusBus:
                 [beat.value],
                 asyncio.get_running_loop().create_future(),
             )
+            sent_at = self._clock.now()
             try:
                 await self._attempt(req)
             except LinkLost as exc:
                 self._set_down(str(exc))
                 break
             except BusError as exc:
+                if not isinstance(exc, PortUnavailable):
+                    beat.sent(sent_at)  # on the wire: no answer, or a refusal
                 self._counters.add("errors")
                 beat.failures += 1
                 # One immediate retry, then back to the cadence, so a dead device
@@ -639,6 +661,7 @@ class ModbusBus:
                 self._device_state(beat.device_id, False, str(exc))
                 continue
             beat.failures = 0
+            beat.sent(sent_at)
             delivered_at = self._clock.now()
             if beat.last_ok_at is not None:
                 beat.worst_gap_s = max(beat.worst_gap_s, delivered_at - beat.last_ok_at)
