@@ -117,6 +117,9 @@ class ControlConfig:
     #: The house connection's fuse per phase: a meter reading beyond what it can carry
     #: (3 phases x 230 V x this, with a 50 % margin) is implausible and counts as a failed read.
     site_fuse_a: float = setting(63.0, gt=0, hi=4000, unit="A")
+    #: The governor's memory (what was sent when) is kept in this file, so its rules hold
+    #: across restarts and kill -9; null keeps it in memory only.
+    state_path: str | None = None
 
 
 @dataclass(**_FROZEN)

@@ -63,6 +63,9 @@ Rules and the choices made where the brief left room (tests name each one):
   After :meth:`SafetyGovernor.forget` the readback alone decides; a readback of
   0 A ("no limit") counts as the device maximum, so a fallback to 6 A from it is
   a decrease. The first pause/resume after ``forget`` starts the 5-minute clock.
+* With a ``store`` the memory is saved after every write and restored at start,
+  so the spacing rules hold across restarts and kill -9
+  (:mod:`surplus.governor_store`).
 * Shared fuse (several chargers): the loop computes ``shared_headroom_a`` for
   each charger (fuse limit minus what the others are set to) and passes it in.
 """
@@ -72,6 +75,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from .types import (
     MAX_CURRENT_A,
@@ -672,6 +676,14 @@ def _remember(
 _NOTHING_SENT = GovernorMemory()
 
 
+class GovernorStoreLike(Protocol):
+    """Where the memory survives a restart (:class:`surplus.governor_store.GovernorStore`)."""
+
+    def load(self) -> dict[str, GovernorMemory]: ...
+
+    def save(self, memories: Mapping[str, GovernorMemory]) -> None: ...
+
+
 class SafetyGovernor:
     """One :class:`GovernorMemory` per charger around :func:`govern`.
 
@@ -683,9 +695,14 @@ class SafetyGovernor:
     partly succeeded is at most one early re-send, and the readback shows it.
     """
 
-    def __init__(self, limits: Mapping[str, Limits]) -> None:
+    def __init__(self, limits: Mapping[str, Limits], *, store: GovernorStoreLike | None = None) -> None:
         self._limits = dict(limits)
+        self._store = store
+        #: Restored from an earlier process: kept when the charger is first reached.
         self._memory: dict[str, GovernorMemory] = {}
+        if store is not None:
+            self._memory = {cid: m for cid, m in store.load().items() if cid in self._limits}
+        self._restored = set(self._memory)
 
     def ceiling_a(self, reading: ChargerReading) -> float:
         """The highest current the governor would allow this charger now (for strategies to plan with)."""
@@ -771,6 +788,8 @@ class SafetyGovernor:
                     lock_at_s=stamp(memory.lock_at_s),
                 )
             self._memory[decision.charger_id] = memory
+            if self._store is not None:
+                self._store.save(self._memory)
         return verdict
 
     def memory(self, charger_id: str) -> GovernorMemory:
@@ -780,3 +799,20 @@ class SafetyGovernor:
     def forget(self, charger_id: str) -> None:
         """Drop the memory, e.g. after a reboot or reconnect: it no longer reflects the device."""
         self._memory.pop(charger_id, None)
+        self._restored.discard(charger_id)
+
+    def restored(self, charger_id: str) -> bool:
+        """True while the memory of ``charger_id`` is one an earlier process saved (see ``store``)."""
+        return charger_id in self._restored
+
+    def reached(self, charger_id: str) -> None:
+        """The charger answered for the first time in this process.
+
+        A memory restored from an earlier process is kept (its timers are what the
+        rules across a restart need; the readback corrects its values); without one
+        the memory starts empty.
+        """
+        if charger_id in self._restored:
+            self._restored.discard(charger_id)
+            return
+        self.forget(charger_id)

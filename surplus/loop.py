@@ -260,7 +260,7 @@ class Controller:
             slot.reading = ChargerReading(charger_id=slot.charger_id, state=None, error=str(exc))
             return
         slot.started = True
-        self._governor.forget(slot.charger_id)
+        self._governor.reached(slot.charger_id)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         """Tick until :meth:`stop` (or ``duration_s``), then shut down safely."""

@@ -143,7 +143,14 @@ async def build_stack(
 
     env = MeterEnv(clock=clock, charger_power_w=charger_power_w)
     meters: list[Meter] = [meter_factories[m.type](m.id, m.options, env) for m in config.meters]
-    governor = SafetyGovernor({ch.id: to_limits(ch, config.control.stale_after_s) for ch in config.chargers})
+    memory_store = None
+    if config.control.state_path is not None:
+        from .governor_store import GovernorStore
+
+        memory_store = GovernorStore(config.control.state_path, clock)
+    governor = SafetyGovernor(
+        {ch.id: to_limits(ch, config.control.stale_after_s) for ch in config.chargers}, store=memory_store
+    )
     controller = Controller(
         clock=clock,
         chargers=slots,
