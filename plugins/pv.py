@@ -240,12 +240,10 @@ class PvStrategy:
         self._smoothed_w = 0.0
         #: (time, surplus) of the last ``smoothing_up_s`` seconds.
         self._recent: deque[tuple[float, float]] = deque()
-        #: Averages over TYPICAL_SUN_S: the power the car could have taken from the sun, what
-        #: one phase leaves behind where three would take more, and the import of holding
-        #: three phases at 6 A where they are not carried.
+        #: Averages over TYPICAL_SUN_S: the power the car could have taken from the sun, and
+        #: what one phase leaves behind where three would take more.
         self._typical_w = 0.0
         self._one_short_w = 0.0
-        self._three_over_w = 0.0
         self._charging = False
         self._enough_since: float | None = None
         #: A dip being ridden through: when it began and the import it has cost (Wh).
@@ -271,7 +269,7 @@ class PvStrategy:
         self._smoothed_w = raw_w
         self._recent.clear()
         self._typical_w = max(0.0, raw_w)
-        self._one_short_w = self._three_over_w = 0.0
+        self._one_short_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
         self._enough_since = self._dip_since = self._low_since = self._high_since = None
         self._dip_wh = self._dip_cost_wh = self._low_wh = self._high_wh = 0.0
@@ -470,8 +468,6 @@ class PvStrategy:
         k = 1.0 - math.exp(-dt / TYPICAL_SUN_S)
         self._typical_w += (takeable - self._typical_w) * k
         self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
-        over = max(0.0, 3 * MIN_CURRENT_A * line_v - max(raw_w, 0.0))
-        self._three_over_w += (over - self._three_over_w) * k
         now = ctx.now_s
         self._three_spells.update(three > 0, now)
         self._short_spells.update(three == 0, now)
