@@ -2,7 +2,9 @@
 
 Safe by default: it binds 127.0.0.1. Bound beyond loopback it refuses to
 start without a token, and with a token every write method needs
-``Authorization: Bearer <token>`` (reads too when ``auth_reads``). Bodies over
+``Authorization: Bearer <token>`` (reads too when ``auth_reads``, and then
+``GET /metrics`` and ``GET /healthz`` as well: they show power, setpoint, mode
+and whether a car is there). Bodies over
 ``max_body_bytes`` get HTTP 413 with a JSON-RPC error; replies never carry
 stack traces.
 """
@@ -20,7 +22,7 @@ from aiohttp import web
 from . import __version__
 from .api import ControllerAPI
 from .config import is_loopback
-from .jsonrpc import INVALID_REQUEST, Dispatcher, dumps, error_object
+from .jsonrpc import INVALID_REQUEST, UNAUTHORIZED, Dispatcher, dumps, error_object
 from .rpc import build_methods, charger_health, meter_health
 
 log = logging.getLogger(__name__)
@@ -125,16 +127,30 @@ def build_app(
             )
         if len(body) > limit:
             return _too_large(limit)
-        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the raw bytes they were
-        # (they never match a token), instead of failing with a traceback.
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        authorized = expected is None or hmac.compare_digest(given, expected)
+        authorized = _authorized(request, expected)
         reply = await dispatcher.handle(body, authorized=authorized)
         if reply is None:
             return web.Response(status=204)
         return web.Response(body=reply, content_type=_JSON)
 
-    async def healthz(_request: web.Request) -> web.Response:
+    reads_need_token = expected is not None and settings.auth_reads
+
+    def refused(request: web.Request) -> web.Response | None:
+        """401 for /metrics and /healthz when reads need the token and the request lacks it."""
+        if not reads_need_token or _authorized(request, expected):
+            return None
+        return web.Response(
+            status=401,
+            body=dumps(
+                error_object(UNAUTHORIZED, "unauthorized: rpc.auth_reads is on, send the bearer token")
+            ),
+            content_type=_JSON,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        if (denied := refused(request)) is not None:
+            return denied
         worst, chargers = charger_health(controller, settings.stale_after_s)
         ok = bool(chargers) and worst == "healthy"
         status = "ok" if ok else worst
@@ -151,7 +167,9 @@ def build_app(
         )
         return web.Response(status=200 if ok else 503, body=body, content_type=_JSON)
 
-    async def metrics_handler(_request: web.Request) -> web.Response:
+    async def metrics_handler(request: web.Request) -> web.Response:
+        if (denied := refused(request)) is not None:
+            return denied
         if metrics is None:
             raise web.HTTPNotFound(text="metrics are not enabled\n")
         body, content_type = metrics()
@@ -164,6 +182,14 @@ def build_app(
     app.router.add_get("/metrics", metrics_handler)
     app[DISPATCHER] = dispatcher
     return app
+
+
+def _authorized(request: web.Request, expected: bytes | None) -> bool:
+    """The request carries the bearer token (or none is configured)."""
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as the raw bytes they were
+    # (they never match a token), instead of failing with a traceback.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    return expected is None or hmac.compare_digest(given, expected)
 
 
 async def _plain_server_header(_request: web.Request, response: web.StreamResponse) -> None:

@@ -664,6 +664,27 @@ async def test_auth_reads(ctl: FakeController) -> None:
             assert (await client.error("getStatus"))["code"] == -32001
             reply = await client.call("getStatus", headers={"Authorization": "Bearer t"})
             assert reply["result"]["data"]["evseState"] == 5
+            # /metrics and /healthz show power, setpoint, mode and the car: the token too.
+            base = f"http://127.0.0.1:{srv.port}"
+            for path in ("/metrics", "/healthz"):
+                async with session.get(base + path) as resp:
+                    assert resp.status == 401, path
+                    assert (await resp.json())["error"]["code"] == -32001
+                    assert resp.headers["WWW-Authenticate"] == "Bearer"
+                async with session.get(base + path, headers={"Authorization": "Bearer t"}) as resp:
+                    assert resp.status != 401, path
+    finally:
+        await srv.close()
+
+
+async def test_without_auth_reads_metrics_and_healthz_are_open(ctl: FakeController) -> None:
+    srv = await start_web(ctl, RpcSettings(port=0, token="t"))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{srv.port}/healthz") as r,
+        ):
+            assert r.status != 401
     finally:
         await srv.close()
 
