@@ -323,9 +323,8 @@ class PvStrategy:
         fits_three = sun_w >= three_min_w
         want, why = present, ""
         if not self._charging:
-            # A paused box switches for free, but the switch interval then binds the charging
-            # car: three phases when they are carried now and, lately, one phase has left
-            # more sun behind than holding three at 6 A would have imported.
+            # A paused box switches for free: three phases when the sun carries them now,
+            # else one (the phases are asked for when the car starts, see decide()).
             self._low_since = self._high_since = None
             self._low_wh = self._high_wh = 0.0
             want = 3 if fits_three else 1
