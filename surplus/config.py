@@ -120,6 +120,10 @@ class ControlConfig:
     #: The governor's memory (what was sent when) is kept in this file, so its rules hold
     #: across restarts and kill -9; null keeps it in memory only.
     state_path: str | None = None
+    #: Opt-in: write the box's heartbeat-loss fallback (0x073A) at start and read it back
+    #: (0x030E): 1 = pause when surplus goes silent, 6..32 = charge on at that many amps.
+    #: null leaves the box's setting alone (a box on 0 keeps charging: see the README).
+    box_fallback_a: int | None = setting(None, lo=1, hi=32, unit="A")
 
 
 @dataclass(**_FROZEN)
@@ -350,6 +354,11 @@ def _check(config: Config, where: Where) -> None:
         raise err(
             "control.stale_after_s",
             f"{fmt(c.stale_after_s, 's')} must be longer than tick_s ({fmt(c.tick_s, 's')})",
+        )
+    if c.box_fallback_a is not None and 1 < c.box_fallback_a < MIN_CURRENT_A:
+        raise err(
+            "control.box_fallback_a",
+            f"{c.box_fallback_a} A is neither 1 (pause) nor a charging current of {MIN_CURRENT_A:g}-32 A",
         )
     if c.full_read_every_s < c.tick_s:
         raise err(

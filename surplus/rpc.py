@@ -59,6 +59,7 @@ from .types import (
     PauseKind,
     Source,
     Verdict,
+    box_fallback_risk,
 )
 
 #: ``health`` statuses from good to bad; the reply's top-level status is the worst charger's.
@@ -626,12 +627,18 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
     """Each meter's :func:`meter_status`, and why the controller runs degraded (empty: it does not).
 
     Degraded: a charger's mode needs the meters while one of them is not ok, or
-    a charger runs on its fallback (e.g. "pv" with no meter at all).
+    a charger runs on its fallback (e.g. "pv" with no meter at all), or a box
+    would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0).
     """
-    meters = {mid: meter_status(m) for mid, m in controller.snapshot().meters.items()}
+    snap = controller.snapshot()
+    meters = {mid: meter_status(m) for mid, m in snap.meters.items()}
     down = [f"{mid} {status}" for mid, status in meters.items() if status != "ok"]
     reasons = []
     for cid in controller.charger_ids:
+        reading = snap.chargers.get(cid)
+        state = reading.state if reading is not None else None
+        if state is not None and (risk := box_fallback_risk(state.info, state.config)) is not None:
+            reasons.append(f"{cid}: {risk}")
         mode = controller.get_mode(cid)
         record = controller.last_decision(cid)
         if down and mode not in _MODES_WITHOUT_METER:

@@ -120,6 +120,7 @@ async def build_stack(
             word_order=config.bus.word_order,
             heartbeat_interval_s=config.heartbeat.interval_s,
             heartbeat_enabled=config.heartbeat.enabled,
+            box_fallback_a=config.control.box_fallback_a,
         )
         options: Mapping[str, Mapping[str, Any]] = ch.strategies
         strategies = {name: factory(options.get(name, {})) for name, factory in strategy_factories.items()}

@@ -73,6 +73,26 @@ class ChargerConfig:
     phase_switching_pause_s: int
 
 
+#: Layout from which the box has a heartbeat-loss fallback (0x030E); older boxes go to error 200.
+FALLBACK_SINCE_LAYOUT = 0x0102
+
+
+def box_fallback_risk(info: DeviceInfo, config: ChargerConfig) -> str | None:
+    """Why the box would go on charging by itself if surplus went silent (None: it would not).
+
+    Fallback 0 (the spec: "fallback disabled, the EVSE keeps the last master values")
+    leaves a car charging at the last current, from the grid too, until someone
+    notices. 1 pauses, 6..32 is a current the installer chose on purpose.
+    """
+    if info.layout_version < FALLBACK_SINCE_LAYOUT or config.master_lost_fallback_current_a != 0:
+        return None
+    return (
+        "the box's heartbeat-loss fallback (0x030E) is 0: if surplus stops, a charging car goes on "
+        "at the last current, also from the grid; set it to 1 (pause) with the configuration tool "
+        "or with control.box_fallback_a: 1"
+    )
+
+
 @dataclass(**_FROZEN)
 class Capabilities:
     """What the device can do, derived from its own registers, never assumed."""

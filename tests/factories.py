@@ -27,7 +27,7 @@ def charger_state(charger_id: str = "wb1", read_at_s: float = 1000.0, **changes:
             phase_switching_mode=2,
             phase_options_hw=2,
             cable_lock_setting=False,
-            master_lost_fallback_current_a=0,
+            master_lost_fallback_current_a=1,  # set up as the README says
             grid_imbalance=False,
             grid_imbalance_threshold_a=16,
             grid_phases_connected=2,

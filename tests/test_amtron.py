@@ -382,3 +382,58 @@ async def test_bus_errors_are_bus_errors_not_crashes() -> None:
         with pytest.raises(BusError, match="illegal data address"):
             await bus.read(50, 0x0104, 1)  # unmapped
         assert await bus.read(50, R.EVSE_STATE.address, 1) == [EvseState.IDLE]
+
+
+async def test_a_box_that_would_charge_on_alone_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10 item 1: fallback 0 = the box keeps the last values when the heartbeat stops."""
+    model = AmtronModel(SystemClock(), profile=DeviceProfile(master_lost_fallback_current_a=0))
+    async with line({50: model}) as (_, bus):
+        amtron = charger(bus, device_id=50)
+        with caplog.at_level(logging.WARNING, logger="surplus.chargers.amtron"):
+            await amtron.start()
+            await amtron.stop()
+            await amtron.start()  # a reconnect does not repeat it
+        warned = [r.getMessage() for r in caplog.records if "heartbeat-loss fallback" in r.getMessage()]
+        assert warned == [
+            "garage: the box's heartbeat-loss fallback (0x030E) is 0: if surplus stops, a charging car goes "
+            "on at the last current, also from the grid; set it to 1 (pause) with the configuration tool "
+            "or with control.box_fallback_a: 1"
+        ]
+        assert [w for w in writes(model) if w[0] == R.SETTING_FALLBACK_CURRENT.name] == []  # not opted in
+        await amtron.stop()
+
+
+@pytest.mark.parametrize("wanted", [1, 10])
+async def test_box_fallback_a_is_written_and_read_back(caplog: pytest.LogCaptureFixture, wanted: int) -> None:
+    model = AmtronModel(SystemClock(), profile=DeviceProfile(master_lost_fallback_current_a=0))
+    async with line({50: model}) as (_, bus):
+        amtron = charger(bus, device_id=50, box_fallback_a=wanted)
+        with caplog.at_level(logging.INFO, logger="surplus.chargers.amtron"):
+            await amtron.start()
+        assert writes(model) == [(R.SETTING_FALLBACK_CURRENT.name, wanted)]
+        state = await amtron.read_state(full=True)
+        assert state.config.master_lost_fallback_current_a == wanted  # 0x030E, the read-only mirror
+        messages = [r.getMessage() for r in caplog.records]
+        assert f"garage: heartbeat-loss fallback set to {wanted} (was 0)" in messages
+        assert not [m for m in messages if "is 0: if surplus stops" in m]
+        await amtron.stop()
+        await amtron.start()  # already set: no second write
+        assert len(writes(model)) == 1
+        await amtron.stop()
+
+
+async def test_box_fallback_a_on_a_layout_without_the_setting_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = AmtronModel(
+        SystemClock(), profile=DeviceProfile(layout_version=0x0102, master_lost_fallback_current_a=0)
+    )
+    async with line({50: model}) as (_, bus):
+        amtron = charger(bus, device_id=50, box_fallback_a=1)
+        with caplog.at_level(logging.WARNING, logger="surplus.chargers.amtron"):
+            await amtron.start()
+        assert writes(model) == []
+        assert any("layout 1.0.2 has no writable fallback (0x073A)" in r.getMessage() for r in caplog.records)
+        await amtron.stop()

@@ -161,6 +161,20 @@ BAD = [
         3,
         "longer than tick_s",
     ),
+    (
+        "box fallback between pause and charging",
+        "control:\n  box_fallback_a: 3\n",
+        "control.box_fallback_a",
+        2,
+        "3 A is neither 1 (pause) nor a charging current of 6-32 A",
+    ),
+    (
+        "box fallback 0",
+        "control:\n  box_fallback_a: 0\n",
+        "control.box_fallback_a",
+        2,
+        "0 A is below the minimum 1 A",
+    ),
     ("bad tcp port", "bus:\n  port: tcp://gw\n", "bus.port", 2, "is not tcp://host:port"),
     (
         "device not simulated",

@@ -21,7 +21,7 @@ from surplus.modbus import codec
 from surplus.modbus import registers as R
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
 from surplus.sim.membus import ModelBus
-from surplus.sim.model import AmtronModel, EvProfile
+from surplus.sim.model import AmtronModel, DeviceProfile, EvProfile
 from surplus.strategy import StrategyContext
 from surplus.types import Decision, MeterReading, Outcome, PauseKind, Snapshot, Source
 
@@ -376,13 +376,15 @@ async def test_an_unexpected_error_in_a_tick_does_not_end_the_controller(
 async def test_a_restarted_controller_recovers_a_box_left_in_error_200(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The QA case: a previous controller set 10 A and release on, then was gone for > 10 s."""
-    model = AmtronModel(clock, ev=EvProfile())
+    """The QA case: a previous controller set 10 A and release on, then was gone for > 10 s
+    while no car was connected (error 200); the car came meanwhile."""
+    model = AmtronModel(clock)
     model.write(R.HEARTBEAT_EM.address, [R.HEARTBEAT_VALUE], 6)
     model.write(R.CHARGING_RELEASE_EM.address, [1], 6)
     model.write(R.CHARGING_CURRENT_EM.address, codec.encode(R.CHARGING_CURRENT_EM, 10.0), 16)
     await clock.advance(15)
     assert (model.evse_state, model.error_code) == (6, 200)
+    model.plug_in(EvProfile())
     restart_at = clock.now()
     controller, bus = build_controller(clock, model, fixed_current_a=10)  # the same setpoint as before
     task = asyncio.ensure_future(controller.run(duration_s=20))
@@ -407,7 +409,10 @@ async def test_a_paused_controller_recovers_an_idle_box_from_error_200(
     clock: FakeClock, with_car: bool
 ) -> None:
     """The QA case: mode off (or pv at night), the box in error 200: it must come back, not charge."""
-    model = AmtronModel(clock, ev=EvProfile() if with_car else None)
+    never_set = DeviceProfile(
+        master_lost_fallback_current_a=0
+    )  # with a car: error 200 only without a fallback
+    model = AmtronModel(clock, profile=never_set, ev=EvProfile() if with_car else None)
     await clock.advance(15)  # no energy manager for 15 s
     assert (model.evse_state, model.error_code) == (6, 200)
     controller, bus = build_controller(clock, model, mode="off")

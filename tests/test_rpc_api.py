@@ -144,7 +144,7 @@ NODE_SHAPES: dict[str, Any] = {
         "phaseSwitchingMode": 2,
         "phaseOptionsHw": 2,
         "cableLock": False,
-        "masterLostFallbackCurrent": 0,
+        "masterLostFallbackCurrent": 1,
         "gridImbalance": False,
         "gridPhasesConnected": 2,
         "authorization": False,
@@ -815,6 +815,35 @@ async def test_health_reports_meters_and_degraded(
     assert health["degradedReasons"] == [
         "wb1: fallback pause: strategy pv failed: no fresh grid-meter reading"
     ]
+
+
+@pytest.mark.parametrize(
+    ("fallback", "layout", "degraded"),
+    [(0, 0x0103, True), (1, 0x0103, False), (16, 0x0103, False), (0, 0x0101, False)],
+    ids=["0-keeps-charging", "1-pauses", "16-chosen", "old-layout-has-none"],
+)
+async def test_health_is_degraded_while_the_box_would_charge_on_without_surplus(
+    client: Client, server: WebServer, ctl: FakeController, fallback: int, layout: int, degraded: bool
+) -> None:
+    """Issue 10 item 1: fallback 0 keeps the last values, so a dead controller leaves the car charging."""
+    assert ctl.state is not None
+    ctl.state = replace(
+        ctl.state,
+        info=replace(ctl.state.info, layout_version=layout),
+        config=replace(ctl.state.config, master_lost_fallback_current_a=fallback),
+    )
+    ctl.modes["wb1"] = "fixed"
+    health = (await client.result("health"))["data"]
+    assert health["degraded"] is degraded
+    async with client.session.get(server.url + "healthz") as resp:
+        body = no_nan(await resp.text())
+    assert resp.status == 200 and body["degraded"] is degraded  # the charger itself is under control
+    if degraded:
+        (reason,) = health["degradedReasons"]
+        assert reason.startswith("wb1: the box's heartbeat-loss fallback (0x030E) is 0")
+        assert "control.box_fallback_a: 1" in reason and body["degradedReasons"] == [reason]
+    else:
+        assert health["degradedReasons"] == []
 
 
 async def test_invalid_bytes_in_the_authorization_header_get_a_json_rpc_error(ctl: FakeController) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from surplus.clock import SystemClock
-from surplus.sim.model import AmtronModel, EvProfile
+from surplus.sim.model import AmtronModel, DeviceProfile, EvProfile
 from surplus.sim.server import SimulatorServer
 
 from .loop_support import assert_governor_rules_held
@@ -100,3 +100,34 @@ async def test_a_bad_config_fails_at_start_naming_key_and_line_and_writes_nothin
     assert "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
     assert model.record.writes == []
+
+
+async def test_a_box_left_at_fallback_0_is_warned_about_and_box_fallback_a_sets_it(tmp_path: Path) -> None:
+    """Issue 10 item 1 over a real pty and a real process: warn at start, and the opt-in write."""
+    factory = AmtronModel(
+        SystemClock(), profile=DeviceProfile(master_lost_fallback_current_a=0), ev=EvProfile()
+    )
+    server = SimulatorServer({50: factory}, transport="pty", link_path=str(tmp_path / "amtron"))
+    await server.start()
+    try:
+        await _fallback_runs(tmp_path, server, factory)
+    finally:
+        await server.stop()
+
+
+async def _fallback_runs(tmp_path: Path, server: SimulatorServer, factory: AmtronModel) -> None:
+    code, out = await _run(
+        ["run", "-c", str(_config(tmp_path, server.url, GOOD)), "--duration", "2", "--no-rpc"]
+    )
+    assert code == 0, out
+    assert "heartbeat-loss fallback (0x030E) is 0: if surplus stops, a charging car goes on" in out
+    assert not [w for w in factory.record.writes if w.register == "SETTING_FALLBACK_CURRENT"]
+
+    opted_in = GOOD.replace("meters: []", "meters: []\n    control:\n      box_fallback_a: 1")
+    code, out = await _run(
+        ["run", "-c", str(_config(tmp_path, server.url, opted_in)), "--duration", "2", "--no-rpc"]
+    )
+    assert code == 0, out
+    assert [w.value for w in factory.record.writes if w.register == "SETTING_FALLBACK_CURRENT"] == [1]
+    assert "heartbeat-loss fallback set to 1 (was 0)" in out
+    assert "is 0: if surplus stops" not in out

@@ -151,17 +151,47 @@ def test_release_zero_is_a_hard_pause_and_lock_prevents_charging(clock: FakeCloc
     assert (m.evse_state, m.charging_current_a) == (2, 0.0)
 
 
-def test_heartbeat_loss_gives_error_200_after_10_s(clock: FakeClock) -> None:
-    m = AmtronModel(clock, ev=EvProfile())
+#: A box whose heartbeat-loss fallback (0x073A) was never set: 0 = "keep the last master values".
+FALLBACK_OFF = DeviceProfile(master_lost_fallback_current_a=0)
+
+
+def test_heartbeat_loss_without_a_car_gives_error_200_after_10_s(clock: FakeClock) -> None:
+    m = AmtronModel(clock)
     start(m, 10)
-    step(clock, m, 5)
-    assert m.evse_state == 5
     clock.set(clock.now() + 10.0)  # exactly 10 s: still fine
-    assert (m.evse_state, m.error_code) == (5, 0)
+    assert (m.evse_state, m.error_code) == (1, 0)
     clock.set(clock.now() + 0.01)
     assert (m.evse_state, m.error_code, m.charging_current_a) == (6, 200, 0.0)
     assert get(m, R.ACTIVE_ERROR_CODE) == 200
     assert get(m, R.MASTER_LOST_FALLBACK_STATE) == 1
+
+
+def test_fallback_0_keeps_charging_with_the_last_master_values(clock: FakeClock) -> None:
+    """The spec: 0 = fallback disabled, the EVSE keeps the last received master values (no error)."""
+    m = AmtronModel(clock, profile=FALLBACK_OFF, ev=EvProfile())
+    start(m, 10)
+    step(clock, m, 5)
+    assert m.evse_state == 5
+    clock.set(clock.now() + 10.0)
+    assert get(m, R.MASTER_LOST_FALLBACK_STATE) == 0
+    clock.set(clock.now() + 3600.0)  # an hour without an energy manager
+    assert (m.evse_state, m.error_code, m.charging_current_a) == (5, 0, 10.0)
+    assert (get(m, R.MASTER_LOST_FALLBACK_STATE), get(m, R.SIGNALED_CURRENT)) == (1, 10.0)
+    m.unplug()  # the car leaves: nothing to keep, the box reports the missing manager
+    assert (m.evse_state, m.error_code) == (6, 200)
+
+
+def test_fallback_0_with_a_paused_master_stays_paused(clock: FakeClock) -> None:
+    m = AmtronModel(clock, profile=FALLBACK_OFF, ev=EvProfile())
+    start(m, 3)  # the soft-pause value
+    clock.set(clock.now() + 60.0)
+    assert (m.evse_state, m.error_code, m.charging_current_a) == (3, 0, 0.0)
+
+
+def test_fallback_0_and_a_car_but_no_master_ever_is_error_200(clock: FakeClock) -> None:
+    m = AmtronModel(clock, profile=FALLBACK_OFF, ev=EvProfile())
+    clock.set(clock.now() + 10.5)
+    assert (m.evse_state, m.error_code) == (6, 200)
 
 
 def test_a_freshly_booted_box_without_a_master_goes_to_error_200(clock: FakeClock) -> None:
@@ -185,7 +215,7 @@ def test_a_freshly_booted_box_without_a_master_goes_to_error_200(clock: FakeCloc
 def test_recovery_only_in_the_order_heartbeat_release_current(
     clock: FakeClock, sequence: list[str], recovered: bool
 ) -> None:
-    m = AmtronModel(clock, ev=EvProfile())
+    m = AmtronModel(clock, profile=FALLBACK_OFF, ev=EvProfile())
     clock.set(clock.now() + 11)
     assert m.error_code == 200
     actions = {
@@ -206,7 +236,7 @@ def test_recovery_only_in_the_order_heartbeat_release_current(
         assert m.evse_state == 6
 
 
-@pytest.mark.parametrize(("fallback", "amps", "state"), [(1, 0.0, 3), (8, 8.0, 5)])
+@pytest.mark.parametrize(("fallback", "amps", "state"), [(0, 12.0, 5), (1, 0.0, 3), (8, 8.0, 5)])
 def test_configured_fallback_applies_while_a_car_is_connected(
     clock: FakeClock, fallback: int, amps: float, state: int
 ) -> None:

@@ -373,7 +373,7 @@ async def _start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
 async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) -> None:
     where = ["--tcp", "127.0.0.1:0"] if transport == "tcp" else ["--pty", str(tmp_path / "amtron")]
     proc, line = await _start_cli(
-        *where, "--device-id", "50", "--device-id", "11", "--profile", "22kw", "--no-ev"
+        *where, "--device-id", "50", "--device-id", "11", "--profile", "22kw", "--no-ev", "--fallback", "0"
     )
     try:
         assert line.startswith("AMTRON simulator (22 kW, device ids 50, 11) on "), line
@@ -384,6 +384,7 @@ async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) 
         try:
             v = await read_map(client, 11)
             assert (v["MAX_CURRENT_EVSE"], v["EVSE_STATE"]) == (32.0, 1)
+            assert (v["MASTER_LOST_FALLBACK_CURRENT"], v["SETTING_FALLBACK_CURRENT"]) == (0, 0)
         finally:
             client.close()
     finally:
@@ -396,7 +397,11 @@ async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--device-id", "999"], "device id must be 1..247"), (["--tcp", "localhost"], "expected HOST:PORT")],
+    [
+        (["--device-id", "999"], "device id must be 1..247"),
+        (["--tcp", "localhost"], "expected HOST:PORT"),
+        (["--tcp", "127.0.0.1:0", "--fallback", "3"], "--fallback must be 0, 1 or 6..32"),
+    ],
 )
 async def test_surplus_sim_refuses_bad_options(args: list[str], needle: str) -> None:
     proc = await asyncio.create_subprocess_exec(

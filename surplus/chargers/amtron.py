@@ -29,6 +29,7 @@ from ..types import (
     Command,
     DeviceInfo,
     EvseState,
+    box_fallback_risk,
 )
 from .base import ChargerError
 
@@ -67,6 +68,7 @@ class AmtronCharger:
         word_order: Literal["big", "little"] = "big",
         heartbeat_interval_s: float = 3.0,
         heartbeat_enabled: bool = True,
+        box_fallback_a: int | None = None,
     ) -> None:
         if device_id is not None and not 1 <= device_id <= 247:
             raise ValueError(f"device_id must be 1..247, not {device_id}")
@@ -80,6 +82,9 @@ class AmtronCharger:
         self._word_order: WordOrder = word_order
         self._heartbeat_interval_s = heartbeat_interval_s
         self._heartbeat_enabled = heartbeat_enabled
+        #: Opt-in: the heartbeat-loss fallback (0x073A) to write at start (None: leave it).
+        self._box_fallback_a = box_fallback_a
+        self._fallback_warned = False
         self._info: DeviceInfo | None = None
         self._config: ChargerConfig | None = None
         self._capabilities: Capabilities | None = None
@@ -123,11 +128,16 @@ class AmtronCharger:
         try:
             await self._read_identity()
             await self._check_word_order()
+            await self._set_box_fallback()
         except ChargerError:
             self._stop_heartbeat()
             raise
         info, caps = self._info, self._capabilities
         assert info is not None and caps is not None
+        risk = box_fallback_risk(info, self._require_config())
+        if risk is not None and not self._fallback_warned:
+            log.warning("%s: %s", self.charger_id, risk)
+            self._fallback_warned = True
         log.info(
             "%s: AMTRON on device id %d, layout %s, firmware %s, max %.0f A, %d phases%s",
             self.charger_id,
@@ -235,6 +245,48 @@ class AmtronCharger:
         )
         self._config = _config_from(values)
         self._capabilities = _capabilities_from(self._config, layout, self.charger_id)
+
+    def _require_config(self) -> ChargerConfig:
+        if self._config is None:
+            raise ChargerError(f"{self.charger_id}: configuration not read yet")
+        return self._config
+
+    async def _set_box_fallback(self) -> None:
+        """Write ``box_fallback_a`` to 0x073A where the box has it, and check its mirror 0x030E.
+
+        A box that refuses it (an older layout, an exception reply) keeps its setting:
+        that is said in the log and start-up goes on, since the heartbeat still guards it.
+        """
+        wanted = self._box_fallback_a
+        if wanted is None or self._info is None:
+            return
+        have = self._require_config().master_lost_fallback_current_a
+        if have == wanted:
+            log.info("%s: heartbeat-loss fallback is %d, as configured", self.charger_id, wanted)
+            return
+        layout = self._info.layout_version
+        if layout < R.SETTING_FALLBACK_CURRENT.since_layout:
+            log.warning(
+                "%s: control.box_fallback_a: layout %s has no writable fallback (0x073A); the box keeps %d",
+                self.charger_id,
+                self._info.layout_text,
+                have,
+            )
+            return
+        device_id = self._require_id()
+        try:
+            await self._write(device_id, str(wanted), R.SETTING_FALLBACK_CURRENT, [wanted])
+        except ChargerError as exc:
+            log.warning("%s: control.box_fallback_a not applied: %s", self.charger_id, exc)
+            return
+        await self._read_identity()  # the mirror (0x030E) and everything derived from it
+        now = self._require_config().master_lost_fallback_current_a
+        if now == wanted:
+            log.info("%s: heartbeat-loss fallback set to %d (was %d)", self.charger_id, wanted, have)
+        else:
+            log.warning(
+                "%s: wrote heartbeat-loss fallback %d but 0x030E reads %d", self.charger_id, wanted, now
+            )
 
     async def _check_word_order(self) -> None:
         device_id = self._require_id()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from typing import Any
@@ -57,6 +58,11 @@ def add_parser(subparsers: Any) -> None:
         "--profile", choices=sorted(PROFILES), default="11kw", help="hardware variant (default 11kw)"
     )
     p.add_argument(
+        "--fallback", type=int, default=None, metavar="A",
+        help="the box's heartbeat-loss fallback 0x073A: 0 keeps charging at the last values, "
+        "1 pauses (the default, as the README's install steps set it), 6-32 charges at that current",
+    )  # fmt: skip
+    p.add_argument(
         "--ev",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -78,6 +84,10 @@ def _build(args: argparse.Namespace) -> SimulatorServer:
         raise ValueError("--baudrate must be positive")
     clock = SystemClock()
     profile = profile_by_name(args.profile)
+    if args.fallback is not None:
+        if not (args.fallback in (0, 1) or 6 <= args.fallback <= 32):
+            raise ValueError("--fallback must be 0, 1 or 6..32")
+        profile = dataclasses.replace(profile, master_lost_fallback_current_a=args.fallback)
     models = {
         device_id: AmtronModel(
             clock, profile=profile, seed=args.seed + i, ev=EvProfile() if args.ev else None

@@ -72,7 +72,7 @@ class DeviceProfile:
     phase_options_hw: int = 2
     phase_switching_mode: int = 2
     grid_phases_connected: int = 2
-    master_lost_fallback_current_a: int = 0
+    master_lost_fallback_current_a: int = 1  # set up as the README's install steps say
     phase_switching_pause_s: int = 90
     voltage_v: float = 230.0
     heartbeat_timeout_s: float = 10.0
@@ -445,9 +445,13 @@ class AmtronModel:
     def _compute_signal(self) -> float:
         if self._ev is None or self._error_code() or self._lock or self._switch_until is not None:
             return 0.0
-        if self._lost:  # fallback mode (otherwise there would be error 200)
+        if self._lost:  # the box's own fallback (otherwise there would be error 200)
             fb = self._fallback_a()
-            return 0.0 if fb < MIN_CURRENT_A else self._limit_a(float(fb))
+            if fb == 1:
+                return 0.0  # 1: pause charging
+            if fb >= MIN_CURRENT_A:
+                return self._limit_a(float(fb))  # 6..32: charge at the stored current
+            # 0: fallback disabled, "the EVSE keeps the last received master values"
         if not self._release or not self._em_written:
             return 0.0
         if self._em_current == 0.0:
@@ -545,9 +549,8 @@ class AmtronModel:
         if deadline is not None and deadline <= t:
             self._lost = True
             self._recovery_step = 0
-            fb = self._fallback_a()
-            fallback_set = fb == 1 or fb >= MIN_CURRENT_A
-            if self._ev is None or not fallback_set:
+            if self._ev is None or (self._fallback_a() == 0 and not self._em_written):
+                # No car, or fallback 0 with no master values to keep: "energy manager unavailable".
                 self._em_error = True
         if self._switch_until is not None and self._switch_until <= t:
             self._switch_until = None
