@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .api import MODES, ControllerAPI, DecisionRecord
 from .modbus.bus import BusConfig, BusStats
-from .types import ChargerState, Outcome, Snapshot
+from .types import ChargerState, Outcome, ReadGroup, Snapshot
 
 #: Joules per watt-hour.
 WH_TO_J = 3600.0
@@ -213,12 +213,24 @@ class SnapshotCollector(Collector):
         chargers = [(cid, snap.chargers.get(cid)) for cid in self._c.charger_ids]
         up = _gauge("surplus_charger_connected", "1 while the charger answers", "charger")
         age = _gauge("surplus_charger_data_age_seconds", "Age of the last good charger read", "charger")
+        group_age = _gauge(
+            "surplus_charger_read_age_seconds",
+            "Age of each read group (measurements every tick, control every few seconds, "
+            "configuration on each full read)",
+            "charger",
+            "group",
+        )
         for cid, reading in chargers:
             up.add_metric([cid], float(reading is not None and reading.connected))
             if reading is not None and math.isfinite(reading.age_s):
                 age.add_metric([cid], reading.age_s + lag)
+                if reading.state is not None:
+                    at = reading.state.read_at_s + reading.age_s  # the snapshot's time
+                    for group in ReadGroup:
+                        group_age.add_metric([cid, group.value], at - reading.state.read_at(group) + lag)
         yield up
         yield age
+        yield group_age
 
         states = [(cid, r.state) for cid, r in chargers if r is not None and r.state is not None]
         for row in CHARGER_METRICS:

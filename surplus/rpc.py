@@ -33,6 +33,7 @@ from .history import History, SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
 from .rpc_shapes import (
+    SHAPE_GROUPS,
     all_data,
     command_json,
     configuration,
@@ -57,6 +58,7 @@ from .types import (
     MeterReading,
     Outcome,
     PauseKind,
+    ReadGroup,
     Source,
     Verdict,
     box_fallback_risk,
@@ -291,17 +293,26 @@ class _Methods:
             )
         return _Fresh(cid, reading.state, age)
 
-    def reply(self, data: Any, fresh: _Fresh | None = None) -> dict[str, Any]:
+    def reply(
+        self, data: Any, fresh: _Fresh | None = None, groups: tuple[ReadGroup, ...] = ()
+    ) -> dict[str, Any]:
+        """The envelope; a charger's data says how old it is: ``ageSeconds`` is the age of the
+        oldest value in ``data``, ``readAgesSeconds`` the age of each read group it combines."""
         out = {"success": True, "data": data, "timestamp": self.now_iso()}
         if fresh is not None:
-            out["ageSeconds"] = rounded(fresh.age_s)
+            st = fresh.state
+            ages = {g.value: fresh.age_s + st.read_at_s - st.read_at(g) for g in groups}
+            out["ageSeconds"] = rounded(max([fresh.age_s, *ages.values()]))
+            out["readAgesSeconds"] = {g: rounded(a) for g, a in ages.items()}
             out["chargerId"] = fresh.charger_id
         return out
 
     def read(self, shape: Any) -> Handler:
+        groups = SHAPE_GROUPS[shape]
+
         def handler(args: dict[str, Any]) -> dict[str, Any]:
             f = self.fresh(args)
-            return self.reply(shape(f.state), f)
+            return self.reply(shape(f.state), f, groups)
 
         return handler
 
@@ -330,15 +341,15 @@ class _Methods:
 
     def charging_power(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
-        return self.reply(rounded(f.state.power_total_w / 1000), f)
+        return self.reply(rounded(f.state.power_total_w / 1000), f, (ReadGroup.MEASUREMENTS,))
 
     def temperature(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
-        return self.reply(rounded(f.state.temperature_c, 1), f)
+        return self.reply(rounded(f.state.temperature_c, 1), f, (ReadGroup.CONTROL,))
 
     def all_data(self, args: dict[str, Any]) -> dict[str, Any]:
         f = self.fresh(args)
-        return self.reply(all_data(f.state, self.now_iso()), f)
+        return self.reply(all_data(f.state, self.now_iso()), f, tuple(ReadGroup))
 
     # Node: writes, as overrides through the governor
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .modbus import registers as R
-from .types import ChargerState, Command, Decision, MeterReading
+from .types import ChargerState, Command, Decision, MeterReading, ReadGroup
 
 
 def iso_utc(wall_s: float) -> str:
@@ -157,6 +157,22 @@ def configuration(s: ChargerState) -> dict[str, Any]:
         "authorization": c.authorization_enabled,
         "phaseSwitching": s.capabilities.phase_switching,
     }
+
+
+_M, _C, _K = ReadGroup.MEASUREMENTS, ReadGroup.CONTROL, ReadGroup.CONFIGURATION
+#: Which read groups each shape's values come from: its reply says each one's age.
+SHAPE_GROUPS: dict[Any, tuple[ReadGroup, ...]] = {
+    device_info: (_K,),
+    status: (_M, _C),
+    voltage: (_M,),
+    current: (_M,),
+    power: (_M,),
+    energy: (_C,),
+    session: (_C,),
+    statistics: (_C,),
+    diagnostics: (_M, _C),
+    configuration: (_K,),
+}
 
 
 def all_data(s: ChargerState, timestamp: str) -> dict[str, Any]:

@@ -109,9 +109,31 @@ class Capabilities:
     phase_switch_pause_s: float
 
 
+def _frozen_map() -> Mapping[str, object]:
+    return MappingProxyType({})
+
+
+class ReadGroup(enum.StrEnum):
+    """How often a part of the box is read: each value's age is its group's.
+
+    ``measurements`` every tick (EVSE and CP state, currents, voltages, power, errors);
+    ``control`` every few seconds and right after every write (what the writes change:
+    release, EM current, phases, lock; the session, the temperature, the energy counters);
+    ``configuration`` on each full read (identity and installer settings).
+    """
+
+    MEASUREMENTS = "measurements"
+    CONTROL = "control"
+    CONFIGURATION = "configuration"
+
+
 @dataclass(**_FROZEN)
 class ChargerState:
-    """One consistent read of a charger."""
+    """A read of a charger: the measurements of this tick, the rest as last read.
+
+    ``read_at_s`` is when the measurements were read; ``read_at_by_group`` says when
+    each :class:`ReadGroup` was (a group missing from it was read with the measurements).
+    """
 
     charger_id: str
     read_at_s: float
@@ -153,6 +175,11 @@ class ChargerState:
     master_lost_fallback: bool
     #: SWITCHED_PHASES register value: 0 = all phases, 1 = one phase.
     switched_phases: int
+    read_at_by_group: Mapping[ReadGroup, float] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+
+    def read_at(self, group: ReadGroup) -> float:
+        """When ``group``'s registers were read."""
+        return self.read_at_by_group.get(group, self.read_at_s)
 
     @property
     def vehicle_connected(self) -> bool:
@@ -210,10 +237,6 @@ class MeterReading:
     #: Filled in by the loop when the reading enters a snapshot.
     age_s: float = 0.0
     error: str | None = None
-
-
-def _frozen_map() -> Mapping[str, object]:
-    return MappingProxyType({})
 
 
 @dataclass(**_FROZEN)

@@ -23,7 +23,7 @@ from surplus.modbus.base import BusError
 from surplus.modbus.bus import BusConfig, ModbusBus
 from surplus.sim.model import PROFILE_22KW, AmtronModel, DeviceProfile, EvProfile
 from surplus.sim.server import SimulatorServer
-from surplus.types import Command, EvseState
+from surplus.types import Command, EvseState, ReadGroup
 
 pytestmark = pytest.mark.integration
 
@@ -436,4 +436,37 @@ async def test_box_fallback_a_on_a_layout_without_the_setting_changes_nothing(
             await amtron.start()
         assert writes(model) == []
         assert any("layout 1.0.2 has no writable fallback (0x073A)" in r.getMessage() for r in caplog.records)
+        await amtron.stop()
+
+
+async def test_each_read_group_carries_its_own_time_and_a_state_change_reads_the_rest() -> None:
+    """Issue 10 item 8: values read at different times say so; evseState 5 never meets an old cpState."""
+    clock = FakeClock()
+    model = AmtronModel(SystemClock())  # no car yet
+    async with line({50: model}) as (_, bus):
+        amtron = charger(bus, clock, device_id=50, heartbeat_interval_s=1.0)
+        await amtron.start()
+        first = await amtron.read_state()
+        assert {g: first.read_at(g) for g in ReadGroup} == dict.fromkeys(ReadGroup, first.read_at_s)
+        clock.set(clock.now() + 2.0)
+        s = await amtron.read_state()  # measurements only
+        assert s.read_at(ReadGroup.MEASUREMENTS) == first.read_at_s + 2.0
+        assert s.read_at(ReadGroup.CONTROL) == s.read_at(ReadGroup.CONFIGURATION) == first.read_at_s
+        model.plug_in(EvProfile())  # the EVSE state moves: the CP state is read with it
+        clock.set(clock.now() + 1.0)
+        s = await amtron.read_state()
+        assert (s.evse_state, s.cp_state) == (model.evse_state, model.cp_state)
+        assert s.read_at(ReadGroup.CONTROL) == s.read_at_s == first.read_at_s + 3.0
+        clock.set(clock.now() + 1.0)
+        s = await amtron.read_state()
+        assert s.read_at(ReadGroup.CONTROL) == first.read_at_s + 3.0  # not due: 5 s cadence
+        await amtron.execute(Command(charger_id="garage", current_a=8.0, release=True))
+        clock.set(clock.now() + 0.5)
+        s = await amtron.read_state()  # a write makes the control read due at once
+        assert s.read_at(ReadGroup.CONTROL) == s.read_at_s and s.current_limit_a == 8.0
+        clock.set(clock.now() + 5.0)
+        s = await amtron.read_state()
+        assert s.read_at(ReadGroup.CONTROL) == s.read_at_s  # every 5 s
+        assert s.energy_total_wh == pytest.approx(model.energy_total_wh, abs=1.0)  # the counter with it
+        assert s.read_at(ReadGroup.CONFIGURATION) == first.read_at_s
         await amtron.stop()

@@ -72,6 +72,15 @@ async def test_metrics_serve_the_snapshot_pass_promtool_and_never_touch_the_bus(
         )
         assert got[("surplus_charger_sessions_total", CHARGER)] == state.sessions_total
         assert 0 <= got[("surplus_charger_data_age_seconds", CHARGER)] < 5
+        group_ages = {
+            dict(labels)["group"]: v
+            for (n, labels), v in got.items()
+            if n == "surplus_charger_read_age_seconds"
+        }
+        assert set(group_ages) == {"measurements", "control", "configuration"}
+        assert group_ages["measurements"] == pytest.approx(got[("surplus_charger_data_age_seconds", CHARGER)])
+        assert group_ages["measurements"] <= group_ages["control"] <= group_ages["configuration"]
+        assert group_ages["control"] < 6  # read every 5 s (and after every write)
         assert got[("surplus_decision_current_amperes", (*CHARGER, ("source", "strategy")))] == 10
         assert got[("surplus_decision_charge", CHARGER)] == 1
         assert got[("surplus_decision_info", (*CHARGER, ("source", "strategy"), ("strategy", "fixed")))] == 1

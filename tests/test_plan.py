@@ -60,7 +60,9 @@ def test_fast_poll_is_three_reads_and_control_poll_reads_back_our_writes() -> No
     written = {R.CHARGING_CURRENT_EM, R.CHARGING_RELEASE_EM, R.REQUESTED_PHASES, R.LOCK_EVSE}
     assert written <= set(plan.CONTROL_POLL)
     assert not set(plan.FAST_POLL) & set(plan.CONTROL_POLL)  # together: no register twice
-    assert len(plan.plan_reads(plan.FAST_POLL + plan.CONTROL_POLL)) == 9
+    # Nine reads, and the energy counters (0x1000) so a total is never a minute behind.
+    assert len(plan.plan_reads(plan.FAST_POLL + plan.CONTROL_POLL)) == 10
+    assert {R.CHARGED_ENERGY_TOTAL, R.CHARGING_SESSIONS_TOTAL} <= set(plan.CONTROL_POLL)
 
 
 def test_full_poll_on_the_newest_layout_is_fourteen_reads() -> None:

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,7 @@ import pytest
 from surplus.api import Override
 from surplus.jsonrpc import Dispatcher
 from surplus.rpc import build_methods
-from surplus.types import Command, Decision, MeterReading, Outcome, PauseKind, Source, Verdict
+from surplus.types import Command, Decision, MeterReading, Outcome, PauseKind, ReadGroup, Source, Verdict
 from surplus.web import DISPATCHER, RpcSettings, WebServer, start_web
 
 from .rpc_support import FakeController, sample_decision
@@ -163,6 +164,33 @@ async def test_node_read_shapes(client: Client, method: str) -> None:
     else:
         assert data == expected
     assert result["ageSeconds"] == 1.0 and result["chargerId"] == "wb1"
+
+
+@pytest.mark.parametrize(
+    ("method", "ages"),
+    [
+        ("getEnergy", {"control": 41.0}),
+        ("getStatus", {"measurements": 1.0, "control": 41.0}),
+        ("getVoltage", {"measurements": 1.0}),
+        ("getDeviceInfo", {"configuration": 61.0}),
+        ("getChargingPower", {"measurements": 1.0}),
+        ("getTemperature", {"control": 41.0}),
+        ("getAllData", {"measurements": 1.0, "control": 41.0, "configuration": 61.0}),
+    ],
+)
+async def test_replies_say_how_old_each_read_group_is(
+    client: Client, ctl: FakeController, method: str, ages: dict[str, float]
+) -> None:
+    """Issue 10 item 8: energy.total read 40 s before the measurements is not "1 s old"."""
+    assert ctl.state is not None
+    at = ctl.state.read_at_s
+    ctl.state = replace(
+        ctl.state,
+        read_at_by_group=MappingProxyType({ReadGroup.CONTROL: at - 40.0, ReadGroup.CONFIGURATION: at - 60.0}),
+    )
+    result = await client.result(method, {})
+    assert result["readAgesSeconds"] == ages
+    assert result["ageSeconds"] == max(ages.values())  # the oldest value in the reply
 
 
 async def test_get_all_data(client: Client) -> None:

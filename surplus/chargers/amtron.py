@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Literal
 
 from ..clock import Clock
@@ -29,6 +30,7 @@ from ..types import (
     Command,
     DeviceInfo,
     EvseState,
+    ReadGroup,
     box_fallback_risk,
 )
 from .base import ChargerError
@@ -93,6 +95,10 @@ class AmtronCharger:
         self._latest: dict[str, Value] = {}
         #: When CONTROL_POLL was last read; a write makes it due at once.
         self._control_read_at: float | None = None
+        self._control_due = False
+        #: When FULL_POLL (identity, configuration) was last read.
+        self._full_read_at: float | None = None
+        self._groups: Mapping[ReadGroup, float] | None = None
         self._heartbeat_running = False
         #: Per poll set and layout: the planned reads.
         self._plans: dict[tuple[str, int], tuple[plan.Span, ...]] = {}
@@ -211,13 +217,14 @@ class AmtronCharger:
         return values
 
     def _poll_spans(self, name: str, layout: int) -> tuple[plan.Span, ...]:
-        """The planned reads of a poll set ("fast", "fast+control", "full") for ``layout``, planned once."""
+        """The planned reads of a poll set ("fast", "control", "fast+control", "full"), planned once."""
         key = (name, layout)
         spans = self._plans.get(key)
         if spans is None:
             registers = {
                 "fast": plan.FAST_POLL,
                 "fast+control": plan.FAST_POLL + plan.CONTROL_POLL,
+                "control": plan.CONTROL_POLL,
                 "full": plan.FULL_POLL,
             }[name]
             spans = self._plans[key] = tuple(plan.plan_reads(registers, layout=layout))
@@ -332,20 +339,48 @@ class AmtronCharger:
         layout = self._info.layout_version
         read_at = self._clock.now()
         if full or not self._latest:
+            self._control_due = False  # a write during the read makes it due again
             values = await self._read_spans(self._poll_spans("full", layout))
             self._apply_identity(int(values.get(R.MODBUS_LAYOUT_VERSION.name, layout)), values)
             self._latest = dict(values)
-            self._control_read_at = read_at
+            self._control_read_at = self._full_read_at = read_at
         else:
-            due = self._control_read_at is None or read_at - self._control_read_at >= CONTROL_EVERY_S
+            due = (
+                self._control_due
+                or self._control_read_at is None
+                or read_at - self._control_read_at >= CONTROL_EVERY_S
+            )
+            self._control_due = False
+            before = self._latest.get(R.EVSE_STATE.name)
             polled = self._poll_spans("fast+control" if due else "fast", layout)
             self._latest.update(await self._read_spans(polled))
+            if not due and self._latest.get(R.EVSE_STATE.name) != before:
+                # The state moved (plugged, charging, paused): read the CP state, release and
+                # session with it, so no reply pairs the new state with the old ones.
+                self._latest.update(await self._read_spans(self._poll_spans("control", layout)))
+                due = True
             if due:
                 self._control_read_at = read_at
         info, config, caps = self._info, self._config, self._capabilities
         assert info is not None and config is not None and caps is not None
+        groups = self._groups
+        if (
+            groups is None
+            or groups[ReadGroup.CONTROL] != self._control_read_at
+            or (groups[ReadGroup.CONFIGURATION] != self._full_read_at)
+        ):
+            assert self._control_read_at is not None and self._full_read_at is not None
+            self._groups = groups = MappingProxyType(
+                {ReadGroup.CONTROL: self._control_read_at, ReadGroup.CONFIGURATION: self._full_read_at}
+            )
         state = _state_from(
-            self._latest, charger_id=self.charger_id, read_at_s=read_at, info=info, config=config, caps=caps
+            self._latest,
+            charger_id=self.charger_id,
+            read_at_s=read_at,
+            info=info,
+            config=config,
+            caps=caps,
+            groups=groups,
         )
         self._last_state = state
         return state
@@ -393,7 +428,7 @@ class AmtronCharger:
             pausing = release_step if command.release is False else None
             releasing = release_step if command.release else None
             order = [locking, pausing, phases_step, current_step, releasing, unlocking]
-        self._control_read_at = None  # read back what we wrote on the next poll
+        self._control_due = True  # read back what we wrote on the next poll
         for step in order:
             if step is not None:
                 await self._write(device_id, *step)
@@ -497,11 +532,13 @@ def _state_from(
     info: DeviceInfo,
     config: ChargerConfig,
     caps: Capabilities,
+    groups: Mapping[ReadGroup, float],
 ) -> ChargerState:
     # Registers the layout lacks read as 0; energies arrive in kWh.
     return ChargerState(
         charger_id=charger_id,
         read_at_s=read_at_s,
+        read_at_by_group=groups,
         info=info,
         config=config,
         capabilities=caps,

@@ -64,11 +64,12 @@ FAST_POLL: tuple[Register, ...] = _readable(
     or R.EVSE_STATE.address <= r.address < R.CP_STATE.address
 )
 #: Read back after every write and every few seconds: what our own writes change
-#: (EM current, release, phases, lock), the signalled current, CP state, session and temperature.
+#: (EM current, release, phases, lock), the signalled current, session, temperature and the
+#: energy counters (so a total is never more than a few seconds behind the box).
 CONTROL_POLL: tuple[Register, ...] = _readable(
     r
     for r in R.REGISTERS
-    if r.block in (Block.INPUT_MEASUREMENTS, Block.CHARGING_SESSION, Block.FUNCTIONS)
+    if r.block in (Block.INPUT_MEASUREMENTS, Block.CHARGING_SESSION, Block.FUNCTIONS, Block.STATISTICS)
     or (r.block is Block.STATUS and r.address >= R.CP_STATE.address)
     or r is R.CHARGING_CURRENT_EM
 )
