@@ -325,6 +325,27 @@ async def test_pty_transport_reads_writes_vanishes_and_returns(tmp_path: Path) -
     assert not _lexists(link)
 
 
+async def test_pty_client_at_another_baud_rate_gets_no_answer(tmp_path: Path) -> None:
+    model = AmtronModel(SystemClock())
+    async with SimulatorServer(
+        {50: model}, transport="pty", link_path=str(tmp_path / "amtron"), baudrate=19200
+    ) as server:
+        for baudrate in (57600, 9600):
+            client = await connect(server.url, baudrate=baudrate)
+            try:
+                with failing_fast(client):
+                    await client.read_holding_registers(0x0100, count=1, device_id=50)
+            finally:
+                client.close()
+        assert model.record.reads == 0  # the box heard only noise
+        client = await connect(server.url, baudrate=19200)
+        try:
+            rr = await client.read_holding_registers(0x0100, count=1, device_id=50)
+            assert not rr.isError() and model.record.reads == 1
+        finally:
+            client.close()
+
+
 def test_wire_time_arithmetic() -> None:
     # 8N2 is 11 bits per character: a 20-register read is 8 + 45 bytes plus two 3.5-character gaps.
     assert frame_time_s(45, 57600) == pytest.approx(48.5 * 11 / 57600)
