@@ -1,4 +1,4 @@
-"""Command line: ``surplus run | sim | simulate | call | check-config | plugins``.
+"""Command line: ``surplus run | sim | simulate | call | check-config | plugins | probe | init``.
 
 Each subcommand lives next to the code it drives and exposes
 ``add_parser(subparsers)``, which registers the subcommand and sets
@@ -17,6 +17,8 @@ _COMMAND_MODULES = (
     "surplus.sim.simulate_cli",  # simulate
     "surplus.config_cli",  # check-config, plugins
     "surplus.rpc_cli",  # call
+    "surplus.probe",  # probe
+    "surplus.init_cli",  # init
 )
 
 

@@ -325,6 +325,27 @@ async def test_pty_transport_reads_writes_vanishes_and_returns(tmp_path: Path) -
     assert not _lexists(link)
 
 
+async def test_pty_client_at_another_baud_rate_gets_no_answer(tmp_path: Path) -> None:
+    model = AmtronModel(SystemClock())
+    async with SimulatorServer(
+        {50: model}, transport="pty", link_path=str(tmp_path / "amtron"), baudrate=19200
+    ) as server:
+        for baudrate in (57600, 9600):
+            client = await connect(server.url, baudrate=baudrate)
+            try:
+                with failing_fast(client):
+                    await client.read_holding_registers(0x0100, count=1, device_id=50)
+            finally:
+                client.close()
+        assert model.record.reads == 0  # the box heard only noise
+        client = await connect(server.url, baudrate=19200)
+        try:
+            rr = await client.read_holding_registers(0x0100, count=1, device_id=50)
+            assert not rr.isError() and model.record.reads == 1
+        finally:
+            client.close()
+
+
 def test_wire_time_arithmetic() -> None:
     # 8N2 is 11 bits per character: a 20-register read is 8 + 45 bytes plus two 3.5-character gaps.
     assert frame_time_s(45, 57600) == pytest.approx(48.5 * 11 / 57600)
@@ -373,7 +394,16 @@ async def _start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
 async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) -> None:
     where = ["--tcp", "127.0.0.1:0"] if transport == "tcp" else ["--pty", str(tmp_path / "amtron")]
     proc, line = await _start_cli(
-        *where, "--device-id", "50", "--device-id", "11", "--profile", "22kw", "--no-ev", "--fallback", "0"
+        *where,
+        "--device-id",
+        "50",
+        "--device-id",
+        "11",
+        "--profile",
+        "22kw",
+        "--no-ev",
+        "--fallback-current",
+        "0",
     )
     try:
         assert line.startswith("AMTRON simulator (22 kW, device ids 50, 11) on "), line
@@ -400,7 +430,7 @@ async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) 
     [
         (["--device-id", "999"], "device id must be 1..247"),
         (["--tcp", "localhost"], "expected HOST:PORT"),
-        (["--tcp", "127.0.0.1:0", "--fallback", "3"], "--fallback must be 0, 1 or 6..32"),
+        (["--tcp", "127.0.0.1:0", "--fallback-current", "3"], "fallback current must be 0, 1 or 6..32"),
     ],
 )
 async def test_surplus_sim_refuses_bad_options(args: list[str], needle: str) -> None:

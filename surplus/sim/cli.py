@@ -32,6 +32,12 @@ def _device_id(text: str) -> int:
     return int(text)
 
 
+def _fallback_current(text: str) -> int:
+    if not text.isdigit() or not (int(text) in (0, 1) or 6 <= int(text) <= 32):
+        raise argparse.ArgumentTypeError(f"fallback current must be 0, 1 or 6..32, got {text!r}")
+    return int(text)
+
+
 def add_parser(subparsers: Any) -> None:
     """Register the ``sim`` subcommand."""
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -58,11 +64,6 @@ def add_parser(subparsers: Any) -> None:
         "--profile", choices=sorted(PROFILES), default="11kw", help="hardware variant (default 11kw)"
     )
     p.add_argument(
-        "--fallback", type=int, default=None, metavar="A",
-        help="the box's heartbeat-loss fallback 0x073A: 0 keeps charging at the last values, "
-        "1 pauses (the default, as the README's install steps set it), 6-32 charges at that current",
-    )  # fmt: skip
-    p.add_argument(
         "--ev",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -71,7 +72,23 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (device n gets seed + n)")
     p.add_argument("--wire-time", action="store_true", help="hold replies for their RS485 wire time")
     p.add_argument(
-        "--baudrate", type=int, default=57600, help="baud rate for --wire-time and the pty (57600)"
+        "--baudrate",
+        type=int,
+        default=57600,
+        help="the line's baud rate (57600): for --wire-time, and a pty client set to another rate gets no answer",
+    )
+    p.add_argument(
+        "--parity",
+        choices=("none", "even", "odd"),
+        default="none",
+        help="the line's parity (none): a pty client set to another parity gets no answer",
+    )
+    p.add_argument(
+        "--fallback-current",
+        type=_fallback_current,
+        metavar="A",
+        help="the box's heartbeat-loss fallback (0x030E): 0 keep the last values, 1 pause, 6..32 A "
+        "(default 1, as the README's install steps set a real box)",
     )
     p.set_defaults(func=run)
 
@@ -84,10 +101,9 @@ def _build(args: argparse.Namespace) -> SimulatorServer:
         raise ValueError("--baudrate must be positive")
     clock = SystemClock()
     profile = profile_by_name(args.profile)
-    if args.fallback is not None:
-        if not (args.fallback in (0, 1) or 6 <= args.fallback <= 32):
-            raise ValueError("--fallback must be 0, 1 or 6..32")
-        profile = dataclasses.replace(profile, master_lost_fallback_current_a=args.fallback)
+    if args.fallback_current is not None:
+        profile = dataclasses.replace(profile, master_lost_fallback_current_a=args.fallback_current)
+    parity = args.parity[0].upper()
     models = {
         device_id: AmtronModel(
             clock, profile=profile, seed=args.seed + i, ev=EvProfile() if args.ev else None
@@ -101,10 +117,17 @@ def _build(args: argparse.Namespace) -> SimulatorServer:
             link_path=args.pty or None,
             wire_time=args.wire_time,
             baudrate=args.baudrate,
+            parity=parity,
         )
     host, port = args.tcp or _host_port(DEFAULT_TCP)
     return SimulatorServer(
-        models, transport="tcp", host=host, port=port, wire_time=args.wire_time, baudrate=args.baudrate
+        models,
+        transport="tcp",
+        host=host,
+        port=port,
+        wire_time=args.wire_time,
+        baudrate=args.baudrate,
+        parity=parity,
     )
 
 

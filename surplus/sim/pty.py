@@ -5,21 +5,51 @@ Like ``socat pty,link=... pty,...`` without socat. The simulator opens
 symlink to the other pair's slave. :meth:`PtyLink.vanish` unplugs the client
 end (open clients get I/O errors, the path disappears); :meth:`PtyLink.restore`
 plugs a fresh one in at the same path.
+
+With ``baudrate`` (and ``parity``) set, the link behaves like a line whose
+devices listen at that speed: bytes from a client whose port is set to another
+baud rate or parity are dropped, as a real UART would hear only framing errors
+and the box would answer nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import struct
 import tempfile
+import termios
 import tty
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 4096
+#: Linux ``TCGETS2`` (``_IOR('T', 0x2A, struct termios2)``, 44 bytes): gives any baud rate as a number.
+_TCGETS2 = (2 << 30) | (44 << 16) | (ord("T") << 8) | 0x2A
+_TERMIOS2_SPEEDS = struct.Struct("=II")
+_TERMIOS2_SPEEDS_AT = 36
+#: termios speed constant -> baud rate, for where TCGETS2 is not available.
+_SPEED_CONSTANTS = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+    if hasattr(termios, f"B{rate}")
+}
+
+
+def line_settings(fd: int) -> tuple[int | None, str]:
+    """(baud rate, parity "N"/"E"/"O") a tty is set to; the rate is None when it cannot be told."""
+    cflag = termios.tcgetattr(fd)[2]
+    parity = ("O" if cflag & termios.PARODD else "E") if cflag & termios.PARENB else "N"
+    try:
+        raw = fcntl.ioctl(fd, _TCGETS2, bytes(44))
+        _, speed = _TERMIOS2_SPEEDS.unpack_from(raw, _TERMIOS2_SPEEDS_AT)
+        return int(speed), parity
+    except OSError:
+        return _SPEED_CONSTANTS.get(termios.tcgetattr(fd)[5]), parity
 
 
 @dataclass(slots=True)
@@ -44,7 +74,13 @@ class _Pair:
 class PtyLink:
     """Server end and client end of a virtual RS485 line."""
 
-    def __init__(self, link_path: str | None = None) -> None:
+    def __init__(
+        self, link_path: str | None = None, *, baudrate: int | None = None, parity: str = "N"
+    ) -> None:
+        #: The line's speed and parity; None: any client setting passes.
+        self.baudrate = baudrate
+        self.parity = parity.upper()[:1]
+        self._mismatch_logged: tuple[int | None, str] | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if link_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="surplus-sim-")
@@ -115,8 +151,31 @@ class PtyLink:
     def _relay_from_client(self) -> None:
         assert self._client is not None
         data = self._read(self._client.master)
-        if data and self._server is not None:
+        if data and self._server is not None and self._client_in_step():
             self._write(self._server.master, data)
+
+    def _client_in_step(self) -> bool:
+        """True when the client's port is set to the line's baud rate and parity (or none is enforced)."""
+        if self.baudrate is None or self._client is None:
+            return True
+        try:
+            theirs = line_settings(self._client.slave)
+        except (OSError, termios.error):
+            return True
+        rate, parity = theirs
+        if (rate is None or rate == self.baudrate) and parity == self.parity:
+            self._mismatch_logged = None
+            return True
+        if self._mismatch_logged != theirs:
+            log.info(
+                "pty: client at %s baud parity %s, the line runs %d baud parity %s: its bytes are noise",
+                rate,
+                parity,
+                self.baudrate,
+                self.parity,
+            )
+            self._mismatch_logged = theirs
+        return False
 
     @staticmethod
     def _read(fd: int) -> bytes:

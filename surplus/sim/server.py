@@ -126,7 +126,9 @@ class SimulatorServer:
         self.baudrate, self.bytesize, self.parity, self.stopbits = baudrate, bytesize, parity, stopbits
         self._host = host
         self._port = port
-        self._link: PtyLink | None = PtyLink(link_path) if transport == "pty" else None
+        self._link: PtyLink | None = (
+            PtyLink(link_path, baudrate=baudrate, parity=parity) if transport == "pty" else None
+        )
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._vanished = False
         self._sleep = SystemClock().sleep  # wire time is real I/O time, whatever the model's clock
