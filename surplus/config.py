@@ -112,7 +112,8 @@ class ControlConfig:
     fallback: str = setting("hold_min", choices=("hold_min", "pause"))
     stale_after_s: float = setting(10.0, gt=0, hi=3600, unit="s")
     full_read_every_s: float = setting(60.0, gt=0, hi=86400, unit="s")
-    #: A meter read that takes longer is abandoned for this tick (counted as a failure).
+    #: A meter read that takes longer is abandoned (counted as a failure); meters are read on
+    #: their own cadence (every tick_s), so a slow meter never holds up a tick.
     meter_timeout_s: float = setting(3.0, gt=0, hi=60, unit="s")
     #: The house connection's fuse per phase: a meter reading beyond what it can carry
     #: (3 phases x 230 V x this, with a 50 % margin) is implausible and counts as a failed read.

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .api import METER_MODES, MODES, DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
@@ -158,6 +158,8 @@ class Controller:
         self.history: History | None = None
         self._meter_readings: dict[str, MeterReading] = {}
         self._meter_errors: dict[str, str] = {}
+        #: One reading task per meter with I/O, from start() to shutdown().
+        self._meter_tasks: list[asyncio.Future[None]] = []
         self._snapshot = Snapshot(at_s=clock.now())
         self._stopping = asyncio.Event()
         self._hurry = False
@@ -242,7 +244,14 @@ class Controller:
             raise ValueError(f"unknown charger {charger_id!r}") from None
 
     async def start(self) -> None:
-        """Start meters and chargers; a charger that does not answer is retried on every tick."""
+        """Start meters and chargers; a charger that does not answer is retried on every tick.
+
+        Meters that do I/O are then read on their own cadence (every ``tick_s``) by
+        one task each: a tick takes their latest reading and its age and never waits
+        for a meter, so a meter that hangs cannot slow the charger's control. The
+        first round is read here (bounded by ``meter_timeout_s``), so the first tick
+        has readings.
+        """
         for meter in self._meters:
             try:
                 await meter.start()
@@ -250,6 +259,35 @@ class Controller:
                 log.error("meter %s failed to start: %s", meter.meter_id, _meter_why(meter.meter_id, exc))
         for slot in self._slots.values():
             await self._start_charger(slot)
+        polled = [m for m in self._meters if not getattr(m, "instant", False)]
+        if polled:
+            await asyncio.gather(*(self._read_meter(m) for m in polled))
+            self._meter_tasks = [asyncio.ensure_future(self._meter_cadence(m)) for m in polled]
+
+    async def _meter_cadence(self, meter: Meter) -> None:
+        """Read ``meter`` every ``tick_s`` (a read that overruns starts the next one at once)."""
+        next_at = self.clock.now()
+        while True:
+            next_at = max(next_at + self._tick_s, self.clock.now())
+            await self.clock.sleep(next_at - self.clock.now())
+            await self._read_meter(meter)
+
+    async def _read_meter(self, meter: Meter) -> None:
+        """One read, abandoned after ``meter_timeout_s`` (a failure); the result is stored."""
+        read = asyncio.ensure_future(meter.read())
+        deadline = self.clock.timer(self._meter_timeout_s)
+        try:
+            await asyncio.wait((read, deadline), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # a cancelled cadence leaves no read behind
+            deadline.cancel()
+            if not read.done():
+                read.cancel()
+        if not read.done():
+            self._store_meter(meter, TimeoutError(f"no answer within {self._meter_timeout_s:g} s"))
+        elif read.cancelled():
+            self._store_meter(meter, asyncio.CancelledError("read cancelled"))
+        else:
+            self._store_meter(meter, read.exception() or read.result())
 
     async def _start_charger(self, slot: ChargerSlot) -> None:
         try:
@@ -303,40 +341,16 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        # The meters (on the network) are read while the chargers (on the bus) are:
-        # one task per meter and one timer for all of them, on the injected clock.
-        # A meter that does no I/O (``instant``, e.g. a simulated one) is read in place.
-        reads: dict[asyncio.Future[Any], Meter] = {
-            asyncio.ensure_future(m.read()): m for m in self._meters if not getattr(m, "instant", False)
-        }
-        deadline = self.clock.timer(self._meter_timeout_s) if reads else None
-        try:
-            for slot in self._slots.values():
-                await self._read_charger(slot, now)
-            for meter in self._meters:
-                if getattr(meter, "instant", False):
-                    try:
-                        self._store_meter(meter, await meter.read())
-                    except Exception as exc:
-                        self._store_meter(meter, exc)
-            pending: set[asyncio.Future[Any]] = set(reads)
-            while deadline is not None and not deadline.done():
-                pending = {r for r in pending if not r.done()}
-                if not pending:
-                    break
-                await asyncio.wait((*pending, deadline), return_when=asyncio.FIRST_COMPLETED)
-            for read, meter in reads.items():
-                if not read.done():
-                    self._store_meter(meter, TimeoutError(f"no answer within {self._meter_timeout_s:g} s"))
-                elif read.cancelled():
-                    self._store_meter(meter, asyncio.CancelledError("read cancelled"))
-                else:
-                    self._store_meter(meter, read.exception() or read.result())
-        finally:  # a cancelled tick leaves no meter read behind
-            for read in reads:
-                read.cancel()
-            if deadline is not None:
-                deadline.cancel()
+        for slot in self._slots.values():
+            await self._read_charger(slot, now)
+        # Meters with I/O are read by their own tasks (see start); one that does no I/O
+        # (``instant``, e.g. a simulated one) is read in place.
+        for meter in self._meters:
+            if getattr(meter, "instant", False):
+                try:
+                    self._store_meter(meter, await meter.read())
+                except Exception as exc:
+                    self._store_meter(meter, exc)
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
         for slot in self._slots.values():
@@ -570,6 +584,9 @@ class Controller:
                     await slot.charger.stop()
                 except Exception as exc:
                     log.error("%s: stop failed: %s", slot.charger_id, _why(slot, exc))
+        for task in self._meter_tasks:
+            task.cancel()
+        self._meter_tasks = []
         for meter in self._meters:
             try:
                 await meter.stop()

@@ -763,3 +763,29 @@ def test_valid_options_build_without_io() -> None:
     make_fronius("grid", {"host": "fe80::1"}, env())
     make_shelly("grid", {"host": "shelly.invalid", "generation": 1, "password": "x"}, env())
     make_http("grid", {"url": "https://api.invalid/x", "grid_path": "a.0", "headers": {}}, env())
+
+
+@pytest.mark.integration
+async def test_a_stalled_meter_never_slows_the_charger_control(device: Device) -> None:
+    """Issue 10 item 7 on the real stack: a meter that never answers, a 0.5 s tick that stays 0.5 s."""
+    from .rpc_support import STACK_CONFIG, full_stack
+
+    device.stall = True
+    config = (
+        STACK_CONFIG.replace("mode: fixed", "mode: pv")
+        .replace("  stale_after_s: 10\n", "  stale_after_s: 10\n  meter_timeout_s: 2\n")
+        .replace(
+            "meters: []",
+            "meters:\n  - id: grid\n    type: http\n"
+            f"    options: {{url: 'http://127.0.0.1:{device.port}/grid', grid_path: grid, timeout_s: 30}}",
+        )
+    )
+    async with full_stack(config) as (stack, model, _url):
+        ticks, reads = stack.controller.ticks, model.record.reads
+        await asyncio.sleep(3.0)  # real time: the tick's own cadence is what is measured
+        assert stack.controller.ticks - ticks >= 4  # 6 at 0.5 s; a tick waiting for the meter made 1
+        assert model.record.reads - reads >= 4  # the charger is polled every tick
+        grid = stack.controller.snapshot().meters["grid"]
+        assert grid.error == "no answer within 2 s"
+        decision = stack.controller.last_decision("wallbox")
+        assert decision is not None and "no fresh grid-meter reading" in decision.decision.reason
