@@ -381,12 +381,19 @@ class Dispatcher:
             reply = dispatch_to_serializable("", **kwargs)
         return reply if isinstance(reply, dict) else None
 
-    async def handle(self, body: bytes, *, authorized: bool) -> bytes | None:
-        """Reply to one HTTP request body; None when there is nothing to send (notifications only)."""
+    async def handle(
+        self, body: bytes, *, authorized: bool, on_parse_error: Callable[[str], None] | None = None
+    ) -> bytes | None:
+        """Reply to one HTTP request body; None when there is nothing to send (notifications only).
+
+        ``on_parse_error`` is told why a body is not JSON (the server logs it as one line).
+        """
         ctx = _Context(authorized)
         try:
             parsed = _parse(body)
-        except Exception:  # invalid UTF-8, invalid JSON, nesting too deep...
+        except Exception as exc:  # invalid UTF-8, invalid JSON, nesting too deep...
+            if on_parse_error is not None:
+                on_parse_error(f"not JSON ({type(exc).__name__}: {exc})")
             return dumps(error_object(PARSE_ERROR, "Parse error"))
         if isinstance(parsed, list):
             if not parsed:

@@ -49,6 +49,7 @@ chargers:
 meters: []
 rpc:
   port: 0
+  max_connections: 7
 """
 
 
@@ -69,7 +70,7 @@ async def test_a_failing_port_is_described_without_its_path(where: str, tmp_path
     async with build_stack(config, clock=SystemClock()) as stack:
         run = asyncio.ensure_future(stack.controller.run())
         try:
-            assert stack.web is not None
+            assert stack.web is not None and stack.web.guard.max_connections == 7  # rpc.max_connections
             url = f"http://127.0.0.1:{stack.web.port}/"
             async with aiohttp.ClientSession() as session:
 
