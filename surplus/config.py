@@ -170,6 +170,14 @@ class RpcConfig:
     auth_reads: bool = False
     max_body_bytes: int = setting(65536, lo=1024, hi=16 * 1024 * 1024, unit="bytes")
     max_batch: int = setting(50, lo=1, hi=1000)
+    #: Open connections at most; at the limit a new one pushes out the longest-waiting idle one.
+    max_connections: int = setting(64, lo=1, hi=4096)
+    #: A new connection must send its complete request headers within this.
+    header_timeout_s: float = setting(5.0, gt=0, hi=300, unit="s")
+    #: A request body must be complete within this.
+    read_timeout_s: float = setting(10.0, gt=0, hi=300, unit="s")
+    #: An idle keep-alive connection is closed after this.
+    keepalive_timeout_s: float = setting(15.0, gt=0, hi=3600, unit="s")
 
 
 @dataclass(**_FROZEN)

@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -228,13 +229,34 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+#: An absolute filesystem path of two or more parts: /dev/ttyUSB0, /dev/pts/3, /var/lib/surplus/x.json.
+#: Not "/metrics", "pause/resume", "1/3" or the path of a URL (http://host:8080/x, tcp://host:502).
+_PATH = re.compile(r"(?<![\w/:.~@-])/[\w.+~@-]+(?:/[\w.+~@-]*)+")
+
+
+def _no_path(match: re.Match[str]) -> str:
+    return "<serial port>" if match.group().startswith("/dev/") else "<path>"
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each filesystem path replaced by ``<serial port>`` (under /dev/) or ``<path>``.
+
+    Error texts come from the bus, pyserial and the OS and often name the port
+    (``could not open port /dev/ttyUSB0: [Errno 2] No such file or directory``);
+    replies say what went wrong without saying where things are on the machine.
+    The log keeps the paths.
+    """
+    return _PATH.sub(_no_path, text)
+
+
 def dumps(obj: Any) -> bytes:
-    """Serialise a reply; a non-finite float (never valid JSON) becomes null."""
+    """Serialise a reply; a non-finite float (never valid JSON) becomes null, a filesystem path ``<path>``."""
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
     except ValueError:
         text = json.dumps(_finite(obj), allow_nan=False, separators=(",", ":"))
-    return text.encode()
+    # The path characters include neither '"' nor '\\', so this cannot break the JSON.
+    return without_paths(text).encode()
 
 
 def _error_result(spec: MethodSpec, exc: Exception) -> Result:
@@ -359,12 +381,19 @@ class Dispatcher:
             reply = dispatch_to_serializable("", **kwargs)
         return reply if isinstance(reply, dict) else None
 
-    async def handle(self, body: bytes, *, authorized: bool) -> bytes | None:
-        """Reply to one HTTP request body; None when there is nothing to send (notifications only)."""
+    async def handle(
+        self, body: bytes, *, authorized: bool, on_parse_error: Callable[[str], None] | None = None
+    ) -> bytes | None:
+        """Reply to one HTTP request body; None when there is nothing to send (notifications only).
+
+        ``on_parse_error`` is told why a body is not JSON (the server logs it as one line).
+        """
         ctx = _Context(authorized)
         try:
             parsed = _parse(body)
-        except Exception:  # invalid UTF-8, invalid JSON, nesting too deep...
+        except Exception as exc:  # invalid UTF-8, invalid JSON, nesting too deep...
+            if on_parse_error is not None:
+                on_parse_error(f"not JSON ({type(exc).__name__}: {exc})")
             return dumps(error_object(PARSE_ERROR, "Parse error"))
         if isinstance(parsed, list):
             if not parsed:

@@ -392,8 +392,8 @@ class SnapshotCollector(Collector):
         beat_age = _gauge(
             "surplus_bus_heartbeat_age_seconds", "Time since the last heartbeat", "bus", "device"
         )
-        for bus in self._buses:
-            port = bus.config.port
+        for i, bus in enumerate(self._buses):
+            port = bus_label(i)
             stats = bus.stats
             for field, fam in counters.items():
                 fam.add_metric([port], float(getattr(stats, field)))
@@ -407,6 +407,15 @@ class SnapshotCollector(Collector):
                 sent_gap.add_metric([port, str(device_id)], worst)
         yield from counters.values()
         yield from (connected, gap, sent_gap, beat_age)
+
+
+def bus_label(index: int) -> str:
+    """The ``bus`` label of the ``index``-th bus: "bus" (the config's one ``bus:``), then "bus2", "bus3".
+
+    Not the port: a device path such as /dev/ttyUSB0 says where things are on the
+    machine, and changes when the adapter moves; the log names the port.
+    """
+    return "bus" if index == 0 else f"bus{index + 1}"
 
 
 def metrics_endpoint(

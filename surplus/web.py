@@ -6,15 +6,21 @@ start without a token, and with a token every write method needs
 ``GET /metrics`` and ``GET /healthz`` as well: they show power, setpoint, mode
 and whether a car is there). Bodies over
 ``max_body_bytes`` get HTTP 413 with a JSON-RPC error; replies never carry
-stack traces.
+stack traces or filesystem paths (see :func:`surplus.jsonrpc.dumps`).
+
+Misbehaving clients are bounded (:mod:`surplus.web_guard`): at most
+``max_connections`` connections, ``header_timeout_s`` for the request headers,
+``read_timeout_s`` for the body, and a bad request is one log line without a
+traceback, rate-limited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,10 +30,12 @@ from .api import ControllerAPI
 from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, UNAUTHORIZED, Dispatcher, dumps, error_object
 from .rpc import build_methods, charger_health, meter_health
+from .web_guard import AiohttpLog, ClientLog, ConnectionGuard, GuardedSite, QuietHandler, one_line
 
 log = logging.getLogger(__name__)
 
 Metrics = Callable[[], tuple[bytes, str]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
 #: The app's dispatcher (tests read its method table).
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -50,6 +58,10 @@ class RpcSettings:
     keepalive_timeout_s: float = 15.0
     #: The whole request body must arrive within this.
     read_timeout_s: float = 10.0
+    #: At most this many open connections (see :mod:`surplus.web_guard`).
+    max_connections: int = 64
+    #: A new connection must have sent its request headers within this.
+    header_timeout_s: float = 5.0
     #: A write waits at most this long for the controller's verdict.
     call_timeout_s: float = 10.0
 
@@ -59,6 +71,11 @@ class RpcSettings:
             raise ValueError(f"RPC port {self.port} is not between 0 and 65535")
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ValueError("RPC max_body_bytes must be >= 1024 and max_batch >= 1")
+        if self.max_connections < 1:
+            raise ValueError(f"RPC max_connections must be >= 1, not {self.max_connections}")
+        for name in ("header_timeout_s", "read_timeout_s", "keepalive_timeout_s", "call_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RPC {name} must be > 0, not {getattr(self, name)}")
         if self.token is not None and not self.token.strip():
             raise ValueError("RPC token is empty")
         if not is_loopback(self.host) and not self.token:
@@ -71,9 +88,21 @@ class RpcSettings:
 class WebServer:
     """A running server; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int, host: str) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        site: GuardedSite,
+        port: int,
+        host: str,
+        *,
+        guard: ConnectionGuard,
+        client_log: ClientLog,
+    ) -> None:
         self._runner = runner
+        #: Open connections, the cap and how many were refused or pushed out.
+        self.guard = guard
         self._site = site
+        self._client_log = client_log
         self.port = port
         self.host = host
 
@@ -86,6 +115,7 @@ class WebServer:
     async def close(self) -> None:
         """Stop listening and close open connections."""
         await self._runner.cleanup()
+        self._client_log.close()
 
 
 def _too_large(limit: int) -> web.Response:
@@ -94,9 +124,15 @@ def _too_large(limit: int) -> web.Response:
 
 
 def build_app(
-    controller: ControllerAPI, settings: RpcSettings, *, metrics: Metrics | None = None
+    controller: ControllerAPI,
+    settings: RpcSettings,
+    *,
+    metrics: Metrics | None = None,
+    client_log: ClientLog | None = None,
+    guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The aiohttp application (no socket yet)."""
+    """The aiohttp application (no socket yet); ``guard`` is the server's connection guard."""
+    clients = client_log if client_log is not None else ClientLog()
     dispatcher = Dispatcher(
         build_methods(controller, stale_after_s=settings.stale_after_s),
         title="surplus",
@@ -109,8 +145,12 @@ def build_app(
     expected = f"Bearer {settings.token}".encode() if settings.token else None
     limit = settings.max_body_bytes
 
+    def bad_client(request: web.Request, what: str) -> None:
+        clients.line(logging.WARNING, f"bad JSON-RPC request from {request.remote or '?'}: {one_line(what)}")
+
     async def rpc(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > limit:
+            bad_client(request, f"body of {request.content_length} bytes exceeds {limit}")
             return _too_large(limit)
         try:
             async with asyncio.timeout(settings.read_timeout_s):
@@ -122,13 +162,22 @@ def build_app(
                         break
                     body += chunk
         except TimeoutError:
+            bad_client(request, f"body not complete within {settings.read_timeout_s:g} s")
             return web.Response(
                 status=408, body=dumps(error_object(INVALID_REQUEST, "request body timed out"))
             )
+        except ConnectionError:
+            # The client went (or was pushed out by the connection limit): nobody reads a reply.
+            log.debug("client %s went away during its request body", request.remote)
+            return web.Response(status=400)
         if len(body) > limit:
+            bad_client(request, f"body exceeds {limit} bytes")
             return _too_large(limit)
         authorized = _authorized(request, expected)
-        reply = await dispatcher.handle(body, authorized=authorized)
+        with guard.busy(request.transport) if guard is not None else contextlib.nullcontext():
+            reply = await dispatcher.handle(
+                body, authorized=authorized, on_parse_error=lambda why: bad_client(request, why)
+            )
         if reply is None:
             return web.Response(status=204)
         return web.Response(body=reply, content_type=_JSON)
@@ -175,7 +224,13 @@ def build_app(
         body, content_type = metrics()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    app = web.Application(client_max_size=limit + 1)
+    @web.middleware
+    async def headers_complete(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if guard is not None:
+            guard.request_arrived(request.transport)
+        return await handler(request)
+
+    app = web.Application(client_max_size=limit + 1, middlewares=[headers_complete])
     app.on_response_prepare.append(_plain_server_header)
     app.router.add_post("/", rpc)
     app.router.add_get("/healthz", healthz)
@@ -202,20 +257,42 @@ async def start_web(
 ) -> WebServer:
     """Check ``settings`` (``ValueError`` if unsafe), then serve until ``close()``."""
     settings.check()
-    app = build_app(controller, settings, metrics=metrics)
-    runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=settings.keepalive_timeout_s, shutdown_timeout=1.0
+    client_log = ClientLog()
+    guard = ConnectionGuard(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        client_log=client_log,
     )
+    app = build_app(controller, settings, metrics=metrics, client_log=client_log, guard=guard)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    # aiohttp logs a malformed request with a traceback; AiohttpLog makes it one rate-limited line.
+    aiohttp_log = AiohttpLog(client_log)
+
+    def handler() -> QuietHandler:
+        return QuietHandler(
+            server,
+            loop=loop,
+            access_log=None,  # type: ignore[arg-type]  # None is aiohttp's documented "no access log"
+            keepalive_timeout=settings.keepalive_timeout_s,
+            logger=aiohttp_log,
+        )
+
+    site = GuardedSite(runner, settings.host, settings.port, guard=guard, handler=handler)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
-    port = settings.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    log.info("JSON-RPC on http://%s:%d/ (token %s)", settings.host, port, "set" if settings.token else "off")
-    return WebServer(runner, site, port, settings.host)
+    port = site.port
+    log.info(
+        "JSON-RPC on http://%s:%d/ (token %s, at most %d connections)",
+        settings.host,
+        port,
+        "set" if settings.token else "off",
+        settings.max_connections,
+    )
+    return WebServer(runner, site, port, settings.host, guard=guard, client_log=client_log)

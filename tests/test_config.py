@@ -184,6 +184,41 @@ BAD = [
         "device 7 is not simulated",
     ),
     ("duplicate yaml key", "bus:\n  port: sim\n  port: sim\n", "bus.port", 3, "duplicate key"),
+    (
+        "no connections",
+        "rpc:\n  port: 0\n  max_connections: 0\n",
+        "rpc.max_connections",
+        3,
+        "0 is below the minimum 1",
+    ),
+    (
+        "connections as text",
+        "rpc:\n  max_connections: many\n",
+        "rpc.max_connections",
+        2,
+        "expected a whole number, got 'many'",
+    ),
+    (
+        "no header time",
+        "rpc:\n  header_timeout_s: 0\n",
+        "rpc.header_timeout_s",
+        2,
+        "0 s must be greater than 0 s",
+    ),
+    (
+        "endless body",
+        "rpc:\n  read_timeout_s: 301\n",
+        "rpc.read_timeout_s",
+        2,
+        "301 s is above the maximum 300 s",
+    ),
+    (
+        "negative keep-alive",
+        "rpc:\n  keepalive_timeout_s: -1\n",
+        "rpc.keepalive_timeout_s",
+        2,
+        "-1 s must be greater than 0 s",
+    ),
 ]
 
 
