@@ -53,4 +53,9 @@ def make_fixed(options: Mapping[str, Any]) -> Strategy:
 
 @hookimpl
 def surplus_register_strategies(register: RegisterStrategy) -> None:
-    register("fixed", make_fixed)
+    register(
+        "fixed",
+        make_fixed,
+        summary="one configured current, whatever the sun does",
+        options={"current_a": 16.0, "phases": None},
+    )

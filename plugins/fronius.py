@@ -121,4 +121,9 @@ def make_fronius(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Me
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("fronius", make_fronius)
+    register(
+        "fronius",
+        make_fronius,
+        summary="Fronius inverter's Solar API (power flow: grid, PV, battery, house)",
+        options={"host": None, "port": 80, "timeout_s": 2.0},
+    )

@@ -388,4 +388,14 @@ def make_http(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("http", make_http)
+    register(
+        "http",
+        make_http,
+        summary="any JSON over HTTP, with a path per value",
+        options={
+            name: {"scale": 1.0, "timeout_s": 2.0, "headers": {}}.get(
+                name, False if name.startswith(("invert", "house_includes")) else None
+            )
+            for name in HTTP_OPTIONS
+        },
+    )

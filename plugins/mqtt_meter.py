@@ -468,4 +468,20 @@ def make_mqtt(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("mqtt", make_mqtt)
+    register(
+        "mqtt",
+        make_mqtt,
+        summary="values from MQTT topics (numbers or JSON with a path)",
+        options={
+            name: {
+                "port": 1883,
+                "scale": 1.0,
+                "invert_grid": False,
+                "invert_battery": False,
+                "max_age_s": 10.0,
+                "timeout_s": 2.0,
+                "reconnect_s": 5.0,
+            }.get(name)
+            for name in OPTIONS
+        },
+    )

@@ -28,4 +28,4 @@ def make_off(options: Mapping[str, Any]) -> Strategy:
 
 @hookimpl
 def surplus_register_strategies(register: RegisterStrategy) -> None:
-    register("off", make_off)
+    register("off", make_off, summary="no charging (the box stays paused)")

@@ -591,6 +591,16 @@ def _optional_pct(options: Mapping[str, Any], name: str) -> float | None:
     return number(options, name, 0.0, lo=0, hi=100, unit="%")
 
 
+def _defaults() -> dict[str, Any]:
+    d = PvSettings()
+    shown = {"phases": "auto", "battery": "house_first"}
+    return {name: shown.get(name, getattr(d, name, None)) for name in OPTIONS}
+
+
+#: Every option and its default, as ``surplus plugins`` shows them.
+DEFAULTS = _defaults()
+
+
 def make_pv(options: Mapping[str, Any]) -> Strategy:
     """Surplus only: pauses when riding through the dip would cost more than the pause."""
     return PvStrategy(parse_settings(options, keep_minimum=False), "pv")
@@ -603,5 +613,17 @@ def make_minpv(options: Mapping[str, Any]) -> Strategy:
 
 @hookimpl
 def surplus_register_strategies(register: RegisterStrategy) -> None:
-    register("pv", make_pv)
-    register("minpv", make_minpv)
+    register(
+        "pv",
+        make_pv,
+        needs_meter=True,
+        summary="the PV surplus only: rides short dips at the minimum, pauses when that costs less",
+        options=DEFAULTS,
+    )
+    register(
+        "minpv",
+        make_minpv,
+        needs_meter=True,
+        summary="at least the minimum current, plus the PV surplus",
+        options=DEFAULTS,
+    )

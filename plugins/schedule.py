@@ -394,4 +394,18 @@ def make_schedule(options: Mapping[str, Any]) -> Strategy:
 
 @hookimpl
 def surplus_register_strategies(register: RegisterStrategy) -> None:
-    register("schedule", make_schedule)
+    register(
+        "schedule",
+        make_schedule,
+        summary="the PV surplus, plus the grid when a departure needs it (and in cheap windows)",
+        options={
+            "departure": "07:00",
+            "energy_kwh": ScheduleSettings().energy_wh / 1000,
+            "days": None,
+            "timezone": None,
+            "plan_current_a": None,
+            "margin_min": ScheduleSettings().margin_s / 60,
+            "pv": {},
+            "windows": [],
+        },
+    )

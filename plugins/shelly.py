@@ -130,4 +130,17 @@ def make_shelly(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Met
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("shelly", make_shelly)
+    register(
+        "shelly",
+        make_shelly,
+        summary="Shelly 3EM / Pro 3EM at the grid connection",
+        options={
+            "host": None,
+            "port": 80,
+            "generation": 2,
+            "em_id": 0,
+            "username": None,
+            "password": None,
+            "timeout_s": 2.0,
+        },
+    )

@@ -185,4 +185,9 @@ def make_simulated(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> 
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("simulated", make_simulated)
+    register(
+        "simulated",
+        make_simulated,
+        summary="a simulated house with PV and clouds (no hardware)",
+        options={"pv_peak_w": 8000.0, "base_load_w": 400.0, "seed": 1, "start_hour": 11.0, "cloudiness": 0.3},
+    )

@@ -599,4 +599,18 @@ def make_sunspec(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Me
 
 @hookimpl
 def surplus_register_meters(register: RegisterMeter) -> None:
-    register("sunspec", make_sunspec)
+    register(
+        "sunspec",
+        make_sunspec,
+        summary="SunSpec inverter or meter over Modbus TCP",
+        options={
+            "host": None,
+            "port": 502,
+            "device_id": 1,
+            "meter_device_id": None,
+            "base_address": None,
+            "invert": False,
+            "timeout_s": 2.0,
+            "reconnect_s": 5.0,
+        },
+    )

@@ -14,11 +14,6 @@ from typing import Protocol
 from .clock import Clock
 from .types import Decision, MeterReading, PauseKind, Snapshot, Verdict
 
-#: Modes a charger can be in; each but "off" names a strategy plugin.
-MODES = ("off", "fixed", "pv", "minpv", "schedule")
-#: Modes that cannot decide without a grid meter ("schedule" works as a timer without one).
-METER_MODES = ("pv", "minpv")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Override:
@@ -65,6 +60,11 @@ class ControllerAPI(Protocol):
     @property
     def charger_ids(self) -> Sequence[str]:
         """Configured chargers; the first is the default for Node-compatible methods."""
+        ...
+
+    @property
+    def available_modes(self) -> Sequence[str]:
+        """The modes a charger can be set to: one per loaded strategy plugin, built-in or not."""
         ...
 
     def snapshot(self) -> Snapshot:

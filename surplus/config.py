@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .api import METER_MODES
 from .config_schema import (
     ConfigError as ConfigError,
 )
@@ -41,7 +40,7 @@ from .config_schema import (
 )
 from .meter import MeterEnv, MeterFactory
 from .options import OptionError, did_you_mean
-from .strategy import StrategyFactory
+from .strategy import StrategyFactory, StrategyInfo
 from .types import MAX_CURRENT_A, MIN_CURRENT_A, PauseKind
 
 if TYPE_CHECKING:
@@ -432,14 +431,24 @@ def _error_at(config: Config, key: str, message: str) -> ConfigError:
 
 
 def validate_plugins(
-    config: Config, strategies: Mapping[str, StrategyFactory], meters: Mapping[str, MeterFactory]
+    config: Config,
+    strategies: Mapping[str, StrategyFactory],
+    meters: Mapping[str, MeterFactory],
+    strategy_infos: Mapping[str, StrategyInfo] | None = None,
 ) -> None:
     """Check modes, strategy options and meter entries against the loaded plugins.
 
     Builds each configured strategy and meter once (factories do no I/O), so bad
-    plugin options are reported with their line too.
+    plugin options are reported with their line too. A mode whose strategy said
+    ``needs_meter`` (``strategy_infos``; default: the built-ins') needs a meter.
     """
     from .clock import SystemClock
+
+    if strategy_infos is None:
+        from .plugins import builtin_strategy_infos
+
+        strategy_infos = builtin_strategy_infos()
+    meter_modes = {name for name, info in strategy_infos.items() if info.needs_meter}
 
     known_s = sorted(strategies)
     for i, ch in enumerate(config.chargers):
@@ -449,7 +458,7 @@ def validate_plugins(
                 f"chargers[{i}].mode",
                 f"unknown strategy {ch.mode!r}{did_you_mean(ch.mode, known_s)}; loaded: {', '.join(known_s)}",
             )
-        if ch.mode in METER_MODES and not config.meters:
+        if ch.mode in meter_modes and not config.meters:
             raise _error_at(
                 config,
                 f"chargers[{i}].mode",

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,15 @@ import pluggy
 
 from .config import Config, ConfigError, load_config, validate_plugins
 from .meter import MeterFactory
-from .plugins import PluginError, collect_meters, collect_strategies, describe_plugins, make_plugin_manager
+from .plugins import (
+    PluginError,
+    collect_meters,
+    collect_strategies,
+    describe_plugins,
+    make_plugin_manager,
+    meter_infos,
+    strategy_infos,
+)
 from .strategy import StrategyFactory
 
 
@@ -43,7 +52,7 @@ def load_checked(
     pm = make_plugin_manager(load_entrypoints=load_entrypoints, blocked=config.plugins.blocked)
     strategies = collect_strategies(pm)
     meters = collect_meters(pm)
-    validate_plugins(config, strategies, meters)
+    validate_plugins(config, strategies, meters, strategy_infos(pm))
     return Checked(config=config, pm=pm, strategies=strategies, meters=meters)
 
 
@@ -69,19 +78,60 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     try:
         pm = make_plugin_manager(blocked=blocked)
         infos = describe_plugins(pm)
+        strategies = strategy_infos(pm)
+        meters = meter_infos(pm)
     except (PluginError, pluggy.PluginValidationError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     if args.json:
-        rows: list[dict[str, Any]] = [asdict(i) for i in infos]
-        print(json.dumps(rows, indent=2))
+        rows: list[dict[str, Any]] = []
+        for i in infos:
+            row = asdict(i)
+            row["strategies"] = {
+                n: {"needsMeter": s.needs_meter, "summary": s.summary, "options": dict(s.options)}
+                for n, s in strategies.items()
+                if s.plugin == i.name
+            }
+            row["meters"] = {
+                n: {"summary": m.summary, "options": dict(m.options)}
+                for n, m in meters.items()
+                if m.plugin == i.name
+            }
+            rows.append(row)
+        print(json.dumps(rows, indent=2, default=str))
         return 0
     width = max((len(i.name) for i in infos), default=0)
     for i in infos:
         print(f"{i.name:<{width}}  {i.source:<20}  {', '.join(i.provides) or '-'}")
     for name in blocked:
         print(f"{name:<{width}}  blocked")
+    print("\nmodes (strategies; setMode and a charger's mode: select them):")
+    for n, s in strategies.items():
+        needs = " [needs a grid meter]" if s.needs_meter else ""
+        print(f"  {n}{needs}: {s.summary or '-'}")
+        if s.options:
+            print(f"    options: {_options_text(s.options)}")
+    print("\nmeter types (a meters entry's type):")
+    for n, m in meters.items():
+        print(f"  {n}: {m.summary or '-'}")
+        if m.options:
+            print(f"    options: {_options_text(m.options)}")
     return 0
+
+
+def _options_text(options: Mapping[str, Any]) -> str:
+    """``a=1, b, c=auto``: an option without a default shows its name alone."""
+    return ", ".join(
+        name if default is None else f"{name}={_shown(default)}" for name, default in options.items()
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
 def _count(n: int, noun: str) -> str:

@@ -9,7 +9,8 @@ provides, and the controller calls what it needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import pluggy
 
@@ -21,20 +22,40 @@ PROJECT = "surplus"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: ``register(name, factory)``: hands one strategy factory to surplus.
-RegisterStrategy = Callable[[str, StrategyFactory], None]
-#: ``register(type_name, factory)``: hands one meter factory to surplus.
-RegisterMeter = Callable[[str, MeterFactory], None]
+
+class RegisterStrategy(Protocol):
+    """``register(name, factory, *, needs_meter=False, summary="", options={})``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: StrategyFactory,
+        *,
+        needs_meter: bool = ...,
+        summary: str = ...,
+        options: Mapping[str, Any] = ...,
+    ) -> None: ...
+
+
+class RegisterMeter(Protocol):
+    """``register(type_name, factory, *, summary="", options={})``."""
+
+    def __call__(
+        self, name: str, factory: MeterFactory, *, summary: str = ..., options: Mapping[str, Any] = ...
+    ) -> None: ...
 
 
 @hookspec
 def surplus_register_strategies(register: RegisterStrategy) -> None:
     """Register charging strategies.
 
-    Call ``register(name, factory)`` once per strategy. ``name`` is what a
-    charger's ``mode`` selects in the config (e.g. ``"fixed"``); ``factory``
-    takes the strategy's options mapping and returns a
-    :class:`surplus.strategy.Strategy`. Two plugins registering the same name is
+    Call ``register(name, factory, ...)`` once per strategy. ``name`` is what a
+    charger's ``mode`` selects in the config and ``setMode`` at run time (e.g.
+    ``"fixed"``); ``factory`` takes the strategy's options mapping and returns a
+    :class:`surplus.strategy.Strategy`. The strategy describes itself with
+    keywords: ``needs_meter=True`` when it charges from the grid meter's surplus
+    (the config then requires a meter), ``summary="one line"`` and
+    ``options={"name": default, ...}`` (shown by ``surplus plugins``). Two plugins registering the same name is
     an error at start-up; block one of them (``plugins.blocked``) to replace it.
 
     :param register: callback taking ``(name: str, factory: StrategyFactory)``.
@@ -45,10 +66,11 @@ def surplus_register_strategies(register: RegisterStrategy) -> None:
 def surplus_register_meters(register: RegisterMeter) -> None:
     """Register grid-meter types.
 
-    Call ``register(type_name, factory)`` once per meter type. ``type_name`` is
+    Call ``register(type_name, factory, ...)`` once per meter type. ``type_name`` is
     what a ``meters`` entry's ``type`` selects (e.g. ``"simulated"``);
     ``factory(meter_id, options, env)`` returns a :class:`surplus.meter.Meter`
-    without doing I/O. Duplicate type names are an error at start-up.
+    without doing I/O. Optional keywords: ``summary="one line"`` and
+    ``options={"name": default, ...}``. Duplicate type names are an error at start-up.
 
     :param register: callback taking ``(type_name: str, factory: MeterFactory)``.
     """

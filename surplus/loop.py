@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .api import METER_MODES, MODES, DecisionRecord, Override, PluginInfo
+from .api import DecisionRecord, Override, PluginInfo
 from .chargers.base import Charger
 from .clock import Clock
 from .governor import SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
-from .strategy import Strategy, StrategyContext
+from .options import did_you_mean
+from .strategy import Strategy, StrategyContext, StrategyInfo
 from .types import (
     MIN_CURRENT_A,
     ChargerReading,
@@ -134,6 +135,7 @@ class Controller:
         meter_timeout_s: float = 3.0,
         meter_max_w: float = math.inf,
         plugins: Sequence[PluginInfo] = (),
+        strategy_infos: Mapping[str, StrategyInfo] | None = None,
         observers: Sequence[DecisionObserver] = (),
     ) -> None:
         if not chargers:
@@ -150,6 +152,13 @@ class Controller:
         #: A reading whose powers exceed this (W, either sign) is implausible: a failed read.
         self._meter_max_w = meter_max_w
         self._plugins = tuple(plugins)
+        if strategy_infos is None:  # built without a plugin manager (tests): the built-ins' word
+            from .plugins import builtin_strategy_infos
+
+            strategy_infos = builtin_strategy_infos()
+        #: Modes = the loaded strategies, in load order; those that need the grid meter.
+        self._modes = tuple(dict.fromkeys(name for s in self._slots.values() for name in s.strategies))
+        self._meter_modes = frozenset(n for n, info in strategy_infos.items() if info.needs_meter)
         self._observers = list(observers)
         self._tick_observers: list[TickObserver] = []
         #: Tick observers whose last call failed (their traceback is logged once per streak).
@@ -178,12 +187,17 @@ class Controller:
     def get_mode(self, charger_id: str) -> str:
         return self._slot(charger_id).mode
 
+    @property
+    def available_modes(self) -> Sequence[str]:
+        return self._modes
+
     def set_mode(self, charger_id: str, mode: str) -> None:
         slot = self._slot(charger_id)
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
         if mode not in slot.strategies:
-            raise ValueError(f"mode {mode!r} needs a strategy plugin named {mode!r}, and none is loaded")
+            raise ValueError(
+                f"unknown mode {mode!r}{did_you_mean(mode, slot.strategies)}; "
+                f"modes are {', '.join(slot.strategies)}"
+            )
         if mode != slot.mode:
             log.info("%s: mode %s -> %s", charger_id, slot.mode, mode)
             slot.mode = mode
@@ -469,7 +483,7 @@ class Controller:
             problem = f"charger not readable ({reading.error or 'no data yet'})"
         elif self._meters and snapshot.grid_power_w is None and slot.mode not in ("off", "fixed"):
             problem = "no fresh grid-meter reading"
-        elif not self._meters and slot.mode in METER_MODES:
+        elif not self._meters and slot.mode in self._meter_modes:
             problem = f"mode {slot.mode} needs a grid meter and none is configured"
         if problem is None and strategy is not None and reading.state is not None:
             caps = reading.state.capabilities

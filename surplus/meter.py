@@ -9,7 +9,7 @@ no I/O, so ``surplus check-config`` can build one without touching a network;
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .clock import Clock
@@ -50,3 +50,16 @@ class Meter(Protocol):
 #: ``(meter_id, options, env) -> meter``. Raise :class:`surplus.options.OptionError`
 #: (a ``ValueError``) naming the bad option; do no I/O.
 MeterFactory = Callable[[str, Mapping[str, Any], MeterEnv], Meter]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterInfo:
+    """What a meter type says about itself when it registers (``register(type, factory, ...)``)."""
+
+    name: str
+    #: The plugin that registered it.
+    plugin: str = ""
+    #: One line for ``surplus plugins``.
+    summary: str = ""
+    #: Its options and their defaults (None: required or no default).
+    options: Mapping[str, Any] = field(default_factory=dict)

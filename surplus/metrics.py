@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .api import MODES, ControllerAPI, DecisionRecord
+from .api import ControllerAPI, DecisionRecord
 from .modbus.bus import BusConfig, BusStats
 from .types import ChargerState, Outcome, ReadGroup, Snapshot
 
@@ -257,7 +257,7 @@ class SnapshotCollector(Collector):
         override = _gauge("surplus_charger_override_active", "1 while a person's override holds", "charger")
         for cid in self._c.charger_ids:
             active = self._c.get_mode(cid)
-            for name in dict.fromkeys((*MODES, active)):
+            for name in dict.fromkeys((*self._c.available_modes, active)):
                 mode.add_metric([cid, name], float(name == active))
             override.add_metric([cid], float(self._c.get_override(cid) is not None))
         yield mode

@@ -7,22 +7,24 @@ Each controller (and each test) gets a fresh manager from
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import pluggy
 
 from . import hookspecs
 from .api import PluginInfo
-from .meter import MeterFactory
-from .strategy import StrategyFactory
+from .meter import MeterFactory, MeterInfo
+from .strategy import StrategyFactory, StrategyInfo
 
 #: Built-in plugins, registered under their module names.
 DEFAULT_PLUGINS = (
-    "surplus_plugins.fixed",
     "surplus_plugins.off",
+    "surplus_plugins.fixed",
     "surplus_plugins.pv",
     "surplus_plugins.schedule",
     "surplus_plugins.simulated_meter",
@@ -98,33 +100,63 @@ def make_plugin_manager(
     return pm
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, kind: str) -> dict[str, tuple[str, Any]]:
-    """Call ``hook_name`` plugin by plugin, so each registration knows its plugin."""
-    found: dict[str, tuple[str, Any]] = {}
+#: What ``register`` accepts besides the name and the factory, per kind.
+_ABOUT: dict[str, tuple[str, ...]] = {
+    "strategy": ("needs_meter", "summary", "options"),
+    "meter": ("summary", "options"),
+}
+
+
+def _collect(
+    pm: pluggy.PluginManager, hook_name: str, kind: str
+) -> dict[str, tuple[str, Any, dict[str, Any]]]:
+    """Call ``hook_name`` plugin by plugin, so each registration knows its plugin.
+
+    Each entry: ``name -> (plugin, factory, about)``; ``about`` holds what the plugin
+    said about it (``needs_meter``, ``summary``, ``options``), checked here.
+    """
+    found: dict[str, tuple[str, Any, dict[str, Any]]] = {}
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():  # load order
         plugin_name = impl.plugin_name
         others = [p for p in pm.get_plugins() if p is not impl.plugin]
         caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
 
-        def register(name: str, factory: Any, _plugin: str = plugin_name) -> None:
+        def register(name: str, factory: Any, _plugin: str = plugin_name, **about: Any) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {_plugin} registered a {kind} with an invalid name {name!r}")
             if not callable(factory):
                 raise PluginError(f"plugin {_plugin} registered {kind} {name!r} with a non-callable factory")
+            _check_about(_plugin, kind, name, about)
             if name in found:
                 raise PluginError(
                     f"{kind} {name!r} is registered by both {found[name][0]} and {_plugin}; "
                     f"block one of them in the config (plugins.blocked)"
                 )
-            found[name] = (_plugin, factory)
+            found[name] = (_plugin, factory, about)
 
         caller(register=register)
     return found
 
 
-def _factories(found: dict[str, tuple[str, F]]) -> dict[str, F]:
-    return {name: factory for name, (_plugin, factory) in found.items()}
+def _check_about(plugin: str, kind: str, name: str, about: Mapping[str, Any]) -> None:
+    known = _ABOUT[kind]
+    for key, value in about.items():
+        if key not in known:
+            raise PluginError(
+                f"plugin {plugin} registered {kind} {name!r} with unknown {key}=; a {kind} may say "
+                + ", ".join(f"{k}=" for k in known)
+            )
+        if key == "needs_meter" and not isinstance(value, bool):
+            raise PluginError(f"plugin {plugin}: {kind} {name!r}: needs_meter must be True or False")
+        if key == "summary" and not isinstance(value, str):
+            raise PluginError(f"plugin {plugin}: {kind} {name!r}: summary must be text")
+        if key == "options" and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)):
+            raise PluginError(f"plugin {plugin}: {kind} {name!r}: options must map option names to defaults")
+
+
+def _factories(found: dict[str, tuple[str, F, dict[str, Any]]]) -> dict[str, F]:
+    return {name: factory for name, (_plugin, factory, _about) in found.items()}
 
 
 def collect_strategies(pm: pluggy.PluginManager) -> dict[str, StrategyFactory]:
@@ -135,6 +167,39 @@ def collect_strategies(pm: pluggy.PluginManager) -> dict[str, StrategyFactory]:
 def collect_meters(pm: pluggy.PluginManager) -> dict[str, MeterFactory]:
     """Meter factories by type name; :class:`PluginError` names both plugins of a duplicate."""
     return _factories(_collect(pm, "surplus_register_meters", "meter"))
+
+
+def strategy_infos(pm: pluggy.PluginManager) -> dict[str, StrategyInfo]:
+    """What each loaded strategy said about itself, by name (in load order)."""
+    return {
+        name: StrategyInfo(
+            name=name,
+            plugin=plugin,
+            needs_meter=about.get("needs_meter", False),
+            summary=about.get("summary", ""),
+            options=MappingProxyType(dict(about.get("options", {}))),
+        )
+        for name, (plugin, _f, about) in _collect(pm, "surplus_register_strategies", "strategy").items()
+    }
+
+
+def meter_infos(pm: pluggy.PluginManager) -> dict[str, MeterInfo]:
+    """What each loaded meter type said about itself, by type name (in load order)."""
+    return {
+        name: MeterInfo(
+            name=name,
+            plugin=plugin,
+            summary=about.get("summary", ""),
+            options=MappingProxyType(dict(about.get("options", {}))),
+        )
+        for name, (plugin, _f, about) in _collect(pm, "surplus_register_meters", "meter").items()
+    }
+
+
+@functools.cache
+def builtin_strategy_infos() -> Mapping[str, StrategyInfo]:
+    """The built-in strategies' descriptions (for a controller built without a plugin manager)."""
+    return MappingProxyType(strategy_infos(make_plugin_manager(load_entrypoints=False)))
 
 
 def _source(pm: pluggy.PluginManager, name: str, plugin: object) -> str:
@@ -154,7 +219,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
         ("surplus_register_meters", "meter"),
     )
     for hook_name, kind in kinds:
-        for thing, (plugin_name, _factory) in _collect(pm, hook_name, kind).items():
+        for thing, (plugin_name, _factory, _about) in _collect(pm, hook_name, kind).items():
             provides.setdefault(plugin_name, []).append(f"{kind}:{thing}")
     infos = []
     for name, plugin in pm.list_name_plugin():

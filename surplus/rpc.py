@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .api import MODES, ControllerAPI, DecisionRecord, Override
+from .api import ControllerAPI, DecisionRecord, Override
 from .history import History, SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
@@ -447,7 +447,9 @@ class _Methods:
 
     def get_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
-        return self.reply({"chargerId": cid, "mode": self.c.get_mode(cid), "modes": list(MODES)})
+        return self.reply(
+            {"chargerId": cid, "mode": self.c.get_mode(cid), "modes": list(self.c.available_modes)}
+        )
 
     def set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
@@ -663,6 +665,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
     """The method table for ``controller``: what the server dispatches and ``rpc.discover`` describes."""
     m = _Methods(controller, stale_after_s=stale_after_s)
     ch = (_CHARGER,)
+    modes = tuple(controller.available_modes)
 
     def read(name: str, doc: str, shape: Any, data: Mapping[str, Any]) -> MethodSpec:
         return MethodSpec(name=name, doc=doc, handler=m.read(shape), params=ch, result=_envelope(data))
@@ -791,10 +794,10 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
         ),
         MethodSpec(
             name="setMode",
-            doc=f"Set the charger's mode ({', '.join(MODES)}).",
+            doc=f"Set the charger's mode ({', '.join(modes)}: one per loaded strategy plugin).",
             handler=m.set_mode,
             params=(
-                Param(name="mode", kind="string", doc="The mode.", required=True, choices=MODES),
+                Param(name="mode", kind="string", doc="The mode.", required=True, choices=modes),
                 _CHARGER,
             ),
             write=True,

@@ -24,7 +24,7 @@ from .governor import SafetyGovernor
 from .loop import ChargerSlot, Controller, plausible_meter_w
 from .meter import Meter, MeterEnv
 from .modbus.bus import BusConfig, ModbusBus
-from .plugins import collect_meters, collect_strategies, describe_plugins, make_plugin_manager
+from .plugins import collect_meters, collect_strategies, describe_plugins, make_plugin_manager, strategy_infos
 
 log = logging.getLogger("surplus")
 
@@ -94,7 +94,8 @@ async def build_stack(
     pm = make_plugin_manager(blocked=config.plugins.blocked)
     strategy_factories = collect_strategies(pm)
     meter_factories = collect_meters(pm)
-    validate_plugins(config, strategy_factories, meter_factories)
+    infos = strategy_infos(pm)
+    validate_plugins(config, strategy_factories, meter_factories, infos)
     store = None
     if config.history.path is not None:
         from .history import SessionStore
@@ -163,6 +164,7 @@ async def build_stack(
         meter_timeout_s=config.control.meter_timeout_s,
         meter_max_w=plausible_meter_w(config.control.site_fuse_a),
         plugins=describe_plugins(pm),
+        strategy_infos=infos,
     )
     holder["c"] = controller
     stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)

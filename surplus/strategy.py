@@ -9,7 +9,7 @@ not do I/O. Whatever it returns still passes the safety governor.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .types import Decision, Snapshot
@@ -61,3 +61,23 @@ class Strategy(Protocol):
 #: ``options -> strategy``. Raise :class:`surplus.options.OptionError` (a
 #: ``ValueError``) naming the bad option; do no I/O.
 StrategyFactory = Callable[[Mapping[str, Any]], Strategy]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyInfo:
+    """What a strategy says about itself when it registers (``register(name, factory, ...)``).
+
+    The mode list, ``setMode``'s choices, the meter check of the config and the
+    metrics' mode labels all come from these, so a third-party strategy is a mode
+    like the built-in ones.
+    """
+
+    name: str
+    #: The plugin that registered it.
+    plugin: str = ""
+    #: It charges from the grid meter's surplus: without a meter it cannot run.
+    needs_meter: bool = False
+    #: One line for ``surplus plugins`` and ``rpc.discover``.
+    summary: str = ""
+    #: Its options and their defaults (None: no default).
+    options: Mapping[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from surplus.api import MODES, DecisionRecord, Override, PluginInfo
+from surplus.api import DecisionRecord, Override, PluginInfo
 from surplus.clock import FakeClock
 from surplus.types import (
     ChargerReading,
@@ -26,6 +26,9 @@ from surplus.types import (
     Verdict,
 )
 from tests.factories import charger_state
+
+#: The built-in strategies, as a controller with the default plugins has them.
+BUILTIN_MODES = ("off", "fixed", "pv", "minpv", "schedule")
 
 
 def make_state(charger_id: str = "wb1", read_at_s: float = 1000.0, **changes: Any) -> ChargerState:
@@ -79,8 +82,12 @@ class FakeController:
     def get_mode(self, charger_id: str) -> str:
         return self.modes[charger_id]
 
+    @property
+    def available_modes(self) -> tuple[str, ...]:
+        return BUILTIN_MODES
+
     def set_mode(self, charger_id: str, mode: str) -> None:
-        if mode not in MODES:
+        if mode not in BUILTIN_MODES:
             raise ValueError(f"unknown mode {mode!r}")
         if mode == "schedule":
             raise ValueError("mode schedule needs a schedule in the config")
