@@ -41,7 +41,7 @@ from .config_schema import (
 from .meter import MeterEnv, MeterFactory
 from .options import OptionError, did_you_mean
 from .strategy import StrategyFactory, StrategyInfo
-from .types import MAX_CURRENT_A, MIN_CURRENT_A, PauseKind
+from .types import MAX_CURRENT_A, MIN_CURRENT_A, SOFT_PAUSE_MAX_A, SOFT_PAUSE_MIN_A, PauseKind
 
 if TYPE_CHECKING:
     from .governor import Limits
@@ -131,7 +131,7 @@ class LimitsConfig:
     fuse_limit_a: float = setting(16.0, **_AMPS)
     cable_max_a: float = setting(32.0, **_AMPS)
     #: Written to CHARGING_CURRENT_EM for a soft pause; never 0 ("no limit").
-    soft_pause_a: float = setting(1.0, lo=0.01, hi=5.99, unit="A")
+    soft_pause_a: float = setting(1.0, lo=SOFT_PAUSE_MIN_A, hi=SOFT_PAUSE_MAX_A, unit="A")
     pause: PauseKind = PauseKind.RELEASE
     phase_switch_interval_min: float = setting(5.0, lo=1, hi=1440, unit="min")
     #: A person's switches (setPhases over JSON-RPC) too: the contactors wear.

@@ -80,6 +80,8 @@ from typing import Protocol
 from .types import (
     MAX_CURRENT_A,
     MIN_CURRENT_A,
+    SOFT_PAUSE_MAX_A,
+    SOFT_PAUSE_MIN_A,
     ChargerReading,
     ChargerState,
     Command,
@@ -90,9 +92,6 @@ from .types import (
     Verdict,
 )
 
-#: The documented soft-pause band on the AMTRON (the EVSE signals 0 A).
-SOFT_PAUSE_MIN_A = 0.01
-SOFT_PAUSE_MAX_A = 5.99
 #: Currents closer than this are the same setpoint (float32 readback, the 6.01 A quirk).
 SAME_CURRENT_A = 0.05
 #: How often the recovery writes are repeated while the box still reports a lost energy manager.
@@ -684,6 +683,18 @@ class GovernorStoreLike(Protocol):
     def save(self, memories: Mapping[str, GovernorMemory]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Judgement:
+    """One run of the rules: the verdict, and the memory its command leaves when sent."""
+
+    charger_id: str
+    verdict: Verdict
+    #: None: nothing to remember (an unknown charger).
+    memory: GovernorMemory | None
+    #: The time the rules were run for.
+    now: float
+
+
 class SafetyGovernor:
     """One :class:`GovernorMemory` per charger around :func:`govern`.
 
@@ -757,21 +768,31 @@ class SafetyGovernor:
         """Judge ``decision`` without changing memory."""
         return self._govern(decision, reading, now, shared_headroom_a)[0]
 
-    def commit(
+    def judge(
         self,
         decision: Decision,
         reading: ChargerReading,
         now: float,
         *,
         shared_headroom_a: float | None = None,
-        sent_at_s: float | None = None,
-    ) -> Verdict:
-        """Judge ``decision`` and remember its command as sent (call after the driver succeeded).
+    ) -> Judgement:
+        """Judge ``decision`` once: the verdict, and what memory becomes if its command is sent.
 
-        ``sent_at_s`` is when the write actually finished (after ``now`` when the
-        bus queued it); spacing rules then count from the device's point of view.
+        Execute ``judgement.verdict.command``; when the driver succeeded, :meth:`record`
+        the same judgement. The rules run once per write, and what is remembered is
+        exactly what was judged.
         """
         verdict, memory = self._govern(decision, reading, now, shared_headroom_a)
+        return Judgement(charger_id=decision.charger_id, verdict=verdict, memory=memory, now=now)
+
+    def record(self, judgement: Judgement, *, sent_at_s: float | None = None) -> None:
+        """Remember a judged command as sent (call after the driver succeeded).
+
+        ``sent_at_s`` is when the write actually finished (after the judgement's
+        ``now`` when the bus queued it); spacing rules then count from the device's
+        point of view.
+        """
+        memory, now = judgement.memory, judgement.now
         if memory is not None:
             if sent_at_s is not None and sent_at_s > now:
                 sent = sent_at_s
@@ -787,10 +808,23 @@ class SafetyGovernor:
                     phases_at_s=stamp(memory.phases_at_s),
                     lock_at_s=stamp(memory.lock_at_s),
                 )
-            self._memory[decision.charger_id] = memory
+            self._memory[judgement.charger_id] = memory
             if self._store is not None:
                 self._store.save(self._memory)
-        return verdict
+
+    def commit(
+        self,
+        decision: Decision,
+        reading: ChargerReading,
+        now: float,
+        *,
+        shared_headroom_a: float | None = None,
+        sent_at_s: float | None = None,
+    ) -> Verdict:
+        """:meth:`judge` and :meth:`record` in one (for callers that judged nothing before)."""
+        judgement = self.judge(decision, reading, now, shared_headroom_a=shared_headroom_a)
+        self.record(judgement, sent_at_s=sent_at_s)
+        return judgement.verdict
 
     def memory(self, charger_id: str) -> GovernorMemory:
         """What has been sent to ``charger_id`` (empty if nothing yet)."""

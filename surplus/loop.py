@@ -543,7 +543,8 @@ class Controller:
         if now != snapshot.at_s:  # an RPC call between ticks: age the reading to now
             age = now - reading.state.read_at_s if reading.state else math.inf
             reading = dataclasses.replace(reading, age_s=age)
-        verdict = self._governor.evaluate(decision, reading, now)
+        judgement = self._governor.judge(decision, reading, now)
+        verdict = judgement.verdict
         if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
             try:
                 await slot.charger.execute(verdict.command)
@@ -551,7 +552,7 @@ class Controller:
                 log.error("%s: write failed: %s", slot.charger_id, _why(slot, exc))
                 verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
             else:
-                self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
+                self._governor.record(judgement, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
         record = DecisionRecord(
             at_s=now,
@@ -621,7 +622,8 @@ class Controller:
             reading = self._snapshot.chargers.get(slot.charger_id) or ChargerReading(
                 charger_id=slot.charger_id, state=None
             )
-            verdict = self._governor.evaluate(decision, reading, now)
+            judgement = self._governor.judge(decision, reading, now)
+            verdict = judgement.verdict
             if verdict.outcome is Outcome.SCHEDULED and verdict.retry_at_s is not None:
                 if verdict.retry_at_s > deadline or self._hurry:
                     break
@@ -639,7 +641,7 @@ class Controller:
                 except Exception as exc:
                     log.error("%s: could not set the safe state: %s", slot.charger_id, _why(slot, exc))
                     return
-                self._governor.commit(decision, reading, now, sent_at_s=self.clock.now())
+                self._governor.record(judgement, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
                 continue
             if verdict.outcome is Outcome.REFUSED and decision.charge:

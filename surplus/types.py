@@ -22,6 +22,11 @@ MIN_CURRENT_A = 6.0
 MAX_CURRENT_A = 32.0
 #: ACTIVE_ERROR_CODE after the heartbeat was missed: "energy manager unavailable".
 ERROR_EM_UNAVAILABLE = 200
+#: The soft-pause band of CHARGING_CURRENT_EM: the EVSE signals 0 A but stays released
+#: (0 itself means "no limit"). The AMTRON's constants live here; the simulator keeps its
+#: own copy on purpose, so a wrong constant here cannot agree with itself in the tests.
+SOFT_PAUSE_MIN_A = 0.01
+SOFT_PAUSE_MAX_A = 5.99
 
 
 class EvseState(enum.IntEnum):

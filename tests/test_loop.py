@@ -579,3 +579,31 @@ async def test_a_meter_outlier_never_raises_the_current(clock: FakeClock, outlie
         assert error is not None and error.startswith("implausible grid power -1e+12 W")
     else:
         assert error is None  # possible, so believed for its tick, but never followed upward
+
+
+async def test_the_rules_run_once_per_decision_and_what_is_remembered_is_what_was_judged(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: a write used to run the governor twice (evaluate, then commit re-ran govern)."""
+    import surplus.governor as governor_module
+
+    runs: list[float] = []
+    real = governor_module.govern
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        runs.append(clock.now())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(governor_module, "govern", counting)
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=12)
+    task = asyncio.ensure_future(controller.run(duration_s=10))
+    await clock.advance(25)
+    await task
+    await bus.close()
+    writes = [w for w in model.record.writes if w.register != R.HEARTBEAT_EM.name]
+    assert writes, "nothing was written"
+    decisions = controller.ticks + 2  # every tick once, plus the shutdown's safe state and its last look
+    assert len(runs) <= decisions  # one run per decision, also for those that wrote
+    memory = controller._governor.memory("wallbox")
+    assert memory.current_a == model.em_current_a  # the judged command is what is remembered

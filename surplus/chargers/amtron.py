@@ -24,6 +24,8 @@ from ..types import (
     ERROR_EM_UNAVAILABLE,
     MAX_CURRENT_A,
     MIN_CURRENT_A,
+    SOFT_PAUSE_MAX_A,
+    SOFT_PAUSE_MIN_A,
     Capabilities,
     ChargerConfig,
     ChargerState,
@@ -43,8 +45,6 @@ PROBE_IDS = (50, 1)
 LAST_LAYOUT_REJECTING_6A = 0x0102
 #: What those layouts get instead of 6.0 A.
 SIX_AMP_WORKAROUND_A = 6.01
-#: Soft-pause band of CHARGING_CURRENT_EM: the EVSE signals 0 A but stays released.
-SOFT_PAUSE_MIN_A, SOFT_PAUSE_MAX_A = 0.01, 5.99
 #: Plausible mains voltage when a phase is live (0 is also fine: some units read 0 when idle).
 VOLTAGE_PLAUSIBLE_V = (180.0, 260.0)
 ERROR_ENERGY_MANAGER_LOST = ERROR_EM_UNAVAILABLE
