@@ -452,7 +452,7 @@ class PvStrategy:
         elif exact_a < MIN_CURRENT_A:
             why += f"; minimum {MIN_CURRENT_A:g} A"
         elif target != min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a):
-            why += f"; holding {target:g} A until the change of less than {s.step_a:g} A persists"
+            why += f"; holding {target:g} A (change below step {s.step_a:g} A)"
         return strategy_decision(
             ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )

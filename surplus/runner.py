@@ -103,6 +103,28 @@ async def build_stack(
         # Before anything starts: an unusable path is a one-line start-up error.
         store = SessionStore.open(config.history.path)
 
+    web_settings = None
+    if rpc:
+        from .web import RpcSettings, check_port_free
+
+        r = config.rpc
+        web_settings = RpcSettings(
+            host=r.host,
+            port=r.port,
+            token=r.token,
+            auth_reads=r.auth_reads,
+            max_body_bytes=r.max_body_bytes,
+            max_batch=r.max_batch,
+            max_connections=r.max_connections,
+            header_timeout_s=r.header_timeout_s,
+            read_timeout_s=r.read_timeout_s,
+            keepalive_timeout_s=r.keepalive_timeout_s,
+            stale_after_s=config.control.stale_after_s,
+        )
+        # Before anything starts: a taken port or unsafe settings are a one-line start-up error.
+        web_settings.check()
+        check_port_free(web_settings)
+
     simulator = None
     port = config.bus.port
     if port == "sim":
@@ -174,27 +196,12 @@ async def build_stack(
 
             stack.history = attach(controller, store, flush_every_s=config.history.flush_every_s)
             log.info("session history in %s (saved every %g s)", store.path, config.history.flush_every_s)
-        if rpc:
+        if web_settings is not None:
             from .metrics import metrics_endpoint
-            from .web import RpcSettings, start_web
+            from .web import start_web
 
-            r = config.rpc
             stack.web = await start_web(
-                controller,
-                RpcSettings(
-                    host=r.host,
-                    port=r.port,
-                    token=r.token,
-                    auth_reads=r.auth_reads,
-                    max_body_bytes=r.max_body_bytes,
-                    max_batch=r.max_batch,
-                    max_connections=r.max_connections,
-                    header_timeout_s=r.header_timeout_s,
-                    read_timeout_s=r.read_timeout_s,
-                    keepalive_timeout_s=r.keepalive_timeout_s,
-                    stale_after_s=config.control.stale_after_s,
-                ),
-                metrics=metrics_endpoint(controller, buses=stack.buses),
+                controller, web_settings, metrics=metrics_endpoint(controller, buses=stack.buses)
             )
         yield stack
     finally:

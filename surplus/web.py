@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -250,6 +252,42 @@ def _authorized(request: web.Request, expected: bytes | None) -> bool:
 async def _plain_server_header(_request: web.Request, response: web.StreamResponse) -> None:
     """No Python or aiohttp versions in replies (they help only someone looking for a weakness)."""
     response.headers["Server"] = "surplus"
+
+
+class PortInUseError(OSError):
+    """The RPC port is taken by another process; the message says what to do."""
+
+
+def check_port_free(settings: RpcSettings) -> None:
+    """Raise ``PortInUseError`` when another process listens on the RPC port.
+
+    ``surplus run`` checks this before it starts the simulator and the bus, so a
+    second ``make run`` stops at once with what to do instead of a bare errno.
+    Other bind failures are left to the server's own bind to report.
+    """
+    if settings.port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            settings.host or None, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return
+                raise PortInUseError(
+                    f"the JSON-RPC port {settings.port} on {settings.host} is in use (another surplus "
+                    "running?): set RPC_PORT to a free port (or rpc.port in the config), or pass --no-rpc "
+                    "to run without the JSON-RPC server"
+                ) from None
 
 
 async def start_web(

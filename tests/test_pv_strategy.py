@@ -362,6 +362,22 @@ async def test_small_wobbles_do_not_cause_writes() -> None:
     assert changes <= 1 and abs(currents[-1] - settled) <= 0.2
 
 
+async def test_a_held_current_says_so_in_the_reason() -> None:
+    house = House(pv(phases=1, reserve_w=0, start_delay_s=0), surplus_w=3000, phases=1)
+    await house.run(200)
+    settled = house.current_a
+    house.surplus_w = 3000 + 30  # +0.13 A: below step_a (0.25 A), so the current is held
+    await house.run(10)
+    d = house.decisions[-1]
+    assert d.current_a == settled
+    assert f"holding {settled:g} A (change below step 0.25 A)" in d.reason, d.reason
+    # Every decision whose current differs from the one its reason computed says why.
+    for d in house.decisions:
+        shown = float(d.reason.split(" A on ")[0].rsplit("= ", 1)[1])
+        if d.charge and d.current_a != max(shown, 6.0):
+            assert "holding" in d.reason, d.reason
+
+
 async def test_current_is_capped_at_what_the_device_signals() -> None:
     strategy = pv(phases=1, reserve_w=0, start_delay_s=0)
     state = car(0, 1)

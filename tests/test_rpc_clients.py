@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,31 +141,32 @@ async def test_readme_python_example(server: WebServer, ctl: FakeController) -> 
     assert ctl.overrides == [("wb1", Override(charge=True, current_a=10.0, reason="rpc startCharging"))]
 
 
-def _npm_install() -> Path:
-    """Install tests/node's dependencies once into .cache/ (gitignored) and return that directory."""
-    target = REPO / ".cache" / "rpc-node"
-    target.mkdir(parents=True, exist_ok=True)
-    src = (NODE_DIR / "package.json").read_bytes()
-    stamp = target / "package.json"
-    if not (target / "node_modules" / "jayson").is_dir() or not stamp.exists() or stamp.read_bytes() != src:
-        stamp.write_bytes(src)
-        npm = shutil.which("npm")
-        assert npm is not None, "node is installed but npm is not"
-        proc = subprocess.run(
-            [npm, "install", "--prefix", str(target), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=300,
+#: Where `make node-deps` (part of `make test`) installs tests/node's packages from its lockfile.
+NODE_DEPS = REPO / ".cache" / "rpc-node"
+
+
+def node_workdir(deps: Path = NODE_DEPS) -> Path:
+    """The directory with tests/node's packages as the install step left them; the test downloads nothing."""
+    if not (deps / ".installed").exists() or not (deps / "node_modules" / "jayson").is_dir():
+        pytest.fail(
+            f"the Node client's packages are not installed in {deps}: run `make node-deps` (`make test` does)"
         )
-        assert proc.returncode == 0, f"npm install failed: {proc.stderr[-2000:]}"
-    shutil.copy(NODE_DIR / "readme-example.mjs", target / "readme-example.mjs")
-    return target
+    if (deps / "package-lock.json").read_bytes() != (NODE_DIR / "package-lock.json").read_bytes():
+        pytest.fail(f"the Node client's packages in {deps} are out of date: run `make node-deps`")
+    shutil.copy(NODE_DIR / "readme-example.mjs", deps / "readme-example.mjs")
+    return deps
+
+
+def test_missing_node_packages_fail_with_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"not installed in .*: run `make node-deps`"):
+        node_workdir(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing was fetched or written
 
 
 async def test_readme_jayson_example(real: tuple[int, AmtronModel]) -> None:
     assert shutil.which("node"), "node is not installed: `make test` installs it (.ci/system-deps)"
     port, model = real
-    workdir = await asyncio.to_thread(_npm_install)
+    workdir = node_workdir()
     env = {**os.environ, "RPC_PORT": str(port)}
     mark = len(model.record.writes)
     rc, out, err = await run(shutil.which("node") or "node", "readme-example.mjs", cwd=workdir, env=env)
