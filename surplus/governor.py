@@ -66,8 +66,9 @@ Rules and the choices made where the brief left room (tests name each one):
 * With a ``store`` the memory is saved after every write and restored at start,
   so the spacing rules hold across restarts and kill -9
   (:mod:`surplus.governor_store`).
-* Shared fuse (several chargers): the loop computes ``shared_headroom_a`` for
-  each charger (fuse limit minus what the others are set to) and passes it in.
+* Shared fuse (several chargers): a caller that knows the circuit passes
+  ``shared_headroom_a`` (the fuse limit minus what the others are set to); the
+  single-charger loop does not compute it yet (the multi-charger work will).
 """
 
 from __future__ import annotations

@@ -59,7 +59,6 @@ class ChargerSlot:
     mode: str
     #: "hold_min" or "pause": what to do when the strategy or the data fails.
     fallback: str = "pause"
-    strategy_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     reading: ChargerReading | None = None
     override: Override | None = None
     last_record: DecisionRecord | None = None
@@ -492,7 +491,6 @@ class Controller:
                 charger_id=slot.charger_id,
                 now_s=now,
                 wall_s=self.clock.wall(),
-                options=slot.strategy_options.get(slot.mode, {}),
                 min_current_a=MIN_CURRENT_A,
                 # Device, cable and fuse limits: what the governor would let through.
                 max_current_a=self._governor.ceiling_a(reading),

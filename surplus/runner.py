@@ -153,7 +153,6 @@ async def build_stack(
                 strategies=strategies,
                 mode=ch.mode,
                 fallback=config.control.fallback,
-                strategy_options=options,
             )
         )
 

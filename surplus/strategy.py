@@ -1,9 +1,11 @@
-"""The strategy contract: a pure function from a snapshot to a decision.
+"""The strategy contract: from a snapshot (and the strategy's own memory) to a decision.
 
 A strategy plugin registers a :data:`StrategyFactory` under a name (the
 charger's ``mode``). The factory validates its options once, at start-up, and
 returns a :class:`Strategy`; ``decide`` is then called on every tick and must
-not do I/O. Whatever it returns still passes the safety governor.
+not do I/O. A strategy may keep state between ticks (pv keeps its timers and
+recent surplus); it gets one instance per charger. Whatever it returns still
+passes the safety governor.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ class StrategyContext:
     now_s: float
     #: ``Clock.wall()`` of this tick (Unix time: use it for times of day and dates).
     wall_s: float
-    #: The charger's options for this strategy (already validated by the factory).
-    options: Mapping[str, Any]
     #: Lowest current the charger may be set to while charging (IEC 61851: 6 A).
     min_current_a: float
     #: Highest current the governor allows now: the lowest of the AMTRON's 32 A,
@@ -53,7 +53,8 @@ class Strategy(Protocol):
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         """Return a :class:`~surplus.types.Decision` with ``source=Source.STRATEGY``.
 
-        Pure: no I/O, no clock reads (use ``ctx.now_s``), no mutation of the snapshot.
+        No I/O, no clock reads (use ``ctx.now_s``), no mutation of the snapshot; the
+        strategy's own state may change (one instance per charger).
         """
         ...
 

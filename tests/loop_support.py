@@ -41,9 +41,7 @@ def build_controller(
     strategies = {name: f(options.get(name, {})) for name, f in factories.items()}
     if strategy is not None:
         strategies[strategy.name] = strategy
-    slot = ChargerSlot(
-        charger=charger, strategies=strategies, mode=mode, fallback=fallback, strategy_options=options
-    )
+    slot = ChargerSlot(charger=charger, strategies=strategies, mode=mode, fallback=fallback)
     governor = SafetyGovernor({"wallbox": limits or Limits()})
     controller = Controller(clock=clock, chargers=[slot], meters=meters, governor=governor, tick_s=1.0)
     return controller, bus

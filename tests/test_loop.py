@@ -315,7 +315,7 @@ async def test_one_controller_runs_several_chargers_with_their_own_strategies(cl
         options = {"fixed": {"current_a": amps or 6}}
         charger = AmtronCharger(bus, charger_id=cid, clock=clock, device_id=device_id)
         strategies = {name: f(options.get(name, {})) for name, f in factories.items()}
-        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode=mode, strategy_options=options))
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode=mode))
     governor = SafetyGovernor({"garage": Limits(), "carport": Limits()})
     controller = Controller(clock=clock, chargers=slots, meters=[], governor=governor)
     task = asyncio.ensure_future(controller.run(duration_s=60))

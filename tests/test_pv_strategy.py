@@ -64,7 +64,6 @@ def context(
         charger_id="wb1",
         now_s=now_s,
         wall_s=1_800_000_000.0 + now_s,
-        options=MappingProxyType({}),
         min_current_a=6.0,
         max_current_a=max_current_a,
         phases_switchable=switchable,

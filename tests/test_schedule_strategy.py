@@ -82,7 +82,6 @@ def context(now_s: float, wall_s: float, *, switchable: bool = True, max_a: floa
         charger_id="wb1",
         now_s=now_s,
         wall_s=wall_s,
-        options=MappingProxyType({}),
         min_current_a=6.0,
         max_current_a=max_a,
         phases_switchable=switchable,

@@ -39,7 +39,6 @@ def ctx(clock: FakeClock, *, max_current_a: float = 32.0, switchable: bool = Tru
         charger_id="wb1",
         now_s=clock.now(),
         wall_s=1_800_000_000.0 + clock.now(),
-        options=MappingProxyType({}),
         min_current_a=6.0,
         max_current_a=max_current_a,
         phases_switchable=switchable,

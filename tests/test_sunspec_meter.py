@@ -442,8 +442,12 @@ def test_plan_reads_merges_only_close_points_on_one_unit() -> None:
 
 def test_registers_the_sunspec_type() -> None:
     registered: dict[str, Any] = {}
-    sunspec_meter.surplus_register_meters(lambda name, factory: registered.setdefault(name, factory))
+    about: dict[str, Any] = {}
+    sunspec_meter.surplus_register_meters(
+        lambda name, factory, **kw: (registered.setdefault(name, factory), about.update(kw))
+    )
     assert registered == {"sunspec": make_sunspec}
+    assert about["options"]["port"] == 502 and "SunSpec" in about["summary"]
 
 
 @pytest.mark.parametrize(

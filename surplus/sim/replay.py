@@ -236,7 +236,6 @@ async def replay(
         strategies=strategies,
         mode=mode,
         fallback="pause",
-        strategy_options=plan.strategy_options,
     )
     controller = Controller(
         clock=clock,
