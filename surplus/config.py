@@ -72,7 +72,10 @@ class LogConfig:
 
 
 @dataclass(**_FROZEN)
-class BusConfig:
+class BusSection:
+    """The `bus:` section as the user writes it (ms, "none"); `runner.bus_config` turns it into
+    the bus's own :class:`surplus.modbus.bus.BusConfig` (s, "N")."""
+
     #: "sim" (built-in simulator, RTU over TCP on 127.0.0.1), a device path, or tcp://host:port.
     port: str = "sim"
     baudrate: int = setting(57600, choices=BAUDRATES)
@@ -204,7 +207,7 @@ class PluginsConfig:
 @dataclass(**_FROZEN)
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
-    bus: BusConfig = field(default_factory=BusConfig)
+    bus: BusSection = field(default_factory=BusSection)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     chargers: tuple[ChargerEntry, ...] = (ChargerEntry(),)
