@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 COMMANDS = ("mode", "current", "phases", "lock", "clear_override")
 #: Longer command payloads are refused unread.
 MAX_PAYLOAD_BYTES = 1024
+#: Values that jitter by themselves are only sent again after moving this far (unit of the topic).
+DEADBAND = {"temperature": 0.5}
 #: The broker notices a silently dead client (and we a dead broker) within ~1.5x this.
 KEEPALIVE_S = 15
 _LOCK_WORDS = {
@@ -406,10 +408,21 @@ class MqttBridge:
                     self._sent[topic] = payload
                     self.stats.published += 1
         for topic, payload in self.state_messages().items():
-            if self._sent.get(topic) != payload:
+            last = self._sent.get(topic)
+            if last != payload and not self._within_deadband(topic, last, payload):
                 await client.publish(topic, payload, qos=0, retain=self.settings.retain, timeout=timeout)
                 self._sent[topic] = payload
                 self.stats.published += 1
+
+    @staticmethod
+    def _within_deadband(topic: str, last: str | None, payload: str) -> bool:
+        band = DEADBAND.get(topic.rpartition("/")[2])
+        if band is None or last is None:
+            return False
+        try:
+            return abs(float(payload) - float(last)) < band
+        except ValueError:
+            return False
 
     def state_messages(self) -> dict[str, str]:
         """Topic -> payload of every state value now."""

@@ -35,7 +35,9 @@ class Seen:
 async def subscriber(broker: Mosquitto, topic: str = "#") -> AsyncIterator[Seen]:
     """Subscribe to ``topic`` on ``broker`` and collect what arrives until the block ends."""
     seen = Seen()
-    async with aiomqtt.Client(broker.host, port=broker.port, identifier=f"test-sub-{next(_ids)}", timeout=5) as c:
+    async with aiomqtt.Client(
+        broker.host, port=broker.port, identifier=f"test-sub-{next(_ids)}", timeout=5
+    ) as c:
         await c.subscribe(topic, qos=1)
 
         async def collect() -> None:
@@ -62,7 +64,9 @@ async def retained_now(broker: Mosquitto, topic: str = "#", settle_s: float = 0.
 
 
 async def publish(broker: Mosquitto, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
-    async with aiomqtt.Client(broker.host, port=broker.port, identifier=f"test-pub-{next(_ids)}", timeout=5) as c:
+    async with aiomqtt.Client(
+        broker.host, port=broker.port, identifier=f"test-pub-{next(_ids)}", timeout=5
+    ) as c:
         await c.publish(topic, payload, qos=1, retain=retain)
 
 
@@ -91,7 +95,9 @@ def mqtt_section(broker: Mosquitto, **extra: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def mqtt_stack(broker: Mosquitto, config: str = STACK_CONFIG, **extra: Any) -> AsyncIterator[tuple[Any, Any, str]]:
+async def mqtt_stack(
+    broker: Mosquitto, config: str = STACK_CONFIG, **extra: Any
+) -> AsyncIterator[tuple[Any, Any, str]]:
     """:func:`full_stack` with an ``mqtt:`` section pointing at ``broker``."""
     async with full_stack(config + mqtt_section(broker, **extra)) as (stack, model, url):
         yield stack, model, url
