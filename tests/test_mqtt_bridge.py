@@ -156,16 +156,16 @@ async def test_a_broker_restart_reconnects_republishes_and_leaves_charging_alone
         assert_governor_rules_held(model.record)
 
 
-async def test_the_last_will_says_offline_when_surplus_run_is_killed(
+async def test_the_last_will_says_offline_when_surplus_run_is_killed_and_commands_can_be_off(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     config = tmp_path / "surplus.yaml"
     config.write_text(
         "bus:\n  port: sim\nchargers:\n  - id: wallbox\n    device_id: 50\n    mode: fixed\n"
-        + mqtt_section(broker)
+        + mqtt_section(broker, commands="false")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODBUS_", "RPC_", "HEARTBEAT_", "LOG_"))}
-    async with subscriber(broker, "surplus/availability") as seen:
+    async with subscriber(broker, "surplus/#") as seen:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -180,6 +180,12 @@ async def test_the_last_will_says_offline_when_surplus_run_is_killed(
         )
         try:
             await eventually(lambda: seen.text("surplus/availability") == "online", "online", wait_s=15)
+            # mqtt.commands: false: a command is not even read.
+            await eventually(lambda: seen.text("surplus/wallbox/mode") == "fixed", "the mode topic")
+            await publish(broker, "surplus/wallbox/mode/set", "off")
+            await asyncio.sleep(1.2)
+            assert "surplus/wallbox/mode/reply" not in seen.latest
+            assert seen.text("surplus/wallbox/mode") == "fixed"
             os.kill(proc.pid, signal.SIGKILL)
             await asyncio.wait_for(proc.wait(), 5)
             assert proc.returncode == -signal.SIGKILL
