@@ -18,7 +18,7 @@ import ipaddress
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -205,6 +205,48 @@ class PluginsConfig:
 
 
 @dataclass(**_FROZEN)
+class MqttConfig:
+    """Publishing state to an MQTT broker, taking commands, Home Assistant discovery.
+
+    The section being there turns it on (``enabled: false`` keeps it for later)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = setting(1883, lo=1, hi=65535)
+    #: TLS to the broker (port 8883 usually); ``ca_file`` is a PEM bundle (null: the system's).
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "surplus"
+    #: State topics are ``<topic_prefix>/<charger id>/<name>``.
+    topic_prefix: str = "surplus"
+    #: Home Assistant's discovery prefix; null: no discovery messages.
+    discovery_prefix: str | None = "homeassistant"
+    #: State messages are retained (a new subscriber sees the latest at once).
+    retain: bool = True
+    #: Take ``.../set`` commands. null: only when the broker is on loopback or a username is set.
+    commands: bool | None = None
+    #: A topic is published at most this often (and only when its value changed).
+    interval_s: float = setting(1.0, lo=1, hi=3600, unit="s")
+    #: Waiting for the broker, per step (connect, subscribe, publish).
+    timeout_s: float = setting(5.0, gt=0, hi=60, unit="s")
+    #: Reconnect back-off: first wait, doubling up to the longest.
+    reconnect_min_s: float = setting(1.0, gt=0, hi=3600, unit="s")
+    reconnect_max_s: float = setting(60.0, gt=0, hi=3600, unit="s")
+
+    def __repr__(self) -> str:  # never show the password
+        return f"MqttConfig(host={self.host!r}, port={self.port}, topic_prefix={self.topic_prefix!r})"
+
+    @property
+    def commands_on(self) -> bool:
+        """Commands are taken: explicitly, or by default on a loopback broker or with a username."""
+        if self.commands is not None:
+            return self.commands
+        return is_loopback(self.host) or self.username is not None
+
+
+@dataclass(**_FROZEN)
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
     bus: BusSection = field(default_factory=BusSection)
@@ -216,6 +258,8 @@ class Config:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    #: None (no ``mqtt:`` section): nothing is published.
+    mqtt: MqttConfig | None = None
     #: Where it came from (a path or "<built-in defaults>").
     source: str = field(default=BUILTIN_SOURCE, compare=False, repr=False, metadata={"internal": True})
     #: Line of each key path in the file, for errors found later (plugins).
@@ -388,6 +432,11 @@ def _check(config: Config, where: Where) -> None:
             f"{rpc.host} reaches beyond this machine: set rpc.token (or RPC_TOKEN) so writes need it,"
             " or bind 127.0.0.1",
         )
+    if config.mqtt is not None:
+        _check_mqtt(config.mqtt, err)
+        for i, ch in enumerate(config.chargers):
+            if ch.id in MQTT_RESERVED_IDS:
+                raise err(f"chargers[{i}].id", f"{ch.id!r} is taken by the MQTT topics; choose another id")
     sim_ids = config.simulator.device_ids
     if not sim_ids:
         raise err("simulator.device_ids", "at least one device id is needed")
@@ -401,6 +450,36 @@ def _check(config: Config, where: Where) -> None:
                     f"chargers[{i}].device_id",
                     f"device {probed[0]} is not simulated (simulator.device_ids: {list(sim_ids)})",
                 )
+
+
+#: ``<prefix>/meters/...`` and ``<prefix>/bridge/...`` are the bridge's own topics.
+MQTT_RESERVED_IDS = ("meters", "bridge")
+
+
+def _check_topic(value: str, key: str, err: Callable[[str, str], ConfigError]) -> None:
+    if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/") or "//" in value:
+        raise err(key, f"{value!r} must be a plain topic: no '+', '#', empty levels or leading/trailing '/'")
+    if value.startswith("$"):
+        raise err(key, f"{value!r}: topics starting with '$' are the broker's own")
+
+
+def _check_mqtt(m: MqttConfig, err: Callable[[str, str], ConfigError]) -> None:
+    _check_topic(m.topic_prefix, "mqtt.topic_prefix", err)
+    if m.discovery_prefix is not None:
+        _check_topic(m.discovery_prefix, "mqtt.discovery_prefix", err)
+        if m.discovery_prefix == m.topic_prefix:
+            raise err("mqtt.discovery_prefix", "must differ from topic_prefix")
+    if m.password is not None and m.username is None:
+        raise err("mqtt.password", "set username too")
+    if m.ca_file is not None and not m.tls:
+        raise err("mqtt.ca_file", "set tls: true too (a CA file is only used for TLS)")
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise err(
+            "mqtt.reconnect_max_s",
+            f"{fmt(m.reconnect_max_s, 's')} is shorter than reconnect_min_s ({fmt(m.reconnect_min_s, 's')})",
+        )
+    if any(c in m.client_id for c in "+#/"):
+        raise err("mqtt.client_id", f"{m.client_id!r} must not contain '+', '#' or '/'")
 
 
 # --- public API ----------------------------------------------------------------------------------

@@ -64,7 +64,12 @@ def invalid_params(message: str) -> RpcError:
 
 def _is_number(value: object) -> bool:
     # bool is an int subclass in Python but not a number in JSON.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (10**400) is no usable number
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,6 +385,14 @@ class Dispatcher:
         else:
             reply = dispatch_to_serializable("", **kwargs)
         return reply if isinstance(reply, dict) else None
+
+    async def call(self, method: str, params: Mapping[str, Any], *, authorized: bool) -> dict[str, Any]:
+        """One request made inside the process (the MQTT bridge's commands): the JSON-RPC
+        reply object, JSON-safe (as :func:`dumps` would send it), with ``result`` or ``error``."""
+        request = {"jsonrpc": "2.0", "method": method, "params": dict(params), "id": 1}
+        reply = await self._one(request, _Context(authorized))
+        out: dict[str, Any] = json.loads(dumps(reply))
+        return out
 
     async def handle(
         self, body: bytes, *, authorized: bool, on_parse_error: Callable[[str], None] | None = None

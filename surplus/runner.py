@@ -39,6 +39,7 @@ class Stack:
     simulator: Any = None  # surplus.sim.server.SimulatorServer when bus.port is "sim"
     web: Any = None  # surplus.web.WebServer when the RPC server runs
     history: Any = None  # surplus.history.History when history.path is set
+    mqtt: Any = None  # surplus.mqtt_bridge.MqttBridge when the mqtt: section is on
 
 
 def bus_config(config: Config, port: str) -> BusConfig:
@@ -202,8 +203,20 @@ async def build_stack(
             stack.web = await start_web(
                 controller, web_settings, metrics=metrics_endpoint(controller, buses=stack.buses)
             )
+        if config.mqtt is not None and config.mqtt.enabled:
+            from .mqtt_bridge import start_bridge
+
+            stack.mqtt = await start_bridge(
+                controller,
+                config.mqtt,
+                stale_after_s=config.control.stale_after_s,
+                ceiling_a=governor.ceiling_a,
+                meter_ids=[m.id for m in config.meters],
+            )
         yield stack
     finally:
+        if stack.mqtt is not None:
+            await stack.mqtt.close()
         if stack.web is not None:
             await stack.web.close()
         if stack.history is not None:

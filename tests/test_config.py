@@ -213,6 +213,62 @@ BAD = [
         "301 s is above the maximum 300 s",
     ),
     (
+        "mqtt wildcard prefix",
+        "mqtt:\n  topic_prefix: home/+/ev\n",
+        "mqtt.topic_prefix",
+        2,
+        "must be a plain topic",
+    ),
+    (
+        "mqtt trailing slash",
+        "mqtt:\n  discovery_prefix: homeassistant/\n",
+        "mqtt.discovery_prefix",
+        2,
+        "must be a plain topic",
+    ),
+    (
+        "mqtt password alone",
+        "mqtt:\n  password: secret\n",
+        "mqtt.password",
+        2,
+        "set username too",
+    ),
+    (
+        "mqtt ca without tls",
+        "mqtt:\n  ca_file: ca.pem\n",
+        "mqtt.ca_file",
+        2,
+        "set tls: true too",
+    ),
+    (
+        "mqtt back-off upside down",
+        "mqtt:\n  reconnect_min_s: 10\n  reconnect_max_s: 5\n",
+        "mqtt.reconnect_max_s",
+        3,
+        "shorter than reconnect_min_s",
+    ),
+    (
+        "mqtt flood",
+        "mqtt:\n  interval_s: 0.1\n",
+        "mqtt.interval_s",
+        2,
+        "0.1 s is below the minimum 1 s",
+    ),
+    (
+        "mqtt port",
+        "mqtt:\n  port: 0\n",
+        "mqtt.port",
+        2,
+        "0 is below the minimum 1",
+    ),
+    (
+        "charger id taken by mqtt",
+        "chargers:\n  - id: meters\nmqtt:\n  host: 127.0.0.1\n",
+        "chargers[0].id",
+        2,
+        "taken by the MQTT topics",
+    ),
+    (
         "negative keep-alive",
         "rpc:\n  keepalive_timeout_s: -1\n",
         "rpc.keepalive_timeout_s",
@@ -494,3 +550,21 @@ def test_check_config_says_a_missing_meter_host_is_required(
     assert cli.main(["check-config", path]) == 2
     err = capsys.readouterr().err
     assert err == f"{path}:4: meters[0].options.host: required: the device's host name or IP address\n"
+
+
+def test_the_mqtt_section_turns_publishing_on_and_commands_follow_the_broker(tmp_path: Path) -> None:
+    assert check(None).mqtt is None  # no section: nothing is published
+    on = check(write(tmp_path, "mqtt:\n  host: 127.0.0.1\n")).mqtt
+    assert on is not None and on.enabled and on.topic_prefix == "surplus"
+    assert on.discovery_prefix == "homeassistant" and on.retain and on.interval_s == 1.0
+    assert on.commands_on  # loopback: commands by default
+    remote = check(write(tmp_path, "mqtt:\n  host: 192.168.1.10\n")).mqtt
+    assert remote is not None and not remote.commands_on  # beyond loopback without a username: off
+    user = check(write(tmp_path, "mqtt:\n  host: 192.168.1.10\n  username: ev\n  password: pw\n")).mqtt
+    assert user is not None and user.commands_on and "pw" not in repr(user)
+    forced = check(write(tmp_path, "mqtt:\n  host: 192.168.1.10\n  commands: true\n")).mqtt
+    assert forced is not None and forced.commands_on
+    off = check(write(tmp_path, "mqtt:\n  commands: false\n  discovery_prefix: null\n")).mqtt
+    assert off is not None and not off.commands_on and off.discovery_prefix is None
+    disabled = check(write(tmp_path, "mqtt:\n  enabled: false\n")).mqtt
+    assert disabled is not None and not disabled.enabled

@@ -1,0 +1,71 @@
+"""aiomqtt helpers shared by the MQTT meter and the MQTT bridge.
+
+Connecting and disconnecting so that a cancel or a broker that never answers
+leaves no socket or helper task behind, and one-line reasons for a lost
+connection (never containing credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+
+async def connect(client: aiomqtt.Client) -> None:
+    """Enter ``client``'s context; on any failure or cancel, leave nothing open behind."""
+    attempt = asyncio.ensure_future(client.__aenter__())
+    try:
+        await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        # Cancelled midway, aiomqtt keeps a half-open socket and its helper task. The
+        # attempt is bounded (paho's connect timeout, then aiomqtt's CONNACK timeout),
+        # so let it end and undo it properly.
+        await asyncio.wait({attempt})
+        if attempt.cancelled() or attempt.exception() is not None:
+            abandon(client)
+        else:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+        raise
+    except Exception:
+        abandon(client)
+        raise
+
+
+async def helper_ended(client: aiomqtt.Client, timeout_s: float) -> None:
+    """Wait (bounded) until aiomqtt's per-connection helper task has ended.
+
+    It ends a loop pass or two after the socket closes; waiting here means
+    ``stop()`` returns with no task of ours left running.
+    """
+    helper = getattr(client, "_misc_task", None)
+    if isinstance(helper, asyncio.Task) and not helper.done():
+        await asyncio.wait({helper}, timeout=timeout_s)
+
+
+def abandon(client: aiomqtt.Client) -> None:
+    """Close a connection that never completed (aiomqtt leaves it open after a CONNACK timeout)."""
+    paho = getattr(client, "_client", None)
+    if paho is not None:
+        # Queues DISCONNECT; paho closes the socket once it is sent, and aiomqtt then
+        # stops its helper task. Without a socket this is a no-op.
+        with contextlib.suppress(Exception):
+            paho.disconnect()
+
+
+def describe(exc: BaseException, timeout_s: float) -> str:
+    """A short one-line reason for a failed or lost connection (never containing credentials)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TimeoutError) or "timed out" in text.lower():
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc.__cause__, aiomqtt.MqttCodeError):  # aiomqtt's "Disconnected during message iteration"
+        return "connection lost"
+    # "[Errno 111] Connection refused", "[code:135] Not authorized": the number adds nothing.
+    text = re.sub(r"^\[(?:Errno \d+|code:\d+)\]\s*", "", text)
+    if isinstance(exc, MqttConnectError):
+        return f"broker refused the connection: {text}"
+    return text or type(exc).__name__
