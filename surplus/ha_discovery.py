@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .api import MODES
 from .types import MIN_CURRENT_A, DeviceInfo
 
 #: ``true``/``false`` on the state topics of binary values (also what Node-RED and ioBroker like).
@@ -172,7 +171,6 @@ CHARGER_ENTITIES: tuple[Entity, ...] = (
         fields={
             "state_topic": "mode",
             "command_topic": "mode",
-            "options": list(MODES),
             "icon": "mdi:solar-power",
         },
         command=True,
@@ -272,8 +270,10 @@ def charger_configs(
     commands: bool,
     info: DeviceInfo | None,
     ceiling_a: float,
+    modes: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    """Config topic -> config payload for every entity of one charger."""
+    """Config topic -> config payload for every entity of one charger (``modes``: the loaded
+    strategies, the mode select's options)."""
     node = topics.node(charger_id)
     device = charger_device(topics, charger_id, info)
     out: dict[str, dict[str, Any]] = {}
@@ -285,6 +285,8 @@ def charger_configs(
             elif name == "command_topic":
                 value = topics.command(charger_id, value)
             payload[name] = value
+        if e.key == "mode":
+            payload["options"] = list(modes)
         if e.component == "number":
             payload["min"] = MIN_CURRENT_A
             payload["max"] = max(MIN_CURRENT_A, float(ceiling_a))

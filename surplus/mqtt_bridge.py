@@ -464,7 +464,12 @@ class MqttBridge:
             cached = self._discovery_cache.get(cid)
             if cached is None or cached[0] != key:
                 configs = charger_configs(
-                    self.topics, cid, commands=self.commands, info=reading.state.info, ceiling_a=ceiling
+                    self.topics,
+                    cid,
+                    commands=self.commands,
+                    info=reading.state.info,
+                    ceiling_a=ceiling,
+                    modes=self.c.available_modes,
                 )
                 cached = (key, {k: json.dumps(v, separators=(",", ":")) for k, v in configs.items()})
                 self._discovery_cache[cid] = cached

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from surplus.api import MODES
 from surplus.clock import FakeClock
 from surplus.config import MqttConfig
 from surplus.governor import Limits
@@ -24,6 +23,7 @@ from surplus.types import DeviceInfo
 
 from .ha_schema import energy_dashboard_ready, problems
 from .loop_support import SOFT_PAUSE_MAX_A, assert_governor_rules_held, build_controller
+from .rpc_support import BUILTIN_MODES
 
 TOPICS = Topics(prefix="surplus", discovery_prefix="homeassistant")
 INFO = DeviceInfo(
@@ -83,7 +83,9 @@ def test_payloads_that_are_no_call_are_refused_with_a_reason(
 
 
 def all_configs(commands: bool, info: DeviceInfo | None = INFO) -> dict[str, dict[str, Any]]:
-    out = charger_configs(TOPICS, "wallbox", commands=commands, info=info, ceiling_a=16.0)
+    out = charger_configs(
+        TOPICS, "wallbox", commands=commands, info=info, ceiling_a=16.0, modes=BUILTIN_MODES
+    )
     return out | meter_configs(TOPICS, "grid")
 
 
@@ -115,7 +117,7 @@ def test_the_energy_counters_are_fit_for_the_energy_dashboard_and_the_controls_a
         16.0,
         "surplus/wallbox/current/set",
     )
-    assert by_key["mode"]["options"] == list(MODES)
+    assert by_key["mode"]["options"] == list(BUILTIN_MODES)
     assert by_key["lock"]["command_topic"] == "surplus/wallbox/lock/set"
     assert {by_key["car_connected"]["device_class"], by_key["charging"]["device_class"]} == {
         "plug",
@@ -258,7 +260,7 @@ def _fuzz_payload(rng: random.Random) -> bytes:
         )
         return json.dumps({"current": rng.choice([6, 12, 40, "10", None, -3]), "until": until}).encode()
     if kind == 7:
-        return rng.choice([*MODES, "PV", "turbo", ""]).encode()
+        return rng.choice([*BUILTIN_MODES, "PV", "turbo", ""]).encode()
     if kind == 8:
         return rng.choice([b"ON", b"OFF", b"lock", b"maybe", b"1", b"0", b"true"])
     if kind == 9:
