@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check surplus plugins tests bench
 	$(BIN)/ruff format --check surplus plugins tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install node-deps
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .clock import Clock
 from .types import Decision, MeterReading, PauseKind, Snapshot, Verdict
@@ -50,12 +50,22 @@ class PluginInfo:
     provides: tuple[str, ...]  # e.g. ("strategy:fixed", "meter:simulated")
 
 
+class SessionHistory(Protocol):
+    """What ``getSessions`` reads: :class:`surplus.history.History` is one."""
+
+    async def sessions(self, *, charger_id: str | None = None, limit: int = 20) -> Sequence[Any]:
+        """The newest ``limit`` sessions (records), newest first."""
+        ...
+
+
 class ControllerAPI(Protocol):
     """The controller as the RPC server and metrics see it."""
 
     clock: Clock
     #: ``clock.now()`` at start-up (for uptime).
     started_at_s: float
+    #: The session history when one is configured (None: ``getSessions`` says it is off).
+    history: SessionHistory | None
 
     @property
     def charger_ids(self) -> Sequence[str]:

@@ -16,9 +16,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from .api import DecisionRecord, Override, PluginInfo
+from .api import DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
 from .clock import Clock
 from .governor import SafetyGovernor
@@ -37,9 +36,6 @@ from .types import (
     Source,
     Verdict,
 )
-
-if TYPE_CHECKING:
-    from .history import History
 
 log = logging.getLogger("surplus.loop")
 
@@ -163,7 +159,7 @@ class Controller:
         #: Tick observers whose last call failed (their traceback is logged once per streak).
         self._failing_tick_observers: set[int] = set()
         #: The session history when one is configured (``getSessions`` reads it).
-        self.history: History | None = None
+        self.history: SessionHistory | None = None
         self._meter_readings: dict[str, MeterReading] = {}
         self._meter_errors: dict[str, str] = {}
         #: One reading task per meter with I/O, from start() to shutdown().

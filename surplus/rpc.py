@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from .api import ControllerAPI, DecisionRecord, Override
-from .history import History, SessionRecord
+from .history import SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .modbus import registers as R
 from .rpc_shapes import (
@@ -515,7 +515,7 @@ class _Methods:
         return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
 
     async def get_sessions(self, args: dict[str, Any]) -> dict[str, Any]:
-        history: History | None = getattr(self.c, "history", None)
+        history = self.c.history
         if history is None:
             raise RpcError(SERVER_ERROR, "history is off: set history.path in the config")
         cid = self.charger(args) if "chargerId" in args else None

@@ -56,6 +56,7 @@ class FakeController:
     current_override: dict[str, Override] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=lambda: {"wb1": "pv"})
     decision: DecisionRecord | None = None
+    history: Any = None
     #: The snapshot's meters (default: one fresh "grid" meter exporting 2.5 kW).
     meter_readings: dict[str, MeterReading] = field(
         default_factory=lambda: {
