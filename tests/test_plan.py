@@ -126,3 +126,20 @@ def test_wire_time_of_a_known_frame() -> None:
     cost = plan.cost(plan.plan_reads([R.VOLTAGE_L1]))
     assert cost.total_bytes == 17
     assert cost.wire_time_s() == pytest.approx((17 + 7) * 11 / 57600)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "reads"),
+    [
+        ([], []),
+        ([(1, 40070, 40075)], [(1, 40070, 5)]),
+        ([(1, 40100, 40102), (1, 40070, 40075)], [(1, 40070, 32)]),  # sorted, then joined
+        ([(1, 0, 100), (1, 100, 126)], [(1, 0, 100), (1, 100, 26)]),  # 126 in one read is too many
+        ([(1, 0, 10), (2, 5, 10)], [(1, 0, 10), (2, 5, 5)]),  # units never share a read
+        ([(1, 0, 10), (1, 2, 5)], [(1, 0, 10)]),  # a range inside another
+    ],
+)
+def test_merge_ranges_makes_the_fewest_reads_within_125_registers(
+    ranges: list[tuple[int, int, int]], reads: list[tuple[int, int, int]]
+) -> None:
+    assert plan.merge_ranges(ranges) == reads

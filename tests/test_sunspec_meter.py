@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 from surplus_plugins import sunspec_meter
-from surplus_plugins.sunspec_meter import (
+from surplus_plugins.sunspec_decode import (
+    INVERTER_MODELS,
+    METER_MODELS,
     Model,
     Point,
     SunSpecError,
-    SunSpecMeter,
-    make_sunspec,
     plan_reads,
 )
+from surplus_plugins.sunspec_meter import SunSpecMeter, make_sunspec
 
 from surplus.clock import FakeClock
 from surplus.meter import MeterEnv
@@ -430,10 +431,10 @@ async def test_stop_twice_and_read_after_stop(serve: Any) -> None:
 
 
 def test_plan_reads_merges_only_close_points_on_one_unit() -> None:
-    meter = Point("meter", 1, Model(203, 40121, 105), sunspec_meter.METER_MODELS[203])
-    near = Point("inverter", 1, Model(103, 40069, 50), sunspec_meter.INVERTER_MODELS[103])
-    far = Point("inverter", 1, Model(103, 41000, 50), sunspec_meter.INVERTER_MODELS[103])
-    other_unit = Point("inverter", 2, Model(103, 40069, 50), sunspec_meter.INVERTER_MODELS[103])
+    meter = Point("meter", 1, Model(203, 40121, 105), METER_MODELS[203])
+    near = Point("inverter", 1, Model(103, 40069, 50), INVERTER_MODELS[103])
+    far = Point("inverter", 1, Model(103, 41000, 50), INVERTER_MODELS[103])
+    other_unit = Point("inverter", 2, Model(103, 40069, 50), INVERTER_MODELS[103])
     (one,) = plan_reads([meter, near])
     assert (one.unit, one.start, one.count) == (1, 40083, 40143 - 40083 + 1)
     assert len(plan_reads([meter, far])) == 2

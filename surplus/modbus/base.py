@@ -19,6 +19,19 @@ class PortUnavailable(BusError):
     """The port itself is missing or closed (as opposed to a device that does not answer)."""
 
 
+#: Modbus exception codes in words (the spec's names), for one-line errors.
+EXCEPTION_TEXT = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
 class ModbusExceptionReply(BusError):
     """The device answered with a Modbus exception (e.g. 2 illegal address, 3 illegal value)."""
 

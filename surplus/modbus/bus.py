@@ -36,18 +36,9 @@ from pymodbus.pdu import ModbusPDU
 
 from ..clock import Clock
 from . import plan
-from .base import BusError, ModbusExceptionReply, PortUnavailable
+from .base import EXCEPTION_TEXT, BusError, ModbusExceptionReply, PortUnavailable
 
 log = logging.getLogger(__name__)
-
-EXCEPTION_TEXT = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,6 +25,8 @@ from .registers import Block, Register
 
 #: Registers per read the AMTRON is known to accept (MEM caps at 100; the protocol at 125).
 DEFAULT_MAX_COUNT = 100
+#: The Modbus limit for one read of holding registers (FC 0x03).
+MAX_READ_REGISTERS = 125
 #: The newest layout we know; ``layout=None`` plans for it.
 LATEST_LAYOUT = max(R.MODBUS_LAYOUT_VERSION.enum)
 
@@ -75,6 +77,28 @@ CONTROL_POLL: tuple[Register, ...] = _readable(
 )
 #: Everything the snapshot needs: all readable registers except the 0x07xx settings.
 FULL_POLL: tuple[Register, ...] = _readable(r for r in R.REGISTERS if r.block is not Block.SETTINGS)
+
+
+def merge_ranges(
+    ranges: Iterable[tuple[int, int, int]], *, max_count: int = MAX_READ_REGISTERS
+) -> list[tuple[int, int, int]]:
+    """``(unit, start, end)`` ranges into as few ``(unit, start, count)`` reads as cover them.
+
+    Ranges of one unit share a read while it stays within ``max_count`` registers
+    (for maps without holes, e.g. a SunSpec chain; the AMTRON map uses :func:`plan_reads`).
+    """
+    reads: list[tuple[int, int, int]] = []
+    for unit, start, end in sorted(ranges):
+        if (
+            reads
+            and reads[-1][0] == unit
+            and max(end, reads[-1][1] + reads[-1][2]) - reads[-1][1] <= max_count
+        ):
+            last_unit, last_start, last_count = reads[-1]
+            reads[-1] = (last_unit, last_start, max(end, last_start + last_count) - last_start)
+        else:
+            reads.append((unit, start, end - start))
+    return reads
 
 
 def for_layout(registers: Iterable[Register], layout: int | None) -> tuple[Register, ...]:
