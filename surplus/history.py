@@ -113,6 +113,8 @@ REPLUG_S = 10.0
 ENERGY_SLACK_WH = 50.0
 #: The most a box can charge (a 22 kW box plus margin): a faster rise of its counter is garbled.
 MAX_RATE_W = 25_000.0
+#: One step of the box's energy registers (10 Wh): a reading is up to this below the truth.
+REGISTER_STEP_WH = 10.0
 #: A longer session duration is garbled (word order), not a start time.
 MAX_SESSION_S = 30 * 86400
 #: A phase carrying at least this current is in use.
@@ -181,15 +183,20 @@ class _Counter:
     since_wh: float = 0.0
     last_at_s: float | None = None
     last_power_w: float = 0.0
+    #: ``value_wh`` at the read before (a car that connected since counts from there).
+    before_wh: float = 0.0
 
     @property
     def from_box(self) -> bool:
         return self.read_wh is not None
 
     def update(self, state: ChargerState, at_s: float) -> float:
+        self.before_wh = self.value_wh
+        power = max(0.0, _finite(state.power_total_w))
         if self.last_at_s is not None and 0 < at_s - self.last_at_s <= MAX_GAP_S:
-            self.since_wh += max(0.0, self.last_power_w) * (at_s - self.last_at_s) / 3600.0
-        self.last_at_s, self.last_power_w = at_s, _finite(state.power_total_w)
+            # Trapezoids: a car starting or stopping between two reads counts half the interval.
+            self.since_wh += (self.last_power_w + power) / 2 * (at_s - self.last_at_s) / 3600.0
+        self.last_at_s, self.last_power_w = at_s, power
         total = state.energy_total_wh
         shift = 0.0
         estimate = max(self.value_wh, (self.read_wh or 0.0) + self.since_wh)
@@ -197,6 +204,7 @@ class _Counter:
             if self.read_wh is None:
                 shift = total - estimate  # the first reading: onto the box's scale
                 self.value_wh = total
+                self.before_wh += shift
             else:
                 rise = total - self.read_wh
                 allowed = MAX_RATE_W * max(0.0, at_s - self.read_at_s) / 3600.0 + ENERGY_SLACK_WH
@@ -210,6 +218,7 @@ class _Counter:
                     )
                     shift = total - estimate
                     self.value_wh = total
+                    self.before_wh += shift
             self.read_wh, self.read_at_s, self.since_wh = total, at_s, 0.0
         else:
             self.value_wh = estimate
@@ -481,12 +490,14 @@ class SessionStore:
         """Sessions without an end, with what the box's counters showed for them."""
         return self._records("WHERE ended_at IS NULL ORDER BY id", ())
 
-    def last_ends(self) -> dict[str, float]:
-        """Per charger, the end of its latest ended session (a new one never starts before it)."""
+    def last_ends(self) -> dict[str, tuple[float, float | None]]:
+        """Per charger, the end of its latest ended session (time, box counter if known)."""
         rows = self._conn.execute(
-            "SELECT charger_id, max(ended_at) FROM sessions WHERE ended_at IS NOT NULL GROUP BY charger_id"
+            "SELECT charger_id, ended_at, box_energy_start_wh + energy_wh FROM sessions s"
+            " WHERE ended_at = (SELECT max(ended_at) FROM sessions t WHERE t.charger_id = s.charger_id)"
+            " ORDER BY id"
         ).fetchall()
-        return {str(cid): float(end) for cid, end in rows}
+        return {str(cid): (float(end), None if wh is None else float(wh)) for cid, end, wh in rows}
 
     def recent(self, charger_id: str | None, limit: int) -> list[SessionRecord]:
         """The newest ``limit`` sessions (of one charger, or all), newest first."""
@@ -515,6 +526,11 @@ class _Tracker:
     counter: _Counter = field(default_factory=_Counter)
     #: The end of this charger's latest session: the next one never starts before it.
     last_end: float = -math.inf
+    #: The counter value the latest session ended at: the next one never counts from below it,
+    #: so no energy is in two sessions (a restart's reading may be up to a step lower).
+    floor_wh: float = -math.inf
+    #: The counter's first reading since the start has been matched with what the file says.
+    lifted: bool = False
 
 
 class History:
@@ -532,9 +548,10 @@ class History:
         self._jobs: deque[Future[None]] = deque()
         self._failing = False
         self._closed = False
-        for cid, end in store.last_ends().items():
+        for cid, (end, end_wh) in store.last_ends().items():
             if cid in self._trackers:
                 self._trackers[cid].last_end = end
+                self._trackers[cid].floor_wh = -math.inf if end_wh is None else end_wh
         orphans = []
         for row in store.open_rows():
             live = _Live.from_row(row)
@@ -585,8 +602,12 @@ class History:
     ) -> None:
         present = vehicle_present(state)
         shift = t.counter.update(state, at_s)
-        if shift and t.open is not None:
-            t.open.start_wh += shift  # the counter's scale moved: the session's energy does not
+        if shift and t.lifted:
+            t.floor_wh += shift  # the counter's scale moved: the sessions' energies do not
+            if t.open is not None:
+                t.open.start_wh += shift
+        if not t.lifted and t.counter.from_box:
+            self._lift(t)
         if t.pending is not None:
             if present is None:
                 return  # wait until the box says whether the car is there
@@ -635,6 +656,26 @@ class History:
             writes.append(_Write.of(live))
             live.saved_at_s = at_s
 
+    @staticmethod
+    def _lift(t: _Tracker) -> None:
+        """At the first counter reading: what the file's sessions already hold, if within a step above it.
+
+        The register shows whole 10 Wh steps, the last process knew the value finer; starting
+        from the step below would count up to 10 Wh twice (or, for a continued session, not at all).
+        """
+        t.lifted = True
+        counter = t.counter
+        assert counter.read_wh is not None
+        known = [t.floor_wh]
+        row = t.pending
+        if row is not None and row.start_from_box and math.isfinite(row.start_wh):
+            known.append(row.start_wh + row.energy_wh)
+        best = max(known)
+        if counter.read_wh <= best <= counter.read_wh + REGISTER_STEP_WH:
+            counter.value_wh = max(counter.value_wh, best)
+        elif best > counter.read_wh:
+            t.floor_wh = -math.inf  # above the box's counter: another box, or a reset counter
+
     def _start(self, cid: str, t: _Tracker, state: ChargerState, wall: float, *, fresh: bool) -> _Live:
         counter = t.counter
         if fresh:
@@ -645,7 +686,7 @@ class History:
                 charger_id=cid,
                 started_at=max(start, t.last_end),
                 updated_at=wall,
-                start_wh=counter.before_session(state),
+                start_wh=min(counter.value_wh, max(counter.before_session(state), t.floor_wh)),
                 box_sessions=state.sessions_total or None,
             )
             live.take(counter)
@@ -654,7 +695,10 @@ class History:
                 live.box_session_wh = state.session_energy_wh
         else:
             live = _Live(
-                charger_id=cid, started_at=max(wall, t.last_end), updated_at=wall, start_wh=counter.value_wh
+                charger_id=cid,
+                started_at=max(wall, t.last_end),
+                updated_at=wall,
+                start_wh=min(counter.value_wh, max(counter.before_wh, t.floor_wh)),
             )
             live.start_from_box = counter.from_box
         log.info("%s: session started (car connected)", cid)
@@ -714,6 +758,7 @@ class History:
         ended_at = max(ended_at, live.started_at)
         writes.append(_Write.of(live, ended_at=ended_at, end_reason=reason))
         t.last_end = max(t.last_end, ended_at)
+        t.floor_wh = max(t.floor_wh, live.start_wh + live.energy_wh)
         if t.open is live:
             t.open = None
         self._log_end(live)
