@@ -625,3 +625,29 @@ async def test_get_sessions_over_the_real_rpc_stack(tmp_path: Path) -> None:
     # Shut down: the open session was saved and stays open (it continues after a restart).
     live_row = rows(db)[-1]
     assert live_row["ended_at"] is None and live_row["energy_wh"] >= 0
+
+
+@pytest.mark.integration
+async def test_a_quick_replug_on_the_real_stack_stays_one_session(tmp_path: Path) -> None:
+    """Simulator over RTU-over-TCP, driver, loop and a SQLite file on the system clock: unplug for 0.3 s."""
+    db = tmp_path / "sessions.db"
+    fast = STACK_CONFIG.replace("current_a: 10", "current_a: 16")  # 11 kW: the session register moves
+    config = fast + f"history:\n  path: {db}\n  flush_every_s: 1\n"
+    async with full_stack(config) as (stack, model, _url):
+        counter_at_start = model.energy_total_wh
+        async with asyncio.timeout(10):
+            while not stack.history.open_sessions():  # noqa: ASYNC110  (polling the loop's state)
+                await asyncio.sleep(0.05)
+            while model.charging_power_w <= 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(5.0)  # over 10 Wh: the box's session register shows it
+        model.unplug()
+        await asyncio.sleep(0.3)
+        model.plug_in(EvProfile())
+        await asyncio.sleep(6.0)  # the box's session registers are read again (every 5 s): reset
+        box_wh = model.energy_total_wh - counter_at_start
+        assert model.sessions_total == 43  # the box counts two sessions
+    (row,) = rows(db)  # we count one, saved open at the stop, with what the box counted
+    assert row["ended_at"] is None and row["box_sessions_total"] in (42, 43)
+    assert box_wh > 5
+    assert row["energy_wh"] == pytest.approx(box_wh, abs=10.0 + 0.01 * box_wh)
