@@ -612,7 +612,7 @@ class History:
             if present is None:
                 return  # wait until the box says whether the car is there
             row, t.pending = t.pending, None
-            self._resolve(cid, t, row, state, present, writes)
+            self._resolve(cid, t, row, state, present, wall, writes)
         live = t.open
         restarted = False
         if live is not None and live.unplugged is not None:
@@ -636,8 +636,10 @@ class History:
                 live, restarted = None, True
             else:
                 log.debug("%s: the box began a new session (a quick replug): ours continues", cid)
-                live.box_sessions = state.sessions_total or live.box_sessions
+                if state.sessions_total and state.sessions_total != t.idle_sessions:
+                    live.box_sessions = state.sessions_total
                 live.box_session_wh = None
+                live.saved_at_s = -math.inf  # saved below: after a crash the box's session is known ours
         if live is None and present:
             # Seen for the first time, or caught by its counters: the box's session registers are fresh.
             live = t.open = self._start(cid, t, state, wall, fresh=restarted or not t.seen)
@@ -671,7 +673,7 @@ class History:
         if row is not None and row.start_from_box and math.isfinite(row.start_wh):
             known.append(row.start_wh + row.energy_wh)
         best = max(known)
-        if counter.read_wh <= best <= counter.read_wh + REGISTER_STEP_WH:
+        if counter.read_wh <= best <= counter.read_wh + REGISTER_STEP_WH + 1.0:  # 1 Wh: integration
             counter.value_wh = max(counter.value_wh, best)
         elif best > counter.read_wh:
             t.floor_wh = -math.inf  # above the box's counter: another box, or a reset counter
@@ -705,11 +707,18 @@ class History:
         return live
 
     def _resolve(
-        self, cid: str, t: _Tracker, row: _Live, state: ChargerState, present: bool, writes: list[_Write]
+        self,
+        cid: str,
+        t: _Tracker,
+        row: _Live,
+        state: ChargerState,
+        present: bool,
+        wall: float,
+        writes: list[_Write],
     ) -> None:
         """An open row from before the start: continue it if the box still runs it, else close it."""
         counter = t.counter
-        same = present and self._same_on_box(row, state)
+        same = present and self._same_on_box(row, state, wall)
         energy = state.session_energy_wh
         if same:
             end_wh = counter.value_wh
@@ -764,8 +773,13 @@ class History:
         self._log_end(live)
 
     @staticmethod
-    def _same_on_box(row: _Live, state: ChargerState) -> bool:
+    def _same_on_box(row: _Live, state: ChargerState, wall: float) -> bool:
         """Does the box still run the session of an open row from before the start?"""
+        duration = state.session_duration_s
+        if 0 <= duration <= MAX_SESSION_S and wall - duration <= row.updated_at + 2.0:
+            # The box's session began before our last save: the one we followed (a quick replug
+            # merged into it before the crash may have left an older session counter in the row).
+            return True
         if row.box_sessions and state.sessions_total:
             return state.sessions_total == row.box_sessions
         energy = state.session_energy_wh

@@ -234,6 +234,12 @@ def assert_sane(found: list[dict[str, Any]], box_wh: float) -> None:
             id="crash with an open row, restart: it continues",
         ),
         pytest.param(
+            (("wait", 30), ("plug", 0), ("wait", 70), *QUICK, ("wait", 20), ("crash", 0), ("wait", 2),
+             ("restart", 0), ("wait", 600), ("unplug", 0), ("wait", 30)),
+            ["unplugged"],
+            id="crash soon after a replug too quick to see: still one session",
+        ),
+        pytest.param(
             (("plug", 0), ("wait", 700), ("crash", 0), ("unplug", 0), ("wait", 120), ("restart", 0),
              ("wait", 30)),
             ["not running after restart"],
