@@ -344,7 +344,19 @@ def main() -> int:
         parser.error("--cycles must be at least 1")
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(soak(args.cycles, seed=args.seed, workdir=args.keep))
+
+    async def run() -> SoakResult:
+        # SIGTERM cancels the soak like Ctrl-C: the running surplus is killed, not left behind.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await soak(args.cycles, seed=args.seed, workdir=args.keep)
+
+    try:
+        result = asyncio.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("soak: interrupted", file=sys.stderr)
+        return 130
     print(result.report())
     return 0 if result.ok else 1
 
