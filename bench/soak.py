@@ -2,7 +2,7 @@
 
 Serves one simulated AMTRON (RTU over TCP on 127.0.0.1, in this process, so its
 write log survives every kill), then runs N cycles of: start ``surplus run``
-(a 22 kW box; random mode: fixed 32 A, minpv or, rarely, pv with clouds; the governor memory and the
+(a 22 kW box; random mode: fixed 32 A, minpv or, rarely, pv with clouds or off; the governor memory and the
 session history on files), plug and unplug the car by a random script while it
 runs (quick replugs under a second, short unplugs, longer ones), ``kill -9`` it
 at a random point, sometimes replug while it is down, restart. At the end the
@@ -60,9 +60,9 @@ SOFT_PAUSE = (0.01, 5.99)
 TOLERANCE = 0.01
 #: One step of the box's energy registers: below this the box itself cannot tell.
 REGISTER_STEP_WH = 10.0
-#: Modes a run starts in, by weight: pv pauses at its start (its start delay), and then the
-#: 5-minute rule holds any resume, so it is rare or a soak charges little.
-MODES = ("fixed",) * 6 + ("minpv",) * 6 + ("pv",)
+#: Modes a run starts in, by weight. "off" pauses, and a later run's resume must wait out the
+#: 5 minutes after it (across kill -9); it is rare, or a soak charges little.
+MODES = ("fixed",) * 6 + ("minpv",) * 6 + ("pv", "off")
 #: Timing slack for the write log (the simulator stamps writes when they arrive).
 EPS_S = 0.05
 
