@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -165,6 +166,117 @@ async def test_a_session_that_ended_while_down_is_closed_with_its_last_values(tm
     assert new["box_sessions_total"] == old["box_sessions_total"] + 1
 
 
+# -- scripted plug patterns: the rows add up to the box's counter ------------------------------
+
+#: (step, seconds): "plug", "unplug", "wait" s, "crash" (the history's last save is lost), "restart".
+Pattern = tuple[tuple[str, float], ...]
+QUICK = (("unplug", 0), ("wait", 0.5), ("plug", 0))
+
+
+async def play(db: Path, pattern: Pattern) -> tuple[list[dict[str, Any]], float]:
+    """Run ``pattern`` (fixed 16 A) on the real driver, model and file; the rows and the box's counter rise."""
+    clock = FakeClock()
+    model = AmtronModel(clock)
+    run: Run | None = Run(clock, model, db, mode="fixed", fixed_current_a=16)
+    counter_at_start = model.energy_total_wh
+    for step, seconds in pattern:
+        if step == "plug":
+            model.plug_in(BIG_CAR)
+        elif step == "unplug":
+            model.unplug()
+        elif step == "wait":
+            await clock.advance(seconds)
+        elif step == "crash":
+            assert run is not None
+            await run.stop(crash=True)
+            run = None
+        else:
+            assert step == "restart" and run is None
+            run = Run(clock, model, db, mode="fixed", fixed_current_a=16)
+    assert run is not None
+    await run.stop()
+    return rows(db), model.energy_total_wh - counter_at_start
+
+
+def assert_sane(found: list[dict[str, Any]], box_wh: float) -> None:
+    """Closed, not overlapping, and adding up to the box's counter within 1 %."""
+    assert box_wh > 1000  # it really charged
+    assert all(r["ended_at"] is not None for r in found)
+    for a, b in itertools.pairwise(found):
+        assert a["started_at"] <= a["ended_at"] <= b["started_at"], (a, b)
+    assert sum(r["energy_wh"] for r in found) == pytest.approx(box_wh, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reasons"),
+    [
+        pytest.param(
+            (("wait", 30), ("plug", 0), ("wait", 900.3), *QUICK, ("wait", 900), ("unplug", 0), ("wait", 30)),
+            ["unplugged"],
+            id="replug within a second: one session",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 600), ("unplug", 0), ("wait", 4), ("plug", 0), ("wait", 600),
+             ("unplug", 0), ("wait", 30)),
+            ["unplugged"],
+            id="unplug seen, back within REPLUG_S: one session",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 600), ("unplug", 0), ("wait", 300), ("plug", 0), ("wait", 600),
+             ("unplug", 0), ("wait", 30)),
+            ["unplugged", "unplugged"],
+            id="unplugged during charging for 5 min: two sessions",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 700), ("crash", 0), ("wait", 120), ("restart", 0), ("wait", 600),
+             ("unplug", 0), ("wait", 30)),
+            ["unplugged"],
+            id="crash with an open row, restart: it continues",
+        ),
+        pytest.param(
+            (("wait", 30), ("plug", 0), ("wait", 70), *QUICK, ("wait", 20), ("crash", 0), ("wait", 2),
+             ("restart", 0), ("wait", 600), ("unplug", 0), ("wait", 30)),
+            ["unplugged"],
+            id="crash soon after a replug too quick to see: still one session",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 700), ("crash", 0), ("unplug", 0), ("wait", 120), ("restart", 0),
+             ("wait", 30)),
+            ["not running after restart"],
+            id="crash, unplugged while down: closed with what the box counted",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 700), ("crash", 0), ("wait", 100), *QUICK, ("wait", 100), ("restart", 0),
+             ("wait", 600), ("unplug", 0), ("wait", 30)),
+            ["not running after restart", "unplugged"],
+            id="crash, replugged while down: two sessions, no overlap",
+        ),
+        pytest.param(
+            (("plug", 0), ("wait", 700), *QUICK, ("wait", 2), ("crash", 0), ("wait", 60), ("restart", 0),
+             ("wait", 300), *QUICK, ("wait", 300), ("unplug", 0), ("wait", 3), ("crash", 0), ("wait", 60),
+             ("restart", 0), ("wait", 30)),
+            ["not running after restart", "not running after restart"],
+            id="crashes right after replugs and unplugs",
+        ),
+    ],
+)  # fmt: skip
+async def test_plug_patterns_add_up_to_the_box_counter(
+    tmp_path: Path, pattern: Pattern, reasons: list[str]
+) -> None:
+    found, box_wh = await play(tmp_path / "s.db", pattern)
+    assert [r["end_reason"] for r in found] == reasons
+    assert_sane(found, box_wh)
+
+
+async def test_the_old_way_double_counted_a_quick_replug(tmp_path: Path) -> None:
+    """The reported case: the session register's reset made three rows (two overlapping)."""
+    pattern = (("plug", 0), ("wait", 1800.3), *QUICK, ("wait", 1800), ("unplug", 0), ("wait", 30))
+    found, box_wh = await play(tmp_path / "s.db", pattern)
+    (row,) = found
+    assert row["energy_wh"] == pytest.approx(box_wh, rel=0.01)
+    assert row["ended_at"] - row["started_at"] == pytest.approx(3600, abs=3)
+
+
 async def two_sessions(db: Path, *, wall_start: float = 1_764_000_000.0) -> list[float]:
     """Charge twice (fixed 16 A), unplugging in between; returns the box's energy per session."""
     clock = FakeClock(wall_start=wall_start)
@@ -263,42 +375,61 @@ async def test_sun_energy_is_the_power_not_imported(
     (rec,) = await feed.sessions()
     assert rec.sun_wh == pytest.approx(min(sun_per_s * 60 / 3600, rec.energy_wh))
     assert rec.unmetered_wh == pytest.approx(unmetered_per_s * 60 / 3600)
-    assert rec.energy_wh == pytest.approx(7000.0 * 60 / 3600)
+    # The car connected between the idle read and the first: half that interval is counted too.
+    assert rec.energy_wh == pytest.approx(7000.0 * 60.5 / 3600)
     await feed.history.close()
 
 
-async def test_stale_session_registers_at_a_plug_in_are_not_this_session(tmp_path: Path) -> None:
+async def test_energy_follows_the_box_lifetime_counter_not_its_session_register(tmp_path: Path) -> None:
     feed = Feed(tmp_path / "s.db")
+    total = IDLE.energy_total_wh
     feed.tick(IDLE)
     # The state says "connected" at once, the session block (read every few s) still shows the last session.
     for _ in range(3):
         feed.tick(replace(IDLE, evse_state=5, cp_state=28, power_total_w=3600.0))
     (rec,) = await feed.sessions()
-    assert rec.energy_wh == pytest.approx(2 * 3600.0 / 3600)  # integrated, not the old 900 Wh
-    feed.tick(charging(3600.0, 4.0, 4))  # the box has reset and counts this session
+    # Integrated (trapezoids: from the idle read on), not the old 900 Wh.
+    assert rec.energy_wh == pytest.approx(2.5 * 3600.0 / 3600)
+    feed.tick(charging(3600.0, 4.0, 4, energy_total_wh=total + 4.0))  # the counter was read again
     (rec,) = await feed.sessions()
     assert rec.energy_wh == pytest.approx(4.0)  # the box's own count replaces ours
-    feed.tick(charging(3600.0, 4.0, 4))  # not refreshed this second: ours is added
+    feed.tick(charging(3600.0, 4.0, 4, energy_total_wh=total + 4.0))  # not read this second: ours is added
     (rec,) = await feed.sessions()
     assert rec.energy_wh == pytest.approx(5.0)
+    feed.tick(charging(3600.0, 0.0, 0, energy_total_wh=total + 4.5))  # lower than ours: never backwards
+    (rec,) = await feed.sessions()
+    assert rec.energy_wh == pytest.approx(5.0)
+    feed.tick(charging(3600.0, 0.0, 0, energy_total_wh=total + 9e6))  # garbled: not this session's
+    (rec,) = await feed.sessions()
+    assert rec.energy_wh == pytest.approx(5.5)
     await feed.history.close()
 
 
-async def test_an_error_does_not_end_a_session_and_a_box_reset_starts_one(tmp_path: Path) -> None:
+async def test_an_error_does_not_end_a_session_and_a_box_reset_after_an_outage_starts_one(
+    tmp_path: Path,
+) -> None:
     feed = Feed(tmp_path / "s.db")
+    total = IDLE.energy_total_wh
     feed.tick(IDLE)
     feed.tick(charging(7000.0, 0.0, 0))
-    feed.tick(charging(7000.0, 2.0, 1))
+    feed.tick(charging(7000.0, 2.0, 1, energy_total_wh=total + 2.0))
     feed.tick(charging(0.0, 2.0, 2, evse_state=6, cp_state=27, error_code=200))  # EM lost: car still there
     feed.tick(charging(0.0, 2.0, 3), error="read failed")  # skipped
     feed.tick(charging(7000.0, 2.0, 4))
+    feed.tick(charging(7000.0, 0.5, 1, sessions_total=157))  # a new session on the box: a quick replug
     assert len(await feed.sessions()) == 1
-    feed.tick(charging(7000.0, 0.5, 1))  # the box counts a new session (unplug missed)
+    for _ in range(12):  # a read outage longer than a replug
+        feed.tick(None, error="read failed")
+    feed.tick(charging(7000.0, 0.3, 1, sessions_total=158, energy_total_wh=total + 40.0))
     old, new = await feed.sessions()
     assert old.end_reason == "new session on the box" and new.ended_at is None
-    feed.tick(charging(0.0, 0.5, 1, evse_state=1, cp_state=10))
+    assert old.ended_at is not None and old.ended_at <= new.started_at
+    assert old.energy_wh + new.energy_wh == pytest.approx(40.0)  # the counter's rise, split at the box's
+    assert new.energy_wh == pytest.approx(0.3)
+    for _ in range(11):  # unplugged, and not back within REPLUG_S
+        feed.tick(replace(IDLE, sessions_total=158))
     _, new = await feed.sessions()
-    assert new.end_reason == "unplugged"
+    assert new.end_reason == "unplugged" and new.ended_at == pytest.approx(feed.ctl.clock.wall() - 10)
     await feed.history.close()
 
 
@@ -368,7 +499,33 @@ def test_a_newer_schema_or_a_foreign_database_is_refused(tmp_path: Path) -> None
     store.close()
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+async def test_a_version_1_file_is_upgraded_and_its_open_row_continues(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:  # the schema as version 1 made it, with an open session
+        conn.execute(
+            "CREATE TABLE sessions (id INTEGER PRIMARY KEY, charger_id TEXT NOT NULL, started_at REAL NOT NULL,"
+            " ended_at REAL, updated_at REAL NOT NULL, energy_wh REAL NOT NULL, sun_wh REAL NOT NULL,"
+            " unmetered_wh REAL NOT NULL, max_current_a REAL NOT NULL, phases TEXT NOT NULL,"
+            " modes TEXT NOT NULL, box_sessions_total INTEGER, end_reason TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO sessions VALUES (1, 'wb1', 100.0, NULL, 900.0, 5000.0, 0, 0, 16, '3', 'pv', 156, NULL)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+    feed = Feed(db)
+    feed.tick(charging(7000.0, 5200.0, 3000))  # still the same session on the box
+    (rec,) = await feed.sessions()
+    assert rec.id == 1 and rec.ended_at is None
+    assert rec.energy_wh == pytest.approx(5200.0)  # what the box counted meanwhile is added
+    assert rec.unmetered_wh == pytest.approx(200.0)
+    await feed.history.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        (start,) = conn.execute("SELECT box_energy_start_wh FROM sessions").fetchone()
+    assert start == pytest.approx(IDLE.energy_total_wh - 5200.0)  # counted on from the box's counter now
 
 
 def test_config_history_section(tmp_path: Path) -> None:
@@ -474,3 +631,29 @@ async def test_get_sessions_over_the_real_rpc_stack(tmp_path: Path) -> None:
     # Shut down: the open session was saved and stays open (it continues after a restart).
     live_row = rows(db)[-1]
     assert live_row["ended_at"] is None and live_row["energy_wh"] >= 0
+
+
+@pytest.mark.integration
+async def test_a_quick_replug_on_the_real_stack_stays_one_session(tmp_path: Path) -> None:
+    """Simulator over RTU-over-TCP, driver, loop and a SQLite file on the system clock: unplug for 0.3 s."""
+    db = tmp_path / "sessions.db"
+    fast = STACK_CONFIG.replace("current_a: 10", "current_a: 16")  # 11 kW: the session register moves
+    config = fast + f"history:\n  path: {db}\n  flush_every_s: 1\n"
+    async with full_stack(config) as (stack, model, _url):
+        counter_at_start = model.energy_total_wh
+        async with asyncio.timeout(10):
+            while not stack.history.open_sessions():  # noqa: ASYNC110  (polling the loop's state)
+                await asyncio.sleep(0.05)
+            while model.charging_power_w <= 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(5.0)  # over 10 Wh: the box's session register shows it
+        model.unplug()
+        await asyncio.sleep(0.3)
+        model.plug_in(EvProfile())
+        await asyncio.sleep(6.0)  # the box's session registers are read again (every 5 s): reset
+        box_wh = model.energy_total_wh - counter_at_start
+        assert model.sessions_total == 43  # the box counts two sessions
+    (row,) = rows(db)  # we count one, saved open at the stop, with what the box counted
+    assert row["ended_at"] is None and row["box_sessions_total"] in (42, 43)
+    assert box_wh > 5
+    assert row["energy_wh"] == pytest.approx(box_wh, abs=10.0 + 0.01 * box_wh)
