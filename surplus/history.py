@@ -10,8 +10,8 @@ never overlap in time.
 What a session records:
 
 - energy: what the box's lifetime counter (CHARGED_ENERGY_TOTAL) rose by from
-  the session's start to its end. The driver reads that counter once a minute
-  (full read); in between the car's power is integrated on top of the last
+  the session's start to its end. The driver reads that counter every 5 s
+  (with the control read); in between the car's power is integrated on top of the last
   reading, and the estimate never runs backwards. The start of a session is
   the end of the previous one on the same scale, so the sessions of a day add
   up to what the box's counter rose by, whatever the replugs and restarts (the

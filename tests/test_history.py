@@ -255,7 +255,9 @@ def assert_sane(found: list[dict[str, Any]], box_wh: float) -> None:
             (("plug", 0), ("wait", 700), *QUICK, ("wait", 2), ("crash", 0), ("wait", 60), ("restart", 0),
              ("wait", 300), *QUICK, ("wait", 300), ("unplug", 0), ("wait", 3), ("crash", 0), ("wait", 60),
              ("restart", 0), ("wait", 30)),
-            ["not running after restart", "not running after restart"],
+            # The session register is read with the EVSE state's change, so the replug 2 s
+            # before the first crash is seen and continues the row: one session.
+            ["not running after restart"],
             id="crashes right after replugs and unplugs",
         ),
     ],
