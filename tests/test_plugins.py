@@ -444,7 +444,7 @@ async def test_a_pip_installed_strategy_is_a_mode_everywhere(tmp_path: Path) -> 
             await proc.wait()
     text = out.decode()
     assert "mode fixed -> trickle" in text, text
-    assert "current 8 A (trickle 8 A)" in text, text
+    assert re.search(r"current 8 A(, release on)? \(trickle 8 A\)", text), text
 
 
 @pytest.mark.parametrize(
