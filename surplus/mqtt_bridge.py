@@ -61,7 +61,8 @@ from .ha_discovery import (
 from .jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Dispatcher
 from .modbus import registers as R
 from .mqtt_client import connect, describe, helper_ended
-from .rpc import build_methods, charger_health, meter_status
+from .rpc import build_methods
+from .rpc_health import charger_health, meter_status
 from .rpc_shapes import iso_utc
 from .types import ChargerReading
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import rpc_schema as S
 from .api import ControllerAPI, DecisionRecord, Override
 from .history import SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
-from .modbus import registers as R
+from .rpc_health import charger_health, meter_health
 from .rpc_shapes import (
     SHAPE_GROUPS,
     all_data,
@@ -55,17 +56,11 @@ from .types import (
     MAX_CURRENT_A,
     MIN_CURRENT_A,
     ChargerState,
-    MeterReading,
     Outcome,
     PauseKind,
     ReadGroup,
-    Source,
     Verdict,
-    box_fallback_risk,
 )
-
-#: ``health`` statuses from good to bad; the reply's top-level status is the worst charger's.
-_HEALTH_ORDER = ("healthy", "stale", "error", "disconnected")
 
 #: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
 MAX_OVERRIDE_S = 7 * 24 * 3600.0
@@ -73,99 +68,6 @@ MAX_OVERRIDE_S = 7 * 24 * 3600.0
 DEFAULT_SESSIONS = 20
 MAX_SESSIONS = 1000
 
-
-# -- JSON Schema helpers for the OpenRPC document ---------------------------------------------
-
-_NUM = {"type": ["number", "null"]}
-_INT = {"type": "integer"}
-_STR = {"type": "string"}
-_BOOL = {"type": "boolean"}
-
-
-def _obj(**props: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": list(props), "properties": props}
-
-
-def _envelope(data: Mapping[str, Any] | None = None, *, message: bool = False) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "success": {"const": True},
-        "timestamp": {"type": "string", "format": "date-time"},
-    }
-    if message:
-        props["message"] = _STR
-    if data is not None:
-        props["data"] = data
-    return {"type": "object", "required": list(props), "properties": props}
-
-
-_UNITS = {"type": "object"}
-_DEVICE_INFO = _obj(
-    modbusVersion=_STR, firmwareVersion=_STR, serialNumber=_STR, maxCurrentEVSE=_NUM, maxCurrentHouse=_NUM
-)
-_STATUS = _obj(
-    evseState=_INT,
-    evseStateText=_STR,
-    cpState=_INT,
-    cpStateText=_STR,
-    authorizationStatus=_INT,
-    authorizationText=_STR,
-    downgrade=_INT,
-    downgradeText=_STR,
-    phaseRotation=_INT,
-    signaledCurrent=_NUM,
-)
-_PHASES3 = _obj(l1=_NUM, l2=_NUM, l3=_NUM, unit=_STR)
-_POWER = _obj(l1=_NUM, l2=_NUM, l3=_NUM, total=_NUM, unit=_STR)
-_ENERGY = _obj(session=_NUM, total=_NUM, unit=_STR)
-_SESSION = _obj(
-    maxCurrent=_NUM,
-    chargedEnergy=_NUM,
-    duration=_INT,
-    durationFormatted=_STR,
-    detectedPhases=_INT,
-    unit=_UNITS,
-)
-_STATISTICS = _obj(totalEnergy=_NUM, totalSessions=_INT, unit=_UNITS)
-_DIAGNOSTICS = _obj(
-    activeErrorCode=_INT, hasError=_BOOL, masterLostFallback=_BOOL, switchedPhases=_INT, temperature=_NUM
-)
-_CONFIGURATION = _obj(
-    maxCurrentHouse=_NUM,
-    maxCurrentEvse=_NUM,
-    phaseSwitchingMode=_INT,
-    phaseOptionsHw=_INT,
-    cableLock=_BOOL,
-    masterLostFallbackCurrent=_INT,
-    gridImbalance=_BOOL,
-    gridPhasesConnected=_INT,
-    authorization=_BOOL,
-)
-_WRITE = _obj(
-    status={"enum": ["applied", "scheduled", "unchanged"]},
-    message=_STR,
-    reasons={"type": "array", "items": _STR},
-    override={"type": ["object", "null"]},
-)
-# Only some replies have these: the current a current write gets; when a held write follows.
-_WRITE["properties"] |= {"current": _NUM, "scheduledAt": {"type": "string", "format": "date-time"}}
-_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
-_SESSION_ROW = _obj(
-    id=_INT,
-    chargerId=_STR,
-    start={"type": "string", "format": "date-time"},
-    end=_TIME_OR_NULL,
-    open=_BOOL,
-    durationSeconds=_NUM,
-    energyWh=_NUM,
-    sunEnergyWh=_NUM,
-    sunShare=_NUM,
-    unmeteredEnergyWh=_NUM,
-    maxCurrent=_NUM,
-    phases={"type": "array", "items": _INT},
-    modes={"type": "array", "items": _STR},
-    endReason={"type": ["string", "null"]},
-    updated={"type": "string", "format": "date-time"},
-)
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -589,78 +491,6 @@ def session_json(r: SessionRecord, now_wall: float) -> dict[str, Any]:
     }
 
 
-def charger_health(controller: ControllerAPI, stale_after_s: float) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The worst charger status and each charger's health (what ``health`` and ``/healthz`` report).
-
-    A status is ``healthy`` (fresh data, connected, no error), ``stale``
-    (data older than ``stale_after_s`` or the line just dropped),
-    ``error`` (the box reports an error, e.g. 200) or ``disconnected``.
-    """
-    snap = controller.snapshot()
-    now = controller.clock.now()
-    chargers: dict[str, dict[str, Any]] = {}
-    worst = "healthy"
-    for cid in controller.charger_ids:
-        reading = snap.chargers.get(cid)
-        age = None if reading is None else reading.age_s + max(0.0, now - snap.at_s)
-        connected = reading is not None and reading.connected
-        fresh = reading is not None and reading.state is not None and age is not None and age <= stale_after_s
-        state = "healthy" if fresh and connected else "stale" if fresh or connected else "disconnected"
-        charger_error = None
-        if fresh and reading is not None and reading.state is not None and reading.state.has_error:
-            code = reading.state.error_code
-            charger_error = {"code": code, "text": R.ACTIVE_ERROR_CODE.text(code)}
-            if state == "healthy":
-                state = "error"
-        if _HEALTH_ORDER.index(state) > _HEALTH_ORDER.index(worst):
-            worst = state
-        chargers[cid] = {
-            "status": state,
-            "modbusConnected": connected,
-            "ageSeconds": rounded(age),
-            "lastError": None if reading is None else reading.error,
-            "chargerError": charger_error,
-        }
-    return worst, chargers
-
-
-def meter_status(m: MeterReading) -> str:
-    """``"ok"``, ``"stale"`` (no new reading within the loop's limit) or ``"error: <why>"``."""
-    if m.error is None:
-        return "ok" if math.isfinite(m.grid_power_w) else "error: no valid reading"
-    # The loop marks a reading that has merely aged "stale (N s old)"; anything else is a failure.
-    return "stale" if m.error.startswith("stale") else f"error: {m.error}"
-
-
-#: Modes that run without any meter reading.
-_MODES_WITHOUT_METER = ("off", "fixed")
-
-
-def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
-    """Each meter's :func:`meter_status`, and why the controller runs degraded (empty: it does not).
-
-    Degraded: a charger's mode needs the meters while one of them is not ok, or
-    a charger runs on its fallback (e.g. "pv" with no meter at all), or a box
-    would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0).
-    """
-    snap = controller.snapshot()
-    meters = {mid: meter_status(m) for mid, m in snap.meters.items()}
-    down = [f"{mid} {status}" for mid, status in meters.items() if status != "ok"]
-    reasons = []
-    for cid in controller.charger_ids:
-        reading = snap.chargers.get(cid)
-        state = reading.state if reading is not None else None
-        if state is not None and (risk := box_fallback_risk(state.info, state.config)) is not None:
-            reasons.append(f"{cid}: {risk}")
-        mode = controller.get_mode(cid)
-        record = controller.last_decision(cid)
-        if down and mode not in _MODES_WITHOUT_METER:
-            reasons.append(f"{cid}: mode {mode} needs the meters: {'; '.join(down)}")
-        elif record is not None and record.decision.source is Source.FALLBACK:
-            reasons.append(f"{cid}: {record.decision.reason or 'on its fallback'}")
-    return meters, reasons
-
-
 def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> list[MethodSpec]:
     """The method table for ``controller``: what the server dispatches and ``rpc.discover`` describes."""
     m = _Methods(controller, stale_after_s=stale_after_s)
@@ -668,7 +498,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
     modes = tuple(controller.available_modes)
 
     def read(name: str, doc: str, shape: Any, data: Mapping[str, Any]) -> MethodSpec:
-        return MethodSpec(name=name, doc=doc, handler=m.read(shape), params=ch, result=_envelope(data))
+        return MethodSpec(name=name, doc=doc, handler=m.read(shape), params=ch, result=S.envelope(data))
 
     def write(name: str, doc: str, handler: Any, params: tuple[Param, ...] = ()) -> MethodSpec:
         return MethodSpec(
@@ -677,12 +507,12 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             handler=handler,
             params=(*params, _CHARGER),
             write=True,
-            result=_envelope(_WRITE),
+            result=S.envelope(S.WRITE),
         )
 
     any_obj: dict[str, Any] = {"type": ["object", "null"]}
     methods = [
-        MethodSpec(name="ping", doc="Ping; answers pong.", handler=m.ping, result=_envelope(message=True)),
+        MethodSpec(name="ping", doc="Ping; answers pong.", handler=m.ping, result=S.envelope(message=True)),
         MethodSpec(
             name="health",
             doc=(
@@ -690,15 +520,15 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
                 "uptime; meters ok/stale/error, and degraded when a mode lacks the meter it needs."
             ),
             handler=m.health,
-            result=_envelope(
-                _obj(
-                    status=_STR,
-                    modbusConnected=_BOOL,
-                    uptime=_NUM,
-                    timestamp=_STR,
-                    meters={"type": "object", "additionalProperties": _STR},
-                    degraded=_BOOL,
-                    degradedReasons={"type": "array", "items": _STR},
+            result=S.envelope(
+                S.obj(
+                    status=S.STR,
+                    modbusConnected=S.BOOL,
+                    uptime=S.NUM,
+                    timestamp=S.STR,
+                    meters={"type": "object", "additionalProperties": S.STR},
+                    degraded=S.BOOL,
+                    degradedReasons={"type": "array", "items": S.STR},
                 )
             ),
         ),
@@ -706,31 +536,34 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             "getDeviceInfo",
             "Firmware, serial number, Modbus layout version, current limits.",
             device_info,
-            _DEVICE_INFO,
+            S.DEVICE_INFO,
         ),
         read(
-            "getStatus", "EVSE state, CP state, authorization, downgrade, signalled current.", status, _STATUS
+            "getStatus",
+            "EVSE state, CP state, authorization, downgrade, signalled current.",
+            status,
+            S.STATUS,
         ),
-        read("getVoltage", "Voltage per phase (V).", voltage, _PHASES3),
-        read("getCurrent", "Current per phase (A).", current, _PHASES3),
-        read("getPower", "Power per phase and total (W).", power, _POWER),
+        read("getVoltage", "Voltage per phase (V).", voltage, S.PHASES3),
+        read("getCurrent", "Current per phase (A).", current, S.PHASES3),
+        read("getPower", "Power per phase and total (W).", power, S.POWER),
         MethodSpec(
             name="getChargingPower",
             doc="Total charging power in kW (data is a number).",
             handler=m.charging_power,
             params=ch,
-            result=_envelope(_NUM),
+            result=S.envelope(S.NUM),
         ),
         MethodSpec(
             name="getTemperature",
             doc="EVSE internal temperature in °C (data is a number).",
             handler=m.temperature,
             params=ch,
-            result=_envelope(_NUM),
+            result=S.envelope(S.NUM),
         ),
-        read("getEnergy", "Session and total energy (kWh).", energy, _ENERGY),
-        read("getSessionData", "Current session: max current, energy, duration, phases.", session, _SESSION),
-        read("getStatistics", "Lifetime energy and session count.", statistics, _STATISTICS),
+        read("getEnergy", "Session and total energy (kWh).", energy, S.ENERGY),
+        read("getSessionData", "Current session: max current, energy, duration, phases.", session, S.SESSION),
+        read("getStatistics", "Lifetime energy and session count.", statistics, S.STATISTICS),
         write(
             "setChargingCurrent",
             "Charge at this current (override through the safety governor).",
@@ -775,22 +608,22 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             "getDiagnostics",
             "Active error code, fallback state, switched phases, temperature.",
             diagnostics,
-            _DIAGNOSTICS,
+            S.DIAGNOSTICS,
         ),
-        read("getConfiguration", "Installer configuration of the charger.", configuration, _CONFIGURATION),
+        read("getConfiguration", "Installer configuration of the charger.", configuration, S.CONFIGURATION),
         MethodSpec(
             name="getAllData",
             doc="Everything the getters return, in one reply.",
             handler=m.all_data,
             params=ch,
-            result=_envelope({"type": "object"}),
+            result=S.envelope({"type": "object"}),
         ),
         MethodSpec(
             name="getMode",
             doc="The charger's mode and the modes there are.",
             handler=m.get_mode,
             params=ch,
-            result=_envelope(_obj(chargerId=_STR, mode=_STR, modes={"type": "array"})),
+            result=S.envelope(S.obj(chargerId=S.STR, mode=S.STR, modes={"type": "array"})),
         ),
         MethodSpec(
             name="setMode",
@@ -801,7 +634,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
                 _CHARGER,
             ),
             write=True,
-            result=_envelope(_obj(chargerId=_STR, mode=_STR)),
+            result=S.envelope(S.obj(chargerId=S.STR, mode=S.STR)),
         ),
         MethodSpec(
             name="setOverride",
@@ -822,7 +655,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
                 _CHARGER,
             ),
             write=True,
-            result=_envelope(_WRITE),
+            result=S.envelope(S.WRITE),
         ),
         MethodSpec(
             name="clearOverride",
@@ -830,7 +663,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             handler=m.clear_override,
             params=ch,
             write=True,
-            result=_envelope(_obj(chargerId=_STR, cleared=_BOOL)),
+            result=S.envelope(S.obj(chargerId=S.STR, cleared=S.BOOL)),
         ),
         MethodSpec(
             name="getDecision",
@@ -840,19 +673,19 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             ),
             handler=m.get_decision,
             params=ch,
-            result=_envelope(any_obj),
+            result=S.envelope(any_obj),
         ),
         MethodSpec(
             name="getMeters",
             doc="The latest grid-meter readings by meter id (null: no value; error says why).",
             handler=m.get_meters,
-            result=_envelope({"type": "object"}),
+            result=S.envelope({"type": "object"}),
         ),
         MethodSpec(
             name="listPlugins",
             doc="Loaded plugins and what they provide.",
             handler=m.list_plugins,
-            result=_envelope({"type": "array"}),
+            result=S.envelope({"type": "array"}),
         ),
     ]
     # Always listed; without history.path it answers -32000 "history is off".
@@ -878,7 +711,7 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
                     maximum=MAX_SESSIONS,
                 ),
             ),
-            result=_envelope({"type": "array", "items": _SESSION_ROW}),
+            result=S.envelope({"type": "array", "items": S.SESSION_ROW}),
         )
     )
     return methods

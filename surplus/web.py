@@ -31,7 +31,8 @@ from . import __version__
 from .api import ControllerAPI
 from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, UNAUTHORIZED, Dispatcher, dumps, error_object
-from .rpc import build_methods, charger_health, meter_health
+from .rpc import build_methods
+from .rpc_health import charger_health, meter_health
 from .web_guard import AiohttpLog, ClientLog, ConnectionGuard, GuardedSite, QuietHandler, one_line
 
 log = logging.getLogger(__name__)
