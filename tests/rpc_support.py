@@ -188,5 +188,7 @@ async def full_stack(config_text: str = STACK_CONFIG) -> AsyncIterator[tuple[Any
             model = stack.simulator.models[50]
             yield stack, model, f"http://127.0.0.1:{stack.web.port}/"
         finally:
-            stack.controller.stop()
+            # Hurried: the safe state on shutdown is tested on its own (test_loop); waiting out
+            # the 5 s spacing here would cost every test module five seconds.
+            stack.controller.stop(hurry=True)
             await asyncio.wait_for(run, 20)

@@ -117,7 +117,7 @@ async def test_a_box_left_at_fallback_0_is_warned_about_and_box_fallback_a_sets_
 
 async def _fallback_runs(tmp_path: Path, server: SimulatorServer, factory: AmtronModel) -> None:
     code, out = await _run(
-        ["run", "-c", str(_config(tmp_path, server.url, GOOD)), "--duration", "2", "--no-rpc"]
+        ["run", "-c", str(_config(tmp_path, server.url, GOOD)), "--duration", "1", "--no-rpc"]
     )
     assert code == 0, out
     assert "heartbeat-loss fallback (0x030E) is 0: if surplus stops, a charging car goes on" in out
@@ -125,7 +125,7 @@ async def _fallback_runs(tmp_path: Path, server: SimulatorServer, factory: Amtro
 
     opted_in = GOOD.replace("meters: []", "meters: []\n    control:\n      box_fallback_a: 1")
     code, out = await _run(
-        ["run", "-c", str(_config(tmp_path, server.url, opted_in)), "--duration", "2", "--no-rpc"]
+        ["run", "-c", str(_config(tmp_path, server.url, opted_in)), "--duration", "1", "--no-rpc"]
     )
     assert code == 0, out
     assert [w.value for w in factory.record.writes if w.register == "SETTING_FALLBACK_CURRENT"] == [1]
