@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .checks import fmt
 from .config_schema import (
     ConfigError as ConfigError,
 )
@@ -33,7 +34,6 @@ from .config_schema import (
     build,
     convert,
     empty_mapping,
-    fmt,
     from_python,
     parse_file,
     setting,

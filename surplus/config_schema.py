@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 
+from .checks import choice_problem, is_number, range_problem
 from .options import did_you_mean
 
 
@@ -178,11 +179,6 @@ def _plain(raw: Raw) -> Any:
 # --- building dataclasses -------------------------------------------------------------------------
 
 
-def fmt(value: Any, unit: str = "") -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{text} {unit}" if unit else text
-
-
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -194,19 +190,13 @@ def _type_name(value: Any) -> str:
 
 
 def _check_spec(value: Any, spec: Spec, raw: Raw, key: str, where: Where) -> None:
-    if spec.choices is not None and value not in spec.choices:
-        raise where.error(raw, key, f"{value!r} is not one of {', '.join(str(c) for c in spec.choices)}")
-    u = spec.unit
-    if spec.gt is not None and value <= spec.gt:
-        raise where.error(raw, key, f"{fmt(value, u)} must be greater than {fmt(spec.gt, u)}")
-    if spec.lo is not None and value < spec.lo:
-        raise where.error(
-            raw, key, f"{fmt(value, u)} is below {spec.below or 'the minimum ' + fmt(spec.lo, u)}"
-        )
-    if spec.hi is not None and value > spec.hi:
-        raise where.error(
-            raw, key, f"{fmt(value, u)} is above {spec.above or 'the maximum ' + fmt(spec.hi, u)}"
-        )
+    if spec.choices is not None and (problem := choice_problem(value, spec.choices)) is not None:
+        raise where.error(raw, key, problem)
+    problem = range_problem(
+        value, lo=spec.lo, hi=spec.hi, gt=spec.gt, unit=spec.unit, below=spec.below, above=spec.above
+    )
+    if problem is not None:
+        raise where.error(raw, key, problem)
 
 
 def convert(tp: Any, spec: Spec, raw: Raw, key: str, where: Where) -> Any:
@@ -246,10 +236,10 @@ def convert(tp: Any, spec: Spec, raw: Raw, key: str, where: Where) -> Any:
         if not isinstance(value, bool):
             raise where.error(raw, key, f"expected true or false, got {_type_name(value)}")
     elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not (is_number(value) and isinstance(value, int)):
             raise where.error(raw, key, f"expected a whole number, got {_type_name(value)}")
     elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):  # .nan and .inf are no settings
             raise where.error(raw, key, f"expected a number, got {_type_name(value)}")
         value = float(value)
     elif tp is str:

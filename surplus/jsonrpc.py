@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from jsonrpcserver import Error, Result, Success, async_dispatch_to_serializable, dispatch_to_serializable
 
+from .checks import is_number
+
 log = logging.getLogger(__name__)
 
 PARSE_ERROR = -32700
@@ -62,16 +64,6 @@ def invalid_params(message: str) -> RpcError:
     return RpcError(INVALID_PARAMS, message)
 
 
-def _is_number(value: object) -> bool:
-    # bool is an int subclass in Python but not a number in JSON.
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float (10**400) is no usable number
-        return False
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Param:
     """One parameter of a method: its JSON type, range or choices, and whether it is required."""
@@ -105,13 +97,13 @@ class Param:
         elif self.kind == "string":
             ok = isinstance(value, str)
         elif self.kind == "time":
-            ok = isinstance(value, str) or _is_number(value)
+            ok = isinstance(value, str) or is_number(value)
         elif self.kind == "integer":
-            ok = _is_number(value) and float(value).is_integer()
+            ok = is_number(value) and float(value).is_integer()
             if ok:
                 value = int(value)
         else:
-            ok = _is_number(value)
+            ok = is_number(value)
         if ok and self.choices is not None:
             ok = value in self.choices
         if ok and self.minimum is not None and value < self.minimum:
@@ -215,7 +207,7 @@ def _valid_request(obj: Any) -> bool:
         return False
     if "id" in obj:
         rid = obj["id"]
-        return rid is None or isinstance(rid, str) or _is_number(rid)
+        return rid is None or isinstance(rid, str) or is_number(rid)
     return True
 
 

@@ -10,6 +10,8 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .checks import choice_problem, is_number, range_problem
+
 
 class OptionError(ValueError):
     """A plugin option is unknown, of the wrong type, or out of range."""
@@ -37,10 +39,6 @@ def check_known(options: Mapping[str, Any], known: Sequence[str]) -> None:
             )
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}"
-
-
 def number(
     options: Mapping[str, Any],
     name: str,
@@ -50,15 +48,13 @@ def number(
     hi: float | None = None,
     unit: str = "",
 ) -> float:
-    """A number option within ``[lo, hi]`` (booleans are not numbers)."""
+    """A finite number option within ``[lo, hi]`` (booleans, NaN and infinity are not numbers)."""
     value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise OptionError(name, f"expected a number, got {value!r}")
-    u = f" {unit}" if unit else ""
-    if lo is not None and value < lo:
-        raise OptionError(name, f"{_fmt(value)}{u} is below the minimum {_fmt(lo)}{u}")
-    if hi is not None and value > hi:
-        raise OptionError(name, f"{_fmt(value)}{u} is above the maximum {_fmt(hi)}{u}")
+    problem = range_problem(value, lo=lo, hi=hi, unit=unit)
+    if problem is not None:
+        raise OptionError(name, problem)
     return float(value)
 
 
@@ -83,7 +79,7 @@ def flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
 def choice(options: Mapping[str, Any], name: str, default: Any, choices: Sequence[Any]) -> Any:
     """One of ``choices`` (compared with ``==``; ``None`` may be a choice)."""
     value = options.get(name, default)
-    if isinstance(value, bool) or value not in choices:
-        shown = ", ".join("null" if c is None else str(c) for c in choices)
-        raise OptionError(name, f"{value!r} is not one of {shown}")
+    problem = choice_problem(value, choices)
+    if problem is not None:
+        raise OptionError(name, problem)
     return value
