@@ -19,8 +19,9 @@ from types import MappingProxyType
 
 from .api import DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
+from .circuits import CircuitTree, Load, Room, counted_load
 from .clock import Clock
-from .governor import SafetyGovernor
+from .governor import SAME_CURRENT_A, SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
 from .options import did_you_mean
@@ -132,9 +133,15 @@ class Controller:
         plugins: Sequence[PluginInfo] = (),
         strategy_infos: Mapping[str, StrategyInfo] | None = None,
         observers: Sequence[DecisionObserver] = (),
+        circuits: CircuitTree | None = None,
     ) -> None:
         if not chargers:
             raise ValueError("a controller needs at least one charger")
+        #: The shared fuses (None: each charger has only its own limits).
+        self.circuits = circuits
+        #: Held from computing a charger's headroom until its write is done, so two
+        #: chargers (a tick and an RPC call) never both fill the same headroom.
+        self._circuit_lock = asyncio.Lock()
         self.clock = clock
         self.started_at_s = clock.now()
         self._slots = {s.charger_id: s for s in chargers}
@@ -483,13 +490,17 @@ class Controller:
         if problem is None and strategy is not None and reading.state is not None:
             caps = reading.state.capabilities
             limits = self._governor.limits(slot.charger_id)
+            ceiling_a = self._governor.ceiling_a(reading)
+            room = self._room(slot.charger_id, snapshot, self._present_phases(slot.charger_id, reading))
+            if room is not None:
+                ceiling_a = min(ceiling_a, max(room.amps, 0.0))
             ctx = StrategyContext(
                 charger_id=slot.charger_id,
                 now_s=now,
                 wall_s=self.clock.wall(),
                 min_current_a=MIN_CURRENT_A,
-                # Device, cable and fuse limits: what the governor would let through.
-                max_current_a=self._governor.ceiling_a(reading),
+                # Device, cable, fuse and circuit limits: what the governor would let through.
+                max_current_a=ceiling_a,
                 phases_switchable=caps.phase_switching,
                 phase_switch_at_s=self._governor.phase_switch_at_s(slot.charger_id),
                 resume_at_s=self._governor.resume_at_s(slot.charger_id),
@@ -527,6 +538,83 @@ class Controller:
 
     async def _govern(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
         """Decide for one charger, pass the governor, execute what it allows. Caller holds slot.lock."""
+        if self.circuits is None:
+            return await self._govern_one(slot, snapshot, now)
+        async with self._circuit_lock:
+            return await self._govern_one(slot, snapshot, now)
+
+    # -- circuits ----------------------------------------------------------
+    def _present_phases(self, charger_id: str, reading: ChargerReading) -> int:
+        """The phases the box is set to now: what was sent, else its readback; 3 when unknown."""
+        sent = self._governor.memory(charger_id).phases
+        if sent is not None:
+            return sent
+        if reading.state is not None and reading.state.requested_phases == 1:
+            return 1
+        return 3
+
+    def circuit_loads(self, snapshot: Snapshot | None = None) -> dict[str, Load]:
+        """Every charger's counted load on the grid's phases (see :mod:`surplus.circuits`)."""
+        tree = self.circuits
+        if tree is None:
+            return {}
+        snapshot = snapshot or self._snapshot
+        loads: dict[str, Load] = {}
+        for cid in self._slots:
+            reading = snapshot.chargers.get(cid) or ChargerReading(charger_id=cid, state=None)
+            limits = self._governor.limits(cid)
+            if limits is None:  # pragma: no cover - every slot has limits
+                continue
+            box, _ = counted_load(reading, self._governor.memory(cid), limits)
+            loads[cid] = tree.grid_load(cid, box)
+        return loads
+
+    def _room(self, charger_id: str, snapshot: Snapshot, phases: int) -> Room | None:
+        if self.circuits is None:
+            return None
+        return self.circuits.headroom(charger_id, self.circuit_loads(snapshot), phases)
+
+    def _fit_circuits(
+        self, slot: ChargerSlot, decision: Decision, reading: ChargerReading, snapshot: Snapshot
+    ) -> tuple[Decision, Room | None]:
+        """The decision within the circuits' headroom, and that headroom (None: no circuit).
+
+        A switch to three phases that the circuits cannot carry is dropped (the box stays
+        on one); a charge the circuits cannot carry at the minimum becomes a pause -- the
+        governor refuses such a charge but never invents the pause.
+        """
+        if self.circuits is None or not decision.charge:
+            return decision, None
+        present = self._present_phases(slot.charger_id, reading)
+        min_a = MIN_CURRENT_A
+        phases = 3 if 3 in (present, decision.phases) else 1
+        room = self._room(slot.charger_id, snapshot, phases)
+        if room is None:
+            return decision, None
+        if room.amps < min_a and decision.phases == 3 and present == 1:
+            single = self._room(slot.charger_id, snapshot, 1)
+            if single is not None and single.amps >= min_a:
+                decision = dataclasses.replace(
+                    decision, phases=None, reason=f"{decision.reason}; stays on 1 phase ({room.why})"
+                )
+                room = single
+        if room.amps < min_a:
+            return (
+                dataclasses.replace(
+                    decision,
+                    charge=False,
+                    current_a=None,
+                    phases=None,
+                    reason=f"{decision.reason}; paused: {room.why}, below {min_a:g} A",
+                ),
+                room,
+            )
+        wanted = decision.current_a
+        if wanted is not None and wanted >= room.amps - SAME_CURRENT_A:  # the circuit is what binds
+            decision = dataclasses.replace(decision, reason=f"{decision.reason}; {room.why}")
+        return decision, room
+
+    async def _govern_one(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
         if slot.override is not None and slot.override.until_s is not None and now >= slot.override.until_s:
             log.info("%s: override expired; strategy %s resumes", slot.charger_id, slot.mode)
             slot.override = None
@@ -537,7 +625,10 @@ class Controller:
         if now != snapshot.at_s:  # an RPC call between ticks: age the reading to now
             age = now - reading.state.read_at_s if reading.state else math.inf
             reading = dataclasses.replace(reading, age_s=age)
-        judgement = self._governor.judge(decision, reading, now)
+        decision, room = self._fit_circuits(slot, decision, reading, snapshot)
+        judgement = self._governor.judge(
+            decision, reading, now, shared_headroom_a=None if room is None else room.amps
+        )
         verdict = judgement.verdict
         if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import Clock, SystemClock
-from .config import Config, ConfigError, load_config, to_limits, validate_plugins
+from .config import Config, ConfigError, load_config, to_circuits, to_limits, validate_plugins
 from .governor import SafetyGovernor
 from .loop import ChargerSlot, Controller, plausible_meter_w
 from .meter import Meter, MeterEnv
@@ -187,6 +187,7 @@ async def build_stack(
         meter_max_w=plausible_meter_w(config.control.site_fuse_a),
         plugins=describe_plugins(pm),
         strategy_infos=infos,
+        circuits=to_circuits(config),
     )
     holder["c"] = controller
     stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)
