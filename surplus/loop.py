@@ -25,7 +25,8 @@ from .governor import SAME_CURRENT_A, SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
 from .options import did_you_mean
-from .strategy import Strategy, StrategyContext, StrategyInfo
+from .sharing import Sharer, split_surplus
+from .strategy import Strategy, StrategyContext, StrategyInfo, SurplusShare
 from .types import (
     MIN_CURRENT_A,
     ChargerReading,
@@ -39,6 +40,10 @@ from .types import (
 )
 
 log = logging.getLogger("surplus.loop")
+
+#: Modes whose strategies share one surplus when several chargers run them (they read
+#: ``StrategyContext.surplus_share``); a box in another mode is part of the house load.
+SHARING_MODES = frozenset({"pv", "minpv"})
 
 #: Observer called after every governed decision (logging, metrics, plugins).
 DecisionObserver = Callable[[DecisionRecord, str], None]
@@ -56,6 +61,8 @@ class ChargerSlot:
     mode: str
     #: "hold_min" or "pause": what to do when the strategy or the data fails.
     fallback: str = "pause"
+    #: Sharing the surplus with other chargers: a higher number is served first.
+    priority: int = 1
     reading: ChargerReading | None = None
     override: Override | None = None
     last_record: DecisionRecord | None = None
@@ -172,6 +179,8 @@ class Controller:
         #: One reading task per meter with I/O, from start() to shutdown().
         self._meter_tasks: list[asyncio.Future[None]] = []
         self._snapshot = Snapshot(at_s=clock.now())
+        #: This tick's split of the surplus (empty unless several chargers share it).
+        self._shares: dict[str, SurplusShare] = {}
         self._stopping = asyncio.Event()
         self._hurry = False
         self.ticks = 0
@@ -369,6 +378,7 @@ class Controller:
                     self._store_meter(meter, exc)
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
+        self._shares = self._share_surplus(snapshot)
         for slot in self._slots.values():
             if slot.started:  # nothing can be sent to a charger we never reached
                 async with slot.lock:
@@ -505,6 +515,7 @@ class Controller:
                 phase_switch_at_s=self._governor.phase_switch_at_s(slot.charger_id),
                 resume_at_s=self._governor.resume_at_s(slot.charger_id),
                 phase_switch_interval_s=limits.phase_switch_interval_s if limits else 300.0,
+                surplus_share=self._shares.get(slot.charger_id) if slot.override is None else None,
             )
             try:
                 decision = strategy.decide(snapshot, ctx)
@@ -542,6 +553,69 @@ class Controller:
             return await self._govern_one(slot, snapshot, now)
         async with self._circuit_lock:
             return await self._govern_one(slot, snapshot, now)
+
+    # -- sharing the surplus ---------------------------------------------------
+    def _share_surplus(self, snapshot: Snapshot) -> dict[str, SurplusShare]:
+        """Who shares the surplus this tick, and how (see :mod:`surplus.sharing`).
+
+        Chargers in a sharing mode, reached, read, and not overridden by a person take
+        part; with fewer than two nobody shares (one charger decides exactly as alone).
+        """
+        now = snapshot.at_s
+        sharers: list[Sharer] = []
+        power: dict[str, float] = {}
+        for slot in self._slots.values():
+            reading = snapshot.chargers[slot.charger_id]
+            state = reading.state
+            if (
+                not slot.started
+                or slot.mode not in SHARING_MODES
+                or slot.override is not None
+                or state is None
+            ):
+                continue
+            cid = slot.charger_id
+            phases = self._present_phases(cid, reading)
+            if state.capabilities.grid_phases == 1:
+                phases = 1
+            ceiling = self._governor.ceiling_a(reading)
+            room = self._room(cid, snapshot, phases)
+            if room is not None:
+                ceiling = min(ceiling, max(room.amps, 0.0))
+            sent = self._governor.memory(cid).charging
+            charging = sent if sent is not None else state.charging
+            volts = [v for v in (state.voltage_l1_v, state.voltage_l2_v, state.voltage_l3_v)[:phases]]
+            line_v = sum(volts) / len(volts) if volts and all(180.0 <= v <= 260.0 for v in volts) else 230.0
+            sharers.append(
+                Sharer(
+                    charger_id=cid,
+                    priority=slot.priority,
+                    phases=phases,
+                    volts=line_v,
+                    max_a=ceiling,
+                    charging=charging,
+                    can_start=charging or self._governor.resume_at_s(cid) <= now,
+                )
+            )
+            power[cid] = state.power_total_w if math.isfinite(state.power_total_w) else 0.0
+        if len(sharers) < 2:
+            return {}
+        total_w = sum(power.values())
+        frozen = tuple(sharers)
+
+        def splitter(cid: str) -> Callable[[float], tuple[float, str]]:
+            def split(surplus_w: float) -> tuple[float, str]:
+                share = split_surplus(surplus_w, frozen)[cid]
+                return share.budget_w, share.why
+
+            return split
+
+        return {
+            s.charger_id: SurplusShare(
+                others_power_w=total_w - power[s.charger_id], split=splitter(s.charger_id)
+            )
+            for s in sharers
+        }
 
     # -- circuits ----------------------------------------------------------
     def _present_phases(self, charger_id: str, reading: ChargerReading) -> int:

@@ -154,6 +154,7 @@ async def build_stack(
                 strategies=strategies,
                 mode=ch.mode,
                 fallback=config.control.fallback,
+                priority=ch.priority,
             )
         )
 
