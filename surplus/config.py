@@ -97,6 +97,17 @@ class BusSection:
 
 
 @dataclass(**_FROZEN)
+class BusEntry(BusSection):
+    """One line of ``buses:`` (several RS485 lines or gateways): the bus settings and an id."""
+
+    id: str = "bus"
+
+
+#: The id of the single ``bus:`` (chargers name it as their ``bus`` only when there are ``buses:``).
+SINGLE_BUS_ID = "bus"
+
+
+@dataclass(**_FROZEN)
 class HeartbeatConfig:
     enabled: bool = True
     interval_s: float = setting(
@@ -160,6 +171,8 @@ class ChargerEntry:
     circuit: str | None = None
     #: Sharing the surplus: a higher number is served first.
     priority: int = setting(1, lo=0, hi=99)
+    #: The line the box is on (``buses[].id``); None: the single ``bus:``, or the only one of ``buses:``.
+    bus: str | None = None
     #: The grid phases the box's L1, L2 and L3 are wired to (a single-phase car loads the first).
     phase_rotation: tuple[str, ...] = setting(("L1", "L2", "L3"), choices=("L1", "L2", "L3"))
 
@@ -268,6 +281,8 @@ class MqttConfig:
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
     bus: BusSection = field(default_factory=BusSection)
+    #: Several lines (serial devices, tcp:// gateways), each with its own bus owner; instead of bus:.
+    buses: tuple[BusEntry, ...] = ()
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     chargers: tuple[ChargerEntry, ...] = (ChargerEntry(),)
@@ -411,10 +426,11 @@ def _check(config: Config, where: Where) -> None:
 
     if not config.chargers:
         raise err("chargers", "at least one charger is needed")
-    groups: tuple[tuple[str, tuple[ChargerEntry | MeterEntry | CircuitEntry, ...]], ...] = (
+    groups: tuple[tuple[str, tuple[ChargerEntry | MeterEntry | CircuitEntry | BusEntry, ...]], ...] = (
         ("chargers", config.chargers),
         ("meters", config.meters),
         ("circuits", config.circuits),
+        ("buses", config.buses),
     )
     for kind, entries in groups:
         seen: dict[str, int] = {}
@@ -442,11 +458,13 @@ def _check(config: Config, where: Where) -> None:
             "control.full_read_every_s",
             f"{fmt(c.full_read_every_s, 's')} is shorter than tick_s ({fmt(c.tick_s, 's')})",
         )
+    _check_buses(config, where, err)
     port = config.bus.port
-    if port.startswith("tcp://"):
-        m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", port)
-        if m is None or not 0 < int(m.group(2)) < 65536:
-            raise err("bus.port", f"{port!r} is not tcp://host:port")
+    for key, p in (("bus.port", port), *((f"buses[{i}].port", b.port) for i, b in enumerate(config.buses))):
+        if p.startswith("tcp://"):
+            m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", p)
+            if m is None or not 0 < int(m.group(2)) < 65536:
+                raise err(key, f"{p!r} is not tcp://host:port")
     rpc = config.rpc
     if not is_loopback(rpc.host) and not rpc.token:
         raise err(
@@ -464,7 +482,7 @@ def _check(config: Config, where: Where) -> None:
         raise err("simulator.device_ids", "at least one device id is needed")
     if len(set(sim_ids)) != len(sim_ids):
         raise err("simulator.device_ids", "duplicate device ids")
-    if port == "sim":
+    if port == "sim" and not config.buses:
         for i, ch in enumerate(config.chargers):
             probed = (ch.device_id,) if ch.device_id is not None else (50, 1)
             if not set(probed) & set(sim_ids):
@@ -472,6 +490,50 @@ def _check(config: Config, where: Where) -> None:
                     f"chargers[{i}].device_id",
                     f"device {probed[0]} is not simulated (simulator.device_ids: {list(sim_ids)})",
                 )
+
+
+def _check_buses(config: Config, where: Where, err: Callable[[str, str], ConfigError]) -> None:
+    """``buses:`` replaces ``bus:``; each charger names a line that exists, or is on the only one."""
+    ids = [b.id for b in config.buses]
+    if config.buses and "bus" in where.lines:
+        raise err("buses", "use either bus: (one line) or buses: (several), not both")
+    for i, ch in enumerate(config.chargers):
+        if ch.bus is not None and ch.bus not in ids:
+            known = ", ".join(ids) if ids else "none are configured (the single bus: serves every charger)"
+            raise err(
+                f"chargers[{i}].bus", f"unknown bus {ch.bus!r}{did_you_mean(ch.bus, ids)}; buses: {known}"
+            )
+        if ch.bus is None and len(ids) > 1:
+            raise err(
+                f"chargers[{i}]",
+                f"bus: missing; with several buses ({', '.join(ids)}) each charger names its own",
+            )
+    seen: dict[tuple[str, int], int] = {}
+    for i, ch in enumerate(config.chargers):
+        line, device = charger_bus(config, ch), ch.device_id
+        if device is None:  # probed at start
+            continue
+        if (line, device) in seen:
+            raise err(
+                f"chargers[{i}].device_id",
+                f"device {device} is already chargers[{seen[line, device]}] on the same line",
+            )
+        seen[line, device] = i
+
+
+def charger_bus(config: Config, charger: ChargerEntry) -> str:
+    """The id of the line ``charger`` is on."""
+    if charger.bus is not None:
+        return charger.bus
+    return config.buses[0].id if config.buses else SINGLE_BUS_ID
+
+
+def bus_sections(config: Config) -> tuple[BusEntry, ...]:
+    """Every line: the ``buses:`` entries, or the single ``bus:`` (id "bus")."""
+    if config.buses:
+        return config.buses
+    fields = {f.name: getattr(config.bus, f.name) for f in dataclasses.fields(BusSection)}
+    return (BusEntry(id=SINGLE_BUS_ID, **fields),)
 
 
 def _check_circuits(config: Config, err: Callable[[str, str], ConfigError]) -> None:

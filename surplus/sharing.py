@@ -17,7 +17,8 @@ it, and gives each a budget (W) and a sentence that says why:
    take goes to the next.
 
 A paused box that may not resume yet (5 minutes after its pause) takes no part
-(``can_start`` False): the surplus goes to the others until it may.
+(``can_start`` False), nor does a box whose limits and circuits leave it less
+than 6 A (``max_a``): the surplus goes to the others meanwhile.
 """
 
 from __future__ import annotations
@@ -64,12 +65,17 @@ def _order(sharers: Sequence[Sharer]) -> list[Sharer]:
 
 def split_surplus(surplus_w: float, sharers: Sequence[Sharer]) -> Mapping[str, Share]:
     """Each sharer's budget (W) of ``surplus_w``; see the module docstring for the rules."""
-    waiting = [s for s in sharers if not s.charging and not s.can_start]
-    order = _order([s for s in sharers if s.charging or s.can_start])
+    blocked = [s for s in sharers if s.max_a < MIN_CURRENT_A]
+    waiting = [s for s in sharers if not s.charging and not s.can_start and s not in blocked]
+    order = _order([s for s in sharers if s not in blocked and s not in waiting])
     out: dict[str, Share] = {
         s.charger_id: Share(budget_w=0.0, why="no share while the 5 minutes after its pause run")
         for s in waiting
     }
+    for s in blocked:
+        out[s.charger_id] = Share(
+            budget_w=0.0, why=f"no share: its limits and circuits leave {max(s.max_a, 0.0):.1f} A"
+        )
     if not order:
         return out
     served: list[Sharer] = []

@@ -1,5 +1,6 @@
-"""Circuits over the real stack: four simulated boxes on one RTU-over-TCP line, the real bus,
-driver, governor and loop on the system clock; the simulator's boxes never exceed a circuit."""
+"""Circuits over the real stack: four simulated boxes on two RTU-over-TCP lines (a simulator and a
+bus owner each), the real driver, governor and loop on the system clock; the simulated boxes never
+exceed a circuit on any phase."""
 
 from __future__ import annotations
 
@@ -19,23 +20,24 @@ from .test_circuits import assert_within_circuits
 pytestmark = pytest.mark.integration
 
 CONFIG = """\
-bus: {port: sim}
-simulator: {device_ids: [10, 11, 12, 13]}
+buses:
+  - {id: line1, port: sim}
+  - {id: line2, port: sim}
 circuits:
   - {id: site, limit_a: 32}
   - {id: garage, limit_a: 16, parent: site}
 chargers:
-  - {id: a, device_id: 10, circuit: garage, mode: fixed, strategies: {fixed: {current_a: 12}}}
-  - {id: b, device_id: 11, circuit: garage, phase_rotation: [L2, L3, L1], mode: fixed,
+  - {id: a, bus: line1, device_id: 10, circuit: garage, mode: fixed, strategies: {fixed: {current_a: 12}}}
+  - {id: b, bus: line1, device_id: 11, circuit: garage, phase_rotation: [L2, L3, L1], mode: fixed,
      strategies: {fixed: {current_a: 12}}}
-  - {id: c, device_id: 12, circuit: site, phase_rotation: [L3, L1, L2], mode: fixed,
+  - {id: c, bus: line2, device_id: 12, circuit: site, phase_rotation: [L3, L1, L2], mode: fixed,
      strategies: {fixed: {current_a: 10}}}
-  - {id: d, device_id: 13, circuit: site, mode: fixed, strategies: {fixed: {current_a: 14}}}
+  - {id: d, bus: line2, device_id: 13, circuit: site, mode: fixed, strategies: {fixed: {current_a: 14}}}
 meters: []
 """
 
 
-async def test_four_boxes_on_one_line_never_exceed_a_circuit(tmp_path: Path) -> None:
+async def test_four_boxes_on_two_lines_never_exceed_a_circuit(tmp_path: Path) -> None:
     path = tmp_path / "carpark.yaml"
     path.write_text(CONFIG)
     config = load_config(str(path), {})
@@ -44,7 +46,10 @@ async def test_four_boxes_on_one_line_never_exceed_a_circuit(tmp_path: Path) -> 
     clock = SystemClock()
     async with build_stack(config, clock=clock, rpc=False) as stack:
         ctl = stack.controller
-        models = {cid: stack.simulator.models[d] for cid, d in (("a", 10), ("b", 11), ("c", 12), ("d", 13))}
+        assert len(stack.buses) == 2 and len(stack.simulators) == 2
+        line1, line2 = (sim.models for sim in stack.simulators)
+        assert (sorted(line1), sorted(line2)) == ([10, 11], [12, 13])  # each line serves its own boxes
+        models = {"a": line1[10], "b": line1[11], "c": line2[12], "d": line2[13]}
         samples: list[dict[str, float]] = []
         run = asyncio.ensure_future(ctl.run())
         try:
@@ -78,5 +83,6 @@ async def test_four_boxes_on_one_line_never_exceed_a_circuit(tmp_path: Path) -> 
             await asyncio.wait_for(run, 20)
         for m in models.values():
             assert_governor_rules_held(m.record)
+            assert m.record.worst_heartbeat_gap_s < 5.0
         assert max(s.get("garage.L1", 0.0) for s in samples) == pytest.approx(16.0, abs=0.01)
         assert max(s.get("site.L1", 0.0) for s in samples) == pytest.approx(32.0, abs=0.01)

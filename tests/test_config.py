@@ -346,6 +346,41 @@ BAD = [
         "-1 is below the minimum 0",
     ),
     (
+        "bus and buses",
+        "bus: {port: sim}\nbuses:\n  - {id: l1, port: sim}\n",
+        "buses",
+        2,
+        "use either bus: (one line) or buses: (several), not both",
+    ),
+    (
+        "charger on an unknown bus",
+        "buses:\n  - {id: l1, port: sim}\nchargers:\n  - id: wb\n    bus: l2\n",
+        "chargers[0].bus",
+        5,
+        "unknown bus 'l2'; buses: l1",
+    ),
+    (
+        "charger without a bus on two lines",
+        "buses:\n  - {id: l1, port: sim}\n  - {id: l2, port: sim}\nchargers:\n  - id: wb\n",
+        "chargers[0]",
+        5,
+        "each charger names its own",
+    ),
+    (
+        "two chargers on one device id of one line",
+        "buses:\n  - {id: l1, port: sim}\nchargers:\n  - {id: a, device_id: 10}\n  - {id: b, device_id: 10}\n",
+        "chargers[1].device_id",
+        5,
+        "device 10 is already chargers[0] on the same line",
+    ),
+    (
+        "a gateway that is not tcp://host:port",
+        "buses:\n  - {id: gw, port: 'tcp://gw'}\n",
+        "buses[0].port",
+        2,
+        "is not tcp://host:port",
+    ),
+    (
         "negative keep-alive",
         "rpc:\n  keepalive_timeout_s: -1\n",
         "rpc.keepalive_timeout_s",
@@ -434,6 +469,18 @@ def test_circuits_build_a_tree_and_a_limit_above_the_parents_is_allowed(tmp_path
     assert [c.id for c in tree.path("box11")] == ["site"]  # no circuit: under the only root
     assert tree.wiring["box10"].rotation == (1, 2, 0)
     assert to_circuits(check(write(tmp_path, "chargers:\n  - id: wb\n"))) is None
+
+
+def test_the_same_device_id_on_two_lines_is_two_boxes(tmp_path: Path) -> None:
+    config = check(
+        write(
+            tmp_path,
+            "buses:\n  - {id: l1, port: sim}\n  - {id: l2, port: 'tcp://10.0.0.2:502'}\n"
+            "chargers:\n  - {id: a, bus: l1, device_id: 10}\n  - {id: b, bus: l2, device_id: 10}\n",
+        )
+    )
+    assert [b.id for b in config.buses] == ["l1", "l2"] and config.buses[1].baudrate == 57600
+    assert [c.bus for c in config.chargers] == ["l1", "l2"]
 
 
 def test_to_limits() -> None:

@@ -75,6 +75,13 @@ SPLITS: list[tuple[str, float, list[Sharer], dict[str, float], str]] = [
         "5 minutes",
     ),
     (
+        "a box its circuit leaves less than 6 A takes no part",
+        13 * W3,
+        [box("full", max_a=3.9), box("b")],
+        {"full": 0, "b": 13},
+        "leave 3.9 A",
+    ),
+    (
         "not even one minimum: the first box gets it all and decides as if alone",
         4 * W3,
         [box("a"), box("b", priority=3)],
