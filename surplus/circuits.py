@@ -214,22 +214,7 @@ class CircuitTree:
         ``loads``: every charger's counted load on the grid's phases (its own is ignored).
         None for a charger under no circuit (only its own limits apply).
         """
-        best: Room | None = None
-        grid_phases = self.grid_phases(charger_id, phases)
-        for node in self.path(charger_id):
-            others = [o for o in self.members(node.id) if o != charger_id]
-            for g in grid_phases:
-                used = sum(loads[o][g] for o in others if o in loads)
-                room = node.limit_a - used
-                if best is None or room < best.amps:
-                    best = Room(
-                        amps=room,
-                        why=(
-                            f"circuit {node.id}: {max(room, 0.0):.1f} A left on {PHASES[g]} "
-                            f"(limit {node.limit_a:g} A, others {used:.1f} A)"
-                        ),
-                    )
-        return best
+        return LoadBook(self, loads).headroom(charger_id, phases)
 
     def phase_sums(self, loads: Mapping[str, Load]) -> dict[str, Load]:
         """Per circuit, the sum of its chargers' loads on each grid phase (for checks and display)."""
@@ -241,3 +226,54 @@ class CircuitTree:
                     total[g] += loads.get(cid, (0.0, 0.0, 0.0))[g]
             out[circuit_id] = (total[0], total[1], total[2])
         return out
+
+
+class LoadBook:
+    """Every charger's counted load and each circuit's sums, kept up to date write by write.
+
+    The loop builds one per tick and :meth:`set` s a charger's load after writing to it,
+    so a headroom costs the charger's path, not a sum over every charger.
+    """
+
+    def __init__(self, tree: CircuitTree, loads: Mapping[str, Load]) -> None:
+        self.tree = tree
+        self.loads: dict[str, Load] = dict(loads)
+        self._sums: dict[str, list[float]] = {c: [0.0, 0.0, 0.0] for c in tree.circuits}
+        for cid, load in self.loads.items():
+            for node in tree.path(cid):
+                total = self._sums[node.id]
+                for g in range(3):
+                    total[g] += load[g]
+
+    def set(self, charger_id: str, load: Load) -> None:
+        old = self.loads.get(charger_id, (0.0, 0.0, 0.0))
+        for node in self.tree.path(charger_id):
+            total = self._sums[node.id]
+            for g in range(3):
+                total[g] += load[g] - old[g]
+        self.loads[charger_id] = load
+
+    def headroom(self, charger_id: str, phases: int) -> Room | None:
+        """See :meth:`CircuitTree.headroom`."""
+        path = self.tree.path(charger_id)
+        if not path:
+            return None
+        own = self.loads.get(charger_id, (0.0, 0.0, 0.0))
+        grid_phases = self.tree.grid_phases(charger_id, phases)
+        best: tuple[float, Circuit, int, float] | None = None
+        for node in path:
+            total = self._sums[node.id]
+            for g in grid_phases:
+                used = total[g] - own[g]
+                room = node.limit_a - used
+                if best is None or room < best[0]:
+                    best = (room, node, g, used)
+        assert best is not None
+        room, node, g, used = best
+        return Room(
+            amps=room,
+            why=(
+                f"circuit {node.id}: {max(room, 0.0):.1f} A left on {PHASES[g]} "
+                f"(limit {node.limit_a:g} A, others {max(used, 0.0):.1f} A)"
+            ),
+        )

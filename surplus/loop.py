@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from .api import DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
-from .circuits import CircuitTree, Load, Room, counted_load
+from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
 from .clock import Clock
 from .governor import SAME_CURRENT_A, SafetyGovernor
 from .meter import Meter
@@ -149,6 +149,8 @@ class Controller:
         #: Held from computing a charger's headroom until its write is done, so two
         #: chargers (a tick and an RPC call) never both fill the same headroom.
         self._circuit_lock = asyncio.Lock()
+        #: During a tick's decisions: every charger's counted load, updated after each write.
+        self._book: LoadBook | None = None
         self.clock = clock
         self.started_at_s = clock.now()
         self._slots = {s.charger_id: s for s in chargers}
@@ -378,11 +380,16 @@ class Controller:
                     self._store_meter(meter, exc)
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
-        self._shares = self._share_surplus(snapshot)
-        for slot in self._slots.values():
-            if slot.started:  # nothing can be sent to a charger we never reached
-                async with slot.lock:
-                    await self._govern(slot, snapshot, snapshot.at_s)
+        if self.circuits is not None:
+            self._book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+        try:
+            self._shares = self._share_surplus(snapshot)
+            for slot in self._slots.values():
+                if slot.started:  # nothing can be sent to a charger we never reached
+                    async with slot.lock:
+                        await self._govern(slot, snapshot, snapshot.at_s)
+        finally:
+            self._book = None
         self.ticks += 1
         self.last_tick_s = self.clock.now() - now
         self._notify_tick(snapshot)
@@ -417,7 +424,13 @@ class Controller:
             slot.reading = ChargerReading(charger_id=slot.charger_id, state=previous, error=str(exc))
             return
         if full:
-            slot.last_full_read_s = now
+            if slot.last_full_read_s == -math.inf:
+                # The first full read: the next ones are spread over the interval (the i-th of n
+                # chargers 1/n of it later), so many boxes on a line never all read in one tick.
+                index = list(self._slots).index(slot.charger_id)
+                slot.last_full_read_s = now - self._full_read_every_s * index / len(self._slots)
+            else:
+                slot.last_full_read_s = now
         if slot.reading is not None and slot.reading.error is not None:
             log.info("%s: reads work again", slot.charger_id)
         self._log_charger_error(slot.charger_id, previous, state)
@@ -646,7 +659,18 @@ class Controller:
     def _room(self, charger_id: str, snapshot: Snapshot, phases: int) -> Room | None:
         if self.circuits is None:
             return None
-        return self.circuits.headroom(charger_id, self.circuit_loads(snapshot), phases)
+        book = self._book
+        if book is None or snapshot is not self._snapshot:  # between ticks (an RPC call): afresh
+            book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+        return book.headroom(charger_id, phases)
+
+    def _update_load(self, charger_id: str, reading: ChargerReading) -> None:
+        """After a write: the charger counts at what it was just set to, for those decided after it."""
+        book, limits = self._book, self._governor.limits(charger_id)
+        if book is None or limits is None:
+            return
+        box, _ = counted_load(reading, self._governor.memory(charger_id), limits)
+        book.set(charger_id, book.tree.grid_load(charger_id, box))
 
     def _fit_circuits(
         self, slot: ChargerSlot, decision: Decision, reading: ChargerReading, snapshot: Snapshot
@@ -713,6 +737,8 @@ class Controller:
             else:
                 self._governor.record(judgement, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
+            if self.circuits is not None:  # also after a failed write: it may have been done in part
+                self._update_load(slot.charger_id, reading)
         record = DecisionRecord(
             at_s=now,
             decision=decision,
