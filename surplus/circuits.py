@@ -22,8 +22,9 @@ the grid's phases) is the larger of what they were set to and what they draw:
   followed a decrease still counts at what it draws), where they exceed the
   setpoint by more than ``DRAW_TOLERANCE_A`` (the measurement's noise).
 * an unreachable box counts at its last known values, which is what it keeps
-  doing; a box never read and never written counts at its maximum on all three
-  phases (the safe side).
+  doing, or at its own heartbeat-loss fallback current (0x030E) when that is
+  higher; a box never read and never written counts at its maximum on all
+  three phases (the safe side).
 
 Pure functions and a frozen tree: the loop gives the readings and memories.
 """
@@ -128,8 +129,18 @@ def counted_load(reading: ChargerReading, memory: GovernorMemory, limits: Limits
         top = box_maximum_a(reading, limits)
         return (top, top, top), f"unknown, counted at its maximum {top:g} A"
     amps, phases = setpoint
-    setv = [amps if i < phases else 0.0 for i in range(3)]
     state = reading.state
+    lost = ""
+    if state is not None and (not reading.connected or not reading.age_s <= limits.stale_after_s):
+        # Out of reach: once its heartbeat is missed the box charges at its own fallback
+        # current (0x030E; 0 keeps the last values, 1 pauses), so that counts too.
+        fallback = float(state.config.master_lost_fallback_current_a)
+        if fallback >= MIN_CURRENT_A and fallback > amps:
+            amps, lost = (
+                min(fallback, box_maximum_a(reading, limits)),
+                " (its fallback current, out of reach)",
+            )
+    setv = [amps if i < phases else 0.0 for i in range(3)]
     if state is not None:
         drawn = (state.current_l1_a, state.current_l2_a, state.current_l3_a)
         # A NaN reading counts as the setpoint, never as nothing; the measurement's noise
@@ -138,7 +149,7 @@ def counted_load(reading: ChargerReading, memory: GovernorMemory, limits: Limits
             d if math.isfinite(d) and d > s + DRAW_TOLERANCE_A else s
             for s, d in zip(setv, drawn, strict=True)
         ]
-    why = f"set to {amps:g} A on {phases} phase{'s' if phases != 1 else ''}" if amps else "paused"
+    why = f"set to {amps:g} A on {phases} phase{'s' if phases != 1 else ''}{lost}" if amps else "paused"
     return (setv[0], setv[1], setv[2]), why
 
 

@@ -56,6 +56,7 @@ def unreachable(r: ChargerReading) -> ChargerReading:
 
 
 NOTHING = ChargerReading(charger_id="?", state=None)
+FALLBACK_12A = dataclasses.replace(charger_state().config, master_lost_fallback_current_a=12)
 
 # (name, {charger: (reading, memory)}, for, phases, expected headroom, circuit named in why)
 CASES: list[tuple[str, dict[str, tuple[ChargerReading, GovernorMemory]], str, int, float, str]] = [
@@ -113,6 +114,17 @@ CASES: list[tuple[str, dict[str, tuple[ChargerReading, GovernorMemory]], str, in
         "a",
         3,
         8.0,
+        "garage",
+    ),
+    (
+        "an unreachable box whose own fallback is higher counts at that",
+        {
+            "b": (unreachable(reading("b", drawn=(7.9, 8, 8), config=FALLBACK_12A)), sent(8)),
+            "c": (reading("c"), PAUSED),
+        },
+        "a",
+        3,
+        4.0,
         "garage",
     ),
     (
