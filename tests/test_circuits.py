@@ -303,6 +303,16 @@ async def test_four_boxes_never_exceed_any_circuit_per_phase() -> None:
     clock = FakeClock()
     controller, bus, models = four_boxes(clock, {"a": 12, "b": 12, "c": 10, "d": 14})
     samples: list[dict[str, float]] = []
+    checked: list[int] = []
+    for model in models.values():  # also right after every single write, not only once a second
+        real_write = model.write
+
+        def write(address: int, values: list[int], fc: int, _real: Any = real_write) -> None:
+            _real(address, values, fc)
+            assert_within_circuits(LOOP_TREE, models, [])
+            checked.append(address)
+
+        model.write = write  # type: ignore[method-assign]
     task = asyncio.ensure_future(controller.run(duration_s=900))
     notes: dict[int, str] = {}
     for second in range(900):
@@ -332,6 +342,7 @@ async def test_four_boxes_never_exceed_any_circuit_per_phase() -> None:
     await bus.close()
     for m in models.values():
         assert_governor_rules_held(m.record)
+    assert len(checked) > 100  # heartbeats and setpoints
     assert "circuit site: 6.0 A left on" in notes[430]
     assert models["b"].em_current_a == pytest.approx(10.0)  # the garage: 16 - a 6
     assert models["d"].em_current_a == pytest.approx(14.0)  # its own 14 A: the site has 16 A left
