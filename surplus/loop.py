@@ -21,7 +21,7 @@ from .api import DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
 from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
 from .clock import Clock
-from .governor import SAME_CURRENT_A, SafetyGovernor
+from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
 from .options import did_you_mean
@@ -664,12 +664,21 @@ class Controller:
             book = LoadBook(self.circuits, self.circuit_loads(snapshot))
         return book.headroom(charger_id, phases)
 
-    def _update_load(self, charger_id: str, reading: ChargerReading) -> None:
-        """After a write: the charger counts at what it was just set to, for those decided after it."""
+    def _update_load(
+        self, charger_id: str, reading: ChargerReading, attempted: GovernorMemory | None = None
+    ) -> None:
+        """After a write: the charger counts at what it was just set to, for those decided after it.
+
+        ``attempted``: the memory of a write that failed, which may have been done in part;
+        until the next read shows what happened, the charger counts at the higher of both.
+        """
         book, limits = self._book, self._governor.limits(charger_id)
         if book is None or limits is None:
             return
         box, _ = counted_load(reading, self._governor.memory(charger_id), limits)
+        if attempted is not None:
+            tried, _ = counted_load(reading, attempted, limits)
+            box = (max(box[0], tried[0]), max(box[1], tried[1]), max(box[2], tried[2]))
         book.set(charger_id, book.tree.grid_load(charger_id, box))
 
     def _fit_circuits(
@@ -734,11 +743,13 @@ class Controller:
             except Exception as exc:
                 log.error("%s: write failed: %s", slot.charger_id, _why(slot, exc))
                 verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
+                if self.circuits is not None:  # it may have been done in part
+                    self._update_load(slot.charger_id, reading, attempted=judgement.memory)
             else:
                 self._governor.record(judgement, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
-            if self.circuits is not None:  # also after a failed write: it may have been done in part
-                self._update_load(slot.charger_id, reading)
+                if self.circuits is not None:
+                    self._update_load(slot.charger_id, reading)
         record = DecisionRecord(
             at_s=now,
             decision=decision,

@@ -14,6 +14,7 @@ from surplus.circuits import Circuit, CircuitTree, Wiring, counted_load, on_grid
 from surplus.clock import FakeClock
 from surplus.governor import GovernorMemory, Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller
+from surplus.modbus import registers as R
 from surplus.plugins import collect_strategies, make_plugin_manager
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
@@ -349,3 +350,29 @@ async def test_four_boxes_never_exceed_any_circuit_per_phase() -> None:
     # The limits were used, not only kept.
     assert max(s.get("garage.L1", 0) for s in samples) == pytest.approx(16.0, abs=0.01)
     assert max(s.get("site.L2", 0) for s in samples) == pytest.approx(32.0, abs=0.01)
+
+
+async def test_a_write_that_failed_but_was_done_still_counts_for_the_others() -> None:
+    clock = FakeClock()
+    controller, bus, models = four_boxes(clock, {"a": 12, "b": 12})
+    failed: list[float] = []
+    real_write = models["a"].write
+
+    def write(address: int, values: list[int], fc: int) -> None:
+        real_write(address, values, fc)  # the box takes it ...
+        if address == R.CHARGING_RELEASE_EM.address and values == [1] and not failed:
+            failed.append(clock.now())
+            raise TimeoutError("no reply")  # ... but its reply is lost
+
+    models["a"].write = write  # type: ignore[method-assign]
+    task = asyncio.ensure_future(controller.run(duration_s=60))
+    for _ in range(30):
+        await clock.advance(1.0)
+        assert_within_circuits(LOOP_TREE, {"a": models["a"], "b": models["b"]}, [])
+    assert failed, "the failing write never happened"
+    assert models["a"].em_current_a == 12.0 and models["a"].charging_current_a > 0
+    b = controller.last_decision("b")
+    assert b is not None and not b.decision.charge and "circuit garage: 4.0 A left" in b.decision.reason
+    await clock.advance(32)
+    await task
+    await bus.close()
