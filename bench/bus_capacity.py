@@ -24,6 +24,7 @@ the circuits.
 
     .venv/bin/python bench/bus_capacity.py              # a few minutes (real time on the line)
     .venv/bin/python bench/bus_capacity.py --tick-only  # only the per-tick cost (seconds)
+    .venv/bin/python bench/bus_capacity.py --boxes 80 --lines 2   # one trial: 2 lines of 80 boxes
 """
 
 from __future__ import annotations
@@ -69,19 +70,28 @@ def wire_bound() -> tuple[int, str]:
     return n, why
 
 
-async def line_trial(n: int, seconds: float) -> tuple[float, float, float]:
-    """(worst heartbeat gap, worst read interval, first round s) for ``n`` boxes on one line."""
+async def line_trial(n: int, seconds: float, lines: int = 1) -> tuple[float, float, float]:
+    """(worst heartbeat gap, worst read interval, first round s) for ``n`` boxes on each of ``lines``."""
     clock = SystemClock()
-    models = {FIRST_ID + i: AmtronModel(clock, ev=EvProfile(), seed=i) for i in range(n)}
-    sim = SimulatorServer(models, transport="tcp", wire_time=True, baudrate=BAUD)
-    await sim.start()
-    bus = ModbusBus(BusConfig(port=sim.url, timeout_s=1.0, retries=1), clock)
-    await bus.start()
+    sims: list[SimulatorServer] = []
+    buses: list[ModbusBus] = []
+    placed: list[tuple[ModbusBus, int, str]] = []
+    models: dict[str, AmtronModel] = {}
+    for line in range(lines):
+        line_models = {FIRST_ID + i: AmtronModel(clock, ev=EvProfile(), seed=i) for i in range(n)}
+        sim = SimulatorServer(line_models, transport="tcp", wire_time=True, baudrate=BAUD)
+        await sim.start()
+        sims.append(sim)
+        line_bus = ModbusBus(BusConfig(port=sim.url, timeout_s=1.0, retries=1), clock)
+        await line_bus.start()
+        buses.append(line_bus)
+        for device_id, model in line_models.items():
+            placed.append((line_bus, device_id, f"l{line}box{device_id}"))
+            models[f"l{line}box{device_id}"] = model
     factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
     reads: dict[str, list[float]] = {}
     slots = []
-    for device_id in models:
-        cid = f"box{device_id}"
+    for bus, device_id, cid in placed:
         charger = AmtronCharger(
             bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
         )
@@ -102,7 +112,7 @@ async def line_trial(n: int, seconds: float) -> tuple[float, float, float]:
     t0 = clock.now()
     run = asyncio.ensure_future(controller.run())
     try:
-        while len(reads) < n or controller.ticks < 2:
+        while len(reads) < n * lines or controller.ticks < 2:
             await asyncio.sleep(0.1)
             if run.done():
                 run.result()
@@ -113,8 +123,10 @@ async def line_trial(n: int, seconds: float) -> tuple[float, float, float]:
     finally:
         controller.stop(hurry=True)
         await asyncio.wait_for(run, 60)
-        await bus.close()
-        await sim.stop()
+        for line_bus in buses:
+            await line_bus.close()
+        for sim in sims:
+            await sim.stop()
     worst_read = 0.0
     for times in reads.values():
         window = [t for t in times if start - AGE_LIMIT_S * 3 <= t <= end]
@@ -216,7 +228,13 @@ async def main(args: argparse.Namespace) -> int:
         ms = await tick_cost(100, 8, args.ticks, circuits)
         what = "with a circuit tree (site + 8 lines)" if circuits else "without circuits"
         print(f"per-tick cost, 100 boxes on 8 lines in pv, {what}: {ms:.1f} ms per 1 s tick", flush=True)
-    if not args.tick_only:
+    if args.boxes is not None:
+        hb, age, first = await line_trial(args.boxes, args.seconds, args.lines)
+        print(
+            f"{args.lines} line(s) x {args.boxes} boxes: worst heartbeat gap {hb:.2f} s, oldest measurements "
+            f"{age:.2f} s, first round {first:.1f} s"
+        )
+    elif not args.tick_only:
         await line_capacity(args.start, args.seconds)
     return 0
 
@@ -229,6 +247,8 @@ if __name__ == "__main__":
         "--ticks", type=int, default=120, help="ticks timed for the per-tick cost (default 120)"
     )
     parser.add_argument("--tick-only", action="store_true", help="only the per-tick cost")
+    parser.add_argument("--boxes", type=int, help="one trial with this many boxes per line (no search)")
+    parser.add_argument("--lines", type=int, default=1, help="lines for --boxes (default 1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     sys.exit(asyncio.run(main(args)))

@@ -284,8 +284,11 @@ class Controller:
                 await meter.start()
             except Exception as exc:  # a broken meter must not stop the loop
                 log.error("meter %s failed to start: %s", meter.meter_id, _meter_why(meter.meter_id, exc))
-        for slot in self._slots.values():
-            await self._start_charger(slot)
+        if len(self._slots) == 1:
+            for slot in self._slots.values():
+                await self._start_charger(slot)
+        else:  # the lines in parallel (see tick)
+            await asyncio.gather(*(self._start_charger(slot) for slot in self._slots.values()))
         polled = [m for m in self._meters if not getattr(m, "instant", False)]
         if polled:
             await asyncio.gather(*(self._read_meter(m) for m in polled))
@@ -368,8 +371,13 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        for slot in self._slots.values():
-            await self._read_charger(slot, now)
+        if len(self._slots) == 1:
+            for slot in self._slots.values():
+                await self._read_charger(slot, now)
+        else:
+            # All at once: each line's bus owner queues its own boxes' reads in this order,
+            # so the lines (buses) are read in parallel, each one box after another.
+            await asyncio.gather(*(self._read_charger(slot, now) for slot in self._slots.values()))
         # Meters with I/O are read by their own tasks (see start); one that does no I/O
         # (``instant``, e.g. a simulated one) is read in place.
         for meter in self._meters:
