@@ -151,8 +151,14 @@ class PvSettings:
     phase_down_delay_s: float = 300.0
 
 
-def available_w(snapshot: Snapshot, state: ChargerState, settings: PvSettings) -> float:
-    """Power the car could draw without importing: see the module docstring."""
+def available_w(
+    snapshot: Snapshot, state: ChargerState, settings: PvSettings, others_w: float = 0.0
+) -> float:
+    """Power the car could draw without importing: see the module docstring.
+
+    ``others_w``: what the chargers sharing the surplus with this one draw (their
+    power is the surplus too; the loop's split then gives this one its part).
+    """
     grid_w = snapshot.grid_power_w
     if grid_w is None:
         raise ValueError("no fresh grid-meter reading")
@@ -167,7 +173,7 @@ def available_w(snapshot: Snapshot, state: ChargerState, settings: PvSettings) -
         if m.error is None and m.battery_soc_pct is not None
     ]
     soc = min(socs) if socs else None
-    available = state.power_total_w - grid_w - settings.reserve_w
+    available = state.power_total_w + others_w - grid_w - settings.reserve_w
     if battery_w < 0:  # the battery discharges: not the sun's, unless the user lets it feed the car
         feeds_car = (
             settings.battery_to_car_soc is not None and soc is not None and soc >= settings.battery_to_car_soc
@@ -402,7 +408,13 @@ class PvStrategy:
             raise ValueError("no charger reading")
         s = self.settings
         now = ctx.now_s
-        raw_w = available_w(snapshot, state, s)
+        share = ctx.surplus_share
+        share_why = ""
+        if share is None:
+            raw_w = available_w(snapshot, state, s)
+        else:  # several chargers: the surplus of all of them, then this one's part of it
+            raw_w, share_why = share.split(available_w(snapshot, state, s, share.others_power_w))
+            share_why = f" ({share_why})"
         if self._last_at is None or not 0 <= now - self._last_at <= RESET_AFTER_S:
             self._restart(state, raw_w)  # first call, a long gap, or time going backwards
             dt = 0.0
@@ -417,7 +429,7 @@ class PvStrategy:
         exact_a = sun_w / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
         shown_a = max(math.floor(exact_a * 10) / 10, 0.0)  # the same rounding as the setpoint
-        why = f"surplus {sun_w / 1000:.2f} kW = {shown_a:.1f} A on {_plural(phases)}"
+        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {shown_a:.1f} A on {_plural(phases)}"
 
         if not self._charging:
             self._enough_since = (

@@ -44,6 +44,7 @@ from .strategy import StrategyFactory, StrategyInfo
 from .types import MAX_CURRENT_A, MIN_CURRENT_A, SOFT_PAUSE_MAX_A, SOFT_PAUSE_MIN_A, PauseKind
 
 if TYPE_CHECKING:
+    from .circuits import CircuitTree
     from .governor import Limits
 
 BUILTIN_SOURCE = "<built-in defaults>"
@@ -93,6 +94,17 @@ class BusSection:
     def parity_code(self) -> str:
         """Parity as pyserial/pymodbus spell it: "N", "E" or "O"."""
         return self.parity[0].upper()
+
+
+@dataclass(**_FROZEN)
+class BusEntry(BusSection):
+    """One line of ``buses:`` (several RS485 lines or gateways): the bus settings and an id."""
+
+    id: str = "bus"
+
+
+#: The id of the single ``bus:`` (chargers name it as their ``bus`` only when there are ``buses:``).
+SINGLE_BUS_ID = "bus"
 
 
 @dataclass(**_FROZEN)
@@ -154,6 +166,25 @@ class ChargerEntry:
     #: Options per strategy name, e.g. ``{"fixed": {"current_a": 10}}``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=empty_mapping)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: The circuit (``circuits[].id``) the box hangs under; None: under the only root circuit,
+    #: or under none when there are no circuits (then only its own limits.fuse_limit_a applies).
+    circuit: str | None = None
+    #: Sharing the surplus: a higher number is served first.
+    priority: int = setting(1, lo=0, hi=99)
+    #: The line the box is on (``buses[].id``); None: the single ``bus:``, or the only one of ``buses:``.
+    bus: str | None = None
+    #: The grid phases the box's L1, L2 and L3 are wired to (a single-phase car loads the first).
+    phase_rotation: tuple[str, ...] = setting(("L1", "L2", "L3"), choices=("L1", "L2", "L3"))
+
+
+@dataclass(**_FROZEN)
+class CircuitEntry:
+    """One node of the circuit tree: a current limit per phase for all chargers beneath it."""
+
+    id: str
+    limit_a: float = field(metadata={"spec": Spec(gt=0, hi=4000, unit="A")})
+    #: The circuit this one hangs under (None: a root, e.g. the house connection).
+    parent: str | None = None
 
 
 @dataclass(**_FROZEN)
@@ -250,9 +281,13 @@ class MqttConfig:
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
     bus: BusSection = field(default_factory=BusSection)
+    #: Several lines (serial devices, tcp:// gateways), each with its own bus owner; instead of bus:.
+    buses: tuple[BusEntry, ...] = ()
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     chargers: tuple[ChargerEntry, ...] = (ChargerEntry(),)
+    #: The shared fuses (see surplus.circuits); none: each charger has only its own fuse limit.
+    circuits: tuple[CircuitEntry, ...] = ()
     meters: tuple[MeterEntry, ...] = ()
     rpc: RpcConfig = field(default_factory=RpcConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
@@ -391,9 +426,11 @@ def _check(config: Config, where: Where) -> None:
 
     if not config.chargers:
         raise err("chargers", "at least one charger is needed")
-    groups: tuple[tuple[str, tuple[ChargerEntry | MeterEntry, ...]], ...] = (
+    groups: tuple[tuple[str, tuple[ChargerEntry | MeterEntry | CircuitEntry | BusEntry, ...]], ...] = (
         ("chargers", config.chargers),
         ("meters", config.meters),
+        ("circuits", config.circuits),
+        ("buses", config.buses),
     )
     for kind, entries in groups:
         seen: dict[str, int] = {}
@@ -404,6 +441,7 @@ def _check(config: Config, where: Where) -> None:
             if entry.id in seen:
                 raise err(key, f"duplicate id {entry.id!r} (also {kind}[{seen[entry.id]}])")
             seen[entry.id] = i
+    _check_circuits(config, err)
     c = config.control
     if c.stale_after_s <= c.tick_s:
         raise err(
@@ -420,11 +458,13 @@ def _check(config: Config, where: Where) -> None:
             "control.full_read_every_s",
             f"{fmt(c.full_read_every_s, 's')} is shorter than tick_s ({fmt(c.tick_s, 's')})",
         )
+    _check_buses(config, where, err)
     port = config.bus.port
-    if port.startswith("tcp://"):
-        m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", port)
-        if m is None or not 0 < int(m.group(2)) < 65536:
-            raise err("bus.port", f"{port!r} is not tcp://host:port")
+    for key, p in (("bus.port", port), *((f"buses[{i}].port", b.port) for i, b in enumerate(config.buses))):
+        if p.startswith("tcp://"):
+            m = re.fullmatch(r"tcp://([^:/]+):(\d{1,5})", p)
+            if m is None or not 0 < int(m.group(2)) < 65536:
+                raise err(key, f"{p!r} is not tcp://host:port")
     rpc = config.rpc
     if not is_loopback(rpc.host) and not rpc.token:
         raise err(
@@ -442,7 +482,7 @@ def _check(config: Config, where: Where) -> None:
         raise err("simulator.device_ids", "at least one device id is needed")
     if len(set(sim_ids)) != len(sim_ids):
         raise err("simulator.device_ids", "duplicate device ids")
-    if port == "sim":
+    if port == "sim" and not config.buses:
         for i, ch in enumerate(config.chargers):
             probed = (ch.device_id,) if ch.device_id is not None else (50, 1)
             if not set(probed) & set(sim_ids):
@@ -450,6 +490,93 @@ def _check(config: Config, where: Where) -> None:
                     f"chargers[{i}].device_id",
                     f"device {probed[0]} is not simulated (simulator.device_ids: {list(sim_ids)})",
                 )
+
+
+def _check_buses(config: Config, where: Where, err: Callable[[str, str], ConfigError]) -> None:
+    """``buses:`` replaces ``bus:``; each charger names a line that exists, or is on the only one."""
+    ids = [b.id for b in config.buses]
+    if config.buses and "bus" in where.lines:
+        raise err("buses", "use either bus: (one line) or buses: (several), not both")
+    for i, ch in enumerate(config.chargers):
+        if ch.bus is not None and ch.bus not in ids:
+            known = ", ".join(ids) if ids else "none are configured (the single bus: serves every charger)"
+            raise err(
+                f"chargers[{i}].bus", f"unknown bus {ch.bus!r}{did_you_mean(ch.bus, ids)}; buses: {known}"
+            )
+        if ch.bus is None and len(ids) > 1:
+            raise err(
+                f"chargers[{i}]",
+                f"bus: missing; with several buses ({', '.join(ids)}) each charger names its own",
+            )
+    seen: dict[tuple[str, int], int] = {}
+    for i, ch in enumerate(config.chargers):
+        line, device = charger_bus(config, ch), ch.device_id
+        if device is None:  # probed at start
+            continue
+        if (line, device) in seen:
+            raise err(
+                f"chargers[{i}].device_id",
+                f"device {device} is already chargers[{seen[line, device]}] on the same line",
+            )
+        seen[line, device] = i
+
+
+def charger_bus(config: Config, charger: ChargerEntry) -> str:
+    """The id of the line ``charger`` is on."""
+    if charger.bus is not None:
+        return charger.bus
+    return config.buses[0].id if config.buses else SINGLE_BUS_ID
+
+
+def bus_sections(config: Config) -> tuple[BusEntry, ...]:
+    """Every line: the ``buses:`` entries, or the single ``bus:`` (id "bus")."""
+    if config.buses:
+        return config.buses
+    fields = {f.name: getattr(config.bus, f.name) for f in dataclasses.fields(BusSection)}
+    return (BusEntry(id=SINGLE_BUS_ID, **fields),)
+
+
+def _check_circuits(config: Config, err: Callable[[str, str], ConfigError]) -> None:
+    """Parents that exist, no loops, chargers naming a circuit that exists, rotations of L1..L3.
+
+    A circuit whose limit is above its parent's is allowed: the parent's limit binds.
+    """
+    by_id = {c.id: c for c in config.circuits}
+    known = ", ".join(by_id) or "none are configured"
+    for i, c in enumerate(config.circuits):
+        if c.parent is not None and c.parent not in by_id:
+            raise err(
+                f"circuits[{i}].parent",
+                f"unknown circuit {c.parent!r}{did_you_mean(c.parent, list(by_id))}; circuits: {known}",
+            )
+    for i, c in enumerate(config.circuits):
+        chain = [c.id]
+        parent = c.parent
+        while parent is not None:
+            chain.append(parent)
+            if parent == c.id:
+                raise err(f"circuits[{i}].parent", f"circuits loop: {' -> '.join(chain)}")
+            parent = by_id[parent].parent
+            if len(chain) > len(by_id) + 1:  # a loop above this circuit: reported at its own entry
+                break
+    roots = [c.id for c in config.circuits if c.parent is None]
+    for i, ch in enumerate(config.chargers):
+        rotation = ch.phase_rotation
+        if sorted(rotation) != ["L1", "L2", "L3"]:
+            raise err(
+                f"chargers[{i}].phase_rotation",
+                f"{list(rotation)} must name L1, L2 and L3 once each (the grid phases of the box's L1, L2, L3)",
+            )
+        if ch.circuit is not None and ch.circuit not in by_id:
+            raise err(
+                f"chargers[{i}].circuit",
+                f"unknown circuit {ch.circuit!r}{did_you_mean(ch.circuit, list(by_id))}; circuits: {known}",
+            )
+        if ch.circuit is None and len(roots) > 1:
+            raise err(
+                f"chargers[{i}]",
+                f"circuit: missing; with several root circuits ({', '.join(roots)}) each charger names its own",
+            )
 
 
 #: ``<prefix>/meters/...`` and ``<prefix>/bridge/...`` are the bridge's own topics.
@@ -575,6 +702,22 @@ def validate_plugins(
             raise _error_at(config, f"meters[{i}].options.{exc.option}", exc.message) from None
         except ValueError as exc:
             raise _error_at(config, f"meters[{i}].options", str(exc)) from None
+
+
+def to_circuits(config: Config) -> CircuitTree | None:
+    """The circuit tree for the loop; None without ``circuits:`` (only each charger's own limits)."""
+    if not config.circuits:
+        return None
+    from .circuits import Circuit, CircuitTree, Wiring, rotation_of
+
+    roots = [c.id for c in config.circuits if c.parent is None]
+    return CircuitTree(
+        {c.id: Circuit(id=c.id, limit_a=c.limit_a, parent=c.parent) for c in config.circuits},
+        {
+            ch.id: Wiring(circuit=ch.circuit or roots[0], rotation=rotation_of(ch.phase_rotation))
+            for ch in config.chargers
+        },
+    )
 
 
 def to_limits(charger: ChargerEntry, stale_after_s: float) -> Limits:

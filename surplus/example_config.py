@@ -18,6 +18,7 @@ from typing import Any
 EXAMPLES = {
     "amtron.yaml": "a real AMTRON on an RS485 adapter, commented (start here; `surplus init` fills one in)",
     "demo.yaml": "every key with its default: the built-in simulator and a simulated meter",
+    "carpark.yaml": "several chargers on two lines behind one fuse: buses, circuits, priorities (a demo as is)",
     "surplus.service": "the systemd unit (its header says how to install it)",
     "prometheus.yml": "a Prometheus scrape config for /metrics",
     "grafana-dashboard.json": "a Grafana dashboard over those metrics",

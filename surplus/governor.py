@@ -66,9 +66,11 @@ Rules and the choices made where the brief left room (tests name each one):
 * With a ``store`` the memory is saved after every write and restored at start,
   so the spacing rules hold across restarts and kill -9
   (:mod:`surplus.governor_store`).
-* Shared fuse (several chargers): a caller that knows the circuit passes
-  ``shared_headroom_a`` (the fuse limit minus what the others are set to); the
-  single-charger loop does not compute it yet (the multi-charger work will).
+* Shared fuse (several chargers): the loop passes ``shared_headroom_a``, the
+  tightest per-phase headroom of the charger's circuits (each limit minus what
+  the other chargers beneath it draw or are set to: :mod:`surplus.circuits`);
+  it is one more ceiling, so a charge below 6 A of headroom is refused and the
+  loop sends a pause instead.
 """
 
 from __future__ import annotations

@@ -19,12 +19,14 @@ from types import MappingProxyType
 
 from .api import DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
+from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
 from .clock import Clock
-from .governor import SafetyGovernor
+from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
 from .options import did_you_mean
-from .strategy import Strategy, StrategyContext, StrategyInfo
+from .sharing import Sharer, split_surplus
+from .strategy import Strategy, StrategyContext, StrategyInfo, SurplusShare
 from .types import (
     MIN_CURRENT_A,
     ChargerReading,
@@ -38,6 +40,10 @@ from .types import (
 )
 
 log = logging.getLogger("surplus.loop")
+
+#: Modes whose strategies share one surplus when several chargers run them (they read
+#: ``StrategyContext.surplus_share``); a box in another mode is part of the house load.
+SHARING_MODES = frozenset({"pv", "minpv"})
 
 #: Observer called after every governed decision (logging, metrics, plugins).
 DecisionObserver = Callable[[DecisionRecord, str], None]
@@ -55,6 +61,8 @@ class ChargerSlot:
     mode: str
     #: "hold_min" or "pause": what to do when the strategy or the data fails.
     fallback: str = "pause"
+    #: Sharing the surplus with other chargers: a higher number is served first.
+    priority: int = 1
     reading: ChargerReading | None = None
     override: Override | None = None
     last_record: DecisionRecord | None = None
@@ -132,9 +140,17 @@ class Controller:
         plugins: Sequence[PluginInfo] = (),
         strategy_infos: Mapping[str, StrategyInfo] | None = None,
         observers: Sequence[DecisionObserver] = (),
+        circuits: CircuitTree | None = None,
     ) -> None:
         if not chargers:
             raise ValueError("a controller needs at least one charger")
+        #: The shared fuses (None: each charger has only its own limits).
+        self.circuits = circuits
+        #: Held from computing a charger's headroom until its write is done, so two
+        #: chargers (a tick and an RPC call) never both fill the same headroom.
+        self._circuit_lock = asyncio.Lock()
+        #: During a tick's decisions: every charger's counted load, updated after each write.
+        self._book: LoadBook | None = None
         self.clock = clock
         self.started_at_s = clock.now()
         self._slots = {s.charger_id: s for s in chargers}
@@ -165,6 +181,8 @@ class Controller:
         #: One reading task per meter with I/O, from start() to shutdown().
         self._meter_tasks: list[asyncio.Future[None]] = []
         self._snapshot = Snapshot(at_s=clock.now())
+        #: This tick's split of the surplus (empty unless several chargers share it).
+        self._shares: dict[str, SurplusShare] = {}
         self._stopping = asyncio.Event()
         self._hurry = False
         self.ticks = 0
@@ -266,8 +284,11 @@ class Controller:
                 await meter.start()
             except Exception as exc:  # a broken meter must not stop the loop
                 log.error("meter %s failed to start: %s", meter.meter_id, _meter_why(meter.meter_id, exc))
-        for slot in self._slots.values():
-            await self._start_charger(slot)
+        if len(self._slots) == 1:
+            for slot in self._slots.values():
+                await self._start_charger(slot)
+        else:  # the lines in parallel (see tick)
+            await asyncio.gather(*(self._start_charger(slot) for slot in self._slots.values()))
         polled = [m for m in self._meters if not getattr(m, "instant", False)]
         if polled:
             await asyncio.gather(*(self._read_meter(m) for m in polled))
@@ -350,8 +371,13 @@ class Controller:
     async def tick(self) -> Snapshot:
         """One pass: read everything, decide, govern, write."""
         now = self.clock.now()
-        for slot in self._slots.values():
-            await self._read_charger(slot, now)
+        if len(self._slots) == 1:
+            for slot in self._slots.values():
+                await self._read_charger(slot, now)
+        else:
+            # All at once: each line's bus owner queues its own boxes' reads in this order,
+            # so the lines (buses) are read in parallel, each one box after another.
+            await asyncio.gather(*(self._read_charger(slot, now) for slot in self._slots.values()))
         # Meters with I/O are read by their own tasks (see start); one that does no I/O
         # (``instant``, e.g. a simulated one) is read in place.
         for meter in self._meters:
@@ -362,10 +388,16 @@ class Controller:
                     self._store_meter(meter, exc)
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
-        for slot in self._slots.values():
-            if slot.started:  # nothing can be sent to a charger we never reached
-                async with slot.lock:
-                    await self._govern(slot, snapshot, snapshot.at_s)
+        if self.circuits is not None:
+            self._book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+        try:
+            self._shares = self._share_surplus(snapshot)
+            for slot in self._slots.values():
+                if slot.started:  # nothing can be sent to a charger we never reached
+                    async with slot.lock:
+                        await self._govern(slot, snapshot, snapshot.at_s)
+        finally:
+            self._book = None
         self.ticks += 1
         self.last_tick_s = self.clock.now() - now
         self._notify_tick(snapshot)
@@ -400,7 +432,13 @@ class Controller:
             slot.reading = ChargerReading(charger_id=slot.charger_id, state=previous, error=str(exc))
             return
         if full:
-            slot.last_full_read_s = now
+            if slot.last_full_read_s == -math.inf:
+                # The first full read: the next ones are spread over the interval (the i-th of n
+                # chargers 1/n of it later), so many boxes on a line never all read in one tick.
+                index = list(self._slots).index(slot.charger_id)
+                slot.last_full_read_s = now - self._full_read_every_s * index / len(self._slots)
+            else:
+                slot.last_full_read_s = now
         if slot.reading is not None and slot.reading.error is not None:
             log.info("%s: reads work again", slot.charger_id)
         self._log_charger_error(slot.charger_id, previous, state)
@@ -483,17 +521,22 @@ class Controller:
         if problem is None and strategy is not None and reading.state is not None:
             caps = reading.state.capabilities
             limits = self._governor.limits(slot.charger_id)
+            ceiling_a = self._governor.ceiling_a(reading)
+            room = self._room(slot.charger_id, snapshot, self._present_phases(slot.charger_id, reading))
+            if room is not None:
+                ceiling_a = min(ceiling_a, max(room.amps, 0.0))
             ctx = StrategyContext(
                 charger_id=slot.charger_id,
                 now_s=now,
                 wall_s=self.clock.wall(),
                 min_current_a=MIN_CURRENT_A,
-                # Device, cable and fuse limits: what the governor would let through.
-                max_current_a=self._governor.ceiling_a(reading),
+                # Device, cable, fuse and circuit limits: what the governor would let through.
+                max_current_a=ceiling_a,
                 phases_switchable=caps.phase_switching,
                 phase_switch_at_s=self._governor.phase_switch_at_s(slot.charger_id),
                 resume_at_s=self._governor.resume_at_s(slot.charger_id),
                 phase_switch_interval_s=limits.phase_switch_interval_s if limits else 300.0,
+                surplus_share=self._shares.get(slot.charger_id) if slot.override is None else None,
             )
             try:
                 decision = strategy.decide(snapshot, ctx)
@@ -527,6 +570,166 @@ class Controller:
 
     async def _govern(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
         """Decide for one charger, pass the governor, execute what it allows. Caller holds slot.lock."""
+        if self.circuits is None:
+            return await self._govern_one(slot, snapshot, now)
+        async with self._circuit_lock:
+            return await self._govern_one(slot, snapshot, now)
+
+    # -- sharing the surplus ---------------------------------------------------
+    def _share_surplus(self, snapshot: Snapshot) -> dict[str, SurplusShare]:
+        """Who shares the surplus this tick, and how (see :mod:`surplus.sharing`).
+
+        Chargers in a sharing mode, reached, read, and not overridden by a person take
+        part; with fewer than two nobody shares (one charger decides exactly as alone).
+        """
+        now = snapshot.at_s
+        sharers: list[Sharer] = []
+        power: dict[str, float] = {}
+        for slot in self._slots.values():
+            reading = snapshot.chargers[slot.charger_id]
+            state = reading.state
+            if (
+                not slot.started
+                or slot.mode not in SHARING_MODES
+                or slot.override is not None
+                or state is None
+            ):
+                continue
+            cid = slot.charger_id
+            phases = self._present_phases(cid, reading)
+            if state.capabilities.grid_phases == 1:
+                phases = 1
+            ceiling = self._governor.ceiling_a(reading)
+            room = self._room(cid, snapshot, phases)
+            if room is not None:
+                ceiling = min(ceiling, max(room.amps, 0.0))
+            sent = self._governor.memory(cid).charging
+            charging = sent if sent is not None else state.charging
+            volts = [v for v in (state.voltage_l1_v, state.voltage_l2_v, state.voltage_l3_v)[:phases]]
+            line_v = sum(volts) / len(volts) if volts and all(180.0 <= v <= 260.0 for v in volts) else 230.0
+            sharers.append(
+                Sharer(
+                    charger_id=cid,
+                    priority=slot.priority,
+                    phases=phases,
+                    volts=line_v,
+                    max_a=ceiling,
+                    charging=charging,
+                    can_start=charging or self._governor.resume_at_s(cid) <= now,
+                )
+            )
+            power[cid] = state.power_total_w if math.isfinite(state.power_total_w) else 0.0
+        if len(sharers) < 2:
+            return {}
+        total_w = sum(power.values())
+        frozen = tuple(sharers)
+
+        def splitter(cid: str) -> Callable[[float], tuple[float, str]]:
+            def split(surplus_w: float) -> tuple[float, str]:
+                share = split_surplus(surplus_w, frozen)[cid]
+                return share.budget_w, share.why
+
+            return split
+
+        return {
+            s.charger_id: SurplusShare(
+                others_power_w=total_w - power[s.charger_id], split=splitter(s.charger_id)
+            )
+            for s in sharers
+        }
+
+    # -- circuits ----------------------------------------------------------
+    def _present_phases(self, charger_id: str, reading: ChargerReading) -> int:
+        """The phases the box is set to now: what was sent, else its readback; 3 when unknown."""
+        sent = self._governor.memory(charger_id).phases
+        if sent is not None:
+            return sent
+        if reading.state is not None and reading.state.requested_phases == 1:
+            return 1
+        return 3
+
+    def circuit_loads(self, snapshot: Snapshot | None = None) -> dict[str, Load]:
+        """Every charger's counted load on the grid's phases (see :mod:`surplus.circuits`)."""
+        tree = self.circuits
+        if tree is None:
+            return {}
+        snapshot = snapshot or self._snapshot
+        loads: dict[str, Load] = {}
+        for cid in self._slots:
+            reading = snapshot.chargers.get(cid) or ChargerReading(charger_id=cid, state=None)
+            limits = self._governor.limits(cid)
+            if limits is None:  # pragma: no cover - every slot has limits
+                continue
+            box, _ = counted_load(reading, self._governor.memory(cid), limits)
+            loads[cid] = tree.grid_load(cid, box)
+        return loads
+
+    def _room(self, charger_id: str, snapshot: Snapshot, phases: int) -> Room | None:
+        if self.circuits is None:
+            return None
+        book = self._book
+        if book is None or snapshot is not self._snapshot:  # between ticks (an RPC call): afresh
+            book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+        return book.headroom(charger_id, phases)
+
+    def _update_load(
+        self, charger_id: str, reading: ChargerReading, attempted: GovernorMemory | None = None
+    ) -> None:
+        """After a write: the charger counts at what it was just set to, for those decided after it.
+
+        ``attempted``: the memory of a write that failed, which may have been done in part;
+        until the next read shows what happened, the charger counts at the higher of both.
+        """
+        book, limits = self._book, self._governor.limits(charger_id)
+        if book is None or limits is None:
+            return
+        box, _ = counted_load(reading, self._governor.memory(charger_id), limits)
+        if attempted is not None:
+            tried, _ = counted_load(reading, attempted, limits)
+            box = (max(box[0], tried[0]), max(box[1], tried[1]), max(box[2], tried[2]))
+        book.set(charger_id, book.tree.grid_load(charger_id, box))
+
+    def _fit_circuits(
+        self, slot: ChargerSlot, decision: Decision, reading: ChargerReading, snapshot: Snapshot
+    ) -> tuple[Decision, Room | None]:
+        """The decision within the circuits' headroom, and that headroom (None: no circuit).
+
+        A switch to three phases that the circuits cannot carry is dropped (the box stays
+        on one); a charge the circuits cannot carry at the minimum becomes a pause -- the
+        governor refuses such a charge but never invents the pause.
+        """
+        if self.circuits is None or not decision.charge:
+            return decision, None
+        present = self._present_phases(slot.charger_id, reading)
+        min_a = MIN_CURRENT_A
+        phases = 3 if 3 in (present, decision.phases) else 1
+        room = self._room(slot.charger_id, snapshot, phases)
+        if room is None:
+            return decision, None
+        if room.amps < min_a and decision.phases == 3 and present == 1:
+            single = self._room(slot.charger_id, snapshot, 1)
+            if single is not None and single.amps >= min_a:
+                decision = dataclasses.replace(
+                    decision, phases=None, reason=f"{decision.reason}; stays on 1 phase ({room.why})"
+                )
+                room = single
+        if room.amps < min_a:
+            return (
+                dataclasses.replace(
+                    decision,
+                    charge=False,
+                    current_a=None,
+                    phases=None,
+                    reason=f"{decision.reason}; paused: {room.why}, below {min_a:g} A",
+                ),
+                room,
+            )
+        wanted = decision.current_a
+        if wanted is not None and wanted >= room.amps - SAME_CURRENT_A:  # the circuit is what binds
+            decision = dataclasses.replace(decision, reason=f"{decision.reason}; {room.why}")
+        return decision, room
+
+    async def _govern_one(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
         if slot.override is not None and slot.override.until_s is not None and now >= slot.override.until_s:
             log.info("%s: override expired; strategy %s resumes", slot.charger_id, slot.mode)
             slot.override = None
@@ -537,7 +740,10 @@ class Controller:
         if now != snapshot.at_s:  # an RPC call between ticks: age the reading to now
             age = now - reading.state.read_at_s if reading.state else math.inf
             reading = dataclasses.replace(reading, age_s=age)
-        judgement = self._governor.judge(decision, reading, now)
+        decision, room = self._fit_circuits(slot, decision, reading, snapshot)
+        judgement = self._governor.judge(
+            decision, reading, now, shared_headroom_a=None if room is None else room.amps
+        )
         verdict = judgement.verdict
         if verdict.command is not None and verdict.outcome is Outcome.APPLIED:
             try:
@@ -545,9 +751,13 @@ class Controller:
             except Exception as exc:
                 log.error("%s: write failed: %s", slot.charger_id, _why(slot, exc))
                 verdict = Verdict(outcome=Outcome.REFUSED, reasons=(*verdict.reasons, f"write failed: {exc}"))
+                if self.circuits is not None:  # it may have been done in part
+                    self._update_load(slot.charger_id, reading, attempted=judgement.memory)
             else:
                 self._governor.record(judgement, sent_at_s=self.clock.now())
                 self._log_command(slot, verdict)
+                if self.circuits is not None:
+                    self._update_load(slot.charger_id, reading)
         record = DecisionRecord(
             at_s=now,
             decision=decision,

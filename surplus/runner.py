@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import Clock, SystemClock
-from .config import Config, ConfigError, load_config, to_limits, validate_plugins
+from .config import (
+    BusSection,
+    Config,
+    ConfigError,
+    bus_sections,
+    charger_bus,
+    load_config,
+    to_circuits,
+    to_limits,
+    validate_plugins,
+)
 from .governor import SafetyGovernor
 from .loop import ChargerSlot, Controller, plausible_meter_w
 from .meter import Meter, MeterEnv
@@ -36,15 +46,16 @@ class Stack:
     config: Config
     controller: Controller
     buses: list[ModbusBus] = field(default_factory=list)
-    simulator: Any = None  # surplus.sim.server.SimulatorServer when bus.port is "sim"
+    simulator: Any = None  # surplus.sim.server.SimulatorServer when bus.port is "sim" (the first line's)
+    simulators: list[Any] = field(default_factory=list)  # one per line on port "sim"
     web: Any = None  # surplus.web.WebServer when the RPC server runs
     history: Any = None  # surplus.history.History when history.path is set
     mqtt: Any = None  # surplus.mqtt_bridge.MqttBridge when the mqtt: section is on
 
 
-def bus_config(config: Config, port: str) -> BusConfig:
-    """The bus settings of the config, on ``port``."""
-    b = config.bus
+def bus_config(config: Config, port: str, section: BusSection | None = None) -> BusConfig:
+    """The settings of one line (default: the single ``bus:``), on ``port``."""
+    b = config.bus if section is None else section
     return BusConfig(
         port=port,
         baudrate=b.baudrate,
@@ -59,7 +70,7 @@ def bus_config(config: Config, port: str) -> BusConfig:
     )
 
 
-async def _start_simulator(config: Config, clock: Clock) -> Any:
+async def _start_simulator(config: Config, clock: Clock, device_ids: tuple[int, ...]) -> Any:
     from .sim.model import AmtronModel, EvProfile, profile_by_name
     from .sim.server import SimulatorServer
 
@@ -71,7 +82,7 @@ async def _start_simulator(config: Config, clock: Clock) -> Any:
             seed=sim.seed + i,
             ev=EvProfile() if sim.ev else None,
         )
-        for i, device_id in enumerate(sim.device_ids)
+        for i, device_id in enumerate(device_ids)
     }
     server = SimulatorServer(models, transport="tcp", host="127.0.0.1", port=0)
     await server.start()
@@ -79,7 +90,7 @@ async def _start_simulator(config: Config, clock: Clock) -> Any:
         "built-in AMTRON simulator (%s) on %s, device ids %s",
         sim.profile,
         server.url,
-        ", ".join(str(d) for d in sim.device_ids),
+        ", ".join(str(d) for d in device_ids),
     )
     return server
 
@@ -126,18 +137,27 @@ async def build_stack(
         web_settings.check()
         check_port_free(web_settings)
 
-    simulator = None
-    port = config.bus.port
-    if port == "sim":
-        simulator = await _start_simulator(config, clock)
-        port = simulator.url
-    bus = ModbusBus(bus_config(config, port), clock)
-    await bus.start()
+    simulators: list[Any] = []
+    buses: dict[str, ModbusBus] = {}
+    for section in bus_sections(config):
+        port = section.port
+        if port == "sim":
+            if config.buses:  # one simulator per line, with the boxes configured on it
+                on_line = [
+                    ch.device_id or 50 for ch in config.chargers if charger_bus(config, ch) == section.id
+                ]
+                device_ids = tuple(dict.fromkeys(on_line)) or config.simulator.device_ids
+            else:
+                device_ids = config.simulator.device_ids
+            simulators.append(await _start_simulator(config, clock, device_ids))
+            port = simulators[-1].url
+        buses[section.id] = ModbusBus(bus_config(config, port, section), clock)
+        await buses[section.id].start()
 
     slots: list[ChargerSlot] = []
     for ch in config.chargers:
         charger = AmtronCharger(
-            bus,
+            buses[charger_bus(config, ch)],
             charger_id=ch.id,
             clock=clock,
             device_id=ch.device_id,
@@ -154,6 +174,7 @@ async def build_stack(
                 strategies=strategies,
                 mode=ch.mode,
                 fallback=config.control.fallback,
+                priority=ch.priority,
             )
         )
 
@@ -187,9 +208,16 @@ async def build_stack(
         meter_max_w=plausible_meter_w(config.control.site_fuse_a),
         plugins=describe_plugins(pm),
         strategy_infos=infos,
+        circuits=to_circuits(config),
     )
     holder["c"] = controller
-    stack = Stack(config=config, controller=controller, buses=[bus], simulator=simulator)
+    stack = Stack(
+        config=config,
+        controller=controller,
+        buses=list(buses.values()),
+        simulator=simulators[0] if simulators else None,
+        simulators=simulators,
+    )
     try:
         if store is not None:
             from .history import attach
@@ -221,8 +249,9 @@ async def build_stack(
             await stack.web.close()
         if stack.history is not None:
             await stack.history.close()
-        await bus.close()
-        if simulator is not None:
+        for bus in buses.values():
+            await bus.close()
+        for simulator in simulators:
             await simulator.stop()
 
 

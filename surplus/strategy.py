@@ -18,6 +18,20 @@ from .types import Decision, Snapshot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SurplusShare:
+    """This charger shares the surplus with other chargers (several in pv or minpv).
+
+    The surplus of all of them is this charger's power plus ``others_power_w``
+    minus the grid power (then the strategy's own reserve and battery terms);
+    ``split`` turns that into this charger's part (W) and a sentence saying why.
+    """
+
+    #: What the other sharing chargers draw now (W).
+    others_power_w: float
+    split: Callable[[float], tuple[float, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StrategyContext:
     """What a strategy sees besides the snapshot."""
 
@@ -40,6 +54,8 @@ class StrategyContext:
     resume_at_s: float = float("-inf")
     #: The governor's minimum time between two phase switches of a strategy.
     phase_switch_interval_s: float = 300.0
+    #: Set when several chargers share the surplus (None: this charger has it all).
+    surplus_share: SurplusShare | None = None
 
 
 class Strategy(Protocol):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from surplus import cli
-from surplus.config import ENV_VARS, Config, ConfigError, load_config, to_limits
+from surplus.config import ENV_VARS, Config, ConfigError, load_config, to_circuits, to_limits
 from surplus.config_cli import load_checked
 from surplus.types import PauseKind
 
@@ -269,6 +269,118 @@ BAD = [
         "taken by the MQTT topics",
     ),
     (
+        "circuit with an unknown parent",
+        "circuits:\n  - {id: site, limit_a: 25}\n  - {id: sub, limit_a: 10, parent: sit}\n",
+        "circuits[1].parent",
+        3,
+        "unknown circuit 'sit' (did you mean 'site'?)",
+    ),
+    (
+        "circuits in a loop",
+        "circuits:\n  - {id: x, limit_a: 10, parent: y}\n  - {id: y, limit_a: 10, parent: x}\n",
+        "circuits[0].parent",
+        2,
+        "circuits loop: x -> y -> x",
+    ),
+    (
+        "circuit without a limit",
+        "circuits:\n  - id: site\n",
+        "circuits[0].limit_a",
+        2,
+        "missing (required)",
+    ),
+    (
+        "circuit limit 0",
+        "circuits:\n  - {id: site, limit_a: 0}\n",
+        "circuits[0].limit_a",
+        2,
+        "0 A must be greater than 0 A",
+    ),
+    (
+        "duplicate circuit",
+        "circuits:\n  - {id: site, limit_a: 25}\n  - {id: site, limit_a: 35}\n",
+        "circuits[1].id",
+        3,
+        "duplicate id 'site'",
+    ),
+    (
+        "charger naming an unknown circuit",
+        "circuits:\n  - {id: site, limit_a: 25}\nchargers:\n  - id: wb\n    circuit: garage\n",
+        "chargers[0].circuit",
+        5,
+        "unknown circuit 'garage'; circuits: site",
+    ),
+    (
+        "charger naming a circuit when there are none",
+        "chargers:\n  - id: wb\n    circuit: garage\n",
+        "chargers[0].circuit",
+        3,
+        "circuits: none are configured",
+    ),
+    (
+        "charger without a circuit under two roots",
+        "circuits:\n  - {id: a, limit_a: 25}\n  - {id: b, limit_a: 25}\nchargers:\n  - id: wb\n",
+        "chargers[0]",
+        5,
+        "each charger names its own",
+    ),
+    (
+        "phase rotation naming a phase twice",
+        "chargers:\n  - id: wb\n    phase_rotation: [L1, L1, L2]\n",
+        "chargers[0].phase_rotation",
+        3,
+        "must name L1, L2 and L3 once each",
+    ),
+    (
+        "phase rotation naming no phase",
+        "chargers:\n  - id: wb\n    phase_rotation: [L1, L4, L2]\n",
+        "chargers[0].phase_rotation[1]",
+        3,
+        "'L4' is not one of L1, L2, L3",
+    ),
+    (
+        "negative priority",
+        "chargers:\n  - id: wb\n    priority: -1\n",
+        "chargers[0].priority",
+        3,
+        "-1 is below the minimum 0",
+    ),
+    (
+        "bus and buses",
+        "bus: {port: sim}\nbuses:\n  - {id: l1, port: sim}\n",
+        "buses",
+        2,
+        "use either bus: (one line) or buses: (several), not both",
+    ),
+    (
+        "charger on an unknown bus",
+        "buses:\n  - {id: l1, port: sim}\nchargers:\n  - id: wb\n    bus: l2\n",
+        "chargers[0].bus",
+        5,
+        "unknown bus 'l2'; buses: l1",
+    ),
+    (
+        "charger without a bus on two lines",
+        "buses:\n  - {id: l1, port: sim}\n  - {id: l2, port: sim}\nchargers:\n  - id: wb\n",
+        "chargers[0]",
+        5,
+        "each charger names its own",
+    ),
+    (
+        "two chargers on one device id of one line",
+        "buses:\n  - {id: l1, port: sim}\nchargers:\n  - {id: a, device_id: 10}\n  - {id: b, device_id: 10}\n",
+        "chargers[1].device_id",
+        5,
+        "device 10 is already chargers[0] on the same line",
+    ),
+    (
+        "a gateway that is not tcp://host:port",
+        "buses:\n  - {id: gw, port: 'tcp://gw'}\n",
+        "buses[0].port",
+        2,
+        "is not tcp://host:port",
+    ),
+    (
         "negative keep-alive",
         "rpc:\n  keepalive_timeout_s: -1\n",
         "rpc.keepalive_timeout_s",
@@ -336,6 +448,39 @@ def test_config_is_frozen() -> None:
         c.bus.port = "x"
     with pytest.raises(TypeError):
         c.chargers[0].strategies["fixed"]["current_a"] = 1  # type: ignore[index]
+
+
+def test_circuits_build_a_tree_and_a_limit_above_the_parents_is_allowed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "circuits:\n"
+        "  - {id: site, limit_a: 25}\n"
+        "  - {id: garage, limit_a: 32, parent: site}\n"  # above its parent: allowed, the parent binds
+        "chargers:\n"
+        "  - {id: box10, device_id: 10, circuit: garage, priority: 2, phase_rotation: [L2, L3, L1]}\n"
+        "  - {id: box11, device_id: 11}\n"
+        "bus: {port: /dev/ttyUSB0}\n",
+    )
+    config = check(path)
+    assert config.chargers[0].priority == 2 and config.chargers[1].priority == 1
+    tree = to_circuits(config)
+    assert tree is not None
+    assert [c.id for c in tree.path("box10")] == ["garage", "site"]
+    assert [c.id for c in tree.path("box11")] == ["site"]  # no circuit: under the only root
+    assert tree.wiring["box10"].rotation == (1, 2, 0)
+    assert to_circuits(check(write(tmp_path, "chargers:\n  - id: wb\n"))) is None
+
+
+def test_the_same_device_id_on_two_lines_is_two_boxes(tmp_path: Path) -> None:
+    config = check(
+        write(
+            tmp_path,
+            "buses:\n  - {id: l1, port: sim}\n  - {id: l2, port: 'tcp://10.0.0.2:502'}\n"
+            "chargers:\n  - {id: a, bus: l1, device_id: 10}\n  - {id: b, bus: l2, device_id: 10}\n",
+        )
+    )
+    assert [b.id for b in config.buses] == ["l1", "l2"] and config.buses[1].baudrate == 57600
+    assert [c.bus for c in config.chargers] == ["l1", "l2"]
 
 
 def test_to_limits() -> None:

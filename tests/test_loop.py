@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -607,3 +608,35 @@ async def test_the_rules_run_once_per_decision_and_what_is_remembered_is_what_wa
     assert len(runs) <= decisions  # one run per decision, also for those that wrote
     memory = controller._governor.memory("wallbox")
     assert memory.current_a == model.em_current_a  # the judged command is what is remembered
+
+
+async def test_full_reads_of_several_chargers_are_spread_over_the_interval(clock: FakeClock) -> None:
+    models = [AmtronModel(clock, ev=EvProfile(), seed=i) for i in range(4)]
+    bus = ModelBus({10 + i: m for i, m in enumerate(models)}, clock)
+    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+    full_reads: dict[str, list[float]] = {}
+    slots = []
+    for i in range(4):
+        charger = AmtronCharger(bus, charger_id=f"box{i}", clock=clock, device_id=10 + i)
+        real = charger.read_state
+
+        async def read_state(*, full: bool = False, _real: Any = real, _id: str = f"box{i}") -> Any:
+            if full:
+                full_reads.setdefault(_id, []).append(clock.now())
+            return await _real(full=full)
+
+        charger.read_state = read_state  # type: ignore[method-assign]
+        strategies = {name: f({}) for name, f in factories.items()}
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="off"))
+    governor = SafetyGovernor({f"box{i}": Limits() for i in range(4)})
+    controller = Controller(clock=clock, chargers=slots, meters=[], governor=governor, full_read_every_s=60.0)
+    task = asyncio.ensure_future(controller.run(duration_s=200))
+    await clock.advance(201)
+    await task
+    await bus.close()
+    start = full_reads["box0"][0]
+    # Every box reads in full at start, then every 60 s, the i-th 15 s x i earlier the first time.
+    for i in range(4):
+        times = [round(t - start) for t in full_reads[f"box{i}"]]
+        assert times[:2] == [0, 60 - 15 * i], (i, times)
+        assert all(b - a == 60 for a, b in itertools.pairwise(times[1:]))

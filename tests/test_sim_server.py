@@ -425,12 +425,32 @@ async def test_surplus_sim_serves_until_sigterm(tmp_path: Path, transport: str) 
         assert not _lexists(tmp_path / "amtron")
 
 
+async def test_surplus_sim_serves_n_boxes_from_device_id_10() -> None:
+    proc, line = await _start_cli("--tcp", "127.0.0.1:0", "--boxes", "3")
+    try:
+        assert line.startswith("AMTRON simulator (11 kW, device ids 10, 11, 12) on "), line
+        client = await connect(line.rsplit("MODBUS_PORT=", 1)[1].strip())
+        try:
+            for device_id in (10, 11, 12):
+                assert (await read_map(client, device_id))["EVSE_STATE"] == 3  # a car at every box
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 10)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["--device-id", "999"], "device id must be 1..247"),
         (["--tcp", "localhost"], "expected HOST:PORT"),
         (["--tcp", "127.0.0.1:0", "--fallback-current", "3"], "fallback current must be 0, 1 or 6..32"),
+        (["--boxes", "0"], "boxes must be 1..238"),
+        (
+            ["--boxes", "2", "--device-id", "5", "--tcp", "127.0.0.1:0"],
+            "--boxes and --device-id exclude each other",
+        ),
     ],
 )
 async def test_surplus_sim_refuses_bad_options(args: list[str], needle: str) -> None:

@@ -32,6 +32,17 @@ def _device_id(text: str) -> int:
     return int(text)
 
 
+#: ``--boxes N`` serves device ids 10, 11, ... (the range installers give the boxes of one line).
+FIRST_BOX_ID = 10
+
+
+def _box_count(text: str) -> int:
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= 247 - FIRST_BOX_ID + 1:
+        raise argparse.ArgumentTypeError(f"boxes must be 1..{247 - FIRST_BOX_ID + 1}, got {text!r}")
+    return n
+
+
 def _fallback_current(text: str) -> int:
     if not text.isdigit() or not (int(text) in (0, 1) or 6 <= int(text) <= 32):
         raise argparse.ArgumentTypeError(f"fallback current must be 0, 1 or 6..32, got {text!r}")
@@ -59,6 +70,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--device-id", type=_device_id, action="append", dest="device_ids", metavar="ID",
         help=f"Modbus device id (repeatable; default {DEFAULT_DEVICE_ID})",
+    )  # fmt: skip
+    p.add_argument(
+        "--boxes", type=_box_count, metavar="N",
+        help=f"N boxes on one line, device ids {FIRST_BOX_ID}, {FIRST_BOX_ID + 1}, ... (instead of --device-id)",
     )  # fmt: skip
     p.add_argument(
         "--profile", choices=sorted(PROFILES), default="11kw", help="hardware variant (default 11kw)"
@@ -93,8 +108,17 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _ev(index: int) -> EvProfile:
+    """The car of the ``index``-th box: the first as before, the others fuller and fuller."""
+    return EvProfile() if index == 0 else EvProfile(soc=min(0.4 + 0.1 * index, 0.9))
+
+
 def _build(args: argparse.Namespace) -> SimulatorServer:
+    if args.boxes is not None and args.device_ids:
+        raise ValueError("--boxes and --device-id exclude each other")
     device_ids: list[int] = args.device_ids or [DEFAULT_DEVICE_ID]
+    if args.boxes is not None:
+        device_ids = list(range(FIRST_BOX_ID, FIRST_BOX_ID + args.boxes))
     if len(set(device_ids)) != len(device_ids):
         raise ValueError("a device id appears twice")
     if args.baudrate <= 0:
@@ -105,9 +129,8 @@ def _build(args: argparse.Namespace) -> SimulatorServer:
         profile = dataclasses.replace(profile, master_lost_fallback_current_a=args.fallback_current)
     parity = args.parity[0].upper()
     models = {
-        device_id: AmtronModel(
-            clock, profile=profile, seed=args.seed + i, ev=EvProfile() if args.ev else None
-        )
+        # Each box its own noise and its own car (a different state of charge), so they differ.
+        device_id: AmtronModel(clock, profile=profile, seed=args.seed + i, ev=_ev(i) if args.ev else None)
         for i, device_id in enumerate(device_ids)
     }
     if args.pty is not None:

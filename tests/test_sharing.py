@@ -1,0 +1,197 @@
+"""Sharing the surplus among several pv chargers: the split as tables, then two boxes on the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import pytest
+
+from surplus.chargers.amtron import AmtronCharger
+from surplus.clock import FakeClock
+from surplus.governor import Limits, SafetyGovernor
+from surplus.loop import ChargerSlot, Controller
+from surplus.plugins import collect_strategies, make_plugin_manager
+from surplus.sharing import Sharer, split_surplus
+from surplus.sim.membus import ModelBus
+from surplus.sim.model import AmtronModel, EvProfile
+from surplus.types import MeterReading
+
+from .loop_support import assert_governor_rules_held
+
+V = 230.0
+W3 = 3 * V  # W per A on three phases
+
+
+def box(cid: str, **kw: object) -> Sharer:
+    fields: dict[str, object] = {"charger_id": cid, "volts": V, "max_a": 32.0, "charging": True}
+    fields.update(kw)
+    return Sharer(**fields)  # type: ignore[arg-type]
+
+
+# (name, surplus W, sharers, expected amps per charger: budget / (phases x volts), a why fragment)
+SPLITS: list[tuple[str, float, list[Sharer], dict[str, float], str]] = [
+    ("equal current", 20 * W3, [box("a"), box("b")], {"a": 10, "b": 10}, "share 10.0 A"),
+    (
+        "a higher priority is filled first, to its maximum",
+        28 * W3,
+        [box("a", priority=1), box("b", priority=2, max_a=16)],
+        {"a": 12, "b": 16},
+        "priority 2",
+    ),
+    (
+        "equal amps for a 1-phase and a 3-phase box",
+        10 * (W3 + V),
+        [box("a", phases=1), box("b")],
+        {"a": 10, "b": 10},
+        "share 10.0 A",
+    ),
+    (
+        "when not all get 6 A, the last in order gets nothing",
+        13 * W3,
+        [box("a"), box("b"), box("c")],
+        {"a": 6.5, "b": 6.5, "c": 0},
+        "carries 2 of 3 boxes",
+    ),
+    (
+        "the lowest priority pauses first, wherever it is listed",
+        8 * W3,
+        [box("low", priority=1), box("high", priority=2)],
+        {"low": 0, "high": 8},
+        "no share",
+    ),
+    (
+        "a charging box keeps its place before a paused one of the same priority",
+        8 * W3,
+        [box("paused", charging=False), box("charging")],
+        {"paused": 0, "charging": 8},
+        "comes later",
+    ),
+    (
+        "a box inside its 5 minutes after a pause takes no part",
+        13 * W3,
+        [box("waiting", charging=False, can_start=False), box("b")],
+        {"waiting": 0, "b": 13},
+        "5 minutes",
+    ),
+    (
+        "a box its circuit leaves less than 6 A takes no part",
+        13 * W3,
+        [box("full", max_a=3.9), box("b")],
+        {"full": 0, "b": 13},
+        "leave 3.9 A",
+    ),
+    (
+        "not even one minimum: the first box gets it all and decides as if alone",
+        4 * W3,
+        [box("a"), box("b", priority=3)],
+        {"a": 0, "b": 4},
+        "all of it",
+    ),
+    (
+        "every box at its maximum: the rest stays with the first",
+        40 * W3,
+        [box("a", max_a=16), box("b", max_a=16)],
+        {"a": 24, "b": 16},
+        "share",
+    ),
+    (
+        "a negative surplus: the first gets it (and pauses as alone)",
+        -1000.0,
+        [box("a"), box("b")],
+        {"a": -1000 / W3, "b": 0},
+        "all of it",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("surplus_w", "sharers", "amps", "fragment"), [s[1:] for s in SPLITS], ids=[s[0] for s in SPLITS]
+)
+def test_split_surplus(
+    surplus_w: float, sharers: list[Sharer], amps: Mapping[str, float], fragment: str
+) -> None:
+    shares = split_surplus(surplus_w, sharers)
+    assert set(shares) == {s.charger_id for s in sharers}
+    got = {s.charger_id: shares[s.charger_id].budget_w / s.w_per_a for s in sharers}
+    assert got == pytest.approx(amps)
+    assert sum(sh.budget_w for sh in shares.values()) == pytest.approx(surplus_w)  # all of it, no more
+    assert any(fragment in sh.why for sh in shares.values()), [sh.why for sh in shares.values()]
+
+
+# --- two pv boxes on the fake clock ------------------------------------------------------------------
+
+
+class SunMeter:
+    """A grid meter over a sun the test sets: house 300 W, minus the sun, plus what the cars draw."""
+
+    meter_id = "grid"
+    instant = True
+
+    def __init__(self, clock: FakeClock, models: list[AmtronModel]) -> None:
+        self.clock, self.models, self.sun_w = clock, models, 0.0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def read(self) -> MeterReading:
+        grid = 300.0 - self.sun_w + sum(m.charging_power_w for m in self.models)
+        return MeterReading(meter_id=self.meter_id, read_at_s=self.clock.now(), grid_power_w=grid)
+
+
+async def test_two_pv_boxes_share_by_priority_and_the_lower_one_pauses_first() -> None:
+    clock = FakeClock()
+    models = {
+        "low": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=1),
+        "high": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=2),
+    }
+    bus = ModelBus({10: models["low"], 11: models["high"]}, clock)
+    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+    slots = []
+    for cid, device_id, priority in (("low", 10, 1), ("high", 11, 2)):
+        options = {"pv": {"phases": 3}}
+        strategies = {name: f(options.get(name, {})) for name, f in factories.items()}
+        charger = AmtronCharger(
+            bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
+        )
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="pv", priority=priority))
+    meter = SunMeter(clock, list(models.values()))
+    governor = SafetyGovernor({"low": Limits(), "high": Limits()})
+    controller = Controller(clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0)
+    task = asyncio.ensure_future(controller.run(duration_s=2400))
+
+    def amps(cid: str) -> float:
+        return models[cid].charging_current_a
+
+    meter.sun_w = 300 + 24 * W3  # 24 A: high first, up to its 16 A (the 11 kW box's maximum); low the rest
+    await clock.advance(120)
+    assert amps("high") == pytest.approx(16.0, abs=0.3) and amps("low") == pytest.approx(8.0, abs=0.3)
+    decision = controller.last_decision("low")
+    assert decision is not None and "share 8.0 A of" in decision.decision.reason
+
+    meter.sun_w = 300 + 9 * W3  # 9 A: not enough for two at 6 A: the lower priority pauses
+    await clock.advance(600)
+    assert amps("low") == 0 and amps("high") == pytest.approx(9.0, abs=0.3)
+    low = controller.last_decision("low")
+    assert low is not None and "comes later (priority 1)" in low.decision.reason
+    paused_at = max(
+        w.at_s for w in models["low"].record.writes if w.register == "CHARGING_RELEASE_EM" and w.value == 0
+    )
+
+    meter.sun_w = 300 + 20 * W3  # room for both: low resumes (5 minutes after its pause at the earliest)
+    await clock.advance(900)
+    assert amps("high") == pytest.approx(14.0, abs=0.3) and amps("low") == pytest.approx(6.0, abs=0.3)
+    resumed_at = min(
+        w.at_s
+        for w in models["low"].record.writes
+        if w.register == "CHARGING_RELEASE_EM" and w.value == 1 and w.at_s > paused_at
+    )
+    assert resumed_at - paused_at >= 300.0
+    await clock.advance(800)  # past the run's 2400 s
+    await task
+    await bus.close()
+    for m in models.values():
+        assert_governor_rules_held(m.record)
