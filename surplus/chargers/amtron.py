@@ -99,6 +99,7 @@ class AmtronCharger:
         #: When FULL_POLL (identity, configuration) was last read.
         self._full_read_at: float | None = None
         self._groups: Mapping[ReadGroup, float] | None = None
+        self._groups_key: tuple[float | None, float | None] = (None, None)
         self._heartbeat_running = False
         #: Per poll set and layout: the planned reads.
         self._plans: dict[tuple[str, int], tuple[plan.Span, ...]] = {}
@@ -363,13 +364,11 @@ class AmtronCharger:
                 self._control_read_at = read_at
         info, config, caps = self._info, self._config, self._capabilities
         assert info is not None and config is not None and caps is not None
+        key = (self._control_read_at, self._full_read_at)
         groups = self._groups
-        if (
-            groups is None
-            or groups[ReadGroup.CONTROL] != self._control_read_at
-            or (groups[ReadGroup.CONFIGURATION] != self._full_read_at)
-        ):
+        if groups is None or key != self._groups_key:  # a new map only when a group was read
             assert self._control_read_at is not None and self._full_read_at is not None
+            self._groups_key = key
             self._groups = groups = MappingProxyType(
                 {ReadGroup.CONTROL: self._control_read_at, ReadGroup.CONFIGURATION: self._full_read_at}
             )
