@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ from .rpc_support import STACK_CONFIG
 pytestmark = pytest.mark.integration
 
 OLD_CONFIG = "homeassistant/sensor/surplus_garage/power/config"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def current_writes(model: AmtronModel, since: int = 0) -> list[float]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.integration
 WAIT_S = 10.0
 SECRET = "s3cr3t-Pa55"
 LOGGER = "surplus_plugins.mqtt_meter"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def factory() -> Any:
