@@ -25,7 +25,7 @@ from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .meter import Meter
 from .modbus import registers as R
 from .options import did_you_mean
-from .sharing import Sharer, split_surplus
+from .sharing import CircuitRoom, Sharer, split_surplus
 from .strategy import Strategy, StrategyContext, StrategyInfo, SurplusShare
 from .types import (
     MIN_CURRENT_A,
@@ -583,6 +583,7 @@ class Controller:
         part; with fewer than two nobody shares (one charger decides exactly as alone).
         """
         now = snapshot.at_s
+        tree = self.circuits
         sharers: list[Sharer] = []
         power: dict[str, float] = {}
         for slot in self._slots.values():
@@ -599,10 +600,7 @@ class Controller:
             phases = self._present_phases(cid, reading)
             if state.capabilities.grid_phases == 1:
                 phases = 1
-            ceiling = self._governor.ceiling_a(reading)
-            room = self._room(cid, snapshot, phases)
-            if room is not None:
-                ceiling = min(ceiling, max(room.amps, 0.0))
+            ceiling = self._governor.ceiling_a(reading)  # the circuits: CircuitRoom below
             sent = self._governor.memory(cid).charging
             charging = sent if sent is not None else state.charging
             volts = [v for v in (state.voltage_l1_v, state.voltage_l2_v, state.voltage_l3_v)[:phases]]
@@ -614,6 +612,7 @@ class Controller:
                     phases=phases,
                     volts=line_v,
                     max_a=ceiling,
+                    grid_phases=tree.grid_phases(cid, phases) if tree is not None else (0, 1, 2)[:phases],
                     charging=charging,
                     can_start=charging or self._governor.resume_at_s(cid) <= now,
                 )
@@ -623,10 +622,11 @@ class Controller:
             return {}
         total_w = sum(power.values())
         frozen = tuple(sharers)
+        rooms = tuple(self._circuit_rooms(snapshot, frozenset(power)))
 
         def splitter(cid: str) -> Callable[[float], tuple[float, str]]:
             def split(surplus_w: float) -> tuple[float, str]:
-                share = split_surplus(surplus_w, frozen)[cid]
+                share = split_surplus(surplus_w, frozen, rooms)[cid]
                 return share.budget_w, share.why
 
             return split
@@ -637,6 +637,23 @@ class Controller:
             )
             for s in sharers
         }
+
+    def _circuit_rooms(self, snapshot: Snapshot, sharing: frozenset[str]) -> list[CircuitRoom]:
+        """Each circuit above a sharing charger: its limit less what the others beneath draw."""
+        tree = self.circuits
+        if tree is None:
+            return []
+        loads = self._book.loads if self._book is not None else self.circuit_loads(snapshot)
+        rooms = []
+        for circuit in tree.circuits.values():
+            members = tree.members(circuit.id)
+            sharers = frozenset(m for m in members if m in sharing)
+            if not sharers:
+                continue
+            others = [loads[m] for m in members if m not in sharing and m in loads]
+            room = tuple(circuit.limit_a - sum(load[g] for load in others) for g in range(3))
+            rooms.append(CircuitRoom(id=circuit.id, room_a=(room[0], room[1], room[2]), members=sharers))
+        return rooms
 
     # -- circuits ----------------------------------------------------------
     def _present_phases(self, charger_id: str, reading: ChargerReading) -> int:

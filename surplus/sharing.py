@@ -13,12 +13,18 @@ it, and gives each a budget (W) and a sentence that says why:
    the first box gets it all (it then decides as a single charger would).
 3. Each served box gets its minimum; what remains goes to the highest priority
    first, shared as an equal current (A, not W: a 1-phase box gets a third of
-   a 3-phase box's power) up to each box's maximum; what a priority cannot
-   take goes to the next.
+   a 3-phase box's power) up to each box's maximum and what its circuits have
+   left; what a priority cannot take goes to the next.
+
+Circuits (:class:`CircuitRoom`: a circuit's per-phase limit less what the chargers
+that do not share draw) are shared by the same rules: a box whose 6 A no longer
+fit into a circuit beside the boxes before it gets nothing (the boxes after it
+still may), and the extra current stops growing for the boxes of a circuit
+phase that is full.
 
 A paused box that may not resume yet (5 minutes after its pause) takes no part
-(``can_start`` False), nor does a box whose limits and circuits leave it less
-than 6 A (``max_a``): the surplus goes to the others meanwhile.
+(``can_start`` False), nor does a box whose limits leave it less than 6 A
+(``max_a``): the surplus goes to the others meanwhile.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ class Sharer:
     #: Phases it charges on now (the budget is turned into amps on these).
     phases: int = 3
     volts: float = 230.0
-    #: Highest current it may get (device, cable, fuse and circuit limits).
+    #: Highest current it may get (device, cable and fuse limits; circuits: ``CircuitRoom``).
     max_a: float = 32.0
+    #: The grid phases it draws on (its rotation; only the first on one phase).
+    grid_phases: tuple[int, ...] = (0, 1, 2)
     #: Charging now (or set to): kept before a paused box of the same priority.
     charging: bool = False
     #: False for a paused box still inside the 5 minutes after its pause.
@@ -63,8 +71,27 @@ def _order(sharers: Sequence[Sharer]) -> list[Sharer]:
     return sorted(sharers, key=lambda s: (-s.priority, not s.charging, index[s.charger_id]))
 
 
-def split_surplus(surplus_w: float, sharers: Sequence[Sharer]) -> Mapping[str, Share]:
-    """Each sharer's budget (W) of ``surplus_w``; see the module docstring for the rules."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitRoom:
+    """A circuit the sharers are beneath: the amps per grid phase left to them, and who they are."""
+
+    id: str
+    #: Per grid phase: the circuit's limit minus what the chargers that do not share draw or are set to.
+    room_a: tuple[float, float, float]
+    members: frozenset[str]
+
+
+_EPS = 1e-9
+
+
+def split_surplus(
+    surplus_w: float, sharers: Sequence[Sharer], circuits: Sequence[CircuitRoom] = ()
+) -> Mapping[str, Share]:
+    """Each sharer's budget (W) of ``surplus_w``; see the module docstring for the rules.
+
+    ``circuits``: the circuits above the sharers; their room is shared by the same rules
+    (a box whose minimum no longer fits into one gets nothing, the rest is an equal current).
+    """
     blocked = [s for s in sharers if s.max_a < MIN_CURRENT_A]
     waiting = [s for s in sharers if not s.charging and not s.can_start and s not in blocked]
     order = _order([s for s in sharers if s not in blocked and s not in waiting])
@@ -73,17 +100,36 @@ def split_surplus(surplus_w: float, sharers: Sequence[Sharer]) -> Mapping[str, S
         for s in waiting
     }
     for s in blocked:
-        out[s.charger_id] = Share(
-            budget_w=0.0, why=f"no share: its limits and circuits leave {max(s.max_a, 0.0):.1f} A"
-        )
+        out[s.charger_id] = Share(budget_w=0.0, why=f"no share: its limits leave {max(s.max_a, 0.0):.1f} A")
     if not order:
         return out
+    alloc: dict[str, float] = {}
+    placed: dict[str, Sharer] = {}
+
+    def used(circuit: CircuitRoom, g: int) -> float:
+        return sum(a for cid, a in alloc.items() if cid in circuit.members and g in placed[cid].grid_phases)
+
+    def full_circuit(s: Sharer, amps: float) -> CircuitRoom | None:
+        """The first circuit that cannot take ``amps`` more for ``s``, or None."""
+        for c in circuits:
+            if s.charger_id in c.members:
+                for g in s.grid_phases:
+                    if used(c, g) + amps > c.room_a[g] + _EPS:
+                        return c
+        return None
+
     served: list[Sharer] = []
+    crowded: dict[str, CircuitRoom] = {}
     need_w = 0.0
     for s in order:
         if need_w + MIN_CURRENT_A * s.w_per_a > surplus_w:
             break
+        full = full_circuit(s, MIN_CURRENT_A)
+        if full is not None:
+            crowded[s.charger_id] = full
+            continue
         served.append(s)
+        placed[s.charger_id], alloc[s.charger_id] = s, MIN_CURRENT_A
         need_w += MIN_CURRENT_A * s.w_per_a
     n = len(order)
     if not served:  # not even one minimum: the first box gets it all and decides as if alone
@@ -94,24 +140,37 @@ def split_surplus(surplus_w: float, sharers: Sequence[Sharer]) -> Mapping[str, S
         for s in order[1:]:
             out[s.charger_id] = Share(budget_w=0.0, why=f"no share: priority {s.priority}, {n} boxes")
         return out
-    extra_a = {s.charger_id: 0.0 for s in served}
     left_w = surplus_w - need_w
     for priority in sorted({s.priority for s in served}, reverse=True):
-        group = [s for s in served if s.priority == priority]
-        while left_w > 1e-9 and group:
-            # An equal extra current for the group, up to the box nearest its maximum.
-            per_a = left_w / sum(s.w_per_a for s in group)
-            room = {s.charger_id: max(s.max_a - MIN_CURRENT_A - extra_a[s.charger_id], 0.0) for s in group}
-            step_a = min(per_a, min(room.values()))
-            for s in group:
-                extra_a[s.charger_id] += step_a
-            left_w -= step_a * sum(s.w_per_a for s in group)
-            group = [s for s in group if room[s.charger_id] - step_a > 1e-9]
-    if left_w > 1e-9:  # every box is at its maximum: the rest is the first box's (it cannot take it)
-        extra_a[served[0].charger_id] += left_w / served[0].w_per_a
+        active = [s for s in served if s.priority == priority]
+        while left_w > _EPS and active:
+            # An equal extra current for the group, up to the box nearest its maximum and the
+            # tightest circuit phase (its room split among the boxes of the group drawing on it).
+            step = left_w / sum(s.w_per_a for s in active)
+            step = min([step, *(s.max_a - alloc[s.charger_id] for s in active)])
+            for c in circuits:
+                for g in range(3):
+                    drawing = sum(1 for s in active if s.charger_id in c.members and g in s.grid_phases)
+                    if drawing:
+                        step = min(step, (c.room_a[g] - used(c, g)) / drawing)
+            step = max(step, 0.0)
+            for s in active:
+                alloc[s.charger_id] += step
+            left_w -= step * sum(s.w_per_a for s in active)
+            still = [
+                s
+                for s in active
+                if s.max_a - alloc[s.charger_id] > _EPS and full_circuit(s, _EPS * 10) is None
+            ]
+            if len(still) == len(active) and step <= _EPS:  # nothing moves any more
+                break
+            active = still
+    if left_w > _EPS and not circuits:  # nobody can take more: the rest is the first box's (it
+        # cannot use it either); under circuits it would take what the others' shares need
+        alloc[served[0].charger_id] += left_w / served[0].w_per_a
     k = len(served)
     for s in served:
-        amps = MIN_CURRENT_A + extra_a[s.charger_id]
+        amps = alloc[s.charger_id]
         out[s.charger_id] = Share(
             budget_w=amps * s.w_per_a,
             why=(
@@ -119,12 +178,15 @@ def split_surplus(surplus_w: float, sharers: Sequence[Sharer]) -> Mapping[str, S
                 f"({k} carried at {MIN_CURRENT_A:g} A or more; priority {s.priority})"
             ),
         )
-    for s in order[k:]:
-        out[s.charger_id] = Share(
-            budget_w=0.0,
-            why=(
+    for s in order:
+        if s.charger_id in out:
+            continue
+        if s.charger_id in crowded:
+            why = f"no share: circuit {crowded[s.charger_id].id} has no {MIN_CURRENT_A:g} A left for it"
+        else:
+            why = (
                 f"no share: {surplus_w / 1000:.2f} kW carries {k} of {n} boxes at {MIN_CURRENT_A:g} A "
                 f"and this one comes later (priority {s.priority})"
-            ),
-        )
+            )
+        out[s.charger_id] = Share(budget_w=0.0, why=why)
     return out

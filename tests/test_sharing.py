@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 
 import pytest
 
 from surplus.chargers.amtron import AmtronCharger
+from surplus.circuits import Circuit, CircuitTree, Wiring
 from surplus.clock import FakeClock
 from surplus.governor import Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller
 from surplus.plugins import collect_strategies, make_plugin_manager
-from surplus.sharing import Sharer, split_surplus
+from surplus.sharing import CircuitRoom, Sharer, split_surplus
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
 from surplus.types import MeterReading
 
 from .loop_support import assert_governor_rules_held
+from .test_circuits import assert_within_circuits
 
 V = 230.0
 W3 = 3 * V  # W per A on three phases
@@ -103,6 +106,75 @@ SPLITS: list[tuple[str, float, list[Sharer], dict[str, float], str]] = [
         "all of it",
     ),
 ]
+
+
+GARAGE = CircuitRoom(id="garage", room_a=(16.0, 16.0, 16.0), members=frozenset({"a", "b"}))
+
+# (name, surplus W, sharers, circuits, expected amps, a why fragment)
+CIRCUIT_SPLITS: list[tuple[str, float, list[Sharer], list[CircuitRoom], dict[str, float], str]] = [
+    (
+        "a circuit's room is shared equally, whatever the sun",
+        40 * W3,
+        [box("a"), box("b")],
+        [GARAGE],
+        {"a": 8, "b": 8},
+        "share 8.0 A",
+    ),
+    (
+        "a higher priority gets the circuit's room first",
+        40 * W3,
+        [box("a"), box("b", priority=2)],
+        [GARAGE],
+        {"a": 6, "b": 10},
+        "priority 2",
+    ),
+    (
+        "a box whose 6 A no longer fit gets nothing; one outside the circuit still does",
+        40 * W3,
+        [box("a"), box("b"), box("c")],
+        [dataclasses.replace(GARAGE, room_a=(10.0, 10.0, 10.0))],
+        {"a": 10, "b": 0, "c": 30},
+        "circuit garage has no 6 A left",
+    ),
+    (
+        "single-phase boxes on different grid phases do not share a phase",
+        40 * V,
+        [box("a", phases=1, grid_phases=(0,)), box("b", phases=1, grid_phases=(1,))],
+        [GARAGE],
+        {"a": 16, "b": 16},
+        "share 16.0 A",
+    ),
+    (
+        "the room left by the others (not sharing) on one phase binds",
+        40 * W3,
+        [box("a"), box("b")],
+        [dataclasses.replace(GARAGE, room_a=(16.0, 12.0, 16.0))],
+        {"a": 6, "b": 6},
+        "share 6.0 A",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("surplus_w", "sharers", "circuits", "amps", "fragment"),
+    [s[1:] for s in CIRCUIT_SPLITS],
+    ids=[s[0] for s in CIRCUIT_SPLITS],
+)
+def test_split_surplus_within_circuits(
+    surplus_w: float,
+    sharers: list[Sharer],
+    circuits: list[CircuitRoom],
+    amps: Mapping[str, float],
+    fragment: str,
+) -> None:
+    shares = split_surplus(surplus_w, sharers, circuits)
+    got = {s.charger_id: shares[s.charger_id].budget_w / s.w_per_a for s in sharers}
+    assert got == pytest.approx(amps)
+    assert any(fragment in sh.why for sh in shares.values()), [sh.why for sh in shares.values()]
+    for c in circuits:  # never more than a circuit's room on any phase
+        for g in range(3):
+            used = sum(got[s.charger_id] for s in sharers if s.charger_id in c.members and g in s.grid_phases)
+            assert used <= c.room_a[g] + 1e-6
 
 
 @pytest.mark.parametrize(
@@ -191,6 +263,50 @@ async def test_two_pv_boxes_share_by_priority_and_the_lower_one_pauses_first() -
     )
     assert resumed_at - paused_at >= 300.0
     await clock.advance(800)  # past the run's 2400 s
+    await task
+    await bus.close()
+    for m in models.values():
+        assert_governor_rules_held(m.record)
+
+
+async def test_two_pv_boxes_share_a_circuit_equally_when_the_second_arrives() -> None:
+    clock = FakeClock()
+    models = {
+        "a": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000, max_current_a=32), seed=1),
+        "b": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000, max_current_a=32), seed=2),
+    }
+    bus = ModelBus({10: models["a"], 11: models["b"]}, clock)
+    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+    slots = []
+    for cid, device_id, mode in (("a", 10, "pv"), ("b", 11, "off")):
+        strategies = {name: f({"pv": {"phases": 3}}.get(name, {})) for name, f in factories.items()}
+        charger = AmtronCharger(
+            bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
+        )
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode=mode))
+    tree = CircuitTree(
+        {"garage": Circuit(id="garage", limit_a=16)},
+        {"a": Wiring(circuit="garage"), "b": Wiring(circuit="garage", rotation=(1, 2, 0))},
+    )
+    meter = SunMeter(clock, list(models.values()))
+    meter.sun_w = 300 + 40 * W3  # far more sun than the garage carries
+    governor = SafetyGovernor({"a": Limits(), "b": Limits()})
+    controller = Controller(
+        clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0, circuits=tree
+    )
+    task = asyncio.ensure_future(controller.run(duration_s=700))
+    for second in range(600):
+        await clock.advance(1.0)
+        assert_within_circuits(tree, models, [])
+        if second == 120:  # a alone has the whole garage (the 11 kW box's 16 A); then b arrives
+            assert models["a"].charging_current_a == pytest.approx(16.0)
+            controller.set_mode("b", "pv")
+    assert models["a"].charging_current_a == pytest.approx(8.0, abs=0.2)
+    assert models["b"].charging_current_a == pytest.approx(8.0, abs=0.2)
+    b = controller.last_decision("b")
+    assert b is not None and "share 8.0 A of" in b.decision.reason
+    await clock.advance(102)
+    await clock.advance(2)
     await task
     await bus.close()
     for m in models.values():
