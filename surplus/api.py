@@ -50,6 +50,15 @@ class PluginInfo:
     provides: tuple[str, ...]  # e.g. ("strategy:fixed", "meter:simulated")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargerSetup:
+    """Where a charger sits: its circuits (its own first, then up the tree) and its sharing priority."""
+
+    charger_id: str
+    circuits: tuple[str, ...] = ()
+    priority: int = 1
+
+
 class SessionHistory(Protocol):
     """What ``getSessions`` reads: :class:`surplus.history.History` is one."""
 
@@ -70,6 +79,10 @@ class ControllerAPI(Protocol):
     @property
     def charger_ids(self) -> Sequence[str]:
         """Configured chargers; the first is the default for Node-compatible methods."""
+        ...
+
+    def charger_setup(self, charger_id: str) -> ChargerSetup:
+        """The charger's circuits and priority (raises ValueError for an unknown charger)."""
         ...
 
     @property

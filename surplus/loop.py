@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .api import DecisionRecord, Override, PluginInfo, SessionHistory
+from .api import ChargerSetup, DecisionRecord, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
 from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
 from .clock import Clock
@@ -203,6 +203,11 @@ class Controller:
     @property
     def available_modes(self) -> Sequence[str]:
         return self._modes
+
+    def charger_setup(self, charger_id: str) -> ChargerSetup:
+        slot = self._slot(charger_id)
+        path = () if self.circuits is None else tuple(c.id for c in self.circuits.path(charger_id))
+        return ChargerSetup(charger_id=charger_id, circuits=path, priority=slot.priority)
 
     def set_mode(self, charger_id: str, mode: str) -> None:
         slot = self._slot(charger_id)

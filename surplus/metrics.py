@@ -231,6 +231,19 @@ class SnapshotCollector(Collector):
         yield up
         yield age
         yield group_age
+        info = _gauge(
+            "surplus_charger_info",
+            "1 per charger: its own circuit (empty: none), the circuits above it and its sharing priority",
+            "charger",
+            "circuit",
+            "circuits",
+            "priority",
+        )
+        for cid, _reading in chargers:
+            setup = self._c.charger_setup(cid)
+            own = setup.circuits[0] if setup.circuits else ""
+            info.add_metric([cid, own, "/".join(reversed(setup.circuits)), str(setup.priority)], 1.0)
+        yield info
 
         states = [(cid, r.state) for cid, r in chargers if r is not None and r.state is not None]
         for row in CHARGER_METRICS:

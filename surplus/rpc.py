@@ -413,6 +413,24 @@ class _Methods:
             return self.reply({"chargerId": cid, "decision": None, "reasons": [f"no decision yet: {why}"]})
         return self.reply(self.decision_json(record))
 
+    def get_chargers(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """Every configured charger: where it sits, its mode, its health."""
+        _worst, health = charger_health(self.c, self.stale_after_s)
+        out = []
+        for cid in self.c.charger_ids:
+            setup = self.c.charger_setup(cid)
+            out.append(
+                {
+                    "chargerId": cid,
+                    "mode": self.c.get_mode(cid),
+                    "priority": setup.priority,
+                    "circuits": list(setup.circuits),
+                    "status": health[cid]["status"],
+                    "ageSeconds": health[cid]["ageSeconds"],
+                }
+            )
+        return self.reply(out)
+
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
 
@@ -674,6 +692,25 @@ def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> 
             handler=m.get_decision,
             params=ch,
             result=S.envelope(any_obj),
+        ),
+        MethodSpec(
+            name="getChargers",
+            doc="Every configured charger: its circuits (its own first, then up the tree), sharing "
+            "priority, mode and health status. The Node-server methods address the first of them by default.",
+            handler=m.get_chargers,
+            result=S.envelope(
+                {
+                    "type": "array",
+                    "items": S.obj(
+                        chargerId=S.STR,
+                        mode=S.STR,
+                        priority=S.INT,
+                        circuits={"type": "array", "items": S.STR},
+                        status=S.STR,
+                        ageSeconds=S.NUM,
+                    ),
+                }
+            ),
         ),
         MethodSpec(
             name="getMeters",

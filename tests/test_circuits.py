@@ -376,3 +376,13 @@ async def test_a_write_that_failed_but_was_done_still_counts_for_the_others() ->
     await clock.advance(32)
     await task
     await bus.close()
+
+
+def test_the_controller_says_where_each_charger_sits() -> None:
+    """getChargers and surplus_charger_info read this: the charger's circuit first, then up the tree."""
+    controller, _bus, _models = four_boxes(FakeClock(), {"a": 6, "c": 6})
+    assert controller.charger_setup("a").circuits == ("garage", "site")
+    assert controller.charger_setup("c").circuits == ("site",)
+    assert controller.charger_setup("a").priority == 1
+    with pytest.raises(ValueError, match="unknown charger"):
+        controller.charger_setup("zz")

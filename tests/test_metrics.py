@@ -81,6 +81,8 @@ async def test_metrics_serve_the_snapshot_pass_promtool_and_never_touch_the_bus(
         assert group_ages["measurements"] == pytest.approx(got[("surplus_charger_data_age_seconds", CHARGER)])
         assert group_ages["measurements"] <= group_ages["control"] <= group_ages["configuration"]
         assert group_ages["control"] < 6  # read every 5 s (and after every write)
+        info = [dict(labels) for (n, labels), v in got.items() if n == "surplus_charger_info" and v == 1]
+        assert info == [{"charger": "wallbox", "circuit": "", "circuits": "", "priority": "1"}]  # no circuits
         assert got[("surplus_decision_current_amperes", (*CHARGER, ("source", "strategy")))] == 10
         assert got[("surplus_decision_charge", CHARGER)] == 1
         assert got[("surplus_decision_info", (*CHARGER, ("source", "strategy"), ("strategy", "fixed")))] == 1

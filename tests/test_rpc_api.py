@@ -193,6 +193,22 @@ async def test_replies_say_how_old_each_read_group_is(
     assert result["ageSeconds"] == max(ages.values())  # the oldest value in the reply
 
 
+async def test_get_chargers_lists_each_charger_with_its_circuits_priority_mode_and_health(
+    client: Client,
+) -> None:
+    chargers = (await client.result("getChargers"))["data"]
+    assert chargers == [
+        {
+            "chargerId": "wb1",
+            "mode": "pv",
+            "priority": 2,
+            "circuits": ["garage", "site"],
+            "status": "healthy",
+            "ageSeconds": 1.0,
+        }
+    ]
+
+
 async def test_get_all_data(client: Client) -> None:
     data = (await client.result("getAllData"))["data"]
     assert data["measurements"]["voltage"]["l1"] == 230.5
@@ -624,6 +640,7 @@ async def test_discover_matches_dispatch_table(client: Client, server: WebServer
         "clearOverride",
         "getDecision",
         "getMeters",
+        "getChargers",
         "listPlugins",
         "getSessions",
     }
