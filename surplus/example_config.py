@@ -21,6 +21,7 @@ EXAMPLES = {
     "carpark.yaml": "several chargers on two lines behind one fuse: buses, circuits, priorities (a demo as is)",
     "surplus.service": "the systemd unit (its header says how to install it)",
     "prometheus.yml": "a Prometheus scrape config for /metrics",
+    "prometheus-fleet.yml": "one Prometheus over several sites (direct scrapes or federation)",
     "grafana-dashboard.json": "a Grafana dashboard over those metrics",
 }
 

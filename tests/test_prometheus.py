@@ -182,3 +182,18 @@ async def test_dashboard_variables_find_the_charger_and_meter(scraped: Scraped) 
         metric, label = m.groups()
         values = {r["metric"][label] for r in await scraped.prom.vector(scraped.session, metric)}
         assert values == {"charger": {"wallbox"}, "meter": {"home"}}[v["name"]]
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-fleet.yml"])
+def test_the_shipped_prometheus_configs_pass_promtool(name: str) -> None:
+    """The single-site scrape config and the several-sites one (direct scrapes and federation)."""
+    import subprocess
+
+    from .prometheus_support import require
+
+    path = DASHBOARD.parent / name
+    done = subprocess.run(
+        [require("promtool"), "check", "config", str(path)], capture_output=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
+    assert b"SUCCESS" in done.stdout + done.stderr
