@@ -158,6 +158,8 @@ class BusView(Protocol):
     @property
     def stats(self) -> BusStats: ...
 
+    def load(self) -> float: ...
+
     def worst_heartbeat_gaps(self) -> dict[int, float]: ...
 
     def worst_sent_heartbeat_gaps(self) -> dict[int, float]: ...
@@ -175,6 +177,8 @@ BUS_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("bytes_sent", "sent_bytes", "RTU bytes sent"),
     ("bytes_received", "received_bytes", "RTU bytes received"),
 )
+#: BusStats.busy_us as seconds (a counter: rate() of it is how full the line is).
+BUS_BUSY = ("surplus_bus_busy_seconds", "Time the line was busy with surplus's transactions")
 
 
 def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
@@ -405,11 +409,19 @@ class SnapshotCollector(Collector):
         beat_age = _gauge(
             "surplus_bus_heartbeat_age_seconds", "Time since the last heartbeat", "bus", "device"
         )
+        busy = _counter(*BUS_BUSY, "bus")
+        load = _gauge(
+            "surplus_bus_load_ratio",
+            "How full the line was over the last minute: the share of time in transactions (0..1)",
+            "bus",
+        )
         for i, bus in enumerate(self._buses):
             port = bus_label(i)
             stats = bus.stats
             for field, fam in counters.items():
                 fam.add_metric([port], float(getattr(stats, field)))
+            busy.add_metric([port], stats.busy_us / 1e6)
+            load.add_metric([port], bus.load())
             connected.add_metric([port], float(bus.connected))
             for device_id, worst in sorted(bus.worst_heartbeat_gaps().items()):
                 gap.add_metric([port, str(device_id)], worst)
@@ -419,7 +431,7 @@ class SnapshotCollector(Collector):
             for device_id, worst in sorted(bus.worst_sent_heartbeat_gaps().items()):
                 sent_gap.add_metric([port, str(device_id)], worst)
         yield from counters.values()
-        yield from (connected, gap, sent_gap, beat_age)
+        yield from (busy, load, connected, gap, sent_gap, beat_age)
 
 
 def bus_label(index: int) -> str:

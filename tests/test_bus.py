@@ -278,3 +278,26 @@ async def test_lost_heartbeat_replies_show_in_the_acknowledged_gap_not_the_sent_
     assert acknowledged > 10.0  # no reply for 12 s
     assert sent == pytest.approx(at_the_box, abs=0.1) and sent < 5.0  # what the box saw
     await bus.close()
+
+
+async def test_the_line_says_how_full_it_is() -> None:
+    """Issue 12: busy time of our transactions, as a counter and as the share of the last minute."""
+    clock = FakeClock()
+    link = FakeLink(clock, latency_s=0.3)
+    bus = await make_bus(clock, link)
+    assert bus.load() == 0.0
+
+    async def reads(n: int) -> None:
+        for _ in range(n):
+            await bus.read(1, 0x0500, 20)
+
+    task = asyncio.create_task(reads(20))  # 20 x 0.3 s = 6 s of a 60 s window
+    await clock.advance(10)
+    await task
+    assert bus.stats.busy_us == pytest.approx(6_000_000, abs=1)
+    assert bus.load() == pytest.approx(0.1, abs=1e-6)
+    await clock.advance(55)  # the first reads fall out of the window
+    assert 0.0 < bus.load() < 0.1
+    await clock.advance(10)
+    assert bus.load() == 0.0 and bus.stats.busy_us == pytest.approx(6_000_000, abs=1)  # the counter stays
+    await bus.close()

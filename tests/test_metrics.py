@@ -83,6 +83,9 @@ async def test_metrics_serve_the_snapshot_pass_promtool_and_never_touch_the_bus(
         assert group_ages["control"] < 6  # read every 5 s (and after every write)
         info = [dict(labels) for (n, labels), v in got.items() if n == "surplus_charger_info" and v == 1]
         assert info == [{"charger": "wallbox", "circuit": "", "circuits": "", "priority": "1"}]  # no circuits
+        bus = (("bus", "bus"),)
+        assert 0.0 < got[("surplus_bus_load_ratio", bus)] < 0.5  # a second of 1 s ticks on the in-process sim
+        assert got[("surplus_bus_busy_seconds_total", bus)] > 0.0
         assert got[("surplus_decision_current_amperes", (*CHARGER, ("source", "strategy")))] == 10
         assert got[("surplus_decision_charge", CHARGER)] == 1
         assert got[("surplus_decision_info", (*CHARGER, ("source", "strategy"), ("strategy", "fixed")))] == 1

@@ -102,6 +102,10 @@ class BusConfig:
         return parts.hostname, port
 
 
+#: The window over which :meth:`ModbusBus.load` says how full the line is.
+LOAD_WINDOW_S = 60.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BusStats:
     """Counters since the bus was created (bytes are RTU frames incl. address and CRC)."""
@@ -113,6 +117,8 @@ class BusStats:
     timeouts: int = 0
     reconnects: int = 0
     heartbeats: int = 0
+    #: Time the line was busy with our transactions (request sent to answer or timeout), in µs.
+    busy_us: int = 0
 
 
 class LinkLost(BusError):
@@ -348,6 +354,8 @@ class ModbusBus:
         self._logged_down: str | None = None
         self._device_ok: dict[int, bool] = {}
         self._counters = _Counters()
+        #: (end, duration) of the transactions of the last LOAD_WINDOW_S, for :meth:`load`.
+        self._busy_log: collections.deque[tuple[float, float]] = collections.deque()
         self._dirty = False
         #: Silence kept after a timeout or a stray reply, so a late answer cannot pass for the next one.
         self._quiet_s = config.timeout_s / 2
@@ -367,6 +375,25 @@ class ModbusBus:
     def stats(self) -> BusStats:
         """A copy of the counters."""
         return BusStats(**self._counters.values)
+
+    def load(self) -> float:
+        """How full the line has been over the last ``LOAD_WINDOW_S``: the share of that time
+        spent in our transactions (0..1; what is left is for more boxes)."""
+        now = self._clock.now()
+        self._forget_busy(now)
+        busy = sum(min(d, end - (now - LOAD_WINDOW_S)) for end, d in self._busy_log)
+        return min(1.0, busy / LOAD_WINDOW_S)
+
+    def _busy(self, started: float) -> None:
+        end = self._clock.now()
+        duration = max(0.0, end - started)
+        self._counters.add("busy_us", round(duration * 1e6))
+        self._busy_log.append((end, duration))
+        self._forget_busy(end)
+
+    def _forget_busy(self, now: float) -> None:
+        while self._busy_log and self._busy_log[0][0] <= now - LOAD_WINDOW_S:
+            self._busy_log.popleft()
 
     def last_heartbeat_at(self, device_id: int) -> float | None:
         """Clock time of the last delivered heartbeat for ``device_id`` (None: none yet)."""
@@ -579,6 +606,7 @@ class ModbusBus:
             coro = self._write1(req)
         else:
             coro = self._writeN(req)
+        started = self._clock.now()
         work = asyncio.ensure_future(coro)
         timer = asyncio.ensure_future(self._clock.sleep(self._config.timeout_s))
         try:
@@ -589,6 +617,7 @@ class ModbusBus:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+            self._busy(started)
         if work not in done:
             self._answered = False
             self._dirty = True
