@@ -59,6 +59,24 @@ class ChargerSetup:
     priority: int = 1
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineStatus:
+    """One RS485 line (or gateway) as ``health`` shows it."""
+
+    connected: bool
+    #: The share of the last minute the line spent in transactions (0..1).
+    load: float
+
+
+class Line(Protocol):
+    """What the controller asks of a line for ``health`` (a :class:`surplus.modbus.bus.ModbusBus`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def load(self) -> float: ...
+
+
 class SessionHistory(Protocol):
     """What ``getSessions`` reads: :class:`surplus.history.History` is one."""
 
@@ -79,6 +97,10 @@ class ControllerAPI(Protocol):
     @property
     def charger_ids(self) -> Sequence[str]:
         """Configured chargers; the first is the default for Node-compatible methods."""
+        ...
+
+    def lines(self) -> Mapping[str, LineStatus]:
+        """Each line by its config id: connected, and how full it is."""
         ...
 
     def charger_setup(self, charger_id: str) -> ChargerSetup:

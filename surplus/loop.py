@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .api import ChargerSetup, DecisionRecord, Override, PluginInfo, SessionHistory
+from .api import ChargerSetup, DecisionRecord, Line, LineStatus, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
 from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
 from .clock import Clock
@@ -141,11 +141,13 @@ class Controller:
         strategy_infos: Mapping[str, StrategyInfo] | None = None,
         observers: Sequence[DecisionObserver] = (),
         circuits: CircuitTree | None = None,
+        lines: Mapping[str, Line] | None = None,
     ) -> None:
         if not chargers:
             raise ValueError("a controller needs at least one charger")
         #: The shared fuses (None: each charger has only its own limits).
         self.circuits = circuits
+        self._lines = dict(lines or {})
         #: Held from computing a charger's headroom until its write is done, so two
         #: chargers (a tick and an RPC call) never both fill the same headroom.
         self._circuit_lock = asyncio.Lock()
@@ -203,6 +205,11 @@ class Controller:
     @property
     def available_modes(self) -> Sequence[str]:
         return self._modes
+
+    def lines(self) -> Mapping[str, LineStatus]:
+        return {
+            lid: LineStatus(connected=line.connected, load=line.load()) for lid, line in self._lines.items()
+        }
 
     def charger_setup(self, charger_id: str) -> ChargerSetup:
         slot = self._slot(charger_id)

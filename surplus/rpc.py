@@ -238,6 +238,10 @@ class _Methods:
             "meters": meters,
             "degraded": bool(degraded),
             "degradedReasons": degraded,
+            "lines": {
+                lid: {"connected": line.connected, "load": rounded(line.load, 4)}
+                for lid, line in self.c.lines().items()
+            },
         }
         return self.reply(data)
 

@@ -209,6 +209,7 @@ async def build_stack(
         plugins=describe_plugins(pm),
         strategy_infos=infos,
         circuits=to_circuits(config),
+        lines=buses,
     )
     holder["c"] = controller
     stack = Stack(

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from surplus.api import ChargerSetup, DecisionRecord, Override, PluginInfo
+from surplus.api import ChargerSetup, DecisionRecord, LineStatus, Override, PluginInfo
 from surplus.clock import FakeClock
 from surplus.types import (
     ChargerReading,
@@ -86,6 +86,9 @@ class FakeController:
     @property
     def available_modes(self) -> tuple[str, ...]:
         return BUILTIN_MODES
+
+    def lines(self) -> dict[str, LineStatus]:
+        return {"line1": LineStatus(connected=True, load=0.123456)}
 
     def charger_setup(self, charger_id: str) -> ChargerSetup:
         return ChargerSetup(charger_id=charger_id, circuits=("garage", "site"), priority=2)

@@ -69,6 +69,9 @@ async def test_reads_serve_the_simulator_state(stack: tuple[Any, AmtronModel, Rp
     assert status["data"]["evseStateText"] and status["data"]["evseState"] in range(8)
     info = (await rpc.ok("getDeviceInfo"))["data"]
     assert info["modbusVersion"] == "1.0.3" and info["serialNumber"]
+    lines = (await rpc.ok("health"))["data"]["lines"]
+    assert list(lines) == ["bus"] and lines["bus"]["connected"] is True  # the config's one bus:
+    assert 0.0 <= lines["bus"]["load"] < 0.5  # polls and heartbeats on the in-process line (fast: ~0)
     for method in (
         "getVoltage",
         "getCurrent",
