@@ -47,8 +47,11 @@ switches for free, and the governor spaces switches by
   the longest.
 * *One phase up to three.* When three phases can be carried, the power that
   one phase leaves on the table is counted until it pays for the switching
-  pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
-  (No allowance for a later dip: on three phases it costs at most a ride.)
+  pause (on 8 kW that is about a minute) and, once sun that carried three
+  phases has been seen to end, for the switch interval on three phases at what
+  they would have imported lately (weighted) where one phase was carried and
+  three were not: sun at the edge of three phases on a cloudy afternoon stays
+  on one. ``phase_up_delay_s`` is the longest.
 * *Recent spells* (:class:`Spells`): how long the last dips and bright spells
   lasted predicts the present one; a dip or a spell that is long by that
   measure is acted on at once, a short one is left to the accounts above.
@@ -250,6 +253,8 @@ class PvStrategy:
         #: what one phase leaves behind where three would take more.
         self._typical_w = 0.0
         self._one_short_w = 0.0
+        #: ... and what three phases would have imported where they were not carried and one was.
+        self._three_short_w = 0.0
         self._charging = False
         self._enough_since: float | None = None
         #: A dip being ridden through: when it began and the import it has cost (Wh).
@@ -275,7 +280,7 @@ class PvStrategy:
         self._smoothed_w = raw_w
         self._recent.clear()
         self._typical_w = max(0.0, raw_w)
-        self._one_short_w = 0.0
+        self._one_short_w = self._three_short_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
         self._enough_since = self._dip_since = self._low_since = self._high_since = None
         self._dip_wh = self._dip_cost_wh = self._low_wh = self._high_wh = 0.0
@@ -372,8 +377,14 @@ class PvStrategy:
                 self._high_since = now if self._high_since is None else self._high_since
                 self._high_wh += (min(sun_w, 3 * one_max_w) - one_max_w) * dt / 3600.0
                 # The switch costs the power of its pause, and three phases for the switch
-                # interval (at the import of holding them lately).
-                cost_wh = (pause_s * min(present * one_max_w, sun_w)) / 3600.0
+                # interval (at the import of holding them lately). That import is counted once
+                # sun that carried three phases has been seen to end: before, the sun below
+                # them was the morning's, not a cloud's.
+                risk_wh = 0.0
+                if len(self._three_spells.lengths) >= SPELLS_NEEDED:
+                    risk_wh = ctx.phase_switch_interval_s * s.import_weight * self._three_short_w / 3600.0
+                cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0 + risk_wh
+                risk = f", {_kwh(risk_wh)} of it for dips within the switch interval" if risk_wh > 0 else ""
                 rest_s = self._three_spells.remaining_s(now)
                 gain_w = min(sun_w, 3 * one_max_w) - one_max_w
                 expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
@@ -381,13 +392,13 @@ class PvStrategy:
                     want = 3
                     why = (
                         f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
-                        f"{_kwh(expected_wh)} behind, the switch costs {_kwh(cost_wh)}"
+                        f"{_kwh(expected_wh)} behind, the switch costs {_kwh(cost_wh)}{risk}"
                     )
                 elif self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
                     want = 3
                     why = (
                         f"; to 3 phases: one phase left {_kwh(max(self._high_wh, 0.0))} of sun behind, "
-                        f"the switch costs {_kwh(cost_wh)}"
+                        f"the switch costs {_kwh(cost_wh)}{risk}"
                     )
         if want == present:
             return present, box, why
@@ -479,6 +490,8 @@ class PvStrategy:
         k = 1.0 - math.exp(-dt / TYPICAL_SUN_S)
         self._typical_w += (takeable - self._typical_w) * k
         self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
+        three_import = 3 * MIN_CURRENT_A * line_v - raw_w if one > 0 and three == 0 else 0.0
+        self._three_short_w += (three_import - self._three_short_w) * k
         now = ctx.now_s
         self._three_spells.update(three > 0, now)
         self._short_spells.update(three == 0, now)

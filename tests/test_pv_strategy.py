@@ -402,6 +402,38 @@ async def test_one_phase_goes_to_three_once_the_sun_left_behind_pays_for_the_swi
     assert all(x.current_a == 16.0 for x in house.decisions[-int(after) : -1])  # one phase at its most
 
 
+@pytest.mark.parametrize(
+    ("clouds", "earliest_s", "latest_s", "risk"),
+    [
+        # Morning: the sun below three phases was never three-phase sun that ended, so only
+        # the switching pause is priced: 30 s x 3.68 kW against the 1.32 kW one phase leaves.
+        (False, 60, 110, False),
+        # Afternoon: three-phase sun has ended before (a cloud), so the switch also prices the
+        # switch interval (300 s) on three phases at what they would have imported lately
+        # (4.14 - 2.5 kW, weighted 3, over ten minutes): the box stays on one phase until
+        # phase_up_delay_s.
+        (True, 295, 305, True),
+    ],
+)
+async def test_one_phase_goes_to_three_later_when_three_phase_sun_has_been_seen_to_end(
+    clouds: bool, earliest_s: int, latest_s: int, risk: bool
+) -> None:
+    house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=2500, phases=1, max_current_a=16.0)
+    if clouds:  # three phases carried for three minutes, then a cloud: the spell ends
+        house.surplus_w = 5000
+        await house.run(180)
+        assert house.phases == 3
+        house.surplus_w = 2500
+    await house.run(600)
+    assert house.phases == 1 and house.current_a == pytest.approx(10.8)  # 2500 / 230
+    house.surplus_w = 5000  # three phases carried again, with 0.86 kW to spare
+    after = await _first(house, 400, lambda d: d.phases == 3)
+    assert after is not None and earliest_s <= after <= latest_s, after
+    reason = house.decisions[-1].reason
+    assert "to 3 phases: one phase left" in reason
+    assert ("for dips within the switch interval" in reason) is risk, reason
+
+
 @pytest.mark.parametrize(("dip_w", "earliest_s", "latest_s"), [(500.0, 5, 25), (3800.0, 150, 240)])
 async def test_three_phases_drop_to_one_by_what_holding_them_imports(
     dip_w: float, earliest_s: int, latest_s: int
