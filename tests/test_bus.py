@@ -234,7 +234,9 @@ async def test_stats_count_rtu_bytes() -> None:
     )
     await clock.advance(1)
     await task
-    assert bus.stats == BusStats(transactions=3, bytes_sent=8 + 13 + 8, bytes_received=45 + 8 + 8)
+    assert bus.stats == BusStats(
+        transactions=3, bytes_sent=8 + 13 + 8, bytes_received=45 + 8 + 8, busy_us=3 * 50_000
+    )
     await bus.close()
 
 
