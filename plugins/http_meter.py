@@ -14,7 +14,9 @@ for kW; default 1), ``invert_grid`` (the device says + = export),
 ``invert_battery`` (the device says + = discharge), ``house_includes_chargers``
 (the device's house power includes the wallboxes, which are then subtracted),
 ``headers`` (a mapping sent with every request; values never appear in
-errors), ``timeout_s`` (default 2). Credentials in the URL
+errors), ``timeout_s`` (default 2), ``current_paths`` (three dotted paths: the
+current on L1, L2 and L3 in A, not scaled; for a circuit's meter,
+``circuits[].meter``). Credentials in the URL
 (``http://user:pass@host/``) are sent as HTTP basic auth and never shown.
 """
 
@@ -296,6 +298,7 @@ class HttpJsonMeter:
         invert_grid: bool = False,
         invert_battery: bool = False,
         house_includes_chargers: bool = False,
+        current_paths: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.meter_id = meter_id
         self._env = env
@@ -309,6 +312,7 @@ class HttpJsonMeter:
         self.invert_grid = invert_grid
         self.invert_battery = invert_battery
         self.house_includes_chargers = house_includes_chargers
+        self.current_paths = current_paths
 
     async def start(self) -> None:
         await self._http.start()
@@ -341,7 +345,14 @@ class HttpJsonMeter:
                 if self.battery_soc_path is None
                 else self._http.number(doc, self.battery_soc_path, null_ok=True)
             ),
+            phase_currents_a=self._currents(doc),
         )
+
+    def _currents(self, doc: Any) -> tuple[float, float, float] | None:
+        if self.current_paths is None:
+            return None
+        amps = [self._http.number(doc, path) or 0.0 for path in self.current_paths]
+        return amps[0], amps[1], amps[2]
 
 
 HTTP_OPTIONS = (
@@ -357,7 +368,22 @@ HTTP_OPTIONS = (
     "house_includes_chargers",
     "headers",
     "timeout_s",
+    "current_paths",
 )
+
+
+def current_paths_option(options: Mapping[str, Any]) -> tuple[Path, Path, Path] | None:
+    """``current_paths``: three dotted paths, the currents on L1, L2 and L3 (A)."""
+    value = options.get("current_paths")
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
+        raise OptionError(
+            "current_paths", f"expected a list of three dotted paths (L1, L2, L3), got {value!r}"
+        )
+    paths = [path_option({"current_paths": p}, "current_paths", required=True) for p in value]
+    a, b, c = (p for p in paths if p is not None)
+    return a, b, c
 
 
 def make_http(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter:
@@ -383,6 +409,7 @@ def make_http(meter_id: str, options: Mapping[str, Any], env: MeterEnv) -> Meter
         invert_grid=flag(options, "invert_grid", False),
         invert_battery=flag(options, "invert_battery", False),
         house_includes_chargers=flag(options, "house_includes_chargers", False),
+        current_paths=current_paths_option(options),
     )
 
 

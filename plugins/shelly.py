@@ -10,7 +10,9 @@
   with ``is_valid: false`` fails the reading.
 
 A Shelly measures only the grid, so ``pv_power_w``, ``house_power_w`` and
-``battery_power_w`` stay unknown (``None``).
+``battery_power_w`` stay unknown (``None``). The phase currents (``a_current``,
+``b_current``, ``c_current``; Gen1 ``emeters[i].current``) are passed on where all
+three are numbers, so a Shelly can be a circuit's meter (``circuits[].meter``).
 
 Authentication: ``password`` (and ``username``, default ``admin``) for devices
 with access protection: HTTP basic auth on Gen1, HTTP digest auth (SHA-256) on
@@ -29,6 +31,7 @@ Options: ``host`` (required), ``port`` (80), ``generation`` (1 or 2, default 2),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,7 +90,22 @@ class ShellyMeter:
             meter_id=self.meter_id,
             read_at_s=self._env.clock.now(),
             grid_power_w=round(grid, 1),
+            phase_currents_a=self._currents(doc),
         )
+
+    def _currents(self, doc: Any) -> tuple[float, float, float] | None:
+        """The three phase currents where the answer has them all as numbers, else None."""
+        if self.generation == 1:
+            emeters = doc.get("emeters") if isinstance(doc, Mapping) else None
+            values = [e.get("current") if isinstance(e, Mapping) else None for e in (emeters or [])]
+        else:
+            values = [doc.get(f"{p}_current") for p in "abc"] if isinstance(doc, Mapping) else []
+        amps = [
+            v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        if len(values) != 3 or len(amps) != 3:
+            return None
+        return float(amps[0]), float(amps[1]), float(amps[2])
 
 
 def _auth(options: Mapping[str, Any], generation: int) -> tuple[dict[str, str], tuple[Any, ...]]:

@@ -26,17 +26,29 @@ the grid's phases) is the larger of what they were set to and what they draw:
   higher; a box never read and never written counts at its maximum on all
   three phases (the safe side).
 
+A circuit may have its own meter (``circuits[].meter``) measuring the current on
+each grid phase of everything beneath it, the chargers included. What it measures
+besides the chargers' own measured currents are the circuit's *other loads*
+(an oven, a heat pump); they take their share of the limit before any charger.
+:class:`OtherLoadWatch` keeps that estimate per circuit at its peak over the last
+``hold_s`` (longer than a meter reading may lag a charger's, so a charger that just
+rose is never mistaken for other loads that went away). While the meter fails, the
+last estimate holds for ``hold_s``; after that the other loads count at the
+circuit's ``meter_lost_load_a`` (default: its whole limit, so the chargers beneath
+it pause: the safe side, as for a box of unknown state).
+
 Pure functions and a frozen tree: the loop gives the readings and memories.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .governor import GovernorMemory, Limits
-from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerReading
+from .types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerReading, MeterReading
 
 #: Grid phase names; a rotation lists, for the box's L1, L2 and L3, the grid phase it is wired to.
 PHASES = ("L1", "L2", "L3")
@@ -44,6 +56,11 @@ STANDARD_ROTATION = (0, 1, 2)
 
 #: A measured phase current counts where it exceeds the setpoint by more than this (meter noise).
 DRAW_TOLERANCE_A = 0.3
+
+#: A circuit meter's other-load estimate is held at its peak for the meters' staleness
+#: limit plus this: a meter reading may lag a charger's by up to that limit, and a box
+#: follows a new setpoint within the governor's 5 s spacing.
+OTHER_LOAD_HOLD_MARGIN_S = 5.0
 
 #: Amps per grid phase (L1, L2, L3).
 Load = tuple[float, float, float]
@@ -56,6 +73,10 @@ class Circuit:
     id: str
     limit_a: float
     parent: str | None = None
+    #: The meter measuring this circuit's phase currents (all its loads), if any.
+    meter: str | None = None
+    #: Other loads counted while that meter fails (None: the whole limit).
+    meter_lost_load_a: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,10 +267,16 @@ class LoadBook:
     so a headroom costs the charger's path, not a sum over every charger.
     """
 
-    def __init__(self, tree: CircuitTree, loads: Mapping[str, Load]) -> None:
+    def __init__(
+        self, tree: CircuitTree, loads: Mapping[str, Load], others: Mapping[str, OtherLoad] | None = None
+    ) -> None:
         self.tree = tree
         self.loads: dict[str, Load] = dict(loads)
-        self._sums: dict[str, list[float]] = {c: [0.0, 0.0, 0.0] for c in tree.circuits}
+        #: Per circuit with a meter: its other loads (not chargers), counted before any charger.
+        self.others: Mapping[str, OtherLoad] = others or {}
+        self._sums: dict[str, list[float]] = {
+            c: list(self.others[c].amps) if c in self.others else [0.0, 0.0, 0.0] for c in tree.circuits
+        }
         for cid, load in self.loads.items():
             for node in tree.path(cid):
                 total = self._sums[node.id]
@@ -281,10 +308,103 @@ class LoadBook:
                     best = (room, node, g, used)
         assert best is not None
         room, node, g, used = best
+        other = self.others.get(node.id)
+        besides = f"; {other.why}" if other is not None else ""
         return Room(
             amps=room,
             why=(
                 f"circuit {node.id}: {max(room, 0.0):.1f} A left on {PHASES[g]} "
-                f"(limit {node.limit_a:g} A, others {max(used, 0.0):.1f} A)"
+                f"(limit {node.limit_a:g} A, others {max(used, 0.0):.1f} A{besides})"
             ),
         )
+
+
+# ---------------------------------------------------------------------------- circuit meters
+
+
+@dataclass(frozen=True, slots=True)
+class OtherLoad:
+    """What a circuit's loads other than its chargers take on each grid phase, and why."""
+
+    amps: Load
+    why: str
+
+
+def measured_others(
+    tree: CircuitTree, circuit_id: str, meter: MeterReading, chargers: Mapping[str, ChargerReading]
+) -> Load | None:
+    """The meter's phase currents less the chargers' measured ones (None: no usable reading).
+
+    Only a charger's *measured* draw is taken off: a box read as drawing nothing (or
+    not read at all) leaves its current in the estimate, which over- rather than
+    understates the other loads. A meter's current is taken as a magnitude: an
+    export through the circuit loads its fuse as much as an import.
+    """
+    currents = meter.phase_currents_a
+    if meter.error is not None or currents is None or not all(math.isfinite(a) for a in currents):
+        return None
+    total = [abs(a) for a in currents]
+    for cid in tree.members(circuit_id):
+        reading = chargers.get(cid)
+        state = reading.state if reading is not None else None
+        if state is None:
+            continue
+        drawn = (state.current_l1_a, state.current_l2_a, state.current_l3_a)
+        box = [d if math.isfinite(d) and d > 0 else 0.0 for d in drawn]
+        for g, amps in enumerate(tree.grid_load(cid, box)):
+            total[g] -= amps
+    return max(total[0], 0.0), max(total[1], 0.0), max(total[2], 0.0)
+
+
+class OtherLoadWatch:
+    """Per circuit with a meter: its other loads, held at their peak over ``hold_s``.
+
+    :meth:`update` is called once per tick with the tick's readings; the result is
+    what :class:`LoadBook` counts before the chargers (see the module docstring).
+    """
+
+    def __init__(self, tree: CircuitTree, hold_s: float) -> None:
+        self.tree = tree
+        self.hold_s = hold_s
+        self._seen: dict[str, deque[tuple[float, Load]]] = {
+            c.id: deque() for c in tree.circuits.values() if c.meter is not None
+        }
+        self._last_good: dict[str, float] = {}
+        self.current: dict[str, OtherLoad] = {}
+
+    def update(
+        self, now: float, meters: Mapping[str, MeterReading], chargers: Mapping[str, ChargerReading]
+    ) -> dict[str, OtherLoad]:
+        out: dict[str, OtherLoad] = {}
+        for circuit_id, seen in self._seen.items():
+            circuit = self.tree.circuits[circuit_id]
+            assert circuit.meter is not None
+            reading = meters.get(circuit.meter)
+            estimate = None if reading is None else measured_others(self.tree, circuit_id, reading, chargers)
+            if estimate is not None:
+                seen.append((now, estimate))
+                self._last_good[circuit_id] = now
+            while seen and seen[0][0] < now - self.hold_s:
+                seen.popleft()
+            if seen:
+                peak = tuple(max(load[g] for _, load in seen) for g in range(3))
+                amps: Load = (peak[0], peak[1], peak[2])
+                top = max(range(3), key=lambda g: amps[g])
+                why = f"other loads {amps[top]:.1f} A on {PHASES[top]} (meter {circuit.meter}"
+                if estimate is None:
+                    why += f" failing, its last reading held for {self.hold_s:g} s"
+                out[circuit_id] = OtherLoad(amps=amps, why=why + ")")
+                continue
+            lost = circuit.limit_a if circuit.meter_lost_load_a is None else circuit.meter_lost_load_a
+            since = self._last_good.get(circuit_id)
+            what = "never read" if since is None else f"failing for {now - since:.0f} s"
+            if reading is not None and reading.error is not None:
+                what += f": {reading.error}"
+            elif reading is not None and reading.phase_currents_a is None:
+                what += ": it reports no phase currents"
+            out[circuit_id] = OtherLoad(
+                amps=(lost, lost, lost),
+                why=f"meter {circuit.meter} {what}; other loads counted at {lost:g} A",
+            )
+        self.current = out
+        return out

@@ -185,6 +185,12 @@ class CircuitEntry:
     limit_a: float = field(metadata={"spec": Spec(gt=0, hi=4000, unit="A")})
     #: The circuit this one hangs under (None: a root, e.g. the house connection).
     parent: str | None = None
+    #: A meter (``meters[].id``) measuring the current on each phase of everything on this
+    #: circuit, the chargers included; its other loads then take their share of the limit.
+    meter: str | None = None
+    #: The other loads counted while that meter fails (default: the whole limit: the
+    #: chargers beneath pause until it answers again).
+    meter_lost_load_a: float | None = setting(None, lo=0, hi=4000, unit="A")
 
 
 @dataclass(**_FROZEN)
@@ -192,6 +198,9 @@ class MeterEntry:
     id: str
     type: str
     options: Mapping[str, Any] = field(default_factory=empty_mapping)
+    #: False: the meter measures a circuit only (named by ``circuits[].meter``), so its
+    #: power is not part of the grid power the surplus is computed from.
+    grid: bool = True
 
 
 @dataclass(**_FROZEN)
@@ -559,6 +568,25 @@ def _check_circuits(config: Config, err: Callable[[str, str], ConfigError]) -> N
             parent = by_id[parent].parent
             if len(chain) > len(by_id) + 1:  # a loop above this circuit: reported at its own entry
                 break
+    meter_ids = [m.id for m in config.meters]
+    for i, c in enumerate(config.circuits):
+        if c.meter is not None and c.meter not in meter_ids:
+            raise err(
+                f"circuits[{i}].meter",
+                f"unknown meter {c.meter!r}{did_you_mean(c.meter, meter_ids)}; "
+                f"meters: {', '.join(meter_ids) or 'none are configured'}",
+            )
+        if c.meter is None and c.meter_lost_load_a is not None:
+            raise err(
+                f"circuits[{i}].meter_lost_load_a", "only means something with a meter: add circuits[].meter"
+            )
+    named = {c.meter for c in config.circuits}
+    for i, m in enumerate(config.meters):
+        if not m.grid and m.id not in named:
+            raise err(
+                f"meters[{i}].grid",
+                "false, but no circuit names this meter (circuits[].meter): it would measure nothing",
+            )
     roots = [c.id for c in config.circuits if c.parent is None]
     for i, ch in enumerate(config.chargers):
         rotation = ch.phase_rotation
@@ -667,7 +695,7 @@ def validate_plugins(
                 f"chargers[{i}].mode",
                 f"unknown strategy {ch.mode!r}{did_you_mean(ch.mode, known_s)}; loaded: {', '.join(known_s)}",
             )
-        if ch.mode in meter_modes and not config.meters:
+        if ch.mode in meter_modes and not any(m.grid for m in config.meters):
             raise _error_at(
                 config,
                 f"chargers[{i}].mode",
@@ -712,7 +740,16 @@ def to_circuits(config: Config) -> CircuitTree | None:
 
     roots = [c.id for c in config.circuits if c.parent is None]
     return CircuitTree(
-        {c.id: Circuit(id=c.id, limit_a=c.limit_a, parent=c.parent) for c in config.circuits},
+        {
+            c.id: Circuit(
+                id=c.id,
+                limit_a=c.limit_a,
+                parent=c.parent,
+                meter=c.meter,
+                meter_lost_load_a=c.meter_lost_load_a,
+            )
+            for c in config.circuits
+        },
         {
             ch.id: Wiring(circuit=ch.circuit or roots[0], rotation=rotation_of(ch.phase_rotation))
             for ch in config.chargers

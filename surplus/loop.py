@@ -13,13 +13,22 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .api import ChargerSetup, DecisionRecord, Line, LineStatus, Override, PluginInfo, SessionHistory
 from .chargers.base import Charger
-from .circuits import CircuitTree, Load, LoadBook, Room, counted_load
+from .circuits import (
+    OTHER_LOAD_HOLD_MARGIN_S,
+    CircuitTree,
+    Load,
+    LoadBook,
+    OtherLoad,
+    OtherLoadWatch,
+    Room,
+    counted_load,
+)
 from .clock import Clock
 from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .meter import Meter
@@ -142,6 +151,7 @@ class Controller:
         observers: Sequence[DecisionObserver] = (),
         circuits: CircuitTree | None = None,
         lines: Mapping[str, Line] | None = None,
+        circuit_only_meters: Collection[str] = (),
     ) -> None:
         if not chargers:
             raise ValueError("a controller needs at least one charger")
@@ -153,6 +163,14 @@ class Controller:
         self._circuit_lock = asyncio.Lock()
         #: During a tick's decisions: every charger's counted load, updated after each write.
         self._book: LoadBook | None = None
+        #: Circuits with their own meter: the other loads on them (see surplus.circuits).
+        self._other_loads = (
+            OtherLoadWatch(circuits, hold_s=stale_after_s + OTHER_LOAD_HOLD_MARGIN_S)
+            if circuits is not None and any(c.meter for c in circuits.circuits.values())
+            else None
+        )
+        #: Meters that measure a circuit only: not part of the grid power.
+        self._circuit_only_meters = frozenset(circuit_only_meters)
         self.clock = clock
         self.started_at_s = clock.now()
         self._slots = {s.charger_id: s for s in chargers}
@@ -401,7 +419,9 @@ class Controller:
         snapshot = self._build_snapshot(self.clock.now())
         self._snapshot = snapshot
         if self.circuits is not None:
-            self._book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+            if self._other_loads is not None:
+                self._other_loads.update(snapshot.at_s, snapshot.meters, snapshot.chargers)
+            self._book = LoadBook(self.circuits, self.circuit_loads(snapshot), self._others())
         try:
             self._shares = self._share_surplus(snapshot)
             for slot in self._slots.values():
@@ -512,6 +532,8 @@ class Controller:
                 house_power_w=m.house_power_w,
                 battery_power_w=m.battery_power_w,
                 battery_soc_pct=m.battery_soc_pct,
+                phase_currents_a=m.phase_currents_a,
+                grid=mid not in self._circuit_only_meters,
                 age_s=age,
                 error=stale,
             )
@@ -656,6 +678,7 @@ class Controller:
         if tree is None:
             return []
         loads = self._book.loads if self._book is not None else self.circuit_loads(snapshot)
+        besides = self._others()
         rooms = []
         for circuit in tree.circuits.values():
             members = tree.members(circuit.id)
@@ -663,6 +686,8 @@ class Controller:
             if not sharers:
                 continue
             others = [loads[m] for m in members if m not in sharing and m in loads]
+            if circuit.id in besides:
+                others.append(besides[circuit.id].amps)
             room = tuple(circuit.limit_a - sum(load[g] for load in others) for g in range(3))
             rooms.append(CircuitRoom(id=circuit.id, room_a=(room[0], room[1], room[2]), members=sharers))
         return rooms
@@ -698,8 +723,12 @@ class Controller:
             return None
         book = self._book
         if book is None or snapshot is not self._snapshot:  # between ticks (an RPC call): afresh
-            book = LoadBook(self.circuits, self.circuit_loads(snapshot))
+            book = LoadBook(self.circuits, self.circuit_loads(snapshot), self._others())
         return book.headroom(charger_id, phases)
+
+    def _others(self) -> Mapping[str, OtherLoad]:
+        """The circuits' other loads as of the last tick (empty: no circuit has a meter)."""
+        return {} if self._other_loads is None else self._other_loads.current
 
     def _update_load(
         self, charger_id: str, reading: ChargerReading, attempted: GovernorMemory | None = None

@@ -206,6 +206,7 @@ async def build_stack(
         full_read_every_s=config.control.full_read_every_s,
         meter_timeout_s=config.control.meter_timeout_s,
         meter_max_w=plausible_meter_w(config.control.site_fuse_a),
+        circuit_only_meters=[m.id for m in config.meters if not m.grid],
         plugins=describe_plugins(pm),
         strategy_infos=infos,
         circuits=to_circuits(config),

@@ -239,6 +239,12 @@ class MeterReading:
     battery_power_w: float | None = None
     #: A home battery's state of charge in percent (0..100), where the meter reports it.
     battery_soc_pct: float | None = None
+    #: The current on each grid phase (L1, L2, L3) in A, where the meter measures it: a
+    #: circuit's meter (``circuits[].meter``) gives what every load on the circuit draws.
+    phase_currents_a: tuple[float, float, float] | None = None
+    #: False for a meter that only measures a circuit (``meters[].grid: false``): it is not
+    #: part of the grid power. Set by the loop.
+    grid: bool = True
     #: Filled in by the loop when the reading enters a snapshot.
     age_s: float = 0.0
     error: str | None = None
@@ -251,15 +257,17 @@ class Snapshot:
     at_s: float
     chargers: Mapping[str, ChargerReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
     meters: Mapping[str, MeterReading] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
-    #: Sum of the meters' grid power; None unless every meter is fresh. Several
-    #: meters add up (e.g. two feeds); a partial sum would understate the import,
-    #: so one stale or failed meter makes the total unknown. (Computed once.)
+    #: Sum of the grid meters' power (a circuit's own meter, ``grid=False``, is not one);
+    #: None unless every one is fresh. Several meters add up (e.g. two feeds); a partial
+    #: sum would understate the import, so one stale or failed meter makes the total
+    #: unknown. (Computed once.)
     grid_power_w: float | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         total: float | None = None
-        if self.meters and all(m.error is None for m in self.meters.values()):
-            total = sum(m.grid_power_w for m in self.meters.values())
+        grid = [m for m in self.meters.values() if m.grid]
+        if grid and all(m.error is None for m in grid):
+            total = sum(m.grid_power_w for m in grid)
         object.__setattr__(self, "grid_power_w", total)
 
 

@@ -117,6 +117,14 @@ BAD = [
         "pv charges from the PV surplus and needs a grid meter: add one under meters:",
     ),
     (
+        "pv with only a circuit's meter",
+        "chargers:\n  - {id: wb, mode: pv, circuit: site}\nmeters:\n  - {id: gm, type: simulated, grid: false}\n"
+        "circuits:\n  - {id: site, limit_a: 25, meter: gm}\n",
+        "chargers[0].mode",
+        2,
+        "pv charges from the PV surplus and needs a grid meter: add one under meters:",
+    ),
+    (
         "meter option missing",
         "meters:\n  - id: g\n    type: fronius\n    options:\n      port: 80\n",
         "meters[0].options.host",
@@ -302,6 +310,34 @@ BAD = [
         "circuits[1].id",
         3,
         "duplicate id 'site'",
+    ),
+    (
+        "circuit naming an unknown meter",
+        "meters:\n  - {id: grid, type: simulated}\ncircuits:\n  - {id: site, limit_a: 25, meter: gird}\n",
+        "circuits[0].meter",
+        4,
+        "unknown meter 'gird' (did you mean 'grid'?); meters: grid",
+    ),
+    (
+        "meter_lost_load_a without a meter",
+        "circuits:\n  - {id: site, limit_a: 25, meter_lost_load_a: 5}\n",
+        "circuits[0].meter_lost_load_a",
+        2,
+        "only means something with a meter",
+    ),
+    (
+        "negative meter_lost_load_a",
+        "meters:\n  - {id: gm, type: simulated}\ncircuits:\n  - {id: site, limit_a: 25, meter: gm, meter_lost_load_a: -1}\n",
+        "circuits[0].meter_lost_load_a",
+        4,
+        "below the minimum 0 A",
+    ),
+    (
+        "a circuit-only meter no circuit names",
+        "meters:\n  - {id: gm, type: simulated, grid: false}\n",
+        "meters[0].grid",
+        2,
+        "no circuit names this meter",
     ),
     (
         "charger naming an unknown circuit",

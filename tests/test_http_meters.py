@@ -358,13 +358,16 @@ async def test_shelly_pro_3em_exporting(device: Device) -> None:
     r = await read_once(make_shelly("grid", {"host": "127.0.0.1", "port": device.port}, env()))
     assert r.grid_power_w == -2200.3
     assert (r.pv_power_w, r.house_power_w, r.battery_power_w) == (None, None, None)
+    assert r.phase_currents_a == (4.029, 9.102, 4.352)  # for a circuit's meter
     assert device.seen[0][0] == "/rpc/EM.GetStatus?id=0"
 
 
 async def test_shelly_pro_3em_other_em_id(device: Device) -> None:
     device.serve("/rpc/EM.GetStatus?id=1", {"id": 1, "total_act_power": 812.25})
     meter = make_shelly("grid", {"host": "127.0.0.1", "port": device.port, "em_id": 1}, env())
-    assert (await read_once(meter)).grid_power_w == 812.2  # rounded to 0.1 W
+    reading = await read_once(meter)
+    assert reading.grid_power_w == 812.2  # rounded to 0.1 W
+    assert reading.phase_currents_a is None  # no phase currents in the answer: none passed on
 
 
 async def test_shelly_gen1_3em_sums_the_phases(device: Device) -> None:
@@ -373,6 +376,7 @@ async def test_shelly_gen1_3em_sums_the_phases(device: Device) -> None:
     r = await read_once(meter)
     assert r.grid_power_w == pytest.approx(1204.6 + 310.0 - 45.3)
     assert r.house_power_w is None
+    assert r.phase_currents_a == (5.31, 1.49, 0.31)
 
 
 @pytest.mark.parametrize(
@@ -500,6 +504,20 @@ async def test_http_battery_state_of_charge_is_a_percentage_and_not_scaled(devic
     }
     r = await read_once(make_http("grid", options, env()))
     assert (r.grid_power_w, r.battery_power_w, r.battery_soc_pct) == (-1500.0, 800.0, 81.5)
+
+
+async def test_http_phase_currents_for_a_circuit_meter_are_not_scaled(device: Device) -> None:
+    device.serve("/sub", {"p": 2.1, "i": [3.5, 0.25, 7], "bad": "x"})
+    options = {"url": f"http://127.0.0.1:{device.port}/sub", "grid_path": "p", "scale": 1000}
+    r = await read_once(make_http("gm", {**options, "current_paths": ["i.0", "i.1", "i.2"]}, env()))
+    assert (r.grid_power_w, r.phase_currents_a) == (2100.0, (3.5, 0.25, 7.0))
+    assert (await read_once(make_http("gm", options, env()))).phase_currents_a is None
+    broken = make_http("grid", {**options, "current_paths": ["i.0", "bad", "i.2"]}, env())
+    await broken.start()
+    try:
+        assert "field bad is 'x', not a number" in await fails_with(broken)
+    finally:
+        await broken.stop()
 
 
 async def test_http_only_grid_and_a_null_optional(device: Device) -> None:
@@ -710,6 +728,13 @@ async def test_read_without_start_and_stop_twice(device: Device) -> None:
         (make_http, {"url": "http://h/x", "grid_path": "a", "headers": {"Bad Name": "y"}}, "headers"),
         (make_http, {"url": "http://h/x", "grid_path": "a", "headers": {"X-Key": 12345}}, "headers"),
         (make_http, {"url": "http://h/x", "grid_path": "a", "header": {}}, "header"),
+        (make_http, {"url": "http://h/x", "grid_path": "a", "current_paths": "a.b"}, "current_paths"),
+        (make_http, {"url": "http://h/x", "grid_path": "a", "current_paths": ["a", "b"]}, "current_paths"),
+        (
+            make_http,
+            {"url": "http://h/x", "grid_path": "a", "current_paths": ["a", "b..c", "d"]},
+            "current_paths",
+        ),
     ],
 )
 def test_bad_options_name_the_option(factory: MeterFactory, options: dict[str, Any], option: str) -> None:

@@ -502,7 +502,12 @@ def test_the_snapshot_keeps_every_field_of_a_meter_reading(clock: FakeClock) -> 
     controller, _bus = build_controller(clock, model)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(MeterReading):
-        values[f.name] = "grid" if f.name == "meter_id" else (None if f.name == "error" else 7.5)
+        values[f.name] = {
+            "meter_id": "grid",
+            "error": None,
+            "grid": True,
+            "phase_currents_a": (7.5, 8.5, 9.5),
+        }.get(f.name, 7.5)
     values["read_at_s"] = clock.now()  # fresh: no "stale" error
     reading = MeterReading(**values)
     controller._meter_readings["grid"] = reading
