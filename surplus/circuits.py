@@ -231,6 +231,24 @@ class CircuitTree:
     def members(self, circuit_id: str) -> tuple[str, ...]:
         return self._members.get(circuit_id, ())
 
+    def metered_within(self, circuit_id: str) -> tuple[str, ...]:
+        """The circuits whose meters' other loads count in ``circuit_id``: its own meter's when it
+        has one (it measures everything beneath), else those of the metered circuits below it
+        that no metered circuit in between already measures."""
+        out = []
+        for c in self.circuits.values():
+            if c.meter is None:
+                continue
+            at: str | None = c.id
+            while at is not None:
+                if at == circuit_id:
+                    out.append(c.id)
+                    break
+                if at != c.id and self.circuits[at].meter is not None:
+                    break  # a metered circuit in between measures c's loads already
+                at = self.circuits[at].parent
+        return tuple(out)
+
     def grid_phases(self, charger_id: str, phases: int) -> tuple[int, ...]:
         """The grid phases a charger draws on with ``phases`` (1: its L1 only)."""
         rotation = self.wiring[charger_id].rotation if charger_id in self.wiring else STANDARD_ROTATION
@@ -275,24 +293,31 @@ class LoadBook:
         #: Per circuit with a meter: its other loads (not chargers), counted before any charger.
         self.others: Mapping[str, OtherLoad] = others or {}
         self._sums: dict[str, list[float]] = {
-            c: list(self.others[c].amps) if c in self.others else [0.0, 0.0, 0.0] for c in tree.circuits
+            c: list(a) for c, a in counted_others(tree, self.others).items()
         }
+        #: Per circuit: what the pauses and decreases written this tick free once their
+        #: boxes follow (their readback still shows the old setpoint, so they count at it).
+        self._freeing: dict[str, list[float]] = {c: [0.0, 0.0, 0.0] for c in tree.circuits}
         for cid, load in self.loads.items():
             for node in tree.path(cid):
                 total = self._sums[node.id]
                 for g in range(3):
                     total[g] += load[g]
 
-    def set(self, charger_id: str, load: Load) -> None:
+    def set(self, charger_id: str, load: Load, *, sent: Load | None = None) -> None:
+        """The charger counts at ``load`` now; ``sent``: what it was just set to (lower while its box follows)."""
         old = self.loads.get(charger_id, (0.0, 0.0, 0.0))
         for node in self.tree.path(charger_id):
             total = self._sums[node.id]
+            freeing = self._freeing[node.id]
             for g in range(3):
                 total[g] += load[g] - old[g]
+                if sent is not None:
+                    freeing[g] += max(load[g] - sent[g], 0.0)
         self.loads[charger_id] = load
 
-    def headroom(self, charger_id: str, phases: int) -> Room | None:
-        """See :meth:`CircuitTree.headroom`."""
+    def headroom(self, charger_id: str, phases: int, *, once_followed: bool = False) -> Room | None:
+        """See :meth:`CircuitTree.headroom`; ``once_followed``: after the boxes follow this tick's decreases."""
         path = self.tree.path(charger_id)
         if not path:
             return None
@@ -301,15 +326,16 @@ class LoadBook:
         best: tuple[float, Circuit, int, float] | None = None
         for node in path:
             total = self._sums[node.id]
+            freeing = self._freeing[node.id]
             for g in grid_phases:
-                used = total[g] - own[g]
+                used = total[g] - own[g] - (freeing[g] if once_followed else 0.0)
                 room = node.limit_a - used
                 if best is None or room < best[0]:
                     best = (room, node, g, used)
         assert best is not None
         room, node, g, used = best
-        other = self.others.get(node.id)
-        besides = f"; {other.why}" if other is not None else ""
+        notes = [self.others[c].why for c in self.tree.metered_within(node.id) if c in self.others]
+        besides = "".join(f"; {why}" for why in notes)
         return Room(
             amps=room,
             why=(
@@ -354,6 +380,19 @@ def measured_others(
         for g, amps in enumerate(tree.grid_load(cid, box)):
             total[g] -= amps
     return max(total[0], 0.0), max(total[1], 0.0), max(total[2], 0.0)
+
+
+def counted_others(tree: CircuitTree, others: Mapping[str, OtherLoad]) -> dict[str, list[float]]:
+    """Per circuit, the other loads counted in it (see :meth:`CircuitTree.metered_within`)."""
+    out: dict[str, list[float]] = {}
+    for circuit_id in tree.circuits:
+        total = [0.0, 0.0, 0.0]
+        for metered in tree.metered_within(circuit_id):
+            if metered in others:
+                for g in range(3):
+                    total[g] += others[metered].amps[g]
+        out[circuit_id] = total
+    return out
 
 
 class OtherLoadWatch:

@@ -28,6 +28,7 @@ from .circuits import (
     OtherLoadWatch,
     Room,
     counted_load,
+    counted_others,
 )
 from .clock import Clock
 from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
@@ -203,6 +204,8 @@ class Controller:
         self._snapshot = Snapshot(at_s=clock.now())
         #: This tick's split of the surplus (empty unless several chargers share it).
         self._shares: dict[str, SurplusShare] = {}
+        #: What each sharing charger's strategy was granted by the split this tick (W).
+        self._granted: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self._hurry = False
         self.ticks = 0
@@ -423,9 +426,13 @@ class Controller:
                 self._other_loads.update(snapshot.at_s, snapshot.meters, snapshot.chargers)
             self._book = LoadBook(self.circuits, self.circuit_loads(snapshot), self._others())
         try:
+            self._granted = {}
             self._shares = self._share_surplus(snapshot)
-            for slot in self._slots.values():
-                if slot.started:  # nothing can be sent to a charger we never reached
+            started = [slot for slot in self._slots.values() if slot.started]  # nothing to send to the others
+            if self.circuits is not None and len(started) > 1:
+                await self._govern_freeing_first(started, snapshot)
+            else:
+                for slot in started:
                     async with slot.lock:
                         await self._govern(slot, snapshot, snapshot.at_s)
         finally:
@@ -661,6 +668,7 @@ class Controller:
         def splitter(cid: str) -> Callable[[float], tuple[float, str]]:
             def split(surplus_w: float) -> tuple[float, str]:
                 share = split_surplus(surplus_w, frozen, rooms)[cid]
+                self._granted[cid] = share.budget_w
                 return share.budget_w, share.why
 
             return split
@@ -678,19 +686,35 @@ class Controller:
         if tree is None:
             return []
         loads = self._book.loads if self._book is not None else self.circuit_loads(snapshot)
-        besides = self._others()
+        besides = counted_others(tree, self._others())
         rooms = []
         for circuit in tree.circuits.values():
             members = tree.members(circuit.id)
             sharers = frozenset(m for m in members if m in sharing)
             if not sharers:
                 continue
-            others = [loads[m] for m in members if m not in sharing and m in loads]
-            if circuit.id in besides:
-                others.append(besides[circuit.id].amps)
+            others = [self._reserved(m, loads[m]) for m in members if m not in sharing and m in loads]
+            others.append((besides[circuit.id][0], besides[circuit.id][1], besides[circuit.id][2]))
             room = tuple(circuit.limit_a - sum(load[g] for load in others) for g in range(3))
             rooms.append(CircuitRoom(id=circuit.id, room_a=(room[0], room[1], room[2]), members=sharers))
         return rooms
+
+    def _reserved(self, charger_id: str, load: Load) -> Load:
+        """What a charger outside the sharing holds of a circuit: its load, or what a person asked
+        it to charge at when that is more (the surplus never takes a person's room)."""
+        override = self._slots[charger_id].override
+        if (
+            self.circuits is None
+            or override is None
+            or override.current_a is None
+            or override.charge is False
+        ):
+            return load
+        phases = override.phases or self._governor.memory(charger_id).phases or 3
+        asked = self.circuits.grid_load(
+            charger_id, [override.current_a if i < phases else 0.0 for i in range(3)]
+        )
+        return (max(load[0], asked[0]), max(load[1], asked[1]), max(load[2], asked[2]))
 
     # -- circuits ----------------------------------------------------------
     def _present_phases(self, charger_id: str, reading: ChargerReading) -> int:
@@ -741,11 +765,16 @@ class Controller:
         book, limits = self._book, self._governor.limits(charger_id)
         if book is None or limits is None:
             return
-        box, _ = counted_load(reading, self._governor.memory(charger_id), limits)
+        memory = self._governor.memory(charger_id)
+        box, _ = counted_load(reading, memory, limits)
+        sent: Load | None = None
         if attempted is not None:
             tried, _ = counted_load(reading, attempted, limits)
             box = (max(box[0], tried[0]), max(box[1], tried[1]), max(box[2], tried[2]))
-        book.set(charger_id, book.tree.grid_load(charger_id, box))
+        elif memory.current_a is not None and memory.charging is not None:
+            amps, phases = (memory.current_a if memory.charging else 0.0), (memory.phases or 3)
+            sent = book.tree.grid_load(charger_id, [amps if i < phases else 0.0 for i in range(3)])
+        book.set(charger_id, book.tree.grid_load(charger_id, box), sent=sent)
 
     def _fit_circuits(
         self, slot: ChargerSlot, decision: Decision, reading: ChargerReading, snapshot: Snapshot
@@ -771,6 +800,24 @@ class Controller:
                     decision, phases=None, reason=f"{decision.reason}; stays on 1 phase ({room.why})"
                 )
                 room = single
+        charging_at = self._governor.memory(slot.charger_id)
+        present_a = charging_at.current_a if charging_at.charging else None
+        if room.amps < min_a and present_a is not None and self._book is not None:
+            # Pauses or decreases written this tick will make the room once their boxes
+            # follow (seconds): this box holds (never rises) rather than pausing for 5 minutes.
+            later = self._book.headroom(slot.charger_id, phases, once_followed=True)
+            if later is not None and later.amps >= min_a:
+                hold = max(min_a, min(present_a, later.amps, decision.current_a or present_a))
+                return (
+                    dataclasses.replace(
+                        decision,
+                        current_a=hold,
+                        phases=None,
+                        reason=f"{decision.reason}; holds {hold:g} A until the boxes giving way follow "
+                        f"({later.why} then)",
+                    ),
+                    Room(amps=hold, why=room.why),
+                )
         if room.amps < min_a:
             return (
                 dataclasses.replace(
@@ -787,11 +834,52 @@ class Controller:
             decision = dataclasses.replace(decision, reason=f"{decision.reason}; {room.why}")
         return decision, room
 
-    async def _govern_one(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
+    async def _govern_freeing_first(self, slots: Sequence[ChargerSlot], snapshot: Snapshot) -> None:
+        """Several chargers under circuits: those that give current back are written first.
+
+        Every strategy decides first; then pauses and decreases (which free circuit
+        headroom) are governed and written before the rest, so a raise in the same tick
+        can use what they free, and a circuit that became too tight (its other loads rose)
+        pauses the box the strategies let go, not the one they kept.
+        """
+        now = snapshot.at_s
+        decided = []
+        for slot in slots:
+            async with slot.lock:
+                self._expire_override(slot, now)
+                decision, name = self._strategy_decision(slot, snapshot, now)
+            memory = self._governor.memory(slot.charger_id)
+            merged = (
+                decision if decision.source is Source.FALLBACK else merge_override(decision, slot.override)
+            )
+            frees = not merged.charge or (
+                merged.current_a is not None
+                and memory.current_a is not None
+                and merged.current_a < memory.current_a
+            )
+            decided.append((not frees, slot, decision, name))
+        # Among those giving back, the ones the sharing gave least go first: where a circuit
+        # cannot carry all, they are the ones the sharing let go.
+        decided.sort(key=lambda d: (d[0], self._granted.get(d[1].charger_id, math.inf)))
+        for _, slot, decision, name in decided:
+            async with slot.lock, self._circuit_lock:
+                await self._apply(slot, snapshot, now, decision, name)
+
+    @staticmethod
+    def _expire_override(slot: ChargerSlot, now: float) -> None:
         if slot.override is not None and slot.override.until_s is not None and now >= slot.override.until_s:
             log.info("%s: override expired; strategy %s resumes", slot.charger_id, slot.mode)
             slot.override = None
+
+    async def _govern_one(self, slot: ChargerSlot, snapshot: Snapshot, now: float) -> Verdict:
+        self._expire_override(slot, now)
         decision, strategy_name = self._strategy_decision(slot, snapshot, now)
+        return await self._apply(slot, snapshot, now, decision, strategy_name)
+
+    async def _apply(
+        self, slot: ChargerSlot, snapshot: Snapshot, now: float, decision: Decision, strategy_name: str
+    ) -> Verdict:
+        """The strategy's decision with the person's override, within the circuits, governed and written."""
         if decision.source is not Source.FALLBACK:
             decision = merge_override(decision, slot.override)
         reading = snapshot.chargers[slot.charger_id]
