@@ -23,16 +23,9 @@ import sys
 from importlib import resources
 from typing import Any
 
-from .probe import (
-    EXIT_PORT,
-    BoxReport,
-    ProbeResult,
-    add_discovery_options,
-    discovery_kwargs,
-    format_report,
-    probe,
-    setup_logging,
-)
+from .probe import add_discovery_options, discovery_kwargs, probe, setup_logging
+from .probe_report import EXIT_PORT, BoxReport, ProbeResult, format_report
+from .types import MAX_CURRENT_A, MIN_CURRENT_A
 
 EXIT_FILE = 1
 #: Where USB-RS485 adapters show up, most specific first.
@@ -70,7 +63,7 @@ def render(result: ProbeResult, box: BoxReport, *, config_path: str) -> str:
     """The config text for ``box`` (found on ``result.port``)."""
     template = string.Template(resources.files("surplus").joinpath("init_template.yaml").read_text())
     max_a = box.max_current_evse_a
-    usable = max_a is not None and 6.0 <= max_a <= 32.0
+    usable = max_a is not None and MIN_CURRENT_A <= max_a <= MAX_CURRENT_A
     fuse = _amps(max_a) if usable and max_a is not None else "16"
     fixed = _amps(min(START_CURRENT_A, max_a)) if usable and max_a is not None else _amps(START_CURRENT_A)
     if box.phase_switching:

@@ -17,7 +17,8 @@ from surplus.config import MqttConfig
 from surplus.governor import Limits
 from surplus.ha_discovery import Topics, all_config_topics, charger_configs, meter_configs, stale_topics
 from surplus.loop import Controller
-from surplus.mqtt_bridge import COMMANDS, MAX_PAYLOAD_BYTES, CommandError, MqttBridge, command_call
+from surplus.mqtt_bridge import MqttBridge
+from surplus.mqtt_payloads import COMMANDS, MAX_PAYLOAD_BYTES, CommandError, command_call
 from surplus.sim.model import AmtronModel, EvProfile
 from surplus.types import DeviceInfo
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surplus import cli, init_cli, probe
+from surplus import cli, init_cli, probe, probe_report
 from surplus.clock import SystemClock
 from surplus.config import load_config
 from surplus.modbus.codec import WordOrder
@@ -185,7 +185,7 @@ async def test_probe_with_nothing_on_the_other_end_prints_the_hints(tmp_path: Pa
         code, out, _ = await surplus("probe", link.path, "--timeout-ms", "100")
     finally:
         link.close()
-    assert code == probe.EXIT_NOTHING == 2
+    assert code == probe_report.EXIT_NOTHING == 2
     assert f"No AMTRON answered on {link.path} (device id 50, 57600 baud 8N2)." in out
     for word in (*HINT_WORDS, "try --scan", "try --scan-baudrate"):
         assert word in out, word
@@ -254,7 +254,7 @@ async def test_probe_finds_a_surplus_sim_process_on_its_id_and_baud_rate(tmp_pat
 
 async def test_probe_on_a_missing_port_says_so() -> None:
     code, out, _ = await surplus("probe", "/nonexistent/ttyUSB9")
-    assert code == probe.EXIT_PORT == 3
+    assert code == probe_report.EXIT_PORT == 3
     assert "/nonexistent/ttyUSB9: cannot open" in out and "dialout" in out
 
 
@@ -353,8 +353,8 @@ async def test_init_without_a_box_writes_nothing(tmp_path: Path) -> None:
     assert not out_file.exists()
 
 
-def _box(**changes: object) -> probe.BoxReport:
-    box = probe.BoxReport(
+def _box(**changes: object) -> probe_report.BoxReport:
+    box = probe_report.BoxReport(
         device_id=50,
         baudrate=57600,
         frame="8N2",
@@ -381,7 +381,7 @@ def test_init_template_has_the_shape_of_config_amtron_yaml(
     tmp_path: Path, changes: dict[str, object], phases: object, fuse: int
 ) -> None:
     port = "/dev/serial/by-id/usb-FTDI RS485 adapter-if00"  # a space: must be quoted
-    result = probe.ProbeResult(port=port, frame="8N2", device_ids=(50,))
+    result = probe_report.ProbeResult(port=port, frame="8N2", device_ids=(50,))
     text = init_cli.render(result, _box(**changes), config_path="surplus.yaml")
     path = tmp_path / "surplus.yaml"
     path.write_text(text)
