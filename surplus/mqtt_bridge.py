@@ -174,14 +174,15 @@ def _text(value: str) -> str:
 
 def charger_values(controller: ControllerAPI, charger_id: str, *, fresh: bool, status: str) -> dict[str, str]:
     """Sub-topic -> payload for one charger (values of a charger never read are left out)."""
-    snap = controller.snapshot()
-    reading = snap.chargers.get(charger_id)
+    published = controller.published()
+    view = published.charger(charger_id)
+    reading = published.snapshot.chargers.get(charger_id)
     out: dict[str, str | None] = {
         "available": ONLINE if fresh else OFFLINE,
         "status": status,
-        "mode": controller.get_mode(charger_id),
+        "mode": view.mode,
     }
-    override = controller.get_override(charger_id)
+    override = view.override
     out["override"] = (
         "none"
         if override is None
@@ -199,7 +200,7 @@ def charger_values(controller: ControllerAPI, charger_id: str, *, fresh: bool, s
             separators=(",", ":"),
         )
     )
-    record = controller.last_decision(charger_id)
+    record = view.decision
     if record is not None:
         why = [r for r in (record.decision.reason, *record.verdict.reasons) if r]
         out["reason"] = _text("; ".join(why) or "-")
@@ -428,7 +429,7 @@ class MqttBridge:
     def state_messages(self) -> dict[str, str]:
         """Topic -> payload of every state value now."""
         t = self.topics
-        snap = self.c.snapshot()
+        snap = self.c.published().snapshot
         now = self.clock.now()
         _worst, health = charger_health(self.c, self.stale_after_s)
         out: dict[str, str] = {}
@@ -455,7 +456,7 @@ class MqttBridge:
     def discovery_messages(self) -> dict[str, str]:
         """Discovery topic -> config JSON for each charger read at least once, and each meter."""
         out: dict[str, str] = {}
-        snap = self.c.snapshot()
+        snap = self.c.published().snapshot
         for cid in self.c.charger_ids:
             reading = snap.chargers.get(cid)
             if reading is None or reading.state is None:
