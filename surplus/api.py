@@ -1,8 +1,10 @@
-"""What the JSON-RPC layer and /metrics may ask of a running controller.
+"""What the JSON-RPC layer, /metrics and MQTT may ask of a running controller.
 
 :class:`surplus.loop.Controller` implements it. Reads come from the latest
-snapshot (never a bus transaction); writes become overrides that pass through
-the safety governor and return its :class:`~surplus.types.Verdict`.
+published :class:`~surplus.state.LoopState` (never a bus transaction); writes
+become overrides that pass through the safety governor and return its
+:class:`~surplus.types.Verdict`. ``Override`` and ``DecisionRecord`` live in
+:mod:`surplus.state` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,35 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .clock import Clock
-from .types import Decision, MeterReading, PauseKind, Snapshot, Verdict
+from .state import DecisionRecord, LoopState, Override
+from .types import MeterReading, Snapshot, Verdict
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Override:
-    """A person's instruction; None fields leave the strategy's choice alone."""
-
-    charge: bool | None = None
-    current_a: float | None = None
-    phases: int | None = None
-    lock: bool | None = None
-    pause_kind: PauseKind | None = None
-    #: Clock time (``Clock.now()``) at which it expires; None holds until cleared.
-    until_s: float | None = None
-    reason: str = "override"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DecisionRecord:
-    """The last decision for a charger: what was asked, what the governor said, on what inputs."""
-
-    at_s: float
-    decision: Decision
-    verdict: Verdict
-    strategy: str
-    mode: str
-    override: Override | None
-    grid_power_w: float | None
-    charger_age_s: float
+__all__ = [
+    "ChargerSetup",
+    "ControllerAPI",
+    "DecisionRecord",
+    "Line",
+    "LineStatus",
+    "Override",
+    "PluginInfo",
+    "SessionHistory",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,8 +77,11 @@ class ControllerAPI(Protocol):
     clock: Clock
     #: ``clock.now()`` at start-up (for uptime).
     started_at_s: float
-    #: The session history when one is configured (None: ``getSessions`` says it is off).
-    history: SessionHistory | None
+
+    def published(self) -> LoopState:
+        """The latest published state: snapshot, and per charger its mode, override and last
+        decision, each with its time. Readers (RPC, metrics, MQTT, history) read this."""
+        ...
 
     @property
     def charger_ids(self) -> Sequence[str]:

@@ -14,15 +14,12 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .clock import Clock
 from .history_store import HistoryError, SessionStore
 from .sessions import REPLUG_S, RowWrite, SessionRecord, Sessions, vehicle_present
-from .types import Snapshot
-
-if TYPE_CHECKING:
-    from .api import ControllerAPI
-    from .loop import Controller
+from .state import ChargerView, LoopState, StateListener
 
 __all__ = [
     "REPLUG_S",
@@ -37,14 +34,26 @@ __all__ = [
 log = logging.getLogger("surplus.history")
 
 
+class Chargers(Protocol):
+    """What a history needs to know at the start: the clock and the chargers."""
+
+    clock: Clock
+
+    @property
+    def charger_ids(self) -> Sequence[str]: ...
+
+
+class Publisher(Chargers, Protocol):
+    """What :func:`attach` needs: also the published states (:class:`surplus.loop.Controller`)."""
+
+    def subscribe(self, listener: StateListener) -> None: ...
+
+
 class History:
     """Follows the sessions tick by tick and keeps them in a :class:`SessionStore`."""
 
-    def __init__(
-        self, store: SessionStore, controller: ControllerAPI, *, flush_every_s: float = 60.0
-    ) -> None:
+    def __init__(self, store: SessionStore, controller: Chargers, *, flush_every_s: float = 60.0) -> None:
         self._store = store
-        self._controller = controller
         self._clock = controller.clock
         self._sessions = Sessions(controller.charger_ids, flush_every_s=flush_every_s)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surplus-history")
@@ -60,36 +69,34 @@ class History:
         return self._store.path
 
     # -- the tick ------------------------------------------------------------------------------
-    def on_tick(self, snapshot: Snapshot) -> None:
-        """Tick observer: follow each charger's session; write what is due (in the worker)."""
+    def on_state(self, state: LoopState) -> None:
+        """State listener: follow each charger's session; write what is due (in the worker).
+
+        The modes a session ran in come from the same published state (mode, and
+        "override" while a person's override holds)."""
         self._reap()
         if self._closed:
             return
+        snapshot = state.snapshot
         now_wall = self._clock.wall()
         wall = now_wall - (self._clock.now() - snapshot.at_s)
         grid = snapshot.grid_power_w
         writes: list[RowWrite] = []
         for cid, reading in snapshot.chargers.items():
-            state = reading.state
-            if state is None or reading.error is not None:
+            charger_state = reading.state
+            if charger_state is None or reading.error is not None:
                 continue
             writes += self._sessions.observe(
                 cid,
-                state,
+                charger_state,
                 at_s=snapshot.at_s,
                 wall=wall,
                 grid=grid,
-                modes=functools.partial(self._modes, cid),
+                modes=functools.partial(_modes, state.chargers.get(cid)),
                 now_wall=now_wall,
             )
         if writes:
             self._submit(writes)
-
-    def _modes(self, cid: str) -> Sequence[str]:
-        names = [self._controller.get_mode(cid)]
-        if self._controller.get_override(cid) is not None:
-            names.append("override")
-        return names
 
     # -- the writer thread --------------------------------------------------------------------
     def _submit(self, writes: list[RowWrite]) -> None:
@@ -146,9 +153,15 @@ class History:
         self._store.close()
 
 
-def attach(controller: Controller, store: SessionStore, *, flush_every_s: float = 60.0) -> History:
-    """A :class:`History` fed by ``controller``'s ticks and served by its ``getSessions``."""
+def _modes(view: ChargerView | None) -> Sequence[str]:
+    if view is None:
+        return []
+    return [view.mode, "override"] if view.override is not None else [view.mode]
+
+
+def attach(controller: Publisher, store: SessionStore, *, flush_every_s: float = 60.0) -> History:
+    """A :class:`History` fed by each state ``controller`` publishes (give it to the RPC
+    server for ``getSessions``)."""
     history = History(store, controller, flush_every_s=flush_every_s)
-    controller.add_tick_observer(history.on_tick)
-    controller.history = history
+    controller.subscribe(history.on_state)
     return history

@@ -1,8 +1,9 @@
 """``/metrics``: the controller's state in Prometheus text format.
 
 A collector on a per-app :class:`CollectorRegistry` (no global state) reads
-in-memory state at scrape time (the latest snapshot, the last decisions, the
-bus counters), so a scrape never touches the bus. The charger gauges come from
+in-memory state at scrape time (the controller's published
+:class:`~surplus.state.LoopState`: snapshot, modes, overrides, last decisions and
+counters; and the bus counters), so a scrape never touches the bus. The charger gauges come from
 one table, like Home Assistant's entity descriptions: a new metric is one row.
 
 Names follow the Prometheus conventions: ``surplus_`` prefix, base units in the
@@ -18,15 +19,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .api import ControllerAPI, DecisionRecord
+from .api import ControllerAPI
 from .modbus.bus import BusConfig, BusStats
+from .state import LoopState
 from .types import ChargerState, Outcome, ReadGroup, Snapshot
 
 #: Joules per watt-hour.
@@ -120,32 +122,6 @@ CHARGER_COUNTERS: tuple[ChargerMetric, ...] = (
 )
 
 
-class DecisionStats:
-    """A decision observer (``Controller.add_observer``) counting verdicts and writes per charger."""
-
-    def __init__(self) -> None:
-        self.verdicts: dict[tuple[str, Outcome], int] = {}
-        self.writes: dict[str, int] = {}
-
-    def observe(self, record: DecisionRecord, charger_id: str) -> None:
-        """Count one governed decision; an applied command is one write to the charger."""
-        key = (charger_id, record.verdict.outcome)
-        self.verdicts[key] = self.verdicts.get(key, 0) + 1
-        # The loop turns a failed write into REFUSED, so APPLIED with a command was written.
-        if record.verdict.outcome is Outcome.APPLIED and record.verdict.command is not None:
-            self.writes[charger_id] = self.writes.get(charger_id, 0) + 1
-
-
-@runtime_checkable
-class LoopView(Protocol):
-    """What the real :class:`surplus.loop.Controller` offers beyond :class:`ControllerAPI`."""
-
-    ticks: int
-    last_tick_s: float | None
-
-    def add_observer(self, observer: Callable[[DecisionRecord, str], None]) -> None: ...
-
-
 class BusView(Protocol):
     """The parts of :class:`surplus.modbus.bus.ModbusBus` the metrics read (all in memory)."""
 
@@ -197,23 +173,23 @@ class SnapshotCollector(Collector):
         controller: ControllerAPI,
         *,
         buses: Sequence[BusView] = (),
-        decisions: DecisionStats | None = None,
     ) -> None:
         self._c = controller
         self._buses = tuple(buses)
-        self._decisions = decisions
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._c.snapshot()
+        state = self._c.published()  # one frozen state for the whole scrape
+        snap = state.snapshot
         now = self._c.clock.now()
         lag = max(0.0, now - snap.at_s)
-        yield from self._charger_families(snap, lag)
-        yield from self._decision_families(now)
+        yield from self._charger_families(state, lag)
+        yield from self._decision_families(state, now)
         yield from self._meter_families(snap, lag)
-        yield from self._controller_families(snap, now, lag)
+        yield from self._controller_families(state, now, lag)
         yield from self._bus_families(now)
 
-    def _charger_families(self, snap: Snapshot, lag: float) -> Iterator[Metric]:
+    def _charger_families(self, loop_state: LoopState, lag: float) -> Iterator[Metric]:
+        snap = loop_state.snapshot
         chargers = [(cid, snap.chargers.get(cid)) for cid in self._c.charger_ids]
         up = _gauge("surplus_charger_connected", "1 while the charger answers", "charger")
         age = _gauge("surplus_charger_data_age_seconds", "Age of the last good charger read", "charger")
@@ -273,14 +249,15 @@ class SnapshotCollector(Collector):
         mode = _gauge("surplus_charger_mode", "1 for the charger's active mode (strategy)", "charger", "mode")
         override = _gauge("surplus_charger_override_active", "1 while a person's override holds", "charger")
         for cid in self._c.charger_ids:
-            active = self._c.get_mode(cid)
+            view = loop_state.charger(cid)
+            active = view.mode
             for name in dict.fromkeys((*self._c.available_modes, active)):
                 mode.add_metric([cid, name], float(name == active))
-            override.add_metric([cid], float(self._c.get_override(cid) is not None))
+            override.add_metric([cid], float(view.override is not None))
         yield mode
         yield override
 
-    def _decision_families(self, now: float) -> Iterator[Metric]:
+    def _decision_families(self, state: LoopState, now: float) -> Iterator[Metric]:
         current = _gauge(
             "surplus_decision_current_amperes",
             "Current the last decision asked for (0 = pause)",
@@ -300,7 +277,7 @@ class SnapshotCollector(Collector):
         )
         age = _gauge("surplus_decision_age_seconds", "Time since the last decision", "charger")
         for cid in self._c.charger_ids:
-            record = self._c.last_decision(cid)
+            record = state.charger(cid).decision
             if record is None:
                 continue
             d = record.decision
@@ -312,7 +289,7 @@ class SnapshotCollector(Collector):
             age.add_metric([cid], max(0.0, now - record.at_s))
         yield from (current, charge, phases, info, age)
 
-        if self._decisions is None:
+        if state.loop is None:  # no loop of its own (a test's fake): no counters
             return
         verdicts = _counter(
             "surplus_governor_verdicts",
@@ -322,11 +299,10 @@ class SnapshotCollector(Collector):
         )
         writes = _counter("surplus_charger_writes", "Commands written to the charger", "charger")
         for cid in self._c.charger_ids:
+            view = state.charger(cid)
             for outcome in Outcome:
-                verdicts.add_metric(
-                    [cid, outcome.value], float(self._decisions.verdicts.get((cid, outcome), 0))
-                )
-            writes.add_metric([cid], float(self._decisions.writes.get(cid, 0)))
+                verdicts.add_metric([cid, outcome.value], float(view.verdicts.get(outcome, 0)))
+            writes.add_metric([cid], float(view.writes))
         yield verdicts
         yield writes
 
@@ -359,7 +335,8 @@ class SnapshotCollector(Collector):
                     fam.add_metric([mid], value)
         yield from (grid, pv, house, battery, soc, age, up)
 
-    def _controller_families(self, snap: Snapshot, now: float, lag: float) -> Iterator[Metric]:
+    def _controller_families(self, state: LoopState, now: float, lag: float) -> Iterator[Metric]:
+        snap = state.snapshot
         build = _gauge("surplus_build_info", "Always 1; the version in a label", "version")
         build.add_metric([__version__], 1.0)
         yield build
@@ -380,13 +357,13 @@ class SnapshotCollector(Collector):
             available.add_metric([], car_w - grid_w)
         yield available
 
-        if isinstance(self._c, LoopView):
+        if state.loop is not None:
             ticks = _counter("surplus_ticks", "Control-loop ticks completed")
-            ticks.add_metric([], float(self._c.ticks))
+            ticks.add_metric([], float(state.loop.ticks))
             yield ticks
             duration = _gauge("surplus_tick_duration_seconds", "Duration of the last tick")
-            if self._c.last_tick_s is not None:
-                duration.add_metric([], self._c.last_tick_s)
+            if state.loop.last_tick_s is not None:
+                duration.add_metric([], state.loop.last_tick_s)
             yield duration
 
     def _bus_families(self, now: float) -> Iterator[Metric]:
@@ -448,15 +425,11 @@ def metrics_endpoint(
 ) -> Callable[[], tuple[bytes, str]]:
     """What ``surplus.web.start_web(metrics=...)`` serves at ``GET /metrics``.
 
-    With the real controller (:class:`LoopView`) it also registers a decision
-    observer for the verdict and write counters; ``buses`` add the Modbus counters.
+    Everything comes from the controller's published state (with the loop's tick
+    and verdict counters when it has a loop); ``buses`` add the Modbus counters.
     """
-    decisions = None
-    if isinstance(controller, LoopView):
-        decisions = DecisionStats()
-        controller.add_observer(decisions.observe)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(controller, buses=buses, decisions=decisions))
+    registry.register(SnapshotCollector(controller, buses=buses))
 
     def render() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -266,7 +266,7 @@ class MqttBridge:
     def discovery_messages(self) -> dict[str, str]:
         """Discovery topic -> config JSON for each charger read at least once, and each meter."""
         out: dict[str, str] = {}
-        snap = self.c.snapshot()
+        snap = self.c.published().snapshot
         for cid in self.c.charger_ids:
             reading = snap.chargers.get(cid)
             if reading is None or reading.state is None:

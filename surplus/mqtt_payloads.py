@@ -122,14 +122,15 @@ def _text(value: str) -> str:
 
 def charger_values(controller: ControllerAPI, charger_id: str, *, fresh: bool, status: str) -> dict[str, str]:
     """Sub-topic -> payload for one charger (values of a charger never read are left out)."""
-    snap = controller.snapshot()
-    reading = snap.chargers.get(charger_id)
+    published = controller.published()
+    view = published.charger(charger_id)
+    reading = published.snapshot.chargers.get(charger_id)
     out: dict[str, str | None] = {
         "available": ONLINE if fresh else OFFLINE,
         "status": status,
-        "mode": controller.get_mode(charger_id),
+        "mode": view.mode,
     }
-    override = controller.get_override(charger_id)
+    override = view.override
     out["override"] = (
         "none"
         if override is None
@@ -147,7 +148,7 @@ def charger_values(controller: ControllerAPI, charger_id: str, *, fresh: bool, s
             separators=(",", ":"),
         )
     )
-    record = controller.last_decision(charger_id)
+    record = view.decision
     if record is not None:
         why = [r for r in (record.decision.reason, *record.verdict.reasons) if r]
         out["reason"] = _text("; ".join(why) or "-")
@@ -189,7 +190,7 @@ def state_messages(
 ) -> dict[str, str]:
     """Topic -> payload of every state value now."""
     t = topics
-    snap = controller.snapshot()
+    snap = controller.published().snapshot
     _worst, health = charger_health(controller, stale_after_s)
     out: dict[str, str] = {}
     for cid in controller.charger_ids:

@@ -7,7 +7,7 @@ shapes; snapshot reads add ``ageSeconds`` and ``chargerId`` next to ``data``.
 
 Policy decisions (see the README's API section):
 
-- Reads come from ``controller.snapshot()``. A charger that was never read,
+- Reads come from ``controller.published()`` (one frozen state). A charger that was never read,
   or whose data is older than ``stale_after_s``, gives error -32000
   ("charger data unavailable" / "charger data stale (age N s)") instead of old
   numbers. ``health`` always answers and reports the staleness; its ``status``
@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from . import rpc_schema as S
-from .api import ControllerAPI, DecisionRecord, Override
+from .api import ControllerAPI, DecisionRecord, Override, SessionHistory
 from .history import SessionRecord
 from .jsonrpc import SERVER_ERROR, Handler, MethodSpec, Param, RpcError, invalid_params
 from .rpc_health import charger_health, meter_health
@@ -151,9 +151,12 @@ class _Fresh:
 class _Methods:
     """Handlers bound to one controller."""
 
-    def __init__(self, controller: ControllerAPI, *, stale_after_s: float) -> None:
+    def __init__(
+        self, controller: ControllerAPI, *, stale_after_s: float, history: SessionHistory | None
+    ) -> None:
         self.c = controller
         self.stale_after_s = stale_after_s
+        self.history = history
 
     # helpers
 
@@ -177,7 +180,7 @@ class _Methods:
 
     def fresh(self, args: Mapping[str, Any]) -> _Fresh:
         cid = self.charger(args)
-        snap = self.c.snapshot()
+        snap = self.c.published().snapshot
         reading = snap.chargers.get(cid)
         if reading is None or reading.state is None:
             raise RpcError(
@@ -289,7 +292,8 @@ class _Methods:
         if clamp is not None:
             message += f" ({clamp})"
         wants_charge = override.charge is True or (override.charge is None and override.current_a is not None)
-        reading = self.c.snapshot().chargers.get(cid)
+        published = self.c.published()
+        reading = published.snapshot.chargers.get(cid)
         lock = (
             override.lock
             if override.lock is not None
@@ -303,7 +307,7 @@ class _Methods:
             "status": verdict.outcome.value,
             "message": message,
             "reasons": reasons,
-            "override": self.override_json(self.c.get_override(cid) or override),
+            "override": self.override_json(published.charger(cid).override or override),
             "command": command_json(verdict.command),
         }
         if current:
@@ -354,7 +358,11 @@ class _Methods:
     def get_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
         return self.reply(
-            {"chargerId": cid, "mode": self.c.get_mode(cid), "modes": list(self.c.available_modes)}
+            {
+                "chargerId": cid,
+                "mode": self.c.published().charger(cid).mode,
+                "modes": list(self.c.available_modes),
+            }
         )
 
     def set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +372,7 @@ class _Methods:
         except ValueError as exc:
             # The controller's ValueError is a one-line message meant for people.
             raise invalid_params(str(exc).splitlines()[0] if str(exc) else "mode not accepted") from None
-        return self.reply({"chargerId": cid, "mode": self.c.get_mode(cid)})
+        return self.reply({"chargerId": cid, "mode": self.c.published().charger(cid).mode})
 
     def until_s(self, value: Any) -> float:
         clock = self.c.clock
@@ -406,9 +414,10 @@ class _Methods:
 
     def get_decision(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self.charger(args)
-        record = self.c.last_decision(cid)
+        published = self.c.published()
+        record = published.charger(cid).decision
         if record is None:  # nothing decided yet: say why rather than answer an empty reply
-            reading = self.c.snapshot().chargers.get(cid)
+            reading = published.snapshot.chargers.get(cid)
             why = (
                 reading.error
                 if reading is not None and reading.error
@@ -420,13 +429,14 @@ class _Methods:
     def get_chargers(self, _args: dict[str, Any]) -> dict[str, Any]:
         """Every configured charger: where it sits, its mode, its health."""
         _worst, health = charger_health(self.c, self.stale_after_s)
+        published = self.c.published()
         out = []
         for cid in self.c.charger_ids:
             setup = self.c.charger_setup(cid)
             out.append(
                 {
                     "chargerId": cid,
-                    "mode": self.c.get_mode(cid),
+                    "mode": published.charger(cid).mode,
                     "priority": setup.priority,
                     "circuits": list(setup.circuits),
                     "status": health[cid]["status"],
@@ -436,10 +446,10 @@ class _Methods:
         return self.reply(out)
 
     def get_meters(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return self.reply({mid: meter_json(m) for mid, m in self.c.meters().items()})
+        return self.reply({mid: meter_json(m) for mid, m in self.c.published().snapshot.meters.items()})
 
     async def get_sessions(self, args: dict[str, Any]) -> dict[str, Any]:
-        history = self.c.history
+        history = self.history
         if history is None:
             raise RpcError(SERVER_ERROR, "history is off: set history.path in the config")
         cid = self.charger(args) if "chargerId" in args else None
@@ -513,9 +523,13 @@ def session_json(r: SessionRecord, now_wall: float) -> dict[str, Any]:
     }
 
 
-def build_methods(controller: ControllerAPI, *, stale_after_s: float = 30.0) -> list[MethodSpec]:
-    """The method table for ``controller``: what the server dispatches and ``rpc.discover`` describes."""
-    m = _Methods(controller, stale_after_s=stale_after_s)
+def build_methods(
+    controller: ControllerAPI, *, stale_after_s: float = 30.0, history: SessionHistory | None = None
+) -> list[MethodSpec]:
+    """The method table for ``controller``: what the server dispatches and ``rpc.discover`` describes.
+
+    ``history``: the session history ``getSessions`` reads (None: it answers "history is off")."""
+    m = _Methods(controller, stale_after_s=stale_after_s, history=history)
     ch = (_CHARGER,)
     modes = tuple(controller.available_modes)
 

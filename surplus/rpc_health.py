@@ -21,7 +21,7 @@ def charger_health(controller: ControllerAPI, stale_after_s: float) -> tuple[str
     (data older than ``stale_after_s`` or the line just dropped),
     ``error`` (the box reports an error, e.g. 200) or ``disconnected``.
     """
-    snap = controller.snapshot()
+    snap = controller.published().snapshot
     now = controller.clock.now()
     chargers: dict[str, dict[str, Any]] = {}
     worst = "healthy"
@@ -68,7 +68,8 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
     a charger runs on its fallback (e.g. "pv" with no meter at all), or a box
     would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0).
     """
-    snap = controller.snapshot()
+    published = controller.published()
+    snap = published.snapshot
     meters = {mid: meter_status(m) for mid, m in snap.meters.items()}
     down = [f"{mid} {status}" for mid, status in meters.items() if status != "ok"]
     reasons = []
@@ -77,8 +78,8 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
         state = reading.state if reading is not None else None
         if state is not None and (risk := box_fallback_risk(state.info, state.config)) is not None:
             reasons.append(f"{cid}: {risk}")
-        mode = controller.get_mode(cid)
-        record = controller.last_decision(cid)
+        view = published.charger(cid)
+        mode, record = view.mode, view.decision
         if down and mode not in _MODES_WITHOUT_METER:
             reasons.append(f"{cid}: mode {mode} needs the meters: {'; '.join(down)}")
         elif record is not None and record.decision.source is Source.FALLBACK:

@@ -35,6 +35,7 @@ from .loop import ChargerSlot, Controller, plausible_meter_w
 from .meter import Meter, MeterEnv
 from .modbus.bus import BusConfig, ModbusBus
 from .plugins import collect_meters, collect_strategies, describe_plugins, make_plugin_manager, strategy_infos
+from .state import StateBoard
 
 log = logging.getLogger("surplus")
 
@@ -178,15 +179,9 @@ async def build_stack(
             )
         )
 
-    holder: dict[str, Controller] = {}
-
-    def charger_power_w() -> float:
-        ctl = holder.get("c")
-        if ctl is None:
-            return 0.0
-        return sum(r.state.power_total_w for r in ctl.snapshot().chargers.values() if r.state is not None)
-
-    env = MeterEnv(clock=clock, charger_power_w=charger_power_w)
+    # The chargers' power a meter may need comes from the published state, not from the loop.
+    board = StateBoard()
+    env = MeterEnv(clock=clock, charger_power_w=board.charger_power_w)
     meters: list[Meter] = [meter_factories[m.type](m.id, m.options, env) for m in config.meters]
     memory_store = None
     if config.control.state_path is not None:
@@ -211,8 +206,8 @@ async def build_stack(
         strategy_infos=infos,
         circuits=to_circuits(config),
         lines=buses,
+        board=board,
     )
-    holder["c"] = controller
     stack = Stack(
         config=config,
         controller=controller,
@@ -231,7 +226,10 @@ async def build_stack(
             from .web import start_web
 
             stack.web = await start_web(
-                controller, web_settings, metrics=metrics_endpoint(controller, buses=stack.buses)
+                controller,
+                web_settings,
+                metrics=metrics_endpoint(controller, buses=stack.buses),
+                history=stack.history,
             )
         if config.mqtt is not None and config.mqtt.enabled:
             from .mqtt_bridge import start_bridge

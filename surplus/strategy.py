@@ -2,10 +2,11 @@
 
 A strategy plugin registers a :data:`StrategyFactory` under a name (the
 charger's ``mode``). The factory validates its options once, at start-up, and
-returns a :class:`Strategy`; ``decide`` is then called on every tick and must
-not do I/O. A strategy may keep state between ticks (pv keeps its timers and
-recent surplus); it gets one instance per charger. Whatever it returns still
-passes the safety governor.
+returns a :class:`Strategy`. The loop calls ``decide`` once per tick per
+charger with that tick's frozen snapshot; it must not do I/O. A strategy is not
+pure: it may keep its own state between ticks (pv keeps its timers and recent
+surplus), which is why it gets one instance per charger. Whatever it returns
+still passes the safety governor.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import __version__
-from .api import ControllerAPI
+from .api import ControllerAPI, SessionHistory
 from .config import is_loopback
 from .jsonrpc import INVALID_REQUEST, UNAUTHORIZED, Dispatcher, dumps, error_object
 from .rpc import build_methods
@@ -133,11 +133,13 @@ def build_app(
     metrics: Metrics | None = None,
     client_log: ClientLog | None = None,
     guard: ConnectionGuard | None = None,
+    history: SessionHistory | None = None,
 ) -> web.Application:
-    """The aiohttp application (no socket yet); ``guard`` is the server's connection guard."""
+    """The aiohttp application (no socket yet); ``guard`` is the server's connection guard,
+    ``history`` the session history ``getSessions`` reads."""
     clients = client_log if client_log is not None else ClientLog()
     dispatcher = Dispatcher(
-        build_methods(controller, stale_after_s=settings.stale_after_s),
+        build_methods(controller, stale_after_s=settings.stale_after_s, history=history),
         title="surplus",
         version=__version__,
         max_batch=settings.max_batch,
@@ -292,7 +294,11 @@ def check_port_free(settings: RpcSettings) -> None:
 
 
 async def start_web(
-    controller: ControllerAPI, settings: RpcSettings, *, metrics: Metrics | None = None
+    controller: ControllerAPI,
+    settings: RpcSettings,
+    *,
+    metrics: Metrics | None = None,
+    history: SessionHistory | None = None,
 ) -> WebServer:
     """Check ``settings`` (``ValueError`` if unsafe), then serve until ``close()``."""
     settings.check()
@@ -302,7 +308,9 @@ async def start_web(
         header_timeout_s=settings.header_timeout_s,
         client_log=client_log,
     )
-    app = build_app(controller, settings, metrics=metrics, client_log=client_log, guard=guard)
+    app = build_app(
+        controller, settings, metrics=metrics, client_log=client_log, guard=guard, history=history
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     server = runner.server

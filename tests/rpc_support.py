@@ -14,6 +14,7 @@ from typing import Any
 
 from surplus.api import ChargerSetup, DecisionRecord, LineStatus, Override, PluginInfo
 from surplus.clock import FakeClock
+from surplus.state import ChargerView, LoopState
 from surplus.types import (
     ChargerReading,
     ChargerState,
@@ -56,7 +57,6 @@ class FakeController:
     current_override: dict[str, Override] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=lambda: {"wb1": "pv"})
     decision: DecisionRecord | None = None
-    history: Any = None
     #: The snapshot's meters (default: one fresh "grid" meter exporting 2.5 kW).
     meter_readings: dict[str, MeterReading] = field(
         default_factory=lambda: {
@@ -67,6 +67,21 @@ class FakeController:
     @property
     def charger_ids(self) -> Sequence[str]:
         return self.ids
+
+    def published(self) -> LoopState:
+        """The fields above as one state (no loop of its own: no tick or verdict counters)."""
+        return LoopState(
+            snapshot=self.snapshot(),
+            chargers={
+                cid: ChargerView(
+                    charger_id=cid,
+                    mode=self.get_mode(cid),
+                    override=self.get_override(cid),
+                    decision=self.last_decision(cid),
+                )
+                for cid in self.ids
+            },
+        )
 
     def snapshot(self) -> Snapshot:
         chargers = {}

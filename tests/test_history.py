@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -337,11 +338,10 @@ class Feed:
             connected=True,
             error=error,
         )
-        self.history.on_tick(
-            Snapshot(
-                at_s=self.t, chargers=MappingProxyType({"wb1": reading}), meters=MappingProxyType(meters)
-            )
+        snapshot = Snapshot(
+            at_s=self.t, chargers=MappingProxyType({"wb1": reading}), meters=MappingProxyType(meters)
         )
+        self.history.on_state(dataclasses.replace(self.ctl.published(), snapshot=snapshot))
 
     async def sessions(self) -> list[SessionRecord]:
         return list(reversed(await self.history.sessions(limit=10)))

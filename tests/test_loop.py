@@ -510,8 +510,8 @@ def test_the_snapshot_keeps_every_field_of_a_meter_reading(clock: FakeClock) -> 
         }.get(f.name, 7.5)
     values["read_at_s"] = clock.now()  # fresh: no "stale" error
     reading = MeterReading(**values)
-    controller._meter_readings["grid"] = reading
-    copied = controller._build_snapshot(clock.now()).meters["grid"]
+    controller.coordinator._meter_readings["grid"] = reading
+    copied = controller.coordinator._build_snapshot(clock.now()).meters["grid"]
     assert dataclasses.replace(copied, age_s=reading.age_s) == reading
     assert copied.age_s == 0.0
 
@@ -569,7 +569,7 @@ async def test_a_meter_outlier_never_raises_the_current(clock: FakeClock, outlie
     model = AmtronModel(clock, ev=EvProfile())
     meter = _ScriptedMeter(clock, model, 2000.0, {120: outlier_w, 121: outlier_w})
     controller, bus = build_controller(clock, model, meters=[meter], mode="pv")
-    controller._meter_max_w = plausible_meter_w(63.0)
+    controller.coordinator._meter_max_w = plausible_meter_w(63.0)
     task = asyncio.ensure_future(controller.run(duration_s=180))
     await clock.advance(100)
     before = model.em_current_a

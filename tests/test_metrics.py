@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 from types import MappingProxyType
 
@@ -12,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from surplus.clock import FakeClock
-from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, DecisionStats, metrics_endpoint
-from surplus.types import Command, MeterReading, Outcome, Snapshot, Verdict
+from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, metrics_endpoint
+from surplus.types import MeterReading, Outcome, Snapshot
 
 from .prometheus_support import promtool_check_metrics
 from .rpc_support import STACK_CONFIG, FakeController, full_stack, sample_decision
@@ -145,23 +144,6 @@ def test_promtool_catches_a_bad_name() -> None:
         "# HELP x_energy_watt_hours e\n# TYPE x_energy_watt_hours counter\nx_energy_watt_hours 1\n"
     )
     assert rc != 0 and "x_energy_watt_hours" in output
-
-
-def test_decision_stats_count_verdicts_and_writes() -> None:
-    stats = DecisionStats()
-    record = sample_decision()  # SCHEDULED
-    applied = dataclasses.replace(
-        record, verdict=Verdict(outcome=Outcome.APPLIED, command=Command(charger_id="wb1", current_a=10.0))
-    )
-    failed = dataclasses.replace(record, verdict=Verdict(outcome=Outcome.REFUSED, reasons=("write failed",)))
-    for r in (record, applied, applied, failed):
-        stats.observe(r, "wb1")
-    assert stats.verdicts == {
-        ("wb1", Outcome.SCHEDULED): 1,
-        ("wb1", Outcome.APPLIED): 2,
-        ("wb1", Outcome.REFUSED): 1,
-    }
-    assert stats.writes == {"wb1": 2}
 
 
 def test_a_plain_controller_api_gets_the_snapshot_metrics_only() -> None:

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from surplus.cli import build_parser
-from surplus.loop import Controller
+from surplus.control import ChargerControl
 
 UNIT = Path(__file__).resolve().parents[1] / "config" / "surplus.service"
 
@@ -55,7 +55,7 @@ def test_the_commands_are_real_surplus_commands() -> None:
 def test_stopping_gives_the_safe_state_its_time() -> None:
     # SIGTERM makes the controller send each charger's safe state, waiting out a spacing
     # rule for at most max_wait_s; systemd must not SIGKILL it before that.
-    max_wait_s = inspect.signature(Controller._leave_safe).parameters["max_wait_s"].default
+    max_wait_s = inspect.signature(ChargerControl.leave_safe).parameters["max_wait_s"].default
     assert SERVICE["KillSignal"] == ["SIGTERM"]
     assert float(SERVICE["TimeoutStopSec"][0]) >= max_wait_s + 10
     assert "dialout" in SERVICE["SupplementaryGroups"][0]  # the RS485 adapter's group
