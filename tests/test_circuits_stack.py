@@ -250,7 +250,7 @@ async def test_changing_surplus_other_loads_and_a_failing_circuit_meter(tmp_path
                 await until("the garage within its limit", lambda: site.garage()[0] <= 20.0, 10.0)
                 decision = ctl.last_decision("b")
                 assert decision is not None and re.search(
-                    r"other loads 10\.\d A on L1 \(meter gm\)", decision.decision.reason
+                    r"other loads (9\.[7-9]|10\.[0-3]) A on L1 \(meter gm\)", decision.decision.reason
                 )
                 # The garage's meter fails: its last reading holds for stale_after_s + 5 s, then the
                 # garage's other loads count at its whole 20 A (in the site too): a and b pause,
