@@ -8,11 +8,14 @@ NaN or Infinity: every float goes through :func:`rounded`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from .modbus import registers as R
-from .types import ChargerState, Command, Decision, MeterReading, ReadGroup
+from .session_record import SessionRecord
+from .state import DecisionRecord, Override
+from .types import ChargerState, Command, Decision, MeterReading, ReadGroup, Verdict
 
 
 def iso_utc(wall_s: float) -> str:
@@ -219,4 +222,67 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "lock": d.lock,
         "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
         "reason": d.reason,
+    }
+
+
+def session_json(r: SessionRecord, now_wall: float) -> dict[str, Any]:
+    """One ``getSessions`` entry: ISO times, energy in Wh (an open session runs until now)."""
+    end = r.ended_at
+    return {
+        "id": r.id,
+        "chargerId": r.charger_id,
+        "start": iso_utc(r.started_at),
+        "end": None if end is None else iso_utc(end),
+        "open": end is None,
+        "durationSeconds": rounded(max(0.0, (now_wall if end is None else end) - r.started_at), 0),
+        "energyWh": rounded(r.energy_wh, 1),
+        "sunEnergyWh": rounded(r.sun_wh, 1),
+        "sunShare": rounded(r.sun_wh / r.energy_wh, 3) if r.energy_wh > 0 else None,
+        "unmeteredEnergyWh": rounded(r.unmetered_wh, 1),
+        "maxCurrent": rounded(r.max_current_a, 2),
+        "phases": list(r.phases),
+        "modes": list(r.modes),
+        "endReason": r.end_reason,
+        "updated": iso_utc(r.updated_at),
+    }
+
+
+def override_json(ov: Override | None, wall_at: Callable[[float], str]) -> dict[str, Any] | None:
+    """A person's override; ``wall_at`` turns a clock time into an ISO wall time."""
+    if ov is None:
+        return None
+    return {
+        "charge": ov.charge,
+        "current": rounded(ov.current_a),
+        "phases": ov.phases,
+        "lock": ov.lock,
+        "pauseKind": None if ov.pause_kind is None else ov.pause_kind.value,
+        "until": None if ov.until_s is None else wall_at(ov.until_s),
+        "reason": ov.reason,
+    }
+
+
+def verdict_json(v: Verdict, wall_at: Callable[[float], str]) -> dict[str, Any]:
+    return {
+        "outcome": v.outcome.value,
+        "command": command_json(v.command),
+        "reasons": list(v.reasons),
+        "retryAt": None if v.retry_at_s is None else wall_at(v.retry_at_s),
+    }
+
+
+def record_json(rec: DecisionRecord, wall_at: Callable[[float], str]) -> dict[str, Any]:
+    """``getDecision``'s data: the decision, the governor's verdict and the inputs."""
+    return {
+        "at": wall_at(rec.at_s),
+        "strategy": rec.strategy,
+        "mode": rec.mode,
+        "decision": decision_json(rec.decision),
+        "verdict": verdict_json(rec.verdict, wall_at),
+        "inputs": {
+            "gridPowerW": rounded(rec.grid_power_w, 1),
+            "chargerAgeSeconds": rounded(rec.charger_age_s),
+            "override": override_json(rec.override, wall_at),
+        },
+        "reasons": [r for r in (rec.decision.reason, *rec.verdict.reasons) if r],
     }
