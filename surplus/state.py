@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from .types import Decision, Outcome, PauseKind, Snapshot, Verdict
 
@@ -53,9 +54,12 @@ class DecisionRecord:
     charger_age_s: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChargerView:
-    """One charger's control state as published: mode, override, last decision, counters."""
+class ChargerView(NamedTuple):
+    """One charger's control state as published: mode, override, last decision, counters.
+
+    A named tuple rather than a frozen dataclass: as immutable, and built for every
+    charger on every tick at less than half the cost.
+    """
 
     charger_id: str
     mode: str
@@ -67,14 +71,13 @@ class ChargerView:
     #: The last governed decision (its time is ``decision.at_s``); None before the first.
     decision: DecisionRecord | None = None
     #: Governed decisions since start-up, by the governor's verdict.
-    verdicts: Mapping[Outcome, int] = field(default_factory=lambda: _NO_COUNTS)
+    verdicts: Mapping[Outcome, int] = _NO_COUNTS
     #: Commands written to the charger since start-up.
     writes: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TickStats:
-    """The loop's own counters."""
+class TickStats(NamedTuple):
+    """The loop's own counters (a named tuple, like :class:`ChargerView`)."""
 
     ticks: int
     #: How long the last tick took on the clock (reads, decisions, writes); None before the first.

@@ -123,11 +123,15 @@ def plausible_voltage(volts: float) -> bool:
 
 def _f(values: Mapping[str, Value], reg: Register, default: float = 0.0) -> float:
     value = values.get(reg.name, default)
+    if type(value) is float:  # the common case first: this runs ~30 times a tick
+        return value
     return float(value) if isinstance(value, (int, float)) else default
 
 
 def _i(values: Mapping[str, Value], reg: Register, default: int = 0) -> int:
     value = values.get(reg.name, default)
+    if type(value) is int:
+        return value
     return int(value) if isinstance(value, (int, float)) else default
 
 
