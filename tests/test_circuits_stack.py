@@ -271,3 +271,67 @@ async def test_changing_surplus_other_loads_and_a_failing_circuit_meter(tmp_path
             assert peaks["site"] >= 31.5  # the limit was used, not only kept
     finally:
         await site.stop()
+
+
+ROTATION_CONFIG = """\
+buses:
+  - {id: line1, port: sim}
+circuits:
+  - {id: site, limit_a: 16}
+chargers:
+  - {id: a, bus: line1, device_id: 10, phase_rotation: [L2, L3, L1], mode: fixed,
+     strategies: {fixed: {current_a: 16, phases: 1}}}
+  - {id: b, bus: line1, device_id: 11, phase_rotation: [L3, L1, L2], mode: fixed,
+     strategies: {fixed: {current_a: 16, phases: 1}}}
+  - {id: c, bus: line1, device_id: 12, mode: fixed, strategies: {fixed: {current_a: 16, phases: 1}}}
+  - {id: d, bus: line1, device_id: 13, mode: "off", strategies: {fixed: {current_a: 6, phases: 3}}}
+meters: []
+"""
+
+
+async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(tmp_path: Path) -> None:
+    """Three boxes switched to one phase, wired to the grid's L2, L3 and L1: each takes the whole
+    16 A of its own grid phase, and a three-phase box finds no room on any phase."""
+    path = tmp_path / "rotations.yaml"
+    path.write_text(ROTATION_CONFIG)
+    config = load_config(str(path), {})
+    tree = to_circuits(config)
+    assert tree is not None
+    clock = SystemClock()
+    async with build_stack(config, clock=clock, rpc=False) as stack:
+        ctl = stack.controller
+        line = stack.simulators[0].models
+        models = {"a": line[10], "b": line[11], "c": line[12], "d": line[13]}
+        samples: list[dict[str, float]] = []
+        run = asyncio.ensure_future(ctl.run())
+        try:
+            deadline = clock.now() + 15.0
+            while not all(models[c].charging_current_a == 16.0 for c in "abc"):
+                assert clock.now() < deadline, {c: m.charging_current_a for c, m in models.items()}
+                assert not run.done(), run
+                assert_within_circuits(tree, models, samples)
+                await asyncio.sleep(0.05)
+            assert all(models[c].switched_phases == 1 for c in "abc")
+            await asyncio.sleep(1.0)  # a tick reads what they draw now
+            # The boxes' own measurements (read over the bus), rotated: a's L1 is the grid's L2,
+            # b's the grid's L3, c's the grid's L1.
+            grid = [0.0, 0.0, 0.0]
+            for cid in "abc":
+                state = ctl.snapshot().chargers[cid].state
+                assert state is not None
+                box = (state.current_l1_a, state.current_l2_a, state.current_l3_a)
+                assert box[0] == pytest.approx(16.0, abs=0.5) and box[1] == box[2] == 0.0
+                for g, amps in enumerate(tree.grid_load(cid, box)):
+                    grid[g] += amps
+            assert grid == pytest.approx([16.0, 16.0, 16.0], abs=0.5)
+            ctl.set_mode("d", "fixed")  # a three-phase box now finds no room on any phase
+            await asyncio.sleep(1.5)
+            assert models["d"].charging_current_a == 0.0
+            assert_within_circuits(tree, models, samples)
+            decision = ctl.last_decision("d")
+            assert decision is not None and "paused: circuit site: 0.0 A left on" in decision.decision.reason
+        finally:
+            ctl.stop(hurry=True)
+            await asyncio.wait_for(run, 20)
+        for m in models.values():
+            assert_governor_rules_held(m.record)
