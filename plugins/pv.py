@@ -39,9 +39,14 @@ switches for free, and the governor spaces switches by
   still takes (which a pause would give away). The car rides through while
   that stays below the pause's price; ``stop_delay_s`` is the longest. A short
   cloud is ridden through, an overcast afternoon is not.
-* *Three phases down to one.* When three phases cannot be carried (6 A on three
-  is 4.1 kW), the weighted import of holding them is counted against what the
-  switch costs: the sun lost during the box's switching pause, and the switch
+* *Three phases at 6 A or one at its most* (:func:`three_phase_gain_w`). Between
+  one phase's maximum (16 A: 3.7 kW) and three phases' minimum (4.1 kW) three
+  phases at 6 A take more sun than one, for a little import; while the sun they
+  add is larger than that import, weighted, they are held (this is not a dip: no
+  ride-through, no ``stop_delay_s``) and reached from one phase.
+* *Three phases down to one.* When three phases are not worth holding, their
+  cost (the weighted import less the sun they add over one phase) is counted
+  against what the switch costs: the sun lost during the box's switching pause, and the switch
   interval on one phase at what one phase left behind lately. A deep dip
   switches within seconds, a shallow one rides on. ``phase_down_delay_s`` is
   the longest.
