@@ -39,9 +39,14 @@ switches for free, and the governor spaces switches by
   still takes (which a pause would give away). The car rides through while
   that stays below the pause's price; ``stop_delay_s`` is the longest. A short
   cloud is ridden through, an overcast afternoon is not.
-* *Three phases down to one.* When three phases cannot be carried (6 A on three
-  is 4.1 kW), the weighted import of holding them is counted against what the
-  switch costs: the sun lost during the box's switching pause, and the switch
+* *Three phases at 6 A or one at its most* (:func:`three_phase_gain_w`). Between
+  one phase's maximum (16 A: 3.7 kW) and three phases' minimum (4.1 kW) three
+  phases at 6 A take more sun than one, for a little import; while the sun they
+  add is larger than that import, weighted, they are held (this is not a dip: no
+  ride-through, no ``stop_delay_s``) and reached from one phase.
+* *Three phases down to one.* When three phases are not worth holding, their
+  cost (the weighted import less the sun they add over one phase) is counted
+  against what the switch costs: the sun lost during the box's switching pause, and the switch
   interval on one phase at what one phase left behind lately. A deep dip
   switches within seconds, a shallow one rides on. ``phase_down_delay_s`` is
   the longest.
@@ -210,6 +215,23 @@ def _kwh(wh: float) -> str:
     return f"{wh / 1000:.2f} kWh"
 
 
+def three_phase_gain_w(sun_w: float, one_max_w: float, line_v: float, weight: float) -> float:
+    """What three phases are worth over one, per second, in sun: positive where they take more.
+
+    Three phases take the sun up to their maximum, one phase up to its own (16 A on one
+    phase is 3.7 kW); below 6 A each would draw the minimum and import the rest, an
+    imported W counting ``weight`` W of sun. Between one phase's maximum and three
+    phases' minimum (3.7 to 4.1 kW at 16 A) three phases at 6 A take up to 0.46 kW more
+    sun than one phase for a little import: worth it while that import, weighted, is
+    smaller than the sun they add (above 4.0 kW with the default weight).
+    """
+    sun = max(sun_w, 0.0)
+    extra_sun_w = min(sun, 3 * one_max_w) - min(sun, one_max_w)
+    import_three_w = max(0.0, 3 * MIN_CURRENT_A * line_v - sun)
+    import_one_w = max(0.0, MIN_CURRENT_A * line_v - sun)
+    return extra_sun_w - weight * (import_three_w - import_one_w)
+
+
 @dataclass(slots=True)
 class Spells:
     """How long the sun stays on one side of a threshold: the recent spells' typical length.
@@ -253,7 +275,8 @@ class PvStrategy:
         #: what one phase leaves behind where three would take more.
         self._typical_w = 0.0
         self._one_short_w = 0.0
-        #: ... and what three phases would have imported where they were not carried and one was.
+        #: ... and what three phases would have cost (weighted import less the sun they add)
+        #: where they were not worth it and one phase was carried.
         self._three_short_w = 0.0
         self._charging = False
         self._enough_since: float | None = None
@@ -261,9 +284,13 @@ class PvStrategy:
         self._dip_since: float | None = None
         self._dip_wh = 0.0
         self._dip_cost_wh = 0.0
-        #: Three phases that cannot be carried: since when, and the import of holding them (Wh).
+        #: Three phases that are not worth holding: since when, the import of holding them and
+        #: its cost (weighted, less the sun they took over one phase) (Wh).
         self._low_since: float | None = None
         self._low_wh = 0.0
+        self._low_cost_wh = 0.0
+        #: Three phases held at 6 A below their minimum because they take more sun than one.
+        self._three_at_minimum = False
         #: Three phases that could be carried: since when, and the power one phase left behind (Wh).
         self._high_since: float | None = None
         self._high_wh = 0.0
@@ -283,7 +310,8 @@ class PvStrategy:
         self._one_short_w = self._three_short_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
         self._enough_since = self._dip_since = self._low_since = self._high_since = None
-        self._dip_wh = self._dip_cost_wh = self._low_wh = self._high_wh = 0.0
+        self._dip_wh = self._dip_cost_wh = self._low_wh = self._low_cost_wh = self._high_wh = 0.0
+        self._three_at_minimum = False
         self._current_a = None
         self._drift = None
 
@@ -314,6 +342,7 @@ class PvStrategy:
     ) -> tuple[int, int | None, str]:
         """(phases to plan the current with, phases to ask for or None, why)."""
         s = self.settings
+        self._three_at_minimum = False
         now = ctx.now_s
         present = phases_in_use(state)
         box = state.active_phases
@@ -332,22 +361,33 @@ class PvStrategy:
         one_max_w = max_a * line_v
         pause_s = state.capabilities.phase_switch_pause_s
         fits_three = sun_w >= three_min_w
+        # Three phases against one, in sun per second (their import weighted): positive where
+        # three take more, also at 6 A just below their minimum (see three_phase_gain_w).
+        gain_w = three_phase_gain_w(sun_w, one_max_w, line_v, s.import_weight)
         want, why = present, ""
         if not self._charging:
             # A paused box switches for free: three phases when the sun carries them now,
             # else one (the phases are asked for when the car starts, see decide()).
             self._low_since = self._high_since = None
-            self._low_wh = self._high_wh = 0.0
+            self._low_wh = self._low_cost_wh = self._high_wh = 0.0
             want = 3 if fits_three else 1
             if want != present:
                 why = f"; {_plural(want)} for the start (a paused box switches without a pause)"
         elif present >= 3:
             self._high_since, self._high_wh = None, 0.0
-            if fits_three:
-                self._low_since, self._low_wh = None, 0.0
+            if fits_three or gain_w >= 0:
+                self._low_since, self._low_wh, self._low_cost_wh = None, 0.0, 0.0
+                if not fits_three:
+                    self._three_at_minimum = True
+                    extra_w = min(sun_w, 3 * one_max_w) - one_max_w
+                    why = (
+                        f"; holding 3 phases at {MIN_CURRENT_A:g} A: they take {extra_w / 1000:.2f} kW more sun "
+                        f"than 1 phase at {max_a:g} A for {(three_min_w - sun_w) / 1000:.2f} kW of import"
+                    )
             else:
                 self._low_since = now if self._low_since is None else self._low_since
                 self._low_wh += (three_min_w - max(sun_w, 0.0)) * dt / 3600.0
+                self._low_cost_wh -= gain_w * dt / 3600.0
                 # The switch costs the sun of its pause, and one phase for the switch interval
                 # (at what one phase left behind lately).
                 cost_wh = (
@@ -356,37 +396,38 @@ class PvStrategy:
                 ) / 3600.0
                 held_s = now - self._low_since
                 rest_s = self._short_spells.remaining_s(now)
-                expected_wh = 0.0 if rest_s is None else (three_min_w - max(sun_w, 0.0)) * rest_s / 3600.0
-                if rest_s is not None and expected_wh * s.import_weight >= cost_wh:
+                expected_wh = 0.0 if rest_s is None else -gain_w * rest_s / 3600.0
+                if rest_s is not None and expected_wh >= cost_wh:
                     want = 1
                     why = (
                         f"; to 1 phase: three are not carried, and such spells last about {rest_s:.0f} s: "
-                        f"holding them would import {_kwh(expected_wh)}, the switch costs {_kwh(cost_wh)} of sun"
+                        f"holding them would cost {_kwh(expected_wh)} (import weighted, less the sun they "
+                        f"add), the switch costs {_kwh(cost_wh)} of sun"
                     )
-                elif self._low_wh * s.import_weight >= cost_wh or held_s >= s.phase_down_delay_s:
+                elif self._low_cost_wh >= cost_wh or held_s >= s.phase_down_delay_s:
                     want = 1
                     why = (
-                        f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)}, "
+                        f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)} "
+                        f"(cost {_kwh(self._low_cost_wh)} weighted, less the sun they added), "
                         f"the switch costs {_kwh(cost_wh)} of sun"
                     )
         else:
-            self._low_since, self._low_wh = None, 0.0
-            if not fits_three:
+            self._low_since, self._low_wh, self._low_cost_wh = None, 0.0, 0.0
+            if gain_w <= 0:
                 self._high_since, self._high_wh = None, 0.0
             else:
                 self._high_since = now if self._high_since is None else self._high_since
-                self._high_wh += (min(sun_w, 3 * one_max_w) - one_max_w) * dt / 3600.0
+                self._high_wh += gain_w * dt / 3600.0
                 # The switch costs the power of its pause, and three phases for the switch
-                # interval (at the import of holding them lately). That import is counted once
+                # interval (at what holding them cost lately). That cost is counted once
                 # sun that carried three phases has been seen to end: before, the sun below
                 # them was the morning's, not a cloud's.
                 risk_wh = 0.0
                 if len(self._three_spells.lengths) >= SPELLS_NEEDED:
-                    risk_wh = ctx.phase_switch_interval_s * s.import_weight * self._three_short_w / 3600.0
+                    risk_wh = ctx.phase_switch_interval_s * self._three_short_w / 3600.0
                 cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0 + risk_wh
                 risk = f", {_kwh(risk_wh)} of it for dips within the switch interval" if risk_wh > 0 else ""
                 rest_s = self._three_spells.remaining_s(now)
-                gain_w = min(sun_w, 3 * one_max_w) - one_max_w
                 expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
                 if rest_s is not None and expected_wh >= cost_wh:
                     want = 3
@@ -406,9 +447,10 @@ class PvStrategy:
             wait = ctx.phase_switch_at_s - now
             return present, None, f"{why} (the switch interval allows it in {wait:.0f} s)"
         if want == 1:
-            self._low_since, self._low_wh = None, 0.0
+            self._low_since, self._low_wh, self._low_cost_wh = None, 0.0, 0.0
         else:
             self._high_since, self._high_wh = None, 0.0
+            self._three_at_minimum = self._charging and not fits_three
         return want, want, why
 
     # --- the decision ------------------------------------------------------------------------
@@ -459,7 +501,7 @@ class PvStrategy:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
-        if enough or s.keep_minimum:
+        if enough or s.keep_minimum or self._three_at_minimum:
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         else:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
@@ -472,7 +514,7 @@ class PvStrategy:
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {_kwh(self._dip_wh)}, net cost "
                 f"{_kwh(self._dip_cost_wh)} of the {_kwh(self._pause_cost_wh())} a pause would cost in sun)"
             )
-        elif exact_a < MIN_CURRENT_A:
+        elif exact_a < MIN_CURRENT_A and not self._three_at_minimum:
             why += f"; minimum {MIN_CURRENT_A:g} A"
         elif target != min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a):
             why += f"; holding {target:g} A (change below step {s.step_a:g} A)"
@@ -490,8 +532,9 @@ class PvStrategy:
         k = 1.0 - math.exp(-dt / TYPICAL_SUN_S)
         self._typical_w += (takeable - self._typical_w) * k
         self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
-        three_import = 3 * MIN_CURRENT_A * line_v - raw_w if one > 0 and three == 0 else 0.0
-        self._three_short_w += (three_import - self._three_short_w) * k
+        gain_w = three_phase_gain_w(raw_w, max_a * line_v, line_v, self.settings.import_weight)
+        three_cost_w = max(0.0, -gain_w) if one > 0 and three == 0 else 0.0
+        self._three_short_w += (three_cost_w - self._three_short_w) * k
         now = ctx.now_s
         self._three_spells.update(three > 0, now)
         self._short_spells.update(three == 0, now)

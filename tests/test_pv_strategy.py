@@ -449,6 +449,38 @@ async def test_three_phases_drop_to_one_by_what_holding_them_imports(
     assert all(x.current_a == 6.0 and x.charge for x in house.decisions[-int(after) : -1])
 
 
+@pytest.mark.parametrize(
+    ("surplus_w", "phases", "ends_on"),
+    [
+        # Between one phase's most (16 A: 3.68 kW) and three phases' least (4.14 kW): three at
+        # 6 A take 0.38 kW more sun than one for 0.08 kW of import (x3 weighted: 0.24 kW): held,
+        # and reached from one phase, past phase_down_delay_s.
+        (4060.0, 3, 3),
+        (4060.0, 1, 3),
+        # 0.27 kW more sun for 0.19 kW of import (0.57 kW weighted): one phase is worth more.
+        (3950.0, 3, 1),
+        (3950.0, 1, 1),
+    ],
+)
+async def test_three_phases_at_six_amps_where_they_take_more_sun_than_one_for_little_import(
+    surplus_w: float, phases: int, ends_on: int
+) -> None:
+    house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=8000, phases=3, max_current_a=16.0)
+    if phases == 1:
+        house.surplus_w, house.phases = 3000, 1
+    await house.run(60)
+    assert house.phases == phases
+    house.surplus_w = surplus_w
+    await house.run(900)
+    d = house.decisions[-1]
+    assert house.phases == ends_on and d.charge, d.reason
+    assert d.current_a == (6.0 if ends_on == 3 else 16.0)
+    assert ("holding 3 phases at 6 A: they take" in d.reason) is (ends_on == 3), d.reason
+    assert not any("pausing" in x.reason for x in house.decisions)
+    if ends_on == 3:  # not a dip: no ride-through that stop_delay_s could end
+        assert not any("riding through" in x.reason for x in house.decisions[-800:])
+
+
 async def test_a_held_switch_does_not_change_the_amps() -> None:
     """The QA defect: with the switch to 3 held by the interval, the box got the 3-phase current."""
     house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=3000, phases=1, max_current_a=16.0)
