@@ -78,187 +78,33 @@ afresh from the present state.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
-from surplus.options import check_known, choice, number
 from surplus.strategy import Strategy, StrategyContext
-from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, Source
+from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot
 
-#: Phase currents above this count as "the car uses this phase".
-PHASE_IN_USE_A = 1.0
-#: A voltage outside this range is not trusted for the W -> A conversion.
-PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
-#: A change smaller than ``step_a`` is sent once it has persisted this long.
-SETTLE_S = 60.0
-#: A smaller change is never sent: it is the noise of the meter and the voltage reading.
-NOISE_A = 0.2
-#: After this long without a call the strategy forgets its timers and smoothing.
-RESET_AFTER_S = 30.0
-#: The window of "the sun of the last minutes" that prices a pause.
-TYPICAL_SUN_S = 600.0
-#: Spells of sun (or of its absence) whose median predicts the present one, and how many
-#: must have ended before they are trusted (one: a wrong guess costs one switch or one
-#: pause, a late one costs every spell until the second has ended).
-SPELLS_KEPT = 3
-SPELLS_NEEDED = 1
-#: The manufacturer's minimum time between a pause and a resume (the governor's default).
-PAUSE_HOLD_S = 300.0
-#: A kWh imported counts this many kWh of sun given away: the import is paid in full, while
-#: sun that goes to the grid earns the feed-in and is often made up later the same day.
-IMPORT_WEIGHT = 3.0
-
-OPTIONS = (
-    "phases",
-    "reserve_w",
-    "battery",
-    "battery_soc_min",
-    "battery_to_car_soc",
-    "start_delay_s",
-    "stop_delay_s",
-    "import_weight",
-    "smoothing_up_s",
-    "smoothing_down_s",
-    "step_a",
-    "voltage_v",
-    "phase_up_delay_s",
-    "phase_down_delay_s",
+from .pv_sun import (
+    DEFAULTS,
+    NOISE_A,
+    PAUSE_HOLD_S,
+    RESET_AFTER_S,
+    SETTLE_S,
+    SPELLS_NEEDED,
+    TYPICAL_SUN_S,
+    PvSettings,
+    Spells,
+    available_w,
+    kwh_text,
+    parse_settings,
+    phases_in_use,
+    plural,
+    strategy_decision,
+    three_phase_gain_w,
+    volts,
 )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PvSettings:
-    """The validated options (see the module docstring; defaults here)."""
-
-    #: "minpv": never pause, charge at least the minimum current.
-    keep_minimum: bool = False
-    #: 1 or 3 to pin the phases; None = automatic where the box can switch.
-    phases: int | None = None
-    reserve_w: float = 0.0
-    car_first: bool = False
-    #: Above this state of charge (%) the car gets what the battery would absorb.
-    battery_soc_min: float | None = None
-    #: Above this state of charge (%) a discharging battery may feed the car; None: never.
-    battery_to_car_soc: float | None = None
-    start_delay_s: float = 10.0
-    #: The longest a dip is ridden through at 6 A before pausing.
-    stop_delay_s: float = 300.0
-    #: An imported kWh counts this many kWh of sun given away, in every trade-off.
-    import_weight: float = IMPORT_WEIGHT
-    smoothing_up_s: float = 5.0
-    smoothing_down_s: float = 0.0
-    step_a: float = 0.25
-    voltage_v: float = 230.0
-    #: The longest wait before going to three phases once they can be carried.
-    phase_up_delay_s: float = 300.0
-    #: The longest three phases are held at 6 A once they cannot be carried.
-    phase_down_delay_s: float = 300.0
-
-
-def available_w(
-    snapshot: Snapshot, state: ChargerState, settings: PvSettings, others_w: float = 0.0
-) -> float:
-    """Power the car could draw without importing: see the module docstring.
-
-    ``others_w``: what the chargers sharing the surplus with this one draw (their
-    power is the surplus too; the loop's split then gives this one its part).
-    """
-    grid_w = snapshot.grid_power_w
-    if grid_w is None:
-        raise ValueError("no fresh grid-meter reading")
-    battery_w = sum(
-        m.battery_power_w
-        for m in snapshot.meters.values()
-        if m.error is None and m.battery_power_w is not None
-    )
-    socs = [
-        m.battery_soc_pct
-        for m in snapshot.meters.values()
-        if m.error is None and m.battery_soc_pct is not None
-    ]
-    soc = min(socs) if socs else None
-    available = state.power_total_w + others_w - grid_w - settings.reserve_w
-    if battery_w < 0:  # the battery discharges: not the sun's, unless the user lets it feed the car
-        feeds_car = (
-            settings.battery_to_car_soc is not None and soc is not None and soc >= settings.battery_to_car_soc
-        )
-        if not feeds_car:
-            available += battery_w
-    elif settings.car_first or (
-        settings.battery_soc_min is not None and soc is not None and soc >= settings.battery_soc_min
-    ):
-        available += battery_w
-    return available
-
-
-def phases_in_use(state: ChargerState) -> int:
-    """Phases the car draws on now: fewer than the box offers for a 1- or 2-phase car."""
-    offered = state.active_phases
-    if state.charging:
-        used = sum(
-            1 for a in (state.current_l1_a, state.current_l2_a, state.current_l3_a) if a > PHASE_IN_USE_A
-        )
-        if 0 < used < offered:
-            return used
-    return offered
-
-
-def _plural(phases: int) -> str:
-    return f"{phases} phase{'s' * (phases > 1)}"
-
-
-def _kwh(wh: float) -> str:
-    return f"{wh / 1000:.2f} kWh"
-
-
-def three_phase_gain_w(sun_w: float, one_max_w: float, line_v: float, weight: float) -> float:
-    """What three phases are worth over one, per second, in sun: positive where they take more.
-
-    Three phases take the sun up to their maximum, one phase up to its own (16 A on one
-    phase is 3.7 kW); below 6 A each would draw the minimum and import the rest, an
-    imported W counting ``weight`` W of sun. Between one phase's maximum and three
-    phases' minimum (3.7 to 4.1 kW at 16 A) three phases at 6 A take up to 0.46 kW more
-    sun than one phase for a little import: worth it while that import, weighted, is
-    smaller than the sun they add (above 4.0 kW with the default weight).
-    """
-    sun = max(sun_w, 0.0)
-    extra_sun_w = min(sun, 3 * one_max_w) - min(sun, one_max_w)
-    import_three_w = max(0.0, 3 * MIN_CURRENT_A * line_v - sun)
-    import_one_w = max(0.0, MIN_CURRENT_A * line_v - sun)
-    return extra_sun_w - weight * (import_three_w - import_one_w)
-
-
-@dataclass(slots=True)
-class Spells:
-    """How long the sun stays on one side of a threshold: the recent spells' typical length.
-
-    ``update`` is called every tick with whether the condition holds; the typical
-    length is the median of the last ``SPELLS_KEPT`` spells that ended (one odd
-    spell, such as a dark morning, does not move it). ``remaining_s`` is the
-    expected rest of the present spell: the typical length, or as long again as it
-    has lasted when it has lasted longer (a long spell tends to go on); None until
-    ``SPELLS_NEEDED`` spells have ended, so only the energy accounts decide.
-    """
-
-    since: float | None = None
-    state: bool | None = None
-    lengths: deque[float] = field(default_factory=lambda: deque(maxlen=SPELLS_KEPT))
-
-    def update(self, holds: bool, now: float) -> None:
-        if holds != self.state:
-            if self.state and self.since is not None:  # a spell in which the condition held ends
-                self.lengths.append(now - self.since)
-            self.state, self.since = holds, now
-
-    def remaining_s(self, now: float) -> float | None:
-        """The expected rest of a spell in which the condition holds (None when it does not hold now)."""
-        if len(self.lengths) < SPELLS_NEEDED or self.since is None or not self.state:
-            return None
-        return max(statistics.median(self.lengths), now - self.since)
 
 
 class PvStrategy:
@@ -352,7 +198,7 @@ class PvStrategy:
             if s.phases == box:
                 return min(s.phases, present), s.phases, ""  # e.g. a one-phase car on three
             if now < ctx.phase_switch_at_s:
-                return present, None, f"; {_plural(s.phases)} after the switch interval"
+                return present, None, f"; {plural(s.phases)} after the switch interval"
             return s.phases, s.phases, ""
         if present < box:  # a car that uses fewer phases than offered: more would not help it
             return present, box, ""
@@ -372,7 +218,7 @@ class PvStrategy:
             self._low_wh = self._low_cost_wh = self._high_wh = 0.0
             want = 3 if fits_three else 1
             if want != present:
-                why = f"; {_plural(want)} for the start (a paused box switches without a pause)"
+                why = f"; {plural(want)} for the start (a paused box switches without a pause)"
         elif present >= 3:
             self._high_since, self._high_wh = None, 0.0
             if fits_three or gain_w >= 0:
@@ -401,15 +247,15 @@ class PvStrategy:
                     want = 1
                     why = (
                         f"; to 1 phase: three are not carried, and such spells last about {rest_s:.0f} s: "
-                        f"holding them would cost {_kwh(expected_wh)} (import weighted, less the sun they "
-                        f"add), the switch costs {_kwh(cost_wh)} of sun"
+                        f"holding them would cost {kwh_text(expected_wh)} (import weighted, less the sun they "
+                        f"add), the switch costs {kwh_text(cost_wh)} of sun"
                     )
                 elif self._low_cost_wh >= cost_wh or held_s >= s.phase_down_delay_s:
                     want = 1
                     why = (
-                        f"; to 1 phase: three are not carried, holding them imported {_kwh(self._low_wh)} "
-                        f"(cost {_kwh(self._low_cost_wh)} weighted, less the sun they added), "
-                        f"the switch costs {_kwh(cost_wh)} of sun"
+                        f"; to 1 phase: three are not carried, holding them imported {kwh_text(self._low_wh)} "
+                        f"(cost {kwh_text(self._low_cost_wh)} weighted, less the sun they added), "
+                        f"the switch costs {kwh_text(cost_wh)} of sun"
                     )
         else:
             self._low_since, self._low_wh, self._low_cost_wh = None, 0.0, 0.0
@@ -426,20 +272,22 @@ class PvStrategy:
                 if len(self._three_spells.lengths) >= SPELLS_NEEDED:
                     risk_wh = ctx.phase_switch_interval_s * self._three_short_w / 3600.0
                 cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0 + risk_wh
-                risk = f", {_kwh(risk_wh)} of it for dips within the switch interval" if risk_wh > 0 else ""
+                risk = (
+                    f", {kwh_text(risk_wh)} of it for dips within the switch interval" if risk_wh > 0 else ""
+                )
                 rest_s = self._three_spells.remaining_s(now)
                 expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
                 if rest_s is not None and expected_wh >= cost_wh:
                     want = 3
                     why = (
                         f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
-                        f"{_kwh(expected_wh)} behind, the switch costs {_kwh(cost_wh)}{risk}"
+                        f"{kwh_text(expected_wh)} behind, the switch costs {kwh_text(cost_wh)}{risk}"
                     )
                 elif self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
                     want = 3
                     why = (
-                        f"; to 3 phases: one phase left {_kwh(max(self._high_wh, 0.0))} of sun behind, "
-                        f"the switch costs {_kwh(cost_wh)}{risk}"
+                        f"; to 3 phases: one phase left {kwh_text(max(self._high_wh, 0.0))} of sun behind, "
+                        f"the switch costs {kwh_text(cost_wh)}{risk}"
                     )
         if want == present:
             return present, box, why
@@ -482,7 +330,7 @@ class PvStrategy:
         exact_a = sun_w / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
         shown_a = max(math.floor(exact_a * 10) / 10, 0.0)  # the same rounding as the setpoint
-        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {shown_a:.1f} A on {_plural(phases)}"
+        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {shown_a:.1f} A on {plural(phases)}"
 
         if not self._charging:
             self._enough_since = (
@@ -511,8 +359,8 @@ class PvStrategy:
         self._current_a = target = self._settle(target, ctx.max_current_a, now)
         if self._dip_since is not None:
             why += (
-                f"; riding through at {MIN_CURRENT_A:g} A (imported {_kwh(self._dip_wh)}, net cost "
-                f"{_kwh(self._dip_cost_wh)} of the {_kwh(self._pause_cost_wh())} a pause would cost in sun)"
+                f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
+                f"{kwh_text(self._dip_cost_wh)} of the {kwh_text(self._pause_cost_wh())} a pause would cost in sun)"
             )
         elif exact_a < MIN_CURRENT_A and not self._three_at_minimum:
             why += f"; minimum {MIN_CURRENT_A:g} A"
@@ -564,12 +412,12 @@ class PvStrategy:
         if rest_s is not None and expected_wh > 0 and expected_wh >= budget:
             why = (
                 f"pausing: such dips last about {rest_s:.0f} s, riding through would cost "
-                f"{_kwh(expected_wh)}, more than the {_kwh(budget)} a pause is worth (5 min of the recent sun)"
+                f"{kwh_text(expected_wh)}, more than the {kwh_text(budget)} a pause is worth (5 min of the recent sun)"
             )
         elif self._dip_cost_wh > 0 and self._dip_cost_wh >= budget:
             why = (
-                f"pausing: riding through imported {_kwh(self._dip_wh)} (net cost {_kwh(self._dip_cost_wh)}), "
-                f"more than the {_kwh(budget)} a pause is worth (5 min of the recent sun)"
+                f"pausing: riding through imported {kwh_text(self._dip_wh)} (net cost {kwh_text(self._dip_cost_wh)}), "
+                f"more than the {kwh_text(budget)} a pause is worth (5 min of the recent sun)"
             )
         elif now - self._dip_since >= s.stop_delay_s:
             why = f"pausing: below {MIN_CURRENT_A:g} A for {s.stop_delay_s:g} s"
@@ -604,69 +452,6 @@ class PvStrategy:
             self._drift = None
             return target
         return last
-
-
-def strategy_decision(
-    ctx: StrategyContext, *, charge: bool, reason: str, phases: int | None, current_a: float | None = None
-) -> Decision:
-    """A strategy's decision for the context's charger."""
-    return Decision(
-        charger_id=ctx.charger_id,
-        source=Source.STRATEGY,
-        charge=charge,
-        current_a=current_a,
-        phases=phases,
-        reason=reason,
-    )
-
-
-def volts(state: ChargerState, nominal_v: float) -> float:
-    """The box's own L1 voltage when it is plausible, else the nominal one (for W <-> A)."""
-    low, high = PLAUSIBLE_VOLTAGE_V
-    return state.voltage_l1_v if low <= state.voltage_l1_v <= high else nominal_v
-
-
-def parse_settings(options: Mapping[str, Any], *, keep_minimum: bool) -> PvSettings:
-    """Validate the options of "pv" / "minpv" (an OptionError names the bad one)."""
-    check_known(options, OPTIONS)
-    d = PvSettings()
-    phases = choice(options, "phases", "auto", ("auto", 1, 3))
-    return PvSettings(
-        keep_minimum=keep_minimum,
-        phases=None if phases == "auto" else int(phases),
-        reserve_w=number(options, "reserve_w", d.reserve_w, lo=-5000, hi=50000, unit="W"),
-        car_first=choice(options, "battery", "house_first", ("house_first", "car_first")) == "car_first",
-        battery_soc_min=_optional_pct(options, "battery_soc_min"),
-        battery_to_car_soc=_optional_pct(options, "battery_to_car_soc"),
-        start_delay_s=number(options, "start_delay_s", d.start_delay_s, lo=0, hi=3600, unit="s"),
-        stop_delay_s=number(options, "stop_delay_s", d.stop_delay_s, lo=0, hi=3600, unit="s"),
-        import_weight=number(options, "import_weight", d.import_weight, lo=0.1, hi=100),
-        smoothing_up_s=number(options, "smoothing_up_s", d.smoothing_up_s, lo=0, hi=600, unit="s"),
-        smoothing_down_s=number(options, "smoothing_down_s", d.smoothing_down_s, lo=0, hi=600, unit="s"),
-        step_a=number(options, "step_a", d.step_a, lo=0.1, hi=10, unit="A"),
-        voltage_v=number(options, "voltage_v", d.voltage_v, lo=100, hi=260, unit="V"),
-        phase_up_delay_s=number(options, "phase_up_delay_s", d.phase_up_delay_s, lo=0, hi=7200, unit="s"),
-        phase_down_delay_s=number(
-            options, "phase_down_delay_s", d.phase_down_delay_s, lo=0, hi=7200, unit="s"
-        ),
-    )
-
-
-def _optional_pct(options: Mapping[str, Any], name: str) -> float | None:
-    """A state of charge in percent, or None when the option is not given."""
-    if options.get(name) is None:
-        return None
-    return number(options, name, 0.0, lo=0, hi=100, unit="%")
-
-
-def _defaults() -> dict[str, Any]:
-    d = PvSettings()
-    shown = {"phases": "auto", "battery": "house_first"}
-    return {name: shown.get(name, getattr(d, name, None)) for name in OPTIONS}
-
-
-#: Every option and its default, as ``surplus plugins`` shows them.
-DEFAULTS = _defaults()
 
 
 def make_pv(options: Mapping[str, Any]) -> Strategy:

@@ -45,7 +45,8 @@ from surplus.options import OptionError, check_known, did_you_mean, number
 from surplus.strategy import Strategy, StrategyContext
 from surplus.types import MAX_CURRENT_A, MIN_CURRENT_A, ChargerState, Decision, Snapshot
 
-from .pv import PvSettings, PvStrategy, parse_settings, phases_in_use, strategy_decision, volts
+from .pv import PvStrategy
+from .pv_sun import PvSettings, parse_settings, phases_in_use, strategy_decision, volts
 
 OPTIONS = (
     "departure",

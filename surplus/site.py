@@ -16,13 +16,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
+from .circuit_meters import OtherLoadWatch
 from .circuits import (
     OTHER_LOAD_HOLD_MARGIN_S,
     CircuitTree,
     Load,
     LoadBook,
     OtherLoad,
-    OtherLoadWatch,
     Room,
     counted_load,
     counted_others,

@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 
 from surplus.chargers.amtron import AmtronCharger
-from surplus.circuits import (
-    Circuit,
-    CircuitTree,
-    LoadBook,
-    OtherLoadWatch,
-    Wiring,
-    measured_others,
-    rotation_of,
-)
+from surplus.circuit_meters import OtherLoadWatch, measured_others
+from surplus.circuits import Circuit, CircuitTree, LoadBook, Wiring, rotation_of
 from surplus.clock import FakeClock
 from surplus.governor import Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller

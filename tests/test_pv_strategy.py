@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from surplus_plugins.pv import RESET_AFTER_S, PvSettings, Spells, available_w, phases_in_use
+from surplus_plugins.pv_sun import RESET_AFTER_S, PvSettings, Spells, available_w, phases_in_use
 
 from surplus.clock import FakeClock
 from surplus.options import OptionError
