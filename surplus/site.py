@@ -103,6 +103,8 @@ class Site:
         Chargers in a sharing mode, reached, read, and not overridden by a person take
         part; with fewer than two nobody shares (one charger decides exactly as alone).
         """
+        if len(self._slots) < 2:  # one charger decides alone (and this runs every tick)
+            return {}
         now = snapshot.at_s
         tree = self.circuits
         sharers: list[Sharer] = []

@@ -265,9 +265,10 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         total: float | None = None
-        grid = [m for m in self.meters.values() if m.grid]
-        if grid and all(m.error is None for m in grid):
-            total = sum(m.grid_power_w for m in grid)
+        if self.meters:  # this runs every tick: no work without meters
+            grid = [m for m in self.meters.values() if m.grid]
+            if grid and all(m.error is None for m in grid):
+                total = sum(m.grid_power_w for m in grid)
         object.__setattr__(self, "grid_power_w", total)
 
 
