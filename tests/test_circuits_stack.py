@@ -5,6 +5,7 @@ exceed a circuit on any phase."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from surplus.api import Override
 from surplus.clock import SystemClock
 from surplus.config import load_config, to_circuits
 from surplus.runner import build_stack
+from surplus.sim.model import AmtronModel, EvProfile
+from surplus.sim.server import SimulatorServer
 
 from .loop_support import assert_governor_rules_held
 from .test_circuits import assert_within_circuits, model_grid_load
@@ -275,7 +278,7 @@ async def test_changing_surplus_other_loads_and_a_failing_circuit_meter(tmp_path
 
 ROTATION_CONFIG = """\
 buses:
-  - {id: line1, port: sim}
+  - {id: line1, port: "PORT"}
 circuits:
   - {id: site, limit_a: 16}
 chargers:
@@ -290,18 +293,25 @@ meters: []
 
 
 async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(tmp_path: Path) -> None:
-    """Three boxes switched to one phase, wired to the grid's L2, L3 and L1: each takes the whole
-    16 A of its own grid phase, and a three-phase box finds no room on any phase."""
+    """Four boxes on one real pty pair (one RS485 line): three switched to one phase, wired to the
+    grid's L2, L3 and L1, each take the whole 16 A of their own grid phase; a three-phase box then
+    finds no room on any phase."""
+    clock = SystemClock()
+    models = {cid: AmtronModel(clock, ev=EvProfile(), seed=i) for i, cid in enumerate("abcd")}
+    server = SimulatorServer(
+        {10 + i: m for i, m in enumerate(models.values())}, transport="pty", link_path=str(tmp_path / "line1")
+    )
+    await server.start()
     path = tmp_path / "rotations.yaml"
-    path.write_text(ROTATION_CONFIG)
+    path.write_text(ROTATION_CONFIG.replace("PORT", str(tmp_path / "line1")))
     config = load_config(str(path), {})
     tree = to_circuits(config)
     assert tree is not None
-    clock = SystemClock()
-    async with build_stack(config, clock=clock, rpc=False) as stack:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(server.stop)
+        stack = await cleanup.enter_async_context(build_stack(config, clock=clock, rpc=False))
+        assert not stack.simulators  # the boxes are the pty's
         ctl = stack.controller
-        line = stack.simulators[0].models
-        models = {"a": line[10], "b": line[11], "c": line[12], "d": line[13]}
         samples: list[dict[str, float]] = []
         run = asyncio.ensure_future(ctl.run())
         try:
