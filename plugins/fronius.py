@@ -45,7 +45,7 @@ from surplus.meter import Meter, MeterEnv
 from surplus.options import check_known
 from surplus.types import MeterReading
 
-from .http_meter import JsonPoller, device_url, house_without_chargers, timeout_option
+from .http_poll import JsonPoller, device_url, house_without_chargers, timeout_option
 
 POWER_FLOW_PATH = "/solar_api/v1/GetPowerFlowRealtimeData.fcgi"
 _SITE = ("Body", "Data", "Site")

@@ -42,7 +42,7 @@ from surplus.meter import Meter, MeterEnv
 from surplus.options import OptionError, check_known, choice, integer
 from surplus.types import MeterReading
 
-from .http_meter import JsonPoller, basic_auth, device_url, timeout_option
+from .http_poll import JsonPoller, basic_auth, device_url, timeout_option
 
 GEN2_PATH = "/rpc/EM.GetStatus"
 GEN1_PATH = "/status"

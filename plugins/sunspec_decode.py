@@ -1,6 +1,7 @@
 """SunSpec decoding, without I/O: model layouts, the chain, read planning, power values.
 
-The I/O (connect, discover the chain, read) is :mod:`surplus_plugins.sunspec_meter`;
+The I/O is :mod:`surplus_plugins.sunspec_meter` (discover the chain, read) on
+:mod:`surplus_plugins.sunspec_link` (connect, read registers);
 what is here is table-tested on words alone.
 """
 

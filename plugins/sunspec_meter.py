@@ -62,18 +62,12 @@ answer, ``pv_power_w`` is None and the grid reading stands.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
-from surplus.modbus.base import EXCEPTION_TEXT
 from surplus.options import OptionError, check_known, flag, integer, number
 from surplus.types import MeterReading
 
@@ -92,34 +86,12 @@ from .sunspec_decode import (
     decode_power,
     plan_reads,
 )
+from .sunspec_link import ModbusTcpLink
 
 log = logging.getLogger(__name__)
 
 #: A chain longer than this is a misread, not a device.
 MAX_MODELS = 100
-
-
-# pymodbus logs each failed connect and each unanswered request itself (a line per
-# tick while a device is down). During our own calls those lines are collected here
-# instead, so the reason ends up in our one-line error and the log stays quiet.
-_pymodbus_lines: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "sunspec_pymodbus_lines", default=None
-)
-
-
-class _Collect(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        sink = _pymodbus_lines.get()
-        if sink is None:
-            return True
-        sink.append(record.getMessage())
-        return False
-
-
-def _install_collector() -> None:
-    target = logging.getLogger("pymodbus.logging")
-    if not any(isinstance(f, _Collect) for f in target.filters):
-        target.addFilter(_Collect())
 
 
 class SunSpecMeter:
@@ -141,31 +113,45 @@ class SunSpecMeter:
     ) -> None:
         self.meter_id = meter_id
         self._env = env
-        self.host, self.port = host, port
         self.device_id = device_id
         self.meter_device_id = meter_device_id if meter_device_id is not None else device_id
         self.base_address = base_address
         self.invert = invert
-        self.timeout_s = timeout_s
-        self.reconnect_s = reconnect_s
-        self._client: AsyncModbusTcpClient | None = None
-        self._failed_at: float | None = None
-        self._failure = ""
+        self._link = ModbusTcpLink(
+            f"sunspec {meter_id}", host, port, clock=env.clock, timeout_s=timeout_s, reconnect_s=reconnect_s
+        )
         self.meter_point: Point | None = None
         self.inverter_point: Point | None = None
         self.spans: tuple[Span, ...] = ()
         self._pv_problem: str | None = None
-        _install_collector()
 
     @property
     def address(self) -> str:
         """``host:port``, as every message names the device."""
-        return f"{self.host}:{self.port}"
+        return self._link.address
+
+    @property
+    def host(self) -> str:
+        return self._link.host
+
+    @property
+    def port(self) -> int:
+        return self._link.port
+
+    @property
+    def timeout_s(self) -> float:
+        """The bound on every connect and request."""
+        return self._link.timeout_s
+
+    @property
+    def reconnect_s(self) -> float:
+        """How long reads fail at once after a failed connect or an unanswered request."""
+        return self._link.reconnect_s
 
     @property
     def connected(self) -> bool:
         """True while the TCP connection is up."""
-        return self._client is not None and self._client.connected
+        return self._link.connected
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -174,7 +160,7 @@ class SunSpecMeter:
         await self._ready()
 
     async def stop(self) -> None:
-        self._close()
+        self._link.close()
 
     # --- reading ------------------------------------------------------------
 
@@ -185,7 +171,7 @@ class SunSpecMeter:
         pv_failure: str | None = None
         for span in self.spans:
             try:
-                regs = await self._read(span.unit, span.start, span.count)
+                regs = await self._link.read(span.unit, span.start, span.count)
             except ExceptionReply as exc:
                 # An inverter on its own unit may be asleep while the meter answers.
                 if self.inverter_point is None or span.unit == self.meter_point.unit:
@@ -217,106 +203,13 @@ class SunSpecMeter:
             log.info("meter %s: PV power readable again", self.meter_id)
         self._pv_problem = problem
 
-    # --- connection ---------------------------------------------------------
+    # --- connection and discovery --------------------------------------------
 
     async def _ready(self) -> None:
         """Connected and discovered, or a SunSpecError."""
-        if self._client is None or not self._client.connected:
-            self._close()
-            now = self._env.clock.now()
-            if self._failed_at is not None and now - self._failed_at < self.reconnect_s:
-                raise SunSpecError(self._failure)
-            try:
-                await self._connect()
-            except SunSpecError as exc:
-                self._failed_at, self._failure = now, str(exc)
-                raise
-            self._failed_at = None
+        await self._link.open()
         if self.meter_point is None:
             await self._discover()
-
-    async def _connect(self) -> None:
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            name=f"sunspec {self.meter_id}",
-            timeout=self.timeout_s,
-            retries=0,
-            reconnect_delay=0,  # our own reconnect, paced by reconnect_s
-        )
-        lines: list[str] = []
-        token = _pymodbus_lines.set(lines)
-        try:
-            ok = await client.connect()
-        except BaseException:  # cancelled by the caller's deadline
-            client.close()
-            raise
-        finally:
-            _pymodbus_lines.reset(token)
-        if not ok:
-            client.close()
-            raise SunSpecError(f"{self.address}: cannot connect ({await self._why_no_connection()})")
-        self._client = client
-
-    async def _why_no_connection(self) -> str:
-        """Why pymodbus could not connect, from one plain connection attempt.
-
-        pymodbus only reports it in log lines, which other log filters (the
-        bus owner's) may already have dropped, so ask the network directly.
-        """
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
-        except ConnectionRefusedError:
-            return "connection refused"
-        except TimeoutError:
-            return f"no answer within {self.timeout_s:g} s"
-        except OSError as exc:
-            return exc.strerror or type(exc).__name__
-        writer.close()
-        return "the device accepted a second attempt only"
-
-    def _close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    async def _read(self, unit: int, address: int, count: int) -> list[int]:
-        what = f"{self.address} unit {unit}: read {count} @{address}"
-        client = self._client
-        if client is None or not client.connected:
-            self._close()
-            raise SunSpecError(f"{self.address}: connection lost")
-        lines: list[str] = []
-        token = _pymodbus_lines.set(lines)
-        try:
-            reply = await client.read_holding_registers(address, count=count, device_id=unit)
-        except ConnectionException:
-            self._close()
-            raise SunSpecError(f"{self.address}: connection lost") from None
-        except ModbusIOException:
-            self._close()  # a late answer must not be taken for the next request's
-            message = f"{what}: no answer within {self.timeout_s:g} s"
-            # A device that does not answer would cost every read timeout_s: pace the retries.
-            self._failed_at, self._failure = self._env.clock.now(), message
-            raise SunSpecError(message) from None
-        except ModbusException as exc:
-            self._close()
-            raise SunSpecError(f"{what}: {exc}") from None
-        except BaseException:  # cancelled by the caller's deadline: start clean next time
-            self._close()
-            raise
-        finally:
-            _pymodbus_lines.reset(token)
-        if reply.isError():
-            code = int(getattr(reply, "exception_code", 0))
-            text = EXCEPTION_TEXT.get(code, "exception")
-            raise ExceptionReply(f"{what}: {text} (Modbus exception {code})", code)
-        registers = list(reply.registers)
-        if len(registers) != count:
-            raise SunSpecError(f"{what}: got {len(registers)} registers")
-        return registers
-
-    # --- discovery ----------------------------------------------------------
 
     async def _discover(self) -> None:
         meter_chain = await self._scan(self.meter_device_id)
@@ -332,7 +225,7 @@ class SunSpecMeter:
                 inverter_chain = await self._scan(self.device_id)
                 chains.insert(0, inverter_chain)
             except SunSpecError as exc:
-                if self._client is None:  # the connection went: that is not about the inverter
+                if self._link.closed:  # the connection went: that is not about the inverter
                     raise
                 # The meter works without it; PV power stays unknown.
                 log.warning("meter %s: no inverter data on unit %d: %s", self.meter_id, self.device_id, exc)
@@ -373,10 +266,10 @@ class SunSpecMeter:
             if address >= 0x10000:
                 raise SunSpecError(f"{self.address} unit {unit}: model chain runs past register 65535")
             try:
-                model_id, length = await self._read(unit, address, 2)
+                model_id, length = await self._link.read(unit, address, 2)
             except ExceptionReply:
                 # Some devices end the map right after the end ID, without its length word.
-                (model_id,) = await self._read(unit, address, 1)
+                (model_id,) = await self._link.read(unit, address, 1)
                 length = 0
         return Chain(unit, base, tuple(models))
 
@@ -385,7 +278,7 @@ class SunSpecMeter:
         tried: list[str] = []
         for base in bases:
             try:
-                words = await self._read(unit, base, 4)
+                words = await self._link.read(unit, base, 4)
             except ExceptionReply as exc:
                 if exc.from_gateway:  # nobody behind this unit id at all
                     raise

@@ -681,7 +681,7 @@ chargers:
 
 def test_unquoted_times_stay_times(tmp_path: Path) -> None:
     # YAML 1.1 reads an unquoted 7:00 as the base-60 number 420; our loader keeps the text.
-    from surplus_plugins.schedule import parse_schedule
+    from surplus_plugins.schedule_settings import parse_schedule
 
     c = check(write(tmp_path, SCHEDULE.format(departure="7:00")))
     options = c.chargers[0].strategies["schedule"]

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from surplus_plugins.fronius import make_fronius
-from surplus_plugins.http_meter import MeterHttpError, make_http, shown_url
+from surplus_plugins.http_meter import make_http
+from surplus_plugins.http_poll import MeterHttpError, shown_url
 from surplus_plugins.shelly import make_shelly
 from yarl import URL
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from surplus_plugins.mqtt_meter import MqttMeter, MqttMeterError, parse_payload
+from surplus_plugins.mqtt_meter import MqttMeter, MqttMeterError
+from surplus_plugins.mqtt_settings import parse_payload
 
 from surplus.clock import FakeClock
 from surplus.meter import MeterEnv

@@ -69,6 +69,8 @@ def test_the_wheel_and_sdist_carry_the_configs_and_the_unit(dist: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"surplus/examples/{name}" for name in EXAMPLES} <= names
     assert {"surplus/init_template.yaml", "surplus_plugins/pv.py", "surplus/example_config.py"} <= names
+    # Every built-in plugin module (a cut adds new ones, such as http_poll.py) travels in the wheel.
+    assert {f"surplus_plugins/{p.name}" for p in (REPO / "plugins").glob("*.py")} <= names
     assert any(n.startswith("surplus/sim/days/") and n.endswith(".csv") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "surplus = surplus.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

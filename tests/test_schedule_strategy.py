@@ -14,7 +14,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from surplus_plugins.pv import make_pv
-from surplus_plugins.schedule import ScheduleStrategy, make_schedule, parse_schedule
+from surplus_plugins.schedule import ScheduleStrategy, make_schedule
+from surplus_plugins.schedule_settings import parse_schedule
 
 from surplus.clock import FakeClock
 from surplus.meter import MeterEnv
