@@ -207,9 +207,7 @@ class Controller:
         return self._modes
 
     def lines(self) -> Mapping[str, LineStatus]:
-        return {
-            lid: LineStatus(connected=line.connected, load=line.load()) for lid, line in self._lines.items()
-        }
+        return {lid: LineStatus.of(line) for lid, line in self._lines.items()}
 
     def charger_setup(self, charger_id: str) -> ChargerSetup:
         slot = self._slot(charger_id)
