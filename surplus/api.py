@@ -52,6 +52,37 @@ class LineStatus:
     connected: bool
     #: The share of the last minute the line spent in transactions (0..1).
     load: float
+    #: How often each box's measurements are read (s; the line's poll plan in effect).
+    poll_interval_s: float | None = None
+    #: How many boxes poll on the line.
+    boxes: int = 0
+    #: Why the line cannot keep every box's data within the stated age (None: it can).
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, line: Line) -> LineStatus:
+        """The status of ``line`` now."""
+        polls = line.polls
+        return cls(
+            connected=line.connected,
+            load=line.load(),
+            poll_interval_s=polls.interval_s,
+            boxes=polls.boxes,
+            problem=polls.problem,
+        )
+
+
+class PollView(Protocol):
+    """A line's poll plan as ``health`` shows it (:class:`surplus.modbus.polls.PollPlan`)."""
+
+    @property
+    def interval_s(self) -> float: ...
+
+    @property
+    def boxes(self) -> int: ...
+
+    @property
+    def problem(self) -> str | None: ...
 
 
 class Line(Protocol):
@@ -61,6 +92,9 @@ class Line(Protocol):
     def connected(self) -> bool: ...
 
     def load(self) -> float: ...
+
+    @property
+    def polls(self) -> PollView: ...
 
 
 class SessionHistory(Protocol):

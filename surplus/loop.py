@@ -162,9 +162,7 @@ class Controller:
         return self._modes
 
     def lines(self) -> Mapping[str, LineStatus]:
-        return {
-            lid: LineStatus(connected=line.connected, load=line.load()) for lid, line in self._lines.items()
-        }
+        return {lid: LineStatus.of(line) for lid, line in self._lines.items()}
 
     @property
     def circuits(self) -> CircuitTree | None:

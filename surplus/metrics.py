@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .api import ControllerAPI
+from .api import ControllerAPI, PollView
 from .modbus.bus import BusConfig, BusStats
 from .state import LoopState
 from .types import ChargerState, Outcome, ReadGroup, Snapshot
@@ -141,6 +141,9 @@ class BusView(Protocol):
     def worst_sent_heartbeat_gaps(self) -> dict[int, float]: ...
 
     def last_heartbeat_at(self, device_id: int) -> float | None: ...
+
+    @property
+    def polls(self) -> PollView: ...
 
 
 #: Bus counters: (BusStats field, metric name, help).
@@ -392,8 +395,21 @@ class SnapshotCollector(Collector):
             "How full the line was over the last minute: the share of time in transactions (0..1)",
             "bus",
         )
+        interval = _gauge(
+            "surplus_bus_poll_interval_seconds",
+            "How often each box on the line has its measurements read (longer than the tick when the "
+            "line's time is short)",
+            "bus",
+        )
+        short = _gauge(
+            "surplus_bus_poll_over_age",
+            "1 while the line carries more boxes than it can read within the stated age",
+            "bus",
+        )
         for i, bus in enumerate(self._buses):
             port = bus_label(i)
+            interval.add_metric([port], bus.polls.interval_s)
+            short.add_metric([port], float(bus.polls.problem is not None))
             stats = bus.stats
             for field, fam in counters.items():
                 fam.add_metric([port], float(getattr(stats, field)))
@@ -408,7 +424,7 @@ class SnapshotCollector(Collector):
             for device_id, worst in sorted(bus.worst_sent_heartbeat_gaps().items()):
                 sent_gap.add_metric([port, str(device_id)], worst)
         yield from counters.values()
-        yield from (busy, load, connected, gap, sent_gap, beat_age)
+        yield from (busy, load, connected, gap, sent_gap, beat_age, interval, short)
 
 
 def bus_label(index: int) -> str:

@@ -66,7 +66,8 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
 
     Degraded: a charger's mode needs the meters while one of them is not ok, or
     a charger runs on its fallback (e.g. "pv" with no meter at all), or a box
-    would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0).
+    would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0),
+    or a line carries more boxes than it can read within the stated age.
     """
     published = controller.published()
     snap = published.snapshot
@@ -84,4 +85,5 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
             reasons.append(f"{cid}: mode {mode} needs the meters: {'; '.join(down)}")
         elif record is not None and record.decision.source is Source.FALLBACK:
             reasons.append(f"{cid}: {record.decision.reason or 'on its fallback'}")
+    reasons.extend(f"line {lid}: {line.problem}" for lid, line in controller.lines().items() if line.problem)
     return meters, reasons

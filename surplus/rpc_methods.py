@@ -174,7 +174,12 @@ class Methods:
             "degraded": bool(degraded),
             "degradedReasons": degraded,
             "lines": {
-                lid: {"connected": line.connected, "load": rounded(line.load, 4)}
+                lid: {
+                    "connected": line.connected,
+                    "load": rounded(line.load, 4),
+                    "pollIntervalSeconds": rounded(line.poll_interval_s),
+                    "boxes": line.boxes,
+                }
                 for lid, line in self.c.lines().items()
             },
         }

@@ -68,6 +68,8 @@ def bus_config(config: Config, port: str, section: BusSection | None = None) -> 
         reconnect_interval_s=b.reconnect_interval_ms / 1000.0,
         heartbeat_enabled=config.heartbeat.enabled,
         heartbeat_interval_s=config.heartbeat.interval_s,
+        poll_tick_s=config.control.tick_s,
+        poll_max_age_s=config.control.stale_after_s,
     )
 
 

@@ -820,7 +820,9 @@ async def test_health_reports_meters_and_degraded(
 ) -> None:
     health = (await client.result("health"))["data"]
     assert (health["meters"], health["degraded"], health["degradedReasons"]) == ({"grid": "ok"}, False, [])
-    assert health["lines"] == {"line1": {"connected": True, "load": 0.1235}}  # how full each line is
+    assert health["lines"] == {
+        "line1": {"connected": True, "load": 0.1235, "pollIntervalSeconds": None, "boxes": 0}
+    }  # how full each line is
 
     # The grid meter is down while the charger's mode (pv) needs it: the charger is still healthy.
     ctl.meter_readings = {"grid": NEVER_READ}

@@ -96,6 +96,12 @@ class AmtronCharger:
         self._groups: Mapping[ReadGroup, float] | None = None
         self._groups_key: tuple[float | None, float | None] = (None, None)
         self._heartbeat_running = False
+        #: A full read was asked for while it was another box's turn on the line: done at the next.
+        self._full_pending = False
+        #: The EVSE state changed on the last read (the next read is urgent).
+        self._state_moved = False
+        #: Why the last read failed (None: it worked); repeated while the box waits for its turn.
+        self._read_error: str | None = None
         #: Per poll set and layout: the planned reads.
         self._plans: dict[tuple[str, int], tuple[plan.Span, ...]] = {}
         #: Per span start: the words last read, their span and what they decoded to.
@@ -311,12 +317,39 @@ class AmtronCharger:
         Registers not read this time keep their value from the read that last
         covered them; after a write the readback is always fresh, so the governor
         never judges our own write by an older value.
+
+        When the line's budget is short (:meth:`Bus.poll_turn` says it is another box's
+        turn), nothing is read: the last state comes back with its own ``read_at_s`` (or
+        the last read's error again), and a ``full`` read waits for the box's next turn.
+        A box written to since its last read, or whose EVSE state changed on it, is
+        read at once (urgent).
         """
         if self._info is None:
             await self._read_identity()
         assert self._info is not None
         layout = self._info.layout_version
+        full = full or self._full_pending
+        urgent = self._last_state is None or self._control_due or self._state_moved
+        words = tuple(span.count for span in self._poll_spans("fast", layout))
+        if not self._bus.poll_turn(self._require_id(), urgent=urgent, reads=words):
+            self._full_pending = full
+            if self._read_error is not None:
+                raise ChargerError(self._read_error)
+            assert self._last_state is not None  # a box never read is always urgent
+            return self._last_state
+        try:
+            state = await self._poll(full, layout)
+        except ChargerError as exc:
+            self._read_error = str(exc)
+            raise
+        self._read_error = None
+        self._full_pending = False
+        return state
+
+    async def _poll(self, full: bool, layout: int) -> ChargerState:
+        assert self._info is not None
         read_at = self._clock.now()
+        before = self._latest.get(R.EVSE_STATE.name)
         if full or not self._latest:
             self._control_due = False  # a write during the read makes it due again
             values = await self._read_spans(self._poll_spans("full", layout))
@@ -330,7 +363,6 @@ class AmtronCharger:
                 or read_at - self._control_read_at >= CONTROL_EVERY_S
             )
             self._control_due = False
-            before = self._latest.get(R.EVSE_STATE.name)
             polled = self._poll_spans("fast+control" if due else "fast", layout)
             self._latest.update(await self._read_spans(polled))
             if not due and self._latest.get(R.EVSE_STATE.name) != before:
@@ -340,6 +372,7 @@ class AmtronCharger:
                 due = True
             if due:
                 self._control_read_at = read_at
+        self._state_moved = before is not None and self._latest.get(R.EVSE_STATE.name) != before
         info, config, caps = self._info, self._config, self._capabilities
         assert info is not None and config is not None and caps is not None
         key = (self._control_read_at, self._full_read_at)

@@ -67,3 +67,9 @@ class Bus(Protocol):
     def stop_heartbeat(self, device_id: int) -> None:
         """Stop that device's heartbeat (the last thing done on shutdown)."""
         ...
+
+    def poll_turn(self, device_id: int, *, urgent: bool = False, reads: tuple[int, ...] = ()) -> bool:
+        """True when the device should read its measurements now (False: the line's budget
+        is short and it is another box's turn; see :mod:`surplus.modbus.polls`). ``reads``: the
+        word counts of its measurement read; ``urgent``: its data matters now."""
+        ...

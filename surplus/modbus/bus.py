@@ -37,6 +37,7 @@ from pymodbus.pdu import ModbusPDU
 from ..clock import Clock
 from . import plan
 from .base import EXCEPTION_TEXT, BusError, ModbusExceptionReply, PortUnavailable
+from .polls import PollPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class BusConfig:
     heartbeat_interval_s: float = 3.0
     #: A heartbeat is never later than this after the previous one (the box allows 10 s).
     heartbeat_deadline_s: float = 5.0
+    #: The control loop's tick: drivers ask for their measurements once per tick.
+    poll_tick_s: float = 1.0
+    #: The oldest a box's measurements may get (the loop's ``control.stale_after_s``).
+    poll_max_age_s: float = 10.0
+    #: The share of the line's time the polls and heartbeats may fill (see :mod:`.polls`).
+    poll_target_load: float = 0.8
 
     def __post_init__(self) -> None:
         if not self.port.strip():
@@ -79,10 +86,22 @@ class BusConfig:
                 "heartbeat_deadline_s",
                 "longer than 1.5 x timeout_s",
             ),
+            (self.poll_tick_s > 0, "poll_tick_s", "positive"),
+            (self.poll_max_age_s > 0, "poll_max_age_s", "positive"),
+            (0 < self.poll_target_load <= 1, "poll_target_load", "in (0, 1]"),
         ]
         for ok, name, wanted in checks:
             if not ok:
                 raise ValueError(f"{name} must be {wanted}, not {getattr(self, name)!r}")
+
+    @property
+    def bits_per_char(self) -> int:
+        """Start bit, data bits, parity bit (if any) and stop bits of one character on the wire."""
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
+    def wire_time_s(self, request_bytes: int, reply_bytes: int) -> float:
+        """Line time of one transaction: both frames and the 3.5-character gap after each."""
+        return (request_bytes + reply_bytes + 2 * plan.FRAME_GAP_CHARS) * self.bits_per_char / self.baudrate
 
     @property
     def is_tcp(self) -> bool:
@@ -360,6 +379,13 @@ class ModbusBus:
         #: Silence kept after a timeout or a stray reply, so a late answer cannot pass for the next one.
         self._quiet_s = config.timeout_s / 2
         self.last_error: str | None = None
+        #: Which boxes read their measurements in which tick (see :mod:`surplus.modbus.polls`).
+        self.polls = PollPlan(
+            tick_s=config.poll_tick_s, max_age_s=config.poll_max_age_s, target_load=config.poll_target_load
+        )
+        #: Average time a transaction took beyond its wire time (the box's turnaround, the gateway).
+        self._turnaround_s = 0.0
+        self._poll_problem: str | None = None  # the last one logged
 
     # --- public ------------------------------------------------------------
     @property
@@ -384,16 +410,43 @@ class ModbusBus:
         busy = sum(min(d, end - (now - LOAD_WINDOW_S)) for end, d in self._busy_log)
         return min(1.0, busy / LOAD_WINDOW_S)
 
-    def _busy(self, started: float) -> None:
+    def _busy(self, started: float) -> float:
         end = self._clock.now()
         duration = max(0.0, end - started)
         self._counters.add("busy_us", round(duration * 1e6))
         self._busy_log.append((end, duration))
         self._forget_busy(end)
+        return duration
 
     def _forget_busy(self, now: float) -> None:
         while self._busy_log and self._busy_log[0][0] <= now - LOAD_WINDOW_S:
             self._busy_log.popleft()
+
+    def poll_turn(self, device_id: int, *, urgent: bool = False, reads: tuple[int, ...] = ()) -> bool:
+        """True when ``device_id`` should read its measurements now; False: keep the last ones.
+
+        ``reads``: the word counts of the box's measurement read, one per transaction
+        (its wire time is the cost of a poll until one was measured). ``urgent``: the
+        box's data matters now (e.g. it was just written to). See :class:`PollPlan`.
+        """
+        c = self._config
+        beat_s = c.wire_time_s(*plan.write_single_bytes()) + self._turnaround_s
+        self.polls.reserved_load = sum(beat_s / b.interval_s for b in self._beats.values())
+        wire_s = sum(c.wire_time_s(*plan.read_bytes(n)) + self._turnaround_s for n in reads)
+        due = self.polls.turn(device_id, self._clock.now(), urgent=urgent, wire_s=wire_s)
+        problem = self.polls.problem
+        if (problem is None) != (self._poll_problem is None):  # a warning once, not per new interval
+            if problem is not None:
+                log.warning("modbus %s: %s", c.port, problem)
+            else:
+                log.info(
+                    "modbus %s: every box read within %g s again (every %g s)",
+                    c.port,
+                    self.polls.max_age_s,
+                    self.polls.interval_s,
+                )
+            self._poll_problem = problem
+        return due
 
     def last_heartbeat_at(self, device_id: int) -> float | None:
         """Clock time of the last delivered heartbeat for ``device_id`` (None: none yet)."""
@@ -617,7 +670,12 @@ class ModbusBus:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
-            self._busy(started)
+            took = self._busy(started)
+            if req.op == "read":
+                self.polls.spent(req.device_id, took)
+        if work in done and work.exception() is None:
+            excess = max(0.0, took - self._config.wire_time_s(sent, received))
+            self._turnaround_s += 0.1 * (excess - self._turnaround_s)
         if work not in done:
             self._answered = False
             self._dirty = True

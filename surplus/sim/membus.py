@@ -56,6 +56,10 @@ class ModelBus:
         """Write several registers (as FC 0x10)."""
         self._model(device_id).write(address, list(values), _FC_WRITE_MULTIPLE)
 
+    def poll_turn(self, device_id: int, *, urgent: bool = False, reads: tuple[int, ...] = ()) -> bool:
+        """Always True: memory has no wire time to budget."""
+        return True
+
     def start_heartbeat(self, device_id: int, address: int, value: int, interval_s: float) -> None:
         """Write ``value`` now, then every ``interval_s`` of the clock, until stopped."""
         self.stop_heartbeat(device_id)
