@@ -143,6 +143,9 @@ class Site:
             power[cid] = state.power_total_w if math.isfinite(state.power_total_w) else 0.0
         if len(sharers) < 2:
             return {}
+        # A sharer whose strategy asks for no share this tick (e.g. paused within its 5 minutes)
+        # was granted nothing: it is among the first to give way.
+        self._granted = {s.charger_id: 0.0 for s in sharers}
         total_w = sum(power.values())
         frozen = tuple(sharers)
         rooms = tuple(self._circuit_rooms(snapshot, frozenset(power)))

@@ -259,10 +259,17 @@ async def test_changing_surplus_other_loads_and_a_failing_circuit_meter(tmp_path
                 # garage's other loads count at its whole 20 A (in the site too): a and b pause,
                 # c and d share the site's last 12 A.
                 site.gm_down = True
-                await until("a and b paused", lambda: amps()[:2] == [0.0, 0.0], 15.0)
-                decision = ctl.last_decision("a")
-                assert decision is not None and "meter gm failing for" in decision.decision.reason
-                assert "other loads counted at 20 A" in decision.decision.reason
+
+                def why(cid: str) -> str:
+                    record = ctl.last_decision(cid)
+                    return "" if record is None else record.decision.reason
+
+                await until(
+                    "a and b paused for the failing meter",
+                    lambda: amps()[:2] == [0.0, 0.0] and all("meter gm failing for" in why(c) for c in "ab"),
+                    15.0,
+                )
+                assert "other loads counted at 20 A" in why("a")
                 await until("c and d within 12 A", lambda: amps()[2] + amps()[3] <= 12.0 + 1e-6)
             finally:
                 ctl.stop(hurry=True)
@@ -322,14 +329,21 @@ async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(
                 assert_within_circuits(tree, models, samples)
                 await asyncio.sleep(0.05)
             assert all(models[c].switched_phases == 1 for c in "abc")
-            await asyncio.sleep(1.0)  # a tick reads what they draw now
+
+            def measured(cid: str) -> tuple[float, float, float]:
+                state = ctl.snapshot().chargers[cid].state
+                assert state is not None
+                return state.current_l1_a, state.current_l2_a, state.current_l3_a
+
+            deadline = clock.now() + 5.0  # until a tick has read what they draw now
+            while not all(measured(c)[0] > 15.0 for c in "abc"):
+                assert clock.now() < deadline, {c: measured(c) for c in "abc"}
+                await asyncio.sleep(0.05)
             # The boxes' own measurements (read over the bus), rotated: a's L1 is the grid's L2,
             # b's the grid's L3, c's the grid's L1.
             grid = [0.0, 0.0, 0.0]
             for cid in "abc":
-                state = ctl.snapshot().chargers[cid].state
-                assert state is not None
-                box = (state.current_l1_a, state.current_l2_a, state.current_l3_a)
+                box = measured(cid)
                 assert box[0] == pytest.approx(16.0, abs=0.5) and box[1] == box[2] == 0.0
                 for g, amps in enumerate(tree.grid_load(cid, box)):
                     grid[g] += amps
