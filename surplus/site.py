@@ -28,7 +28,7 @@ from .circuits import (
     counted_others,
 )
 from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
-from .sharing import CircuitRoom, Sharer, split_surplus
+from .sharing import CircuitRoom, Share, Sharer, split_surplus
 from .slot import ChargerSlot
 from .strategy import SurplusShare
 from .types import MIN_CURRENT_A, ChargerReading, Decision, Snapshot
@@ -150,9 +150,15 @@ class Site:
         frozen = tuple(sharers)
         rooms = tuple(self._circuit_rooms(snapshot, frozenset(power)))
 
+        # The sharers of one tick mostly see the same surplus (the same meter, the same
+        # chargers): split it once per value, not once per charger.
+        splits: dict[float, Mapping[str, Share]] = {}
+
         def splitter(cid: str) -> Callable[[float], tuple[float, str]]:
             def split(surplus_w: float) -> tuple[float, str]:
-                share = split_surplus(surplus_w, frozen, rooms)[cid]
+                if surplus_w not in splits:
+                    splits[surplus_w] = split_surplus(surplus_w, frozen, rooms)
+                share = splits[surplus_w][cid]
                 self._granted[cid] = share.budget_w
                 return share.budget_w, share.why
 
