@@ -225,10 +225,12 @@ class ChargerControl:
         """Would this decision (with the person's override) pause the box or lower its current?"""
         if decision.source is not Source.FALLBACK:
             decision = merge_override(decision, self.slot.override)
-        sent = self._governor.memory(self.slot.charger_id).current_a
-        return not decision.charge or (
-            decision.current_a is not None and sent is not None and decision.current_a < sent
-        )
+        memory = self._governor.memory(self.slot.charger_id)
+        if not decision.charge:
+            return True
+        # A resume of a paused box is a raise, whatever current it was last sent.
+        sent = memory.current_a if memory.charging else None
+        return decision.current_a is not None and sent is not None and decision.current_a < sent
 
     async def apply(self, snapshot: Snapshot, now: float, decision: Decision, strategy_name: str) -> Verdict:
         """The decision with the person's override, within the circuits, governed and written."""
