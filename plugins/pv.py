@@ -19,9 +19,10 @@ discharge into the car (by default it never does).
 new current through every 5 s, so the current follows the surplus as it is:
 a falling surplus at once (``smoothing_down_s``, default 0), a rising one once
 it has held for ``smoothing_up_s`` (default 5 s), in one step, so one bright
-second does not pull the car up and a step in the sun is one write. Changes
-smaller than ``step_a`` wait until they have pointed the same way for a
-minute, changes below ``NOISE_A`` never, so meter noise causes no writes.
+second does not pull the car up and a step in the sun is one write, landing a
+margin below the surplus (the meters jitter). Changes smaller than ``step_a``
+follow the surplus's mean (see :meth:`PvStrategy._settle`), so meter noise
+causes no writes and does not keep the car a notch above the sun.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
@@ -79,7 +80,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
@@ -88,12 +89,16 @@ from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot
 
 from .pv_sun import (
     DEFAULTS,
-    NOISE_A,
+    FOLLOW_S,
     PAUSE_HOLD_S,
     RESET_AFTER_S,
+    SETTLE_DOWN_S,
+    SETTLE_MARGIN_A,
     SETTLE_S,
     SPELLS_NEEDED,
     TYPICAL_SUN_S,
+    UP_GAP_A,
+    VOLTS_S,
     PvSettings,
     Spells,
     available_w,
@@ -141,8 +146,10 @@ class PvStrategy:
         self._high_since: float | None = None
         self._high_wh = 0.0
         self._current_a: float | None = None
-        #: (direction, since) of a small change that has not been sent yet.
-        self._drift: tuple[int, float] | None = None
+        #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
+        self._settle_window: deque[tuple[float, float]] = deque()
+        self._settled_at = 0.0
+        self._volts: float | None = None
         #: Recent spells of sun that carries three phases, of sun that does not, and of dips
         #: below the minimum (on the fewest phases the box can use).
         self._three_spells = Spells()
@@ -159,7 +166,8 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = self._low_wh = self._low_cost_wh = self._high_wh = 0.0
         self._three_at_minimum = False
         self._current_a = None
-        self._drift = None
+        self._settle_window.clear()
+        self._volts = None
 
     def _smooth(self, raw_w: float, now: float, dt: float) -> float:
         """A rise counts once it has held for ``smoothing_up_s`` (then in one step); a fall at once.
@@ -323,7 +331,7 @@ class PvStrategy:
             dt = now - self._last_at
         sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
-        line_v = volts(state, s.voltage_v)
+        line_v = self._line_volts(volts(state, s.voltage_v), dt)
         self._track_typical(raw_w, ctx, line_v, dt)
 
         phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)
@@ -355,8 +363,7 @@ class PvStrategy:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
-        target = min(max(math.floor(exact_a * 10) / 10, MIN_CURRENT_A), ctx.max_current_a)
-        self._current_a = target = self._settle(target, ctx.max_current_a, now)
+        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now)
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
@@ -365,10 +372,22 @@ class PvStrategy:
         elif exact_a < MIN_CURRENT_A and not self._three_at_minimum:
             why += f"; minimum {MIN_CURRENT_A:g} A"
         elif target != min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a):
-            why += f"; holding {target:g} A (change below step {s.step_a:g} A)"
+            why += (
+                f"; at {target:g} A (a margin below the surplus for the meters' noise; changes below "
+                f"{s.step_a:g} A follow its mean)"
+            )
         return strategy_decision(
             ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )
+
+    def _line_volts(self, measured_v: float, dt: float) -> float:
+        """The line voltage for W <-> A, averaged over VOLTS_S: the box's reading jitters by a
+        volt or so, which at 16 A on three phases moves the amps by a notch (0.1 A)."""
+        if self._volts is None or dt == 0.0:
+            self._volts = measured_v
+        else:
+            self._volts += (measured_v - self._volts) * (1.0 - math.exp(-dt / VOLTS_S))
+        return self._volts
 
     def _track_typical(self, raw_w: float, ctx: StrategyContext, line_v: float, dt: float) -> None:
         """Update the averages of the recent sun (see ``__init__``)."""
@@ -427,31 +446,60 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = 0.0
         return why
 
-    def _settle(self, target: float, max_a: float, now: float) -> float:
-        """Hold the last current through small changes unless they persist.
+    def _settle(self, exact_a: float, max_a: float, now: float) -> float:
+        """The current to send: the surplus's amps, held through noise and small changes.
 
-        A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes
-        through at once; a smaller one only after it has pointed the same way
-        for ``SETTLE_S`` (noise flips its sign, a real drift does not), and one
-        below ``NOISE_A`` never.
+        A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
+        once, in 0.1 A steps, landing ``SETTLE_MARGIN_A`` below the surplus (half of it on
+        a rise). A smaller one follows the *mean* of the surplus's amps, so the meters'
+        noise averages out instead of keeping the car a notch above the sun; the mean
+        counts from ``FOLLOW_S`` after the last change (until the car has followed it, the
+        meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
+        ``SETTLE_MARGIN_A`` below the current (an import, weighted, is dear), to the level
+        of the last seconds; up once the mean of the last ``SETTLE_S`` is ``UP_GAP_A``
+        above it, to that mean less the margin (sun to the grid is cheap).
         """
+        target = min(max(math.floor(exact_a * 10) / 10, MIN_CURRENT_A), max_a)
         last = self._current_a
-        if last is not None and abs(target - last) < NOISE_A and target not in (MIN_CURRENT_A, max_a):
-            self._drift = None
+        big = last is None or abs(target - last) >= self.settings.step_a
+        if big or (target != last and target in (MIN_CURRENT_A, max_a)):
+            if target != last:
+                # A step is read while the car still draws the old current: land a margin
+                # lower, so the mean that follows does not find the car a notch above the sun
+                # (half of it on a rise: that was the lowest of several seconds already).
+                margin = SETTLE_MARGIN_A / 2 if last is not None and target > last else SETTLE_MARGIN_A
+                target = min(max(math.floor((exact_a - margin) * 10) / 10, MIN_CURRENT_A), max_a)
+            return self._sent(target, now)
+        assert last is not None
+        if now - self._settled_at < FOLLOW_S:
             return last
-        if last is None or target == last or abs(target - last) >= self.settings.step_a:
-            self._drift = None
-            return target
-        if target in (MIN_CURRENT_A, max_a):
-            self._drift = None
-            return target
-        sign = 1 if target > last else -1
-        if self._drift is None or self._drift[0] != sign:
-            self._drift = (sign, now)
-        if now - self._drift[1] >= SETTLE_S:
-            self._drift = None
-            return target
+        window = self._settle_window
+        window.append((now, min(max(exact_a, MIN_CURRENT_A), max_a)))
+        while window[0][0] <= now - SETTLE_S:
+            window.popleft()
+        span_s = now - window[0][0]
+        down = _mean(a for t, a in window if t > now - SETTLE_DOWN_S)
+        if span_s >= SETTLE_DOWN_S - 1 and down < last - SETTLE_MARGIN_A:
+            # To the level of the last seconds: a fall within the window is not averaged away.
+            latest = _mean(a for t, a in window if t > now - FOLLOW_S)
+            return self._sent(max(math.floor(min(down, latest) * 10) / 10, MIN_CURRENT_A), now)
+        up = _mean(a for _, a in window)
+        if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
+            # A notch's margin below the mean, so noise does not call for a correction down.
+            return self._sent(min(math.floor((up - SETTLE_MARGIN_A) * 10) / 10, max_a), now)
         return last
+
+    def _sent(self, current_a: float, now: float) -> float:
+        """A new current: the small-change means start again once the car has followed it."""
+        if current_a != self._current_a:
+            self._settled_at = now
+            self._settle_window.clear()
+        return current_a
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items)
 
 
 def make_pv(options: Mapping[str, Any]) -> Strategy:

@@ -20,10 +20,22 @@ from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, Sourc
 PHASE_IN_USE_A = 1.0
 #: A voltage outside this range is not trusted for the W -> A conversion.
 PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
-#: A change smaller than ``step_a`` is sent once it has persisted this long.
+#: Changes smaller than ``step_a`` follow the mean of the surplus's amps (see
+#: ``PvStrategy._settle``), counted from FOLLOW_S after the last change: a car follows a new
+#: current within 5 s (IEC 61851-1), and until it has the meters show a mix of both.
+FOLLOW_S = 5.0
+#: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
+#: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
+#: above it (two notches of 0.1 A: less is not worth a write).
 SETTLE_S = 60.0
-#: A smaller change is never sent: it is the noise of the meter and the voltage reading.
-NOISE_A = 0.2
+SETTLE_DOWN_S = 20.0
+UP_GAP_A = 0.2
+#: What the meters' noise still moves the amps by (the box reads its own power to ~0.05 A a
+#: phase): a new current lands this far below the surplus (half of it on a rise, which took
+#: the lowest of ``smoothing_up_s`` already), and a mean within it is not a change.
+SETTLE_MARGIN_A = 0.05
+#: The line voltage (for W <-> A) is averaged over this long.
+VOLTS_S = 60.0
 #: After this long without a call the strategy forgets its timers and smoothing.
 RESET_AFTER_S = 30.0
 #: The window of "the sun of the last minutes" that prices a pause.
