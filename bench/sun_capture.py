@@ -14,6 +14,16 @@ phase switches and setpoint changes. Then:
 
     .venv/bin/python bench/sun_capture.py            # everything (a few minutes)
     .venv/bin/python bench/sun_capture.py --quick    # pv on the 1p/3p box only
+    .venv/bin/python bench/sun_capture.py --days DIR # pv on the days in DIR, and the
+                                                     # issue's criteria day by day
+
+``--days`` takes any directory of day files, such as the days kept out of tuning that
+``bench/holdout_days.py`` builds. Its criteria (a day's category is its file name's
+start): on cloudy and overcast days a 1p/3p box captures at least the 5 s reference and
+draws no more grid share than the 30 s one; on other days it captures >= 0.995 with a
+grid share <= 0.01; a three-phase box is not worse than the 30 s reference in either;
+and no day has more setpoint changes than the 5 s reference or more than twice the 30 s
+reference's phase switches. Ratios are compared as printed (3 decimals).
 """
 
 from __future__ import annotations
@@ -140,13 +150,79 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def criteria(results: list[dict[str, object]]) -> list[str]:
+    """Each day that misses one of the criteria (see the module docstring), one line each."""
+    misses = []
+    for r in results:
+        runs = r["runs"]
+        assert isinstance(runs, list)
+        s, a, b = ({k: v for k, v in x.items()} for x in runs)
+        day, box = str(r["day"]), str(r["box"])
+        cap, grid = round(s["capture"], 3), round(s["grid_share"], 3)
+        if box == "3p":
+            floors = {
+                "capture": (round(a["capture"], 3), "30 s ref"),
+                "grid": (round(a["grid_share"], 3), "30 s ref"),
+            }
+        elif day.startswith(("cloudy", "overcast")):
+            floors = {
+                "capture": (round(b["capture"], 3), "5 s ref"),
+                "grid": (round(a["grid_share"], 3), "30 s ref"),
+            }
+        else:
+            floors = {"capture": (0.995, "floor"), "grid": (0.01, "ceiling")}
+        if cap < floors["capture"][0]:
+            misses.append(
+                f"{day} {box}: capture {cap:.3f} < {floors['capture'][0]:.3f} ({floors['capture'][1]})"
+            )
+        if grid > floors["grid"][0]:
+            misses.append(
+                f"{day} {box}: grid share {grid:.3f} > {floors['grid'][0]:.3f} ({floors['grid'][1]})"
+            )
+        if s["setpoint_changes"] > b["setpoint_changes"]:
+            misses.append(
+                f"{day} {box}: {s['setpoint_changes']} setpoint changes > {b['setpoint_changes']} (5 s ref)"
+            )
+        if s["phase_switches"] > 2 * a["phase_switches"]:
+            misses.append(
+                f"{day} {box}: {s['phase_switches']} phase switches > 2 x {a['phase_switches']} (30 s ref)"
+            )
+    return misses
+
+
+def score_days(folder: Path) -> None:
+    """pv on every day in ``folder``, both boxes: the table, then the criteria and the means."""
+    days = sorted(folder.glob("*.csv"))
+    if not days:
+        raise SystemExit(f"no day files (*.csv) in {folder}")
+    jobs = [(str(p), "pv", b) for p in days for b in ("1p3p", "3p")]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(one, jobs))
+    print(table(results))
+    misses = criteria(results)
+    print(f"\n{len(misses)} of {len(jobs)} replays miss a criterion:")
+    for line in misses:
+        print(f"  {line}")
+    for box in ("1p3p", "3p"):
+        rows = [r["runs"] for r in results if r["box"] == box]
+        dc = statistics.mean(float(x[0]["capture"]) - float(x[2]["capture"]) for x in rows)  # type: ignore[index]
+        dg = statistics.mean(float(x[0]["grid_share"]) - float(x[1]["grid_share"]) for x in rows)  # type: ignore[index]
+        print(
+            f"mean over {len(rows)} days, {box}: capture - 5 s ref {dc:+.4f}, grid share - 30 s ref {dg:+.4f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="pv on the 1p/3p box only")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results")
+    parser.add_argument("--days", type=Path, metavar="DIR", help="score pv on the day files in DIR instead")
     args = parser.parse_args()
+    if args.days:
+        score_days(args.days)
+        return
     modes = ("pv",) if args.quick else ("pv", "minpv")
     boxes = ("1p3p",) if args.quick else ("1p3p", "3p")
     jobs = [(str(p), m, b) for p in shipped_days() for m in modes for b in boxes]
