@@ -200,7 +200,8 @@ def score_days(folder: Path) -> None:
         results = list(pool.map(one, jobs))
     print(table(results))
     misses = criteria(results)
-    print(f"\n{len(misses)} of {len(jobs)} replays miss a criterion:")
+    replays = len({line.split(":")[0] for line in misses})
+    print(f"\n{len(misses)} misses, in {replays} of {len(jobs)} replays:")
     for line in misses:
         print(f"  {line}")
     for box in ("1p3p", "3p"):
