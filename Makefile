@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: install node-deps
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 $(ARGS)
 
 # Wheel and sdist into dist/, built offline with the venv's setuptools.
 dist: install
