@@ -156,7 +156,7 @@ def criteria(results: list[dict[str, object]]) -> list[str]:
     for r in results:
         runs = r["runs"]
         assert isinstance(runs, list)
-        s, a, b = ({k: v for k, v in x.items()} for x in runs)
+        s, a, b = runs
         day, box = str(r["day"]), str(r["box"])
         cap, grid = round(s["capture"], 3), round(s["grid_share"], 3)
         if box == "3p":

@@ -79,8 +79,9 @@ afresh from the present state.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
@@ -478,12 +479,12 @@ class PvStrategy:
         while window[0][0] <= now - SETTLE_S:
             window.popleft()
         span_s = now - window[0][0]
-        down = _mean(a for t, a in window if t > now - SETTLE_DOWN_S)
+        down = statistics.fmean(a for t, a in window if t > now - SETTLE_DOWN_S)
         if span_s >= SETTLE_DOWN_S - 1 and down < last - SETTLE_MARGIN_A:
             # To the level of the last seconds: a fall within the window is not averaged away.
-            latest = _mean(a for t, a in window if t > now - FOLLOW_S)
+            latest = statistics.fmean(a for t, a in window if t > now - FOLLOW_S)
             return self._sent(max(math.floor(min(down, latest) * 10) / 10, MIN_CURRENT_A), now)
-        up = _mean(a for _, a in window)
+        up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
             # A notch's margin below the mean, so noise does not call for a correction down.
             return self._sent(min(math.floor((up - SETTLE_MARGIN_A) * 10) / 10, max_a), now)
@@ -495,11 +496,6 @@ class PvStrategy:
             self._settled_at = now
             self._settle_window.clear()
         return current_a
-
-
-def _mean(values: Iterable[float]) -> float:
-    items = list(values)
-    return sum(items) / len(items)
 
 
 def make_pv(options: Mapping[str, Any]) -> Strategy:

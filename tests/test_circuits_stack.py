@@ -349,11 +349,15 @@ async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(
                     grid[g] += amps
             assert grid == pytest.approx([16.0, 16.0, 16.0], abs=0.5)
             ctl.set_mode("d", "fixed")  # a three-phase box now finds no room on any phase
-            await asyncio.sleep(1.5)
+            deadline = clock.now() + 5.0  # until a tick has decided for d in its new mode
+            while (
+                decision := ctl.last_decision("d")
+            ) is None or "circuit site" not in decision.decision.reason:
+                assert clock.now() < deadline, decision
+                await asyncio.sleep(0.05)
+            assert "paused: circuit site: 0.0 A left on" in decision.decision.reason
             assert models["d"].charging_current_a == 0.0
             assert_within_circuits(tree, models, samples)
-            decision = ctl.last_decision("d")
-            assert decision is not None and "paused: circuit site: 0.0 A left on" in decision.decision.reason
         finally:
             ctl.stop(hurry=True)
             await asyncio.wait_for(run, 20)
