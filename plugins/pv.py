@@ -102,7 +102,9 @@ from .pv_sun import (
     VOLTS_S,
     PvSettings,
     Spells,
+    amps_text,
     available_w,
+    floor_notch,
     kwh_text,
     parse_settings,
     phases_in_use,
@@ -338,8 +340,8 @@ class PvStrategy:
         phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)
         exact_a = sun_w / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
-        shown_a = max(math.floor(exact_a * 10) / 10, 0.0)  # the same rounding as the setpoint
-        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {shown_a:.1f} A on {plural(phases)}"
+        shown_a = max(floor_notch(exact_a, phases), 0.0)  # the same rounding as the setpoint
+        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {amps_text(shown_a)} A on {plural(phases)}"
 
         if not self._charging:
             self._enough_since = (
@@ -364,7 +366,7 @@ class PvStrategy:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
-        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now)
+        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
@@ -383,7 +385,7 @@ class PvStrategy:
 
     def _line_volts(self, measured_v: float, dt: float) -> float:
         """The line voltage for W <-> A, averaged over VOLTS_S: the box's reading jitters by a
-        volt or so, which at 16 A on three phases moves the amps by a notch (0.1 A)."""
+        volt or so, which at 16 A moves the amps by 0.07 A."""
         if self._volts is None or dt == 0.0:
             self._volts = measured_v
         else:
@@ -447,12 +449,12 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = 0.0
         return why
 
-    def _settle(self, exact_a: float, max_a: float, now: float) -> float:
+    def _settle(self, exact_a: float, max_a: float, now: float, phases: int) -> float:
         """The current to send: the surplus's amps, held through noise and small changes.
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
-        once, in 0.1 A steps, landing ``SETTLE_MARGIN_A`` below the surplus (half of it on
-        a rise). A smaller one follows the *mean* of the surplus's amps, so the meters'
+        once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
+        ``SETTLE_MARGIN_A`` below the surplus (half of it on a rise). A smaller one follows the *mean* of the surplus's amps, so the meters'
         noise averages out instead of keeping the car a notch above the sun; the mean
         counts from ``FOLLOW_S`` after the last change (until the car has followed it, the
         meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
@@ -460,7 +462,7 @@ class PvStrategy:
         of the last seconds; up once the mean of the last ``SETTLE_S`` is ``UP_GAP_A``
         above it, to that mean less the margin (sun to the grid is cheap).
         """
-        target = min(max(math.floor(exact_a * 10) / 10, MIN_CURRENT_A), max_a)
+        target = min(max(floor_notch(exact_a, phases), MIN_CURRENT_A), max_a)
         last = self._current_a
         big = last is None or abs(target - last) >= self.settings.step_a
         if big or (target != last and target in (MIN_CURRENT_A, max_a)):
@@ -469,7 +471,7 @@ class PvStrategy:
                 # lower, so the mean that follows does not find the car a notch above the sun
                 # (half of it on a rise: that was the lowest of several seconds already).
                 margin = SETTLE_MARGIN_A / 2 if last is not None and target > last else SETTLE_MARGIN_A
-                target = min(max(math.floor((exact_a - margin) * 10) / 10, MIN_CURRENT_A), max_a)
+                target = min(max(floor_notch(exact_a - margin, phases), MIN_CURRENT_A), max_a)
             return self._sent(target, now)
         assert last is not None
         if now - self._settled_at < FOLLOW_S:
@@ -483,11 +485,11 @@ class PvStrategy:
         if span_s >= SETTLE_DOWN_S - 1 and down < last - SETTLE_MARGIN_A:
             # To the level of the last seconds: a fall within the window is not averaged away.
             latest = statistics.fmean(a for t, a in window if t > now - FOLLOW_S)
-            return self._sent(max(math.floor(min(down, latest) * 10) / 10, MIN_CURRENT_A), now)
+            return self._sent(max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now)
         up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
             # A notch's margin below the mean, so noise does not call for a correction down.
-            return self._sent(min(math.floor((up - SETTLE_MARGIN_A) * 10) / 10, max_a), now)
+            return self._sent(min(floor_notch(up - SETTLE_MARGIN_A, phases), max_a), now)
         return last
 
     def _sent(self, current_a: float, now: float) -> float:

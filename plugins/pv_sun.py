@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Mapping
@@ -34,6 +35,10 @@ UP_GAP_A = 0.2
 #: phase): a new current lands this far below the surplus (half of it on a rise, which took
 #: the lowest of ``smoothing_up_s`` already), and a mean within it is not a change.
 SETTLE_MARGIN_A = 0.05
+#: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
+#: the same amps is three times the power (69 W), and the box's readings of the three phases
+#: average out, so there the notch is half as large (``notch_a``).
+NOTCH_A = 0.1
 #: The line voltage (for W <-> A) is averaged over this long.
 VOLTS_S = 60.0
 #: After this long without a call the strategy forgets its timers and smoothing.
@@ -144,6 +149,23 @@ def phases_in_use(state: ChargerState) -> int:
         if 0 < used < offered:
             return used
     return offered
+
+
+def notch_a(phases: int) -> float:
+    """The setpoint's resolution on ``phases`` (see NOTCH_A)."""
+    return NOTCH_A / 2 if phases >= 3 else NOTCH_A
+
+
+def floor_notch(amps: float, phases: int) -> float:
+    """``amps`` rounded down to the setpoint's notch on ``phases``."""
+    per_a = round(1 / notch_a(phases))  # 10 or 20: dividing by it keeps 7.3 from becoming 7.300000000000001
+    return math.floor(amps * per_a) / per_a
+
+
+def amps_text(amps: float) -> str:
+    """Amps as the setpoint has them: "7.3", "7.25" (a notch on three phases), "8.0"."""
+    text = f"{amps:.2f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def plural(phases: int) -> str:

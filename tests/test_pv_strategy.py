@@ -223,8 +223,8 @@ async def test_starts_only_after_the_surplus_held_for_the_start_delay() -> None:
     assert not d.charge and "starting in 1 s" in d.reason
     d = await house.run(1)
     # 5140 W / 690 W per A = 7.45 A, less the 0.05 A a new current keeps for the meters' noise,
-    # rounded down to 0.1 A
-    assert d.charge and d.current_a == pytest.approx(7.3)
+    # rounded down to the notch: 0.05 A on three phases (0.1 A on one)
+    assert d.charge and d.current_a == pytest.approx(7.35)
     assert [x.charge for x in house.decisions].count(True) == 1
 
 
@@ -409,6 +409,26 @@ async def test_a_small_rise_waits_for_a_minute_of_mean_two_notches_up() -> None:
     assert sum(1 for a, b in itertools.pairwise(house.decisions[-371:]) if a.current_a != b.current_a) <= 2
 
 
+@pytest.mark.parametrize(
+    ("phases", "surplus_w", "landed_a", "shown"),
+    [
+        (1, 3020, 13.0, "= 13.1 A on 1 phase"),  # 13.13 A less the 0.05 A margin, in 0.1 A notches
+        (3, 9060, 13.05, "= 13.1 A on 3 phases"),  # the same amps a phase, in 0.05 A notches
+        (3, 9040, 13.05, "= 13.1 A on 3 phases"),  # 13.10 A: 13.05 is still below the sun
+        (3, 9000, 12.95, "= 13.0 A on 3 phases"),  # 13.04 A: 13.0 would leave no margin
+        (3, 8950, 12.9, "= 12.95 A on 3 phases"),  # 12.97 A: shown in its notch
+    ],
+)
+async def test_the_notch_is_finer_on_three_phases(
+    phases: int, surplus_w: float, landed_a: float, shown: str
+) -> None:
+    # A notch of 0.1 A is 23 W on one phase and 69 W on three: there the setpoint moves in 0.05 A.
+    house = House(pv(phases=phases, reserve_w=0, start_delay_s=0), surplus_w=surplus_w, phases=phases)
+    d = await house.run(30)
+    assert d.charge and d.current_a == pytest.approx(landed_a)
+    assert shown in d.reason, d.reason
+
+
 async def test_current_is_capped_at_what_the_device_signals() -> None:
     strategy = pv(phases=1, reserve_w=0, start_delay_s=0)
     state = car(0, 1)
@@ -540,7 +560,7 @@ async def test_pinned_phases_and_boxes_that_cannot_switch() -> None:
     assert (await house.run(1)).phases == 1
     fixed_box = House(pv(start_delay_s=0, reserve_w=0), surplus_w=2000, phases=3, switchable=False)
     d = await fixed_box.run(400)
-    assert not d.charge and "2.8 A on 3 phases" in d.reason  # 3 x 6 A need 4.1 kW: it never starts
+    assert not d.charge and "2.85 A on 3 phases" in d.reason  # 3 x 6 A need 4.1 kW: it never starts
     fixed_box.surplus_w = 5030
     d = await fixed_box.run(300)
     assert d.charge and d.current_a == pytest.approx(7.2)
