@@ -454,8 +454,9 @@ class PvStrategy:
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
         once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
-        ``SETTLE_MARGIN_A`` below the surplus (half of it on a rise). A smaller one follows the *mean* of the surplus's amps, so the meters'
-        noise averages out instead of keeping the car a notch above the sun; the mean
+        ``SETTLE_MARGIN_A`` below the surplus (half of it on a rise). A smaller one follows
+        the *mean* of the surplus's amps, so the meters' noise averages out instead of
+        keeping the car a notch above the sun; the mean
         counts from ``FOLLOW_S`` after the last change (until the car has followed it, the
         meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
         ``SETTLE_MARGIN_A`` below the current (an import, weighted, is dear), to the level

@@ -60,6 +60,7 @@ from .jsonrpc import INVALID_PARAMS, Dispatcher
 from .mqtt_client import connect, describe, helper_ended
 from .mqtt_payloads import CommandError, command_call, state_messages, within_deadband
 from .rpc import build_methods
+from .rpc_methods import CALLER
 from .rpc_shapes import iso_utc
 from .types import ChargerReading
 
@@ -350,7 +351,11 @@ class MqttBridge:
         except CommandError as exc:
             log.info("MQTT: %s/%s %r refused: %s", charger_id, what, shown, exc.message)
             return self._error(what, {"code": exc.code, "message": exc.message})
-        reply = await self._dispatcher.call(method, params, authorized=True)
+        token = CALLER.set("mqtt")  # overrides from here say "mqtt <method>"
+        try:
+            reply = await self._dispatcher.call(method, params, authorized=True)
+        finally:
+            CALLER.reset(token)
         if "error" in reply:
             log.info("MQTT: %s/%s %r: %s", charger_id, what, shown, reply["error"].get("message"))
             return self._error(what, reply["error"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,17 @@ from .types import (
     PauseKind,
     ReadGroup,
 )
+
+#: Who calls a method: "rpc" (the HTTP server) or "mqtt" (the bridge sets it around its
+#: commands). An override's reason names it, so history and ``getDecision`` say which
+#: door a person came in by.
+CALLER: ContextVar[str] = ContextVar("surplus_rpc_caller", default="rpc")
+
+
+def by_caller(method: str) -> str:
+    """An override's reason: the caller and the method, e.g. "mqtt setOverride"."""
+    return f"{CALLER.get()} {method}"
+
 
 #: Longest an override may be set to hold with ``until`` (a typo should not pin a charger for years).
 MAXOVERRIDE_S = 7 * 24 * 3600.0
@@ -254,7 +266,7 @@ class Methods:
         return self.reply(data)
 
     async def charge_at(self, args: dict[str, Any], amps: float, method: str, says: Says) -> dict[str, Any]:
-        ov = Override(charge=True, current_a=float(amps), reason=f"rpc {method}")
+        ov = Override(charge=True, current_a=float(amps), reason=by_caller(method))
         return await self.apply(self.charger(args), ov, says, current=True)
 
     async def set_charging_current(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -267,16 +279,16 @@ class Methods:
         return await self.charge_at(args, args.get("current", MIN_CURRENT_A), "resumeCharging", RESUME)
 
     async def stop_charging(self, args: dict[str, Any]) -> dict[str, Any]:
-        ov = Override(charge=False, pause_kind=PauseKind.RELEASE, reason="rpc stopCharging")
+        ov = Override(charge=False, pause_kind=PauseKind.RELEASE, reason=by_caller("stopCharging"))
         return await self.apply(self.charger(args), ov, STOP)
 
     async def pause_charging(self, args: dict[str, Any]) -> dict[str, Any]:
-        ov = Override(charge=False, pause_kind=PauseKind.SOFT, reason="rpc pauseCharging")
+        ov = Override(charge=False, pause_kind=PauseKind.SOFT, reason=by_caller("pauseCharging"))
         return await self.apply(self.charger(args), ov, PAUSE)
 
     async def set_requested_phases(self, args: dict[str, Any]) -> dict[str, Any]:
         single = args["phases"] == 1
-        ov = Override(phases=1 if single else 3, reason="rpc setRequestedPhases")
+        ov = Override(phases=1 if single else 3, reason=by_caller("setRequestedPhases"))
         which = "single" if single else "all"
         says = Says(
             f"Requested phases set to {which}",
@@ -287,7 +299,7 @@ class Methods:
 
     async def set_lock(self, args: dict[str, Any]) -> dict[str, Any]:
         lock = args["lock"]
-        ov = Override(lock=lock, reason="rpc setLock")
+        ov = Override(lock=lock, reason=by_caller("setLock"))
         return await self.apply(self.charger(args), ov, LOCK if lock else UNLOCK)
 
     # controller methods
@@ -341,7 +353,7 @@ class Methods:
             lock=args.get("lock"),
             pause_kind=PauseKind(kind) if kind is not None else None,
             until_s=self.until_s(args["until"]) if "until" in args else None,
-            reason="rpc setOverride",
+            reason=by_caller("setOverride"),
         )
         return await self.apply(cid, ov, OVERRIDE)
 
