@@ -52,8 +52,8 @@ from .types import (
 )
 
 #: Who calls a method: "rpc" (the HTTP server) or "mqtt" (the bridge sets it around its
-#: commands). An override's reason names it, so history and ``getDecision`` say which
-#: door a person came in by.
+#: commands). An override's reason names it, so ``getOverride`` and ``getDecision`` say
+#: which door a person came in by.
 CALLER: ContextVar[str] = ContextVar("surplus_rpc_caller", default="rpc")
 
 
