@@ -93,7 +93,7 @@ async def test_state_commands_and_discovery_on_a_real_broker(broker: Mosquitto) 
         assert reply["data"]["message"].startswith("Override set")
         await eventually(lambda: current_writes(model, mark) == [16.0], "16 A at the box", wait_s=8)
         await eventually(lambda: seen.text("surplus/wallbox/setpoint") == "16.0", "the setpoint topic")
-        # The override says it came by MQTT (history and getDecision show who set it).
+        # The override says it came by MQTT (getOverride and getDecision show who set it).
         override = stack.controller.get_override("wallbox")
         assert override is not None and override.reason == "mqtt setOverride"
         decision = await rpc(url, "getDecision", {})
