@@ -137,11 +137,10 @@ class ScheduleStrategy:
         )
 
     def _sun(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
-        """What "pv" would do (a pause when there is no meter at all to tell the surplus)."""
-        if snapshot.grid_power_w is None and not snapshot.meters:
-            return strategy_decision(
-                ctx, charge=False, phases=None, reason="pv: no grid meter, the sun part is off"
-            )
+        """What "pv" would do (a pause when no meter tells the surplus: the plan goes on)."""
+        if snapshot.grid_power_w is None:
+            why = "no fresh grid-meter reading" if snapshot.meters else "no grid meter"
+            return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}, the sun part is off")
         return self.pv.decide(snapshot, ctx)
 
     def _plan(

@@ -145,7 +145,7 @@ class ChargerControl:
             problem = f"no strategy for mode {slot.mode!r}"
         elif reading.state is None:
             problem = f"charger not readable ({reading.error or 'no data yet'})"
-        elif self._has_meters and snapshot.grid_power_w is None and slot.mode not in ("off", "fixed"):
+        elif self._has_meters and snapshot.grid_power_w is None and slot.mode in self._meter_modes:
             problem = "no fresh grid-meter reading"
         elif not self._has_meters and slot.mode in self._meter_modes:
             problem = f"mode {slot.mode} needs a grid meter and none is configured"

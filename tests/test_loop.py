@@ -306,6 +306,33 @@ async def test_a_hanging_meter_never_slows_the_tick(
     assert_governor_rules_held(model.record)
 
 
+async def test_a_stale_meter_stops_only_the_modes_that_need_it(clock: FakeClock) -> None:
+    """A schedule's plan needs no meter (strategies say so with ``needs_meter``): with the meter
+    down it charges its window on, only its sun part is off; pv falls back."""
+    from surplus_plugins.schedule import make_schedule
+
+    model = AmtronModel(clock, ev=EvProfile())  # fake wall time starts 2025-11-24 16:00 UTC
+    plan = make_schedule({"timezone": "UTC", "windows": [{"start": "12:00", "end": "20:00", "current_a": 8}]})
+    controller, bus = build_controller(clock, model, meters=[_BrokenMeter()], strategy=plan, mode="schedule")
+    task = asyncio.ensure_future(controller.run(duration_s=30))
+    await clock.advance(31)
+    await task
+    record = controller.last_decision("wallbox")
+    assert record is not None and record.strategy == "schedule", record
+    assert record.decision.charge and record.decision.current_a == 8
+    assert record.decision.reason.startswith("schedule: cheap window 12:00-20:00, at least 8 A")
+    assert 8.0 in [w.value for w in model.record.writes if w.register == "CHARGING_CURRENT_EM"]
+    controller.set_mode("wallbox", "pv")
+    task = asyncio.ensure_future(controller.run(duration_s=5))
+    await clock.advance(15)  # the run, then the shutdown's wait for the 5 s spacing
+    await task
+    record = controller.last_decision("wallbox")
+    assert record is not None and record.strategy == "fallback"
+    assert record.decision.reason == "fallback pause: no fresh grid-meter reading"
+    await bus.close()
+    assert_governor_rules_held(model.record)
+
+
 async def test_one_controller_runs_several_chargers_with_their_own_strategies(clock: FakeClock) -> None:
     first = AmtronModel(clock, ev=EvProfile(), seed=1)
     second = AmtronModel(clock, ev=EvProfile(), seed=2)

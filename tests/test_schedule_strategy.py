@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -280,6 +281,25 @@ def test_without_any_meter_it_is_a_timer() -> None:
     d = strategy.decide(snap(car(), None), context(0, TUESDAY_7 - 4 * 3600))
     assert not d.charge and "pv: no grid meter" in d.reason
     assert strategy.decide(snap(car(), None), context(1, TUESDAY_7 - 600)).charge
+
+
+def test_with_a_stale_meter_the_plan_goes_on_and_the_sun_part_is_off() -> None:
+    strategy = schedule()
+    stale = dataclasses.replace(
+        snap(car(), 0.0),
+        meters=MappingProxyType(
+            {
+                "grid": MeterReading(
+                    meter_id="grid", read_at_s=0.0, grid_power_w=None, error="stale (12 s old)"
+                )
+            }
+        ),
+    )
+    assert stale.grid_power_w is None
+    d = strategy.decide(stale, context(0, TUESDAY_7 - 4 * 3600))
+    assert not d.charge and "pv: no fresh grid-meter reading, the sun part is off" in d.reason
+    d = strategy.decide(stale, context(1, TUESDAY_7 - 600))  # the plan needs no meter
+    assert d.charge and d.current_a == 16
 
 
 # --- cheap windows -----------------------------------------------------------------------------
