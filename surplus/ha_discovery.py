@@ -123,7 +123,7 @@ def _binary(key: str, name: str, device_class: str) -> Entity:
 #: Every entity of a charger; ``state_topic``/``command_topic`` values are sub-topic names here.
 CHARGER_ENTITIES: tuple[Entity, ...] = (
     _measure("power", "Charging power", "power", "W", 0),
-    _measure("setpoint", "Current setpoint", "current", "A", 1),
+    _measure("setpoint", "Current setpoint", "current", "A", 2),
     _measure("current_l1", "Current L1", "current", "A", 1),
     _measure("current_l2", "Current L2", "current", "A", 1),
     _measure("current_l3", "Current L3", "current", "A", 1),

@@ -111,6 +111,12 @@ def _num(value: float, digits: int) -> str | None:
     return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0"
 
 
+def setpoint_text(value: float) -> str | None:
+    """A setpoint as it was set: "10.0", "7.3", "7.35" (pv moves in 0.05 A on three phases)."""
+    text = _num(value, 2)
+    return text[:-1] if text is not None and text.endswith("0") else text
+
+
 def _flag(value: bool) -> str:
     return ON if value else OFF
 
@@ -160,7 +166,7 @@ def charger_values(controller: ControllerAPI, charger_id: str, *, fresh: bool, s
             "cp_state": R.CP_STATE.text(state.cp_state),
             "car_connected": _flag(state.vehicle_connected),
             "charging": _flag(state.charging),
-            "setpoint": _num(state.current_limit_a, 1),
+            "setpoint": setpoint_text(state.current_limit_a),
             "current_l1": _num(state.current_l1_a, 1),
             "current_l2": _num(state.current_l2_a, 1),
             "current_l3": _num(state.current_l3_a, 1),

@@ -18,7 +18,7 @@ from surplus.governor import Limits
 from surplus.ha_discovery import Topics, all_config_topics, charger_configs, meter_configs, stale_topics
 from surplus.loop import Controller
 from surplus.mqtt_bridge import MqttBridge
-from surplus.mqtt_payloads import COMMANDS, MAX_PAYLOAD_BYTES, CommandError, command_call
+from surplus.mqtt_payloads import COMMANDS, MAX_PAYLOAD_BYTES, CommandError, command_call, setpoint_text
 from surplus.sim.model import AmtronModel, EvProfile
 from surplus.types import DeviceInfo
 
@@ -60,6 +60,23 @@ def test_a_command_is_the_rpc_call_that_does_the_same(
     what: str, payload: bytes, method: str, params: dict[str, Any]
 ) -> None:
     assert command_call(what, payload, "wallbox") == (method, {"chargerId": "wallbox", **params})
+
+
+@pytest.mark.parametrize(
+    ("amps", "text"),
+    [
+        (10.0, "10.0"),
+        (16.0, "16.0"),
+        (7.3, "7.3"),
+        (7.349999904632568, "7.35"),
+        (12.95, "12.95"),
+        (0.0, "0.0"),
+    ],
+)
+def test_the_setpoint_topic_shows_the_current_as_set(amps: float, text: str) -> None:
+    # pv moves in 0.05 A on three phases: one decimal would show 7.35 A (read back as float32) as 7.3.
+    assert setpoint_text(amps) == text
+    assert setpoint_text(math.nan) is None
 
 
 @pytest.mark.parametrize(
