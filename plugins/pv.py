@@ -456,9 +456,8 @@ class PvStrategy:
         once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
         ``SETTLE_MARGIN_A`` below the surplus (half of it on a rise). A smaller one follows
         the *mean* of the surplus's amps, so the meters' noise averages out instead of
-        keeping the car a notch above the sun; the mean
-        counts from ``FOLLOW_S`` after the last change (until the car has followed it, the
-        meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
+        keeping the car a notch above the sun; the mean counts from ``FOLLOW_S`` after the
+        last change (until the car has followed it, the meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
         ``SETTLE_MARGIN_A`` below the current (an import, weighted, is dear), to the level
         of the last seconds; up once the mean of the last ``SETTLE_S`` is ``UP_GAP_A``
         above it, to that mean less the margin (sun to the grid is cheap).
