@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 from .types import ChargerState, Command
 
-#: Currents closer than this are the same setpoint (float32 readback, the 6.01 A quirk).
-SAME_CURRENT_A = 0.05
+#: Currents closer than this are the same setpoint: the float32 readback and the 6.01 A quirk
+#: (0.01 A) are, one notch of ``pv`` on three phases (0.05 A) is not.
+SAME_CURRENT_A = 0.02
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
