@@ -86,7 +86,7 @@ from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
 from surplus.strategy import Strategy, StrategyContext
-from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot
+from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, current_text
 
 from .pv_sun import (
     DEFAULTS,
@@ -102,7 +102,6 @@ from .pv_sun import (
     VOLTS_S,
     PvSettings,
     Spells,
-    amps_text,
     available_w,
     floor_notch,
     kwh_text,
@@ -341,7 +340,7 @@ class PvStrategy:
         exact_a = sun_w / (line_v * phases)
         enough = exact_a >= MIN_CURRENT_A
         shown_a = max(floor_notch(exact_a, phases), 0.0)  # the same rounding as the setpoint
-        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {amps_text(shown_a)} A on {plural(phases)}"
+        why = f"surplus {sun_w / 1000:.2f} kW{share_why} = {current_text(shown_a)} A on {plural(phases)}"
 
         if not self._charging:
             self._enough_since = (

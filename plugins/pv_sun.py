@@ -162,12 +162,6 @@ def floor_notch(amps: float, phases: int) -> float:
     return math.floor(amps * per_a) / per_a
 
 
-def amps_text(amps: float) -> str:
-    """Amps as the setpoint has them: "7.3", "7.25" (a notch on three phases), "8.0"."""
-    text = f"{amps:.2f}"
-    return text[:-1] if text.endswith("0") else text
-
-
 def plural(phases: int) -> str:
     return f"{phases} phase{'s' * (phases > 1)}"
 

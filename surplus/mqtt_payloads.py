@@ -17,6 +17,7 @@ from .ha_discovery import MAX_STATE_CHARS, OFF, OFFLINE, ON, ONLINE, Topics
 from .jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND
 from .modbus import registers as R
 from .rpc_health import charger_health, meter_status
+from .types import current_text
 
 #: What ``<prefix>/<charger>/<what>/set`` takes.
 COMMANDS = ("mode", "current", "phases", "lock", "clear_override")
@@ -112,9 +113,8 @@ def _num(value: float, digits: int) -> str | None:
 
 
 def setpoint_text(value: float) -> str | None:
-    """A setpoint as it was set: "10.0", "7.3", "7.35" (pv moves in 0.05 A on three phases)."""
-    text = _num(value, 2)
-    return text[:-1] if text is not None and text.endswith("0") else text
+    """A setpoint as it was set (:func:`~surplus.types.current_text`); None when not a number."""
+    return current_text(value) if math.isfinite(value) else None
 
 
 def _flag(value: bool) -> str:

@@ -82,6 +82,13 @@ class ChargerConfig:
 FALLBACK_SINCE_LAYOUT = 0x0102
 
 
+def current_text(amps: float) -> str:
+    """A setpoint as it was set, for people: "10.0", "7.3", "7.35" (``pv`` moves in 0.05 A on
+    three phases), to 2 decimals with a trailing 0 dropped."""
+    text = f"{round(amps, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
+    return text[:-1] if text.endswith("0") else text
+
+
 def box_fallback_risk(info: DeviceInfo, config: ChargerConfig) -> str | None:
     """Why the box would go on charging by itself if surplus went silent (None: it would not).
 
