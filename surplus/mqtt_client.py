@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -60,6 +61,12 @@ def abandon(client: aiomqtt.Client) -> None:
 def describe(exc: BaseException, timeout_s: float) -> str:
     """A short one-line reason for a failed or lost connection (never containing credentials)."""
     text = " ".join(str(exc).split())
+    refused = _cert_error(exc)
+    if refused is not None:  # the one TLS failure a user can fix from the config
+        why = refused.verify_message or "certificate verify failed"
+        return (
+            f"TLS: the broker's certificate was not trusted ({why}); mqtt.ca_file names the CA that signed it"
+        )
     if isinstance(exc, TimeoutError) or "timed out" in text.lower():
         return f"no answer within {timeout_s:g} s"
     if isinstance(exc.__cause__, aiomqtt.MqttCodeError):  # aiomqtt's "Disconnected during message iteration"
@@ -69,3 +76,15 @@ def describe(exc: BaseException, timeout_s: float) -> str:
     if isinstance(exc, MqttConnectError):
         return f"broker refused the connection: {text}"
     return text or type(exc).__name__
+
+
+def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed under ``exc`` (aiomqtt may wrap it), if one did."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

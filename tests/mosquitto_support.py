@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from .tls_support import TestPki
 
 INSTALL_HINT = "apt-get install -y --no-install-recommends mosquitto mosquitto-clients"
 START_TIMEOUT_S = 5.0
@@ -44,7 +47,9 @@ class Mosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, users: dict[str, str] | None = None, tls: TestPki | None = None
+    ) -> None:
         self.binary = find_binary("mosquitto")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,8 @@ class Mosquitto:
         self.log_path = workdir / "mosquitto.log"
         self.conf_path = workdir / "mosquitto.conf"
         self._proc: subprocess.Popen[bytes] | None = None
+        #: The certificates of a TLS listener (None: plain TCP); clients get ``client_tls()``.
+        self.tls = tls
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
@@ -60,6 +67,8 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
         ]
+        if tls is not None:
+            lines += [f"cafile {tls.ca_file}", f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # As root, mosquitto would drop to the "mosquitto" user, which may not
             # exist or may not read our temp files.
@@ -75,6 +84,10 @@ class Mosquitto:
         else:
             lines.append("allow_anonymous true")
         self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The TLS context a test client needs for this broker (None: plain TCP)."""
+        return None if self.tls is None else self.tls.client_context()
 
     @property
     def pid(self) -> int | None:

@@ -36,7 +36,11 @@ async def subscriber(broker: Mosquitto, topic: str = "#") -> AsyncIterator[Seen]
     """Subscribe to ``topic`` on ``broker`` and collect what arrives until the block ends."""
     seen = Seen()
     async with aiomqtt.Client(
-        broker.host, port=broker.port, identifier=f"test-sub-{next(_ids)}", timeout=5
+        broker.host,
+        port=broker.port,
+        identifier=f"test-sub-{next(_ids)}",
+        timeout=5,
+        tls_context=broker.client_tls(),
     ) as c:
         await c.subscribe(topic, qos=1)
 
@@ -65,7 +69,11 @@ async def retained_now(broker: Mosquitto, topic: str = "#", settle_s: float = 0.
 
 async def publish(broker: Mosquitto, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
     async with aiomqtt.Client(
-        broker.host, port=broker.port, identifier=f"test-pub-{next(_ids)}", timeout=5
+        broker.host,
+        port=broker.port,
+        identifier=f"test-pub-{next(_ids)}",
+        timeout=5,
+        tls_context=broker.client_tls(),
     ) as c:
         await c.publish(topic, payload, qos=1, retain=retain)
 
