@@ -46,6 +46,7 @@ from surplus.meter import Meter, MeterEnv
 from surplus.mqtt_client import connect as _connect
 from surplus.mqtt_client import describe as _describe
 from surplus.mqtt_client import helper_ended as _helper_ended
+from surplus.mqtt_client import tls_context as _tls_context
 from surplus.types import MeterReading
 
 from .mqtt_settings import OPTIONS, MqttSettings, Source, parse_payload, settings_from_options
@@ -161,7 +162,7 @@ class MqttMeter:
             try:
                 await self._session()
             except Exception as exc:  # any failure means: reconnect later, never die
-                self._went_down(_describe(exc, self.settings.timeout_s))
+                self._went_down(_describe(exc, self.settings.timeout_s, "the meter's ca_file"))
                 self.failures += 1
             await self._clock.sleep(self.settings.reconnect_s)
 
@@ -175,6 +176,7 @@ class MqttMeter:
             identifier=s.client_id,
             timeout=s.timeout_s,
             keepalive=KEEPALIVE_S,
+            tls_context=_tls_context(s.tls, s.ca_file),
             logger=logging.getLogger(f"{__name__}.aiomqtt"),
         )
         # paho connects in an executor thread that only its own timeout can end.
@@ -254,6 +256,7 @@ def surplus_register_meters(register: RegisterMeter) -> None:
             name: {
                 "port": 1883,
                 "scale": 1.0,
+                "tls": False,
                 "invert_grid": False,
                 "invert_battery": False,
                 "max_age_s": 10.0,

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from surplus.mqtt_client import ca_file_problem
 from surplus.options import OptionError, check_known, flag, integer, number
 
 ROLES = ("grid", "pv", "battery", "house", "battery_soc")
@@ -23,6 +24,8 @@ OPTIONS = (
     "port",
     "username",
     "password",
+    "tls",
+    "ca_file",
     "client_id",
     *(f"{role}_topic" for role in ROLES),
     *(f"{role}_path" for role in ROLES),
@@ -53,6 +56,9 @@ class MqttSettings:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    #: TLS to the broker (port 8883 usually); ``ca_file`` is a PEM bundle (None: the system's CAs).
+    tls: bool = False
+    ca_file: str | None = None
     client_id: str = "surplus"
     sources: tuple[Source, ...] = ()
     max_age_s: float = 10.0
@@ -173,6 +179,13 @@ def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSett
     password = _text(options, "password", None)
     if password is not None and username is None:
         raise OptionError("password", "set username too")
+    tls = flag(options, "tls", False)
+    ca_file = _text(options, "ca_file", None)
+    if ca_file is not None:
+        if not tls:
+            raise OptionError("ca_file", "set tls: true too (a CA file is only used for TLS)")
+        if (problem := ca_file_problem(ca_file)) is not None:
+            raise OptionError("ca_file", problem)
     client_id = _text(options, "client_id", None) or f"surplus-{meter_id}"
     host = _text(options, "host", None) or "127.0.0.1"
     return MqttSettings(
@@ -180,6 +193,8 @@ def settings_from_options(meter_id: str, options: Mapping[str, Any]) -> MqttSett
         port=integer(options, "port", 1883, lo=1, hi=65535),
         username=username,
         password=password,
+        tls=tls,
+        ca_file=ca_file,
         client_id=client_id,
         sources=tuple(sources),
         max_age_s=number(options, "max_age_s", 10.0, lo=0.1, hi=86400, unit="s"),

@@ -23,6 +23,7 @@ from .config_model import (
     is_loopback,
 )
 from .config_schema import ConfigError, Raw, Where
+from .mqtt_client import ca_file_problem
 from .options import did_you_mean
 from .types import MIN_CURRENT_A
 
@@ -229,6 +230,8 @@ def _check_mqtt(m: MqttConfig, err: Callable[[str, str], ConfigError]) -> None:
         raise err("mqtt.password", "set username too")
     if m.ca_file is not None and not m.tls:
         raise err("mqtt.ca_file", "set tls: true too (a CA file is only used for TLS)")
+    if m.ca_file is not None and (problem := ca_file_problem(m.ca_file)) is not None:
+        raise err("mqtt.ca_file", problem)
     if m.reconnect_max_s < m.reconnect_min_s:
         raise err(
             "mqtt.reconnect_max_s",

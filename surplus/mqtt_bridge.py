@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,7 @@ from .ha_discovery import (
     stale_topics,
 )
 from .jsonrpc import INVALID_PARAMS, Dispatcher
-from .mqtt_client import connect, describe, helper_ended
+from .mqtt_client import connect, describe, helper_ended, tls_context
 from .mqtt_payloads import CommandError, command_call, state_messages, within_deadband
 from .rpc import build_methods
 from .rpc_methods import CALLER
@@ -159,7 +158,7 @@ class MqttBridge:
                 first: BaseException = exc
                 while isinstance(first, BaseExceptionGroup) and first.exceptions:
                     first = first.exceptions[0]
-                self._went_down(describe(first, self.settings.timeout_s), delay)
+                self._went_down(describe(first, self.settings.timeout_s, "mqtt.ca_file"), delay)
             self.connected = False
             self._client = None
             if self._reset_backoff:  # that session was connected: start the back-off again
@@ -169,7 +168,6 @@ class MqttBridge:
 
     def _client_for(self) -> aiomqtt.Client:
         s = self.settings
-        tls = ssl.create_default_context(cafile=s.ca_file) if s.tls else None
         client = aiomqtt.Client(
             s.host,
             port=s.port,
@@ -179,7 +177,7 @@ class MqttBridge:
             timeout=s.timeout_s,
             keepalive=KEEPALIVE_S,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
-            tls_context=tls,
+            tls_context=tls_context(s.tls, s.ca_file),
             logger=logging.getLogger(f"{__name__}.aiomqtt"),
         )
         paho = getattr(client, "_client", None)

@@ -58,15 +58,34 @@ def abandon(client: aiomqtt.Client) -> None:
             paho.disconnect()
 
 
-def describe(exc: BaseException, timeout_s: float) -> str:
-    """A short one-line reason for a failed or lost connection (never containing credentials)."""
+def tls_context(tls: bool, ca_file: str | None) -> ssl.SSLContext | None:
+    """A client's TLS context (None: plain TCP): the broker's certificate is checked against
+    ``ca_file`` (None: the system's CAs) and its name against the host connected to."""
+    return ssl.create_default_context(cafile=ca_file) if tls else None
+
+
+def ca_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used as a CA bundle (None: it can), for a check at start-up."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return f"{path!r}: no such file"
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        return f"{path!r} is not a readable PEM bundle of CA certificates ({why})"
+    return None
+
+
+def describe(exc: BaseException, timeout_s: float, ca_key: str = "ca_file") -> str:
+    """A short one-line reason for a failed or lost connection (never containing credentials).
+
+    ``ca_key`` names the config key that fixes an untrusted certificate.
+    """
     text = " ".join(str(exc).split())
     refused = _cert_error(exc)
     if refused is not None:  # the one TLS failure a user can fix from the config
         why = refused.verify_message or "certificate verify failed"
-        return (
-            f"TLS: the broker's certificate was not trusted ({why}); mqtt.ca_file names the CA that signed it"
-        )
+        return f"TLS: the broker's certificate was not trusted ({why}); {ca_key} names the CA that signed it"
     if isinstance(exc, TimeoutError) or "timed out" in text.lower():
         return f"no answer within {timeout_s:g} s"
     if isinstance(exc.__cause__, aiomqtt.MqttCodeError):  # aiomqtt's "Disconnected during message iteration"

@@ -249,6 +249,13 @@ BAD = [
         "set tls: true too",
     ),
     (
+        "mqtt ca file missing",
+        "mqtt:\n  tls: true\n  ca_file: /nonexistent/surplus-ca.pem\n",
+        "mqtt.ca_file",
+        3,
+        "no such file",
+    ),
+    (
         "mqtt back-off upside down",
         "mqtt:\n  reconnect_min_s: 10\n  reconnect_max_s: 5\n",
         "mqtt.reconnect_max_s",
@@ -749,3 +756,13 @@ def test_the_mqtt_section_turns_publishing_on_and_commands_follow_the_broker(tmp
     assert off is not None and not off.commands_on and off.discovery_prefix is None
     disabled = check(write(tmp_path, "mqtt:\n  enabled: false\n")).mqtt
     assert disabled is not None and not disabled.enabled
+
+
+def test_a_ca_file_that_holds_no_certificate_fails_at_start(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    path = write(tmp_path, f"mqtt:\n  tls: true\n  ca_file: {junk}\n")
+    with pytest.raises(ConfigError) as info:
+        check(path)
+    assert (info.value.key, info.value.line) == ("mqtt.ca_file", 3)
+    assert "is not a readable PEM bundle of CA certificates" in str(info.value), str(info.value)

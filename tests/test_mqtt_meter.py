@@ -166,6 +166,9 @@ def test_long_payloads_are_cut_in_messages() -> None:
         ({"reconnect_s": -1}, "reconnect_s", "below the minimum"),
         ({"password": SECRET}, "password", "set username too"),
         ({"username": "u", "password": 12345}, "password", "a secret"),
+        ({"tls": "yes"}, "tls", "true or false"),
+        ({"ca_file": "ca.pem"}, "ca_file", "set tls: true too"),
+        ({"tls": True, "ca_file": "/nonexistent/surplus-ca.pem"}, "ca_file", "no such file"),
     ],
 )
 def test_option_errors_name_the_option(options: dict[str, Any], option: str, text: str) -> None:

@@ -1,37 +1,25 @@
-"""The MQTT bridge over TLS, against a real mosquitto with a TLS listener on 127.0.0.1 and a
-test CA made by ``openssl``: with ``ca_file`` it connects and publishes; without it (the
-system's CAs, which do not know the test CA) the certificate is refused, the bridge says why
-and never counts itself connected."""
+"""MQTT over TLS, against a real mosquitto with a TLS listener on 127.0.0.1 and a test CA made
+by ``openssl`` (the ``pki`` and ``tls_broker`` fixtures): the bridge and the MQTT meter connect
+with ``ca_file``; without it (the system's CAs, which do not know the test CA) the certificate
+is refused, the log or the read says why, and neither counts itself connected."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from surplus_plugins.mqtt_meter import MqttMeter, MqttMeterError
+
+from surplus.clock import FakeClock
+from surplus.meter import MeterEnv
+from surplus.plugins import collect_meters, make_plugin_manager
 
 from .mosquitto_support import Mosquitto
-from .mqtt_support import eventually, mqtt_stack, subscriber
-from .tls_support import TestPki, make_test_pki
+from .mqtt_support import eventually, mqtt_stack, publish, subscriber
+from .tls_support import TestPki
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return make_test_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def tls_broker(tmp_path: Path, pki: TestPki) -> Iterator[Mosquitto]:
-    """A real mosquitto that speaks only TLS, with the test CA's server certificate."""
-    b = Mosquitto(tmp_path / "mosquitto", tls=pki)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def test_the_bridge_publishes_over_tls_with_the_brokers_ca_file(
@@ -75,3 +63,52 @@ async def test_a_plain_connection_to_a_tls_listener_fails_without_hanging(tls_br
     async with mqtt_stack(tls_broker) as (stack, _model, _url):
         await eventually(lambda: stack.mqtt.stats.failures >= 1, "a failed plain attempt")
         assert not stack.mqtt.connected
+
+
+async def grid_of(meter: MqttMeter) -> float | None:
+    try:
+        return (await meter.read()).grid_power_w
+    except MqttMeterError:
+        return None
+
+
+def tls_meter(broker: Mosquitto, **options: object) -> MqttMeter:
+    factory = collect_meters(make_plugin_manager(load_entrypoints=False))["mqtt"]
+    merged = {"port": broker.port, "grid_topic": "home/grid", "tls": True, "reconnect_s": 0.2, **options}
+    meter = factory("grid", merged, MeterEnv(clock=FakeClock()))
+    assert isinstance(meter, MqttMeter)
+    return meter
+
+
+async def test_the_mqtt_meter_reads_over_tls_with_the_brokers_ca_file(
+    tls_broker: Mosquitto, pki: TestPki
+) -> None:
+    meter = tls_meter(tls_broker, ca_file=str(pki.ca_file))
+    await meter.start()
+    try:
+        await eventually(lambda: meter.connected, "the meter to subscribe over TLS")
+        await publish(tls_broker, "home/grid", "-1234")
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (grid_w := await grid_of(meter)) != -1234.0:
+            assert loop.time() < deadline, f"no grid value over TLS (last {grid_w})"
+            await asyncio.sleep(0.02)
+        assert meter.failures == 0
+    finally:
+        await meter.stop()
+
+
+async def test_the_mqtt_meter_refuses_a_certificate_it_cannot_verify(tls_broker: Mosquitto) -> None:
+    meter = tls_meter(tls_broker)  # the system's CAs
+    await meter.start()
+    try:
+        await eventually(lambda: meter.failures >= 1, "a refused attempt")
+        assert not meter.connected
+        with pytest.raises(MqttMeterError) as info:
+            await meter.read()
+        text = str(info.value)
+        assert "the broker's certificate was not trusted" in text, text
+        assert "the meter's ca_file names the CA that signed it" in text, text
+    finally:
+        await meter.stop()
