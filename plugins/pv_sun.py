@@ -192,8 +192,11 @@ class Spells:
     """How long the sun stays on one side of a threshold: the recent spells' typical length.
 
     ``update`` is called every tick with whether the condition holds; the typical
-    length is the median of the last ``SPELLS_KEPT`` spells that ended (one odd
-    spell, such as a dark morning, does not move it). ``remaining_s`` is the
+    length is the median of the last ``SPELLS_KEPT`` spells that ended (once
+    three have, one odd spell does not move it). The first spell, under way when
+    watching began (for dips: the dark morning), counts too: until two more have
+    ended it makes dips look long, so the day's first clouds are paused rather
+    than ridden (see the README's "Recent spells"). ``remaining_s`` is the
     expected rest of the present spell: the typical length, or as long again as it
     has lasted when it has lasted longer (a long spell tends to go on); None until
     ``SPELLS_NEEDED`` spells have ended, so only the energy accounts decide.
