@@ -53,11 +53,13 @@ switches for free, and the governor spaces switches by
   the longest.
 * *One phase up to three.* When three phases can be carried, the power that
   one phase leaves on the table is counted until it pays for the switching
-  pause (on 8 kW that is about a minute) and, once sun that carried three
-  phases has been seen to end, for the switch interval on three phases at what
-  they would have imported lately (weighted) where one phase was carried and
-  three were not: sun at the edge of three phases on a cloudy afternoon stays
-  on one. ``phase_up_delay_s`` is the longest.
+  pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
+  The dips that may follow within the switch interval are not charged to the
+  switch: each is priced when it comes (ridden at 6 A on three phases while
+  that costs less than a pause). Charging the switch with what such dips cost
+  lately (an earlier rule) made it dearest just as the sun came back, because
+  a bright spell follows a dip: on cloudy days kept out of tuning the box went
+  to three phases minutes after a 5 s controller and took less sun.
 * *Recent spells* (:class:`Spells`): how long the last dips and bright spells
   lasted predicts the present one; a dip or a spell that is long by that
   measure is acted on at once, a short one is left to the accounts above.
@@ -96,7 +98,6 @@ from .pv_sun import (
     SETTLE_DOWN_S,
     SETTLE_MARGIN_A,
     SETTLE_S,
-    SPELLS_NEEDED,
     TYPICAL_SUN_S,
     UP_GAP_A,
     VOLTS_S,
@@ -128,9 +129,6 @@ class PvStrategy:
         #: what one phase leaves behind where three would take more.
         self._typical_w = 0.0
         self._one_short_w = 0.0
-        #: ... and what three phases would have cost (weighted import less the sun they add)
-        #: where they were not worth it and one phase was carried.
-        self._three_short_w = 0.0
         self._charging = False
         self._enough_since: float | None = None
         #: A dip being ridden through: when it began and the import it has cost (Wh).
@@ -162,7 +160,7 @@ class PvStrategy:
         self._smoothed_w = raw_w
         self._recent.clear()
         self._typical_w = max(0.0, raw_w)
-        self._one_short_w = self._three_short_w = 0.0
+        self._one_short_w = 0.0
         self._charging = state.charging or self.settings.keep_minimum
         self._enough_since = self._dip_since = self._low_since = self._high_since = None
         self._dip_wh = self._dip_cost_wh = self._low_wh = self._low_cost_wh = self._high_wh = 0.0
@@ -274,30 +272,24 @@ class PvStrategy:
             else:
                 self._high_since = now if self._high_since is None else self._high_since
                 self._high_wh += gain_w * dt / 3600.0
-                # The switch costs the power of its pause, and three phases for the switch
-                # interval (at what holding them cost lately). That cost is counted once
-                # sun that carried three phases has been seen to end: before, the sun below
-                # them was the morning's, not a cloud's.
-                risk_wh = 0.0
-                if len(self._three_spells.lengths) >= SPELLS_NEEDED:
-                    risk_wh = ctx.phase_switch_interval_s * self._three_short_w / 3600.0
-                cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0 + risk_wh
-                risk = (
-                    f", {kwh_text(risk_wh)} of it for dips within the switch interval" if risk_wh > 0 else ""
-                )
+                # The switch costs the sun of its pause. Not the dips that may come within the
+                # switch interval: each is priced when it comes (ridden at 6 A while that costs
+                # less than a pause), and what they cost lately would be charged just as the sun
+                # comes back, since a bright spell follows a dip (see the module docstring).
+                cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0
                 rest_s = self._three_spells.remaining_s(now)
                 expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
                 if rest_s is not None and expected_wh >= cost_wh:
                     want = 3
                     why = (
                         f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
-                        f"{kwh_text(expected_wh)} behind, the switch costs {kwh_text(cost_wh)}{risk}"
+                        f"{kwh_text(expected_wh)} behind, the switch costs {kwh_text(cost_wh)}"
                     )
                 elif self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
                     want = 3
                     why = (
                         f"; to 3 phases: one phase left {kwh_text(max(self._high_wh, 0.0))} of sun behind, "
-                        f"the switch costs {kwh_text(cost_wh)}{risk}"
+                        f"the switch costs {kwh_text(cost_wh)}"
                     )
         if want == present:
             return present, box, why
@@ -401,9 +393,6 @@ class PvStrategy:
         k = 1.0 - math.exp(-dt / TYPICAL_SUN_S)
         self._typical_w += (takeable - self._typical_w) * k
         self._one_short_w += (max(0.0, three - one) - self._one_short_w) * k
-        gain_w = three_phase_gain_w(raw_w, max_a * line_v, line_v, self.settings.import_weight)
-        three_cost_w = max(0.0, -gain_w) if one > 0 and three == 0 else 0.0
-        self._three_short_w += (three_cost_w - self._three_short_w) * k
         now = ctx.now_s
         self._three_spells.update(three > 0, now)
         self._short_spells.update(three == 0, now)
