@@ -47,10 +47,12 @@ switches for free, and the governor spaces switches by
   ride-through, no ``stop_delay_s``) and reached from one phase.
 * *Three phases down to one.* When three phases are not worth holding, their
   cost (the weighted import less the sun they add over one phase) is counted
-  against what the switch costs: the sun lost during the box's switching pause, and the switch
-  interval on one phase at what one phase left behind lately. A deep dip
-  switches within seconds, a shallow one rides on. ``phase_down_delay_s`` is
-  the longest.
+  against what the switch costs: the sun lost during the box's switching
+  pause, and the switch interval on one phase at what one phase left behind
+  lately (on one phase nothing helps against returning sun until the interval
+  is over, unlike a dip on three phases, see below). A deep dip switches
+  within seconds, a shallow one rides on. ``phase_down_delay_s`` is the
+  longest.
 * *One phase up to three.* When three phases can be carried, the power that
   one phase leaves on the table is counted until it pays for the switching
   pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
