@@ -43,6 +43,7 @@ import aiomqtt
 from surplus.clock import Clock
 from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
+from surplus.mqtt_client import PahoLog as _PahoLog
 from surplus.mqtt_client import connect as _connect
 from surplus.mqtt_client import describe as _describe
 from surplus.mqtt_client import helper_ended as _helper_ended
@@ -81,6 +82,7 @@ class MqttMeter:
             self._by_topic.setdefault(source.topic, []).append(source)
         self._task: asyncio.Task[None] | None = None
         self._connected = False
+        self._paho_log = _PahoLog(__name__)
         self._down_since_s: float | None = None
         self._down_reason = ""
         self._ever_connected = False
@@ -162,12 +164,20 @@ class MqttMeter:
             try:
                 await self._session()
             except Exception as exc:  # any failure means: reconnect later, never die
-                self._went_down(_describe(exc, self.settings.timeout_s, "the meter's ca_file"))
+                reason = _describe(
+                    exc,
+                    self.settings.timeout_s,
+                    "the meter's ca_file",
+                    tls=self.settings.tls,
+                    socket_error=self._paho_log.socket_error,
+                )
+                self._went_down(reason)
                 self.failures += 1
             await self._clock.sleep(self.settings.reconnect_s)
 
     async def _session(self) -> None:
         s = self.settings
+        self._paho_log = _PahoLog(__name__)  # this attempt's socket error only
         client = aiomqtt.Client(
             s.host,
             port=s.port,
@@ -177,7 +187,7 @@ class MqttMeter:
             timeout=s.timeout_s,
             keepalive=KEEPALIVE_S,
             tls_context=_tls_context(s.tls, s.ca_file),
-            logger=logging.getLogger(f"{__name__}.aiomqtt"),
+            logger=self._paho_log.logger,
         )
         # paho connects in an executor thread that only its own timeout can end.
         paho = getattr(client, "_client", None)

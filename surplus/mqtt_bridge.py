@@ -56,7 +56,7 @@ from .ha_discovery import (
     stale_topics,
 )
 from .jsonrpc import INVALID_PARAMS, Dispatcher
-from .mqtt_client import connect, describe, helper_ended, tls_context
+from .mqtt_client import PahoLog, connect, describe, helper_ended, tls_context
 from .mqtt_payloads import CommandError, command_call, state_messages, within_deadband
 from .rpc import build_methods
 from .rpc_methods import CALLER
@@ -108,6 +108,7 @@ class MqttBridge:
         self._discovery_cache: dict[str, tuple[Any, dict[str, str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
+        self._paho_log = PahoLog(__name__)
         self._closing = False
         self._reset_backoff = False
         self.connected = False
@@ -158,7 +159,14 @@ class MqttBridge:
                 first: BaseException = exc
                 while isinstance(first, BaseExceptionGroup) and first.exceptions:
                     first = first.exceptions[0]
-                self._went_down(describe(first, self.settings.timeout_s, "mqtt.ca_file"), delay)
+                reason = describe(
+                    first,
+                    self.settings.timeout_s,
+                    "mqtt.ca_file",
+                    tls=self.settings.tls,
+                    socket_error=self._paho_log.socket_error,
+                )
+                self._went_down(reason, delay)
             self.connected = False
             self._client = None
             if self._reset_backoff:  # that session was connected: start the back-off again
@@ -168,6 +176,7 @@ class MqttBridge:
 
     def _client_for(self) -> aiomqtt.Client:
         s = self.settings
+        self._paho_log = PahoLog(__name__)  # this attempt's socket error only
         client = aiomqtt.Client(
             s.host,
             port=s.port,
@@ -178,7 +187,7 @@ class MqttBridge:
             keepalive=KEEPALIVE_S,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
             tls_context=tls_context(s.tls, s.ca_file),
-            logger=logging.getLogger(f"{__name__}.aiomqtt"),
+            logger=self._paho_log.logger,
         )
         paho = getattr(client, "_client", None)
         if paho is not None and hasattr(paho, "connect_timeout"):

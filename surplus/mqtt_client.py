@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import ssl
 
@@ -76,10 +77,47 @@ def ca_file_problem(path: str) -> str | None:
     return None
 
 
-def describe(exc: BaseException, timeout_s: float, ca_key: str = "ca_file") -> str:
+#: What paho logs, at ERROR and on every attempt, when the broker drops the connection
+#: before answering (a plain client on a TLS port, for one).
+_SOCKET_ERROR = "failed to receive on socket: "
+
+
+class PahoLog:
+    """The logger one client's paho messages go to (a child of ``parent``).
+
+    paho's socket error on a dropped connection is not logged (it would be one
+    ERROR line per retry); it is kept in ``socket_error`` for the outage's one
+    line (:func:`describe`). Everything else passes through.
+    """
+
+    def __init__(self, parent: str) -> None:
+        # Not registered with logging: one per client, found through its parent's handlers.
+        self.logger = logging.Logger(f"{parent}.aiomqtt")
+        self.logger.parent = logging.getLogger(parent)
+        self.logger.addFilter(self._keep)
+        self.socket_error: str | None = None
+
+    def _keep(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_SOCKET_ERROR):
+            self.socket_error = message.removeprefix(_SOCKET_ERROR)
+            return False
+        return True
+
+
+def describe(
+    exc: BaseException,
+    timeout_s: float,
+    ca_key: str = "ca_file",
+    *,
+    tls: bool = False,
+    socket_error: str | None = None,
+) -> str:
     """A short one-line reason for a failed or lost connection (never containing credentials).
 
-    ``ca_key`` names the config key that fixes an untrusted certificate.
+    ``ca_key`` names the config key that fixes an untrusted certificate;
+    ``socket_error`` is what paho saw when the broker dropped the connection
+    (:class:`PahoLog`), and ``tls`` whether the client spoke TLS.
     """
     text = " ".join(str(exc).split())
     refused = _cert_error(exc)
@@ -87,6 +125,10 @@ def describe(exc: BaseException, timeout_s: float, ca_key: str = "ca_file") -> s
         why = refused.verify_message or "certificate verify failed"
         return f"TLS: the broker's certificate was not trusted ({why}); {ca_key} names the CA that signed it"
     if isinstance(exc, TimeoutError) or "timed out" in text.lower():
+        if socket_error is not None:  # it did answer: by closing the connection
+            why = re.sub(r"^\[Errno \d+\]\s*", "", socket_error)
+            hint = "" if tls else "; a port that takes TLS (8883 usually) needs tls: true"
+            return f"the broker closed the connection without answering ({why}){hint}"
         return f"no answer within {timeout_s:g} s"
     if isinstance(exc.__cause__, aiomqtt.MqttCodeError):  # aiomqtt's "Disconnected during message iteration"
         return "connection lost"

@@ -58,11 +58,19 @@ async def test_a_certificate_the_bridge_cannot_verify_is_refused_and_said(
     assert "mqtt.ca_file" in said[0], said  # and what to set
 
 
-async def test_a_plain_connection_to_a_tls_listener_fails_without_hanging(tls_broker: Mosquitto) -> None:
-    # tls left off against a TLS-only port: the broker drops the connection; the bridge retries.
+async def test_a_plain_connection_to_a_tls_port_says_to_set_tls_once(
+    tls_broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tls left off against a TLS-only port: the broker drops each attempt; the bridge retries.
+    caplog.set_level(logging.DEBUG, logger="surplus.mqtt_bridge")
     async with mqtt_stack(tls_broker) as (stack, _model, _url):
-        await eventually(lambda: stack.mqtt.stats.failures >= 1, "a failed plain attempt")
+        await eventually(lambda: stack.mqtt.stats.failures >= 3, "three dropped attempts")
         assert not stack.mqtt.connected
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # One line for the outage, naming the cause and the fix; not one ERROR per attempt from paho.
+    assert len(said) == 1, said
+    assert "the broker closed the connection without answering" in said[0], said
+    assert "needs tls: true" in said[0], said
 
 
 async def grid_of(meter: MqttMeter) -> float | None:
@@ -110,5 +118,19 @@ async def test_the_mqtt_meter_refuses_a_certificate_it_cannot_verify(tls_broker:
         text = str(info.value)
         assert "the broker's certificate was not trusted" in text, text
         assert "the meter's ca_file names the CA that signed it" in text, text
+    finally:
+        await meter.stop()
+
+
+async def test_the_mqtt_meter_on_a_tls_port_without_tls_says_to_set_it(tls_broker: Mosquitto) -> None:
+    meter = tls_meter(tls_broker, tls=False)
+    await meter.start()
+    try:
+        await eventually(lambda: meter.failures >= 1, "a dropped attempt")
+        with pytest.raises(MqttMeterError) as info:
+            await meter.read()
+        text = str(info.value)
+        assert "the broker closed the connection without answering" in text, text
+        assert "needs tls: true" in text, text
     finally:
         await meter.stop()
