@@ -55,7 +55,10 @@ switches for free, and the governor spaces switches by
   longest.
 * *One phase up to three.* When three phases can be carried, the power that
   one phase leaves on the table is counted until it pays for the switching
-  pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest.
+  pause (on 8 kW that is about a minute); ``phase_up_delay_s`` is the longest
+  wait once the sun carries three phases (just below their minimum, where
+  three at 6 A would import, only the account decides: there a forced switch
+  flapped back within minutes on overcast days).
   The dips that may follow within the switch interval are not charged to the
   switch: each is priced when it comes (ridden at 6 A on three phases while
   that costs less than a pause). Charging the switch with what such dips cost
@@ -287,11 +290,19 @@ class PvStrategy:
                         f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
                         f"{kwh_text(expected_wh)} behind, the switch costs {kwh_text(cost_wh)}"
                     )
-                elif self._high_wh >= cost_wh or now - self._high_since >= s.phase_up_delay_s:
+                elif self._high_wh >= cost_wh:
                     want = 3
                     why = (
                         f"; to 3 phases: one phase left {kwh_text(max(self._high_wh, 0.0))} of sun behind, "
                         f"the switch costs {kwh_text(cost_wh)}"
+                    )
+                elif fits_three and now - self._high_since >= s.phase_up_delay_s:
+                    # The longest wait once three phases are carried; just below their minimum
+                    # (where three at 6 A would import) only the account above decides.
+                    want = 3
+                    why = (
+                        f"; to 3 phases: the sun carries them, and one phase has left sun behind for "
+                        f"{now - self._high_since:.0f} s (phase_up_delay_s {s.phase_up_delay_s:g} s)"
                     )
         if want == present:
             return present, box, why

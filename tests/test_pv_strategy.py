@@ -487,6 +487,36 @@ async def test_one_phase_goes_to_three_by_the_pause_or_at_once_when_such_sun_las
     assert "switch interval" not in reason, reason
 
 
+@pytest.mark.parametrize(
+    ("surplus_w", "earliest_s", "latest_s", "said"),
+    [
+        # Carried (6.2 A on three phases): one phase leaves 0.62 kW behind, 180 s to pay the
+        # 30 s pause at 3.68 kW; phase_up_delay_s (60 s) comes first.
+        (4300.0, 58, 62, "to 3 phases: the sun carries them, and one phase has left sun behind for 60 s"),
+        # Just below three phases' minimum (5.9 A): three at 6 A are worth it (0.40 kW more sun
+        # for 0.06 kW of import, weighted 3: 0.22 kW) but not carried, so the delay does not
+        # force the switch; the account does, once that has paid for the pause (~500 s).
+        (4080.0, 450, 560, "to 3 phases: one phase left"),
+    ],
+)
+async def test_phase_up_delay_forces_three_phases_only_where_the_sun_carries_them(
+    surplus_w: float, earliest_s: int, latest_s: int, said: str
+) -> None:
+    house = House(
+        pv(start_delay_s=0, smoothing_up_s=0, phase_up_delay_s=60),
+        surplus_w=3000,
+        phases=1,
+        max_current_a=16.0,
+    )
+    await house.run(60)
+    assert house.phases == 1
+    house.surplus_w = surplus_w
+    after = await _first(house, 700, lambda d: d.phases == 3)
+    assert after is not None and earliest_s <= after <= latest_s, after
+    reason = house.decisions[-1].reason
+    assert said in reason, reason
+
+
 @pytest.mark.parametrize(("dip_w", "earliest_s", "latest_s"), [(500.0, 5, 25), (3800.0, 150, 240)])
 async def test_three_phases_drop_to_one_by_what_holding_them_imports(
     dip_w: float, earliest_s: int, latest_s: int
