@@ -45,7 +45,6 @@ from surplus.hookspecs import RegisterMeter, hookimpl
 from surplus.meter import Meter, MeterEnv
 from surplus.mqtt_client import PahoLog as _PahoLog
 from surplus.mqtt_client import connect as _connect
-from surplus.mqtt_client import describe as _describe
 from surplus.mqtt_client import helper_ended as _helper_ended
 from surplus.mqtt_client import tls_context as _tls_context
 from surplus.types import MeterReading
@@ -164,14 +163,8 @@ class MqttMeter:
             try:
                 await self._session()
             except Exception as exc:  # any failure means: reconnect later, never die
-                reason = _describe(
-                    exc,
-                    self.settings.timeout_s,
-                    "the meter's ca_file",
-                    tls=self.settings.tls,
-                    socket_error=self._paho_log.socket_error,
-                )
-                self._went_down(reason)
+                s = self.settings
+                self._went_down(self._paho_log.reason(exc, s.timeout_s, "the meter's ca_file", tls=s.tls))
                 self.failures += 1
             await self._clock.sleep(self.settings.reconnect_s)
 

@@ -159,14 +159,8 @@ class MqttBridge:
                 first: BaseException = exc
                 while isinstance(first, BaseExceptionGroup) and first.exceptions:
                     first = first.exceptions[0]
-                reason = describe(
-                    first,
-                    self.settings.timeout_s,
-                    "mqtt.ca_file",
-                    tls=self.settings.tls,
-                    socket_error=self._paho_log.socket_error,
-                )
-                self._went_down(reason, delay)
+                s = self.settings
+                self._went_down(self._paho_log.reason(first, s.timeout_s, "mqtt.ca_file", tls=s.tls), delay)
             self.connected = False
             self._client = None
             if self._reset_backoff:  # that session was connected: start the back-off again

@@ -97,6 +97,10 @@ class PahoLog:
         self.logger.addFilter(self._keep)
         self.socket_error: str | None = None
 
+    def reason(self, exc: BaseException, timeout_s: float, ca_key: str, *, tls: bool) -> str:
+        """:func:`describe` for a failed attempt of this client, with what paho saw."""
+        return describe(exc, timeout_s, ca_key, tls=tls, socket_error=self.socket_error)
+
     def _keep(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message.startswith(_SOCKET_ERROR):

@@ -107,30 +107,26 @@ async def test_the_mqtt_meter_reads_over_tls_with_the_brokers_ca_file(
         await meter.stop()
 
 
-async def test_the_mqtt_meter_refuses_a_certificate_it_cannot_verify(tls_broker: Mosquitto) -> None:
-    meter = tls_meter(tls_broker)  # the system's CAs
+async def read_error_after_a_failure(meter: MqttMeter) -> str:
+    """What a read says once the meter's first attempt has failed (it never connects)."""
     await meter.start()
     try:
-        await eventually(lambda: meter.failures >= 1, "a refused attempt")
+        await eventually(lambda: meter.failures >= 1, "a failed attempt")
         assert not meter.connected
         with pytest.raises(MqttMeterError) as info:
             await meter.read()
-        text = str(info.value)
-        assert "the broker's certificate was not trusted" in text, text
-        assert "the meter's ca_file names the CA that signed it" in text, text
+        return str(info.value)
     finally:
         await meter.stop()
+
+
+async def test_the_mqtt_meter_refuses_a_certificate_it_cannot_verify(tls_broker: Mosquitto) -> None:
+    text = await read_error_after_a_failure(tls_meter(tls_broker))  # the system's CAs
+    assert "the broker's certificate was not trusted" in text, text
+    assert "the meter's ca_file names the CA that signed it" in text, text
 
 
 async def test_the_mqtt_meter_on_a_tls_port_without_tls_says_to_set_it(tls_broker: Mosquitto) -> None:
-    meter = tls_meter(tls_broker, tls=False)
-    await meter.start()
-    try:
-        await eventually(lambda: meter.failures >= 1, "a dropped attempt")
-        with pytest.raises(MqttMeterError) as info:
-            await meter.read()
-        text = str(info.value)
-        assert "the broker closed the connection without answering" in text, text
-        assert "needs tls: true" in text, text
-    finally:
-        await meter.stop()
+    text = await read_error_after_a_failure(tls_meter(tls_broker, tls=False))
+    assert "the broker closed the connection without answering" in text, text
+    assert "needs tls: true" in text, text
