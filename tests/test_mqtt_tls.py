@@ -5,7 +5,6 @@ is refused, the log or the read says why, and neither counts itself connected.""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -17,6 +16,7 @@ from surplus.plugins import collect_meters, make_plugin_manager
 
 from .mosquitto_support import Mosquitto
 from .mqtt_support import eventually, mqtt_stack, publish, subscriber
+from .test_mqtt_meter import read_value
 from .tls_support import TestPki
 
 pytestmark = pytest.mark.integration
@@ -73,13 +73,6 @@ async def test_a_plain_connection_to_a_tls_port_says_to_set_tls_once(
     assert "needs tls: true" in said[0], said
 
 
-async def grid_of(meter: MqttMeter) -> float | None:
-    try:
-        return (await meter.read()).grid_power_w
-    except MqttMeterError:
-        return None
-
-
 def tls_meter(broker: Mosquitto, **options: object) -> MqttMeter:
     factory = collect_meters(make_plugin_manager(load_entrypoints=False))["mqtt"]
     merged = {"port": broker.port, "grid_topic": "home/grid", "tls": True, "reconnect_s": 0.2, **options}
@@ -97,11 +90,7 @@ async def test_the_mqtt_meter_reads_over_tls_with_the_brokers_ca_file(
         await eventually(lambda: meter.connected, "the meter to subscribe over TLS")
         await publish(tls_broker, "home/grid", "-1234")
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while (grid_w := await grid_of(meter)) != -1234.0:
-            assert loop.time() < deadline, f"no grid value over TLS (last {grid_w})"
-            await asyncio.sleep(0.02)
+        assert (await read_value(meter, -1234.0)).grid_power_w == -1234.0
         assert meter.failures == 0
     finally:
         await meter.stop()
