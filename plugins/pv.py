@@ -378,11 +378,15 @@ class PvStrategy:
             )
         elif exact_a < MIN_CURRENT_A and not self._three_at_minimum:
             why += f"; minimum {MIN_CURRENT_A:g} A"
-        elif target != min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a):
-            why += (
-                f"; at {target:g} A (a margin below the surplus for the meters' noise; changes below "
-                f"{s.step_a:g} A follow its mean)"
+        elif target != (bound_a := min(max(shown_a, MIN_CURRENT_A), ctx.max_current_a)):
+            # Held where it was: below the surplus by the margin, or above it by less than the
+            # margin until the mean says the sun has fallen (see _settle). Said as it is.
+            where = (
+                "a margin below the surplus for the meters' noise"
+                if target < bound_a
+                else "held above this reading until the surplus's mean falls below it"
             )
+            why += f"; at {target:g} A ({where}; changes below {s.step_a:g} A follow its mean)"
         return strategy_decision(
             ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )

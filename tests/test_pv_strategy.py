@@ -372,11 +372,31 @@ async def test_a_held_current_says_so_in_the_reason() -> None:
     d = house.decisions[-1]
     assert d.current_a == settled
     assert f"at {settled:g} A (a margin below the surplus for the meters' noise" in d.reason, d.reason
-    # Every decision whose current differs from the one its reason computed says why.
+    # Every decision whose current differs from the one its reason computed says why, and
+    # which way: a margin below the surplus, or held above a lower reading.
+    below = 0
     for d in house.decisions:
-        shown = float(d.reason.split(" A on ")[0].rsplit("= ", 1)[1])
-        if d.charge and d.current_a != max(shown, 6.0):
+        shown = max(float(d.reason.split(" A on ")[0].rsplit("= ", 1)[1]), 6.0)
+        if d.charge and d.current_a is not None and d.current_a < shown:
+            below += 1
             assert "a margin below the surplus" in d.reason, d.reason
+        elif d.charge and d.current_a is not None and d.current_a > shown:
+            assert "held above this reading until the surplus's mean falls below it" in d.reason, d.reason
+            assert "margin below" not in d.reason, d.reason
+    assert below >= 10
+
+
+async def test_a_current_held_above_a_lower_reading_does_not_claim_a_margin_below() -> None:
+    house = House(pv(phases=1, reserve_w=0, start_delay_s=0), surplus_w=3015, phases=1)  # 13.11 A
+    await house.run(200)
+    assert house.current_a == pytest.approx(13.0)
+    house.surplus_w = 2980  # 12.96 A, shown as 12.9 A: within the margin, so 13.0 A is held
+    await house.run(10)
+    d = house.decisions[-1]
+    assert d.current_a == pytest.approx(13.0)
+    assert "= 12.9 A on 1 phase" in d.reason, d.reason
+    assert "at 13 A (held above this reading until the surplus's mean falls below it" in d.reason, d.reason
+    assert "margin below" not in d.reason, d.reason
 
 
 async def test_a_small_fall_is_followed_by_its_mean_so_the_car_does_not_sit_above_the_sun() -> None:
