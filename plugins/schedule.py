@@ -201,6 +201,7 @@ def surplus_register_strategies(register: RegisterStrategy) -> None:
     register(
         "schedule",
         make_schedule,
+        uses_meter=True,  # its sun part; the plan and the windows go on without a meter
         summary="the PV surplus, plus the grid when a departure needs it (and in cheap windows)",
         options={
             "departure": "07:00",

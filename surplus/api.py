@@ -135,6 +135,11 @@ class ControllerAPI(Protocol):
         """The modes a charger can be set to: one per loaded strategy plugin, built-in or not."""
         ...
 
+    @property
+    def modes_reading_meter(self) -> frozenset[str]:
+        """The modes that read the grid meter (their plugins say ``uses_meter``/``needs_meter``)."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """The latest snapshot (ages inside are relative to its ``at_s``)."""
         ...

@@ -88,7 +88,12 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for i in infos:
             row = asdict(i)
             row["strategies"] = {
-                n: {"needsMeter": s.needs_meter, "summary": s.summary, "options": dict(s.options)}
+                n: {
+                    "needsMeter": s.needs_meter,
+                    "usesMeter": s.uses_meter,
+                    "summary": s.summary,
+                    "options": dict(s.options),
+                }
                 for n, s in strategies.items()
                 if s.plugin == i.name
             }
@@ -107,7 +112,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  blocked")
     print("\nmodes (strategies; setMode and a charger's mode: select them):")
     for n, s in strategies.items():
-        needs = " [needs a grid meter]" if s.needs_meter else ""
+        needs = (
+            " [needs a grid meter]" if s.needs_meter else " [reads the grid meter]" if s.uses_meter else ""
+        )
         print(f"  {n}{needs}: {s.summary or '-'}")
         if s.options:
             print(f"    options: {_options_text(s.options)}")

@@ -24,7 +24,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class RegisterStrategy(Protocol):
-    """``register(name, factory, *, needs_meter=False, summary="", options={})``."""
+    """``register(name, factory, *, needs_meter=False, uses_meter=False, summary="", options={})``."""
 
     def __call__(
         self,
@@ -32,6 +32,7 @@ class RegisterStrategy(Protocol):
         factory: StrategyFactory,
         *,
         needs_meter: bool = ...,
+        uses_meter: bool = ...,
         summary: str = ...,
         options: Mapping[str, Any] = ...,
     ) -> None: ...
@@ -54,7 +55,9 @@ def surplus_register_strategies(register: RegisterStrategy) -> None:
     ``"fixed"``); ``factory`` takes the strategy's options mapping and returns a
     :class:`surplus.strategy.Strategy`. The strategy describes itself with
     keywords: ``needs_meter=True`` when it charges from the grid meter's surplus
-    (the config then requires a meter), ``summary="one line"`` and
+    (the config then requires a meter), ``uses_meter=True`` when it reads the meter
+    but runs without one (a meter that is down then degrades it in ``health``;
+    implied by ``needs_meter``), ``summary="one line"`` and
     ``options={"name": default, ...}`` (shown by ``surplus plugins``). Two plugins registering the same name is
     an error at start-up; block one of them (``plugins.blocked``) to replace it.
 

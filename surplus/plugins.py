@@ -102,7 +102,7 @@ def make_plugin_manager(
 
 #: What ``register`` accepts besides the name and the factory, per kind.
 _ABOUT: dict[str, tuple[str, ...]] = {
-    "strategy": ("needs_meter", "summary", "options"),
+    "strategy": ("needs_meter", "uses_meter", "summary", "options"),
     "meter": ("summary", "options"),
 }
 
@@ -113,7 +113,7 @@ def _collect(
     """Call ``hook_name`` plugin by plugin, so each registration knows its plugin.
 
     Each entry: ``name -> (plugin, factory, about)``; ``about`` holds what the plugin
-    said about it (``needs_meter``, ``summary``, ``options``), checked here.
+    said about it (``needs_meter``, ``uses_meter``, ``summary``, ``options``), checked here.
     """
     found: dict[str, tuple[str, Any, dict[str, Any]]] = {}
     hook = getattr(pm.hook, hook_name)
@@ -147,8 +147,8 @@ def _check_about(plugin: str, kind: str, name: str, about: Mapping[str, Any]) ->
                 f"plugin {plugin} registered {kind} {name!r} with unknown {key}=; a {kind} may say "
                 + ", ".join(f"{k}=" for k in known)
             )
-        if key == "needs_meter" and not isinstance(value, bool):
-            raise PluginError(f"plugin {plugin}: {kind} {name!r}: needs_meter must be True or False")
+        if key in ("needs_meter", "uses_meter") and not isinstance(value, bool):
+            raise PluginError(f"plugin {plugin}: {kind} {name!r}: {key} must be True or False")
         if key == "summary" and not isinstance(value, str):
             raise PluginError(f"plugin {plugin}: {kind} {name!r}: summary must be text")
         if key == "options" and not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)):
@@ -176,6 +176,7 @@ def strategy_infos(pm: pluggy.PluginManager) -> dict[str, StrategyInfo]:
             name=name,
             plugin=plugin,
             needs_meter=about.get("needs_meter", False),
+            uses_meter=about.get("uses_meter", False) or about.get("needs_meter", False),
             summary=about.get("summary", ""),
             options=MappingProxyType(dict(about.get("options", {}))),
         )

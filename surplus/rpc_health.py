@@ -57,14 +57,11 @@ def meter_status(m: MeterReading) -> str:
     return "stale" if m.error.startswith("stale") else f"error: {m.error}"
 
 
-#: Modes that run without any meter reading.
-_MODES_WITHOUT_METER = ("off", "fixed")
-
-
 def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
     """Each meter's :func:`meter_status`, and why the controller runs degraded (empty: it does not).
 
-    Degraded: a charger's mode needs the meters while one of them is not ok, or
+    Degraded: a charger's mode reads the meters (its plugin says ``uses_meter`` or
+    ``needs_meter``) while one of them is not ok, or
     a charger runs on its fallback (e.g. "pv" with no meter at all), or a box
     would keep charging by itself if surplus stopped (its heartbeat-loss fallback is 0),
     or a line carries more boxes than it can read within the stated age.
@@ -81,7 +78,7 @@ def meter_health(controller: ControllerAPI) -> tuple[dict[str, str], list[str]]:
             reasons.append(f"{cid}: {risk}")
         view = published.charger(cid)
         mode, record = view.mode, view.decision
-        if down and mode not in _MODES_WITHOUT_METER:
+        if down and mode in controller.modes_reading_meter:
             reasons.append(f"{cid}: mode {mode} needs the meters: {'; '.join(down)}")
         elif record is not None and record.decision.source is Source.FALLBACK:
             reasons.append(f"{cid}: {record.decision.reason or 'on its fallback'}")

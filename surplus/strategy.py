@@ -95,6 +95,9 @@ class StrategyInfo:
     plugin: str = ""
     #: It charges from the grid meter's surplus: without a meter it cannot run.
     needs_meter: bool = False
+    #: It reads the grid meter when there is one (always so when ``needs_meter``): a meter
+    #: that is down degrades it (``health``), where a mode that never reads one runs as usual.
+    uses_meter: bool = False
     #: One line for ``surplus plugins`` and ``rpc.discover``.
     summary: str = ""
     #: Its options and their defaults (None: no default).

@@ -16,7 +16,7 @@ from surplus.meter import Meter, MeterEnv
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
-from surplus.strategy import Strategy
+from surplus.strategy import Strategy, StrategyInfo
 from surplus.types import MeterReading
 
 SOFT_PAUSE_MAX_A = 5.99
@@ -32,8 +32,10 @@ def build_controller(
     meters: Sequence[Meter] = (),
     limits: Limits | None = None,
     mode: str = "fixed",
+    strategy_infos: Mapping[str, StrategyInfo] | None = None,
 ) -> tuple[Controller, ModelBus]:
-    """A one-charger controller (id "wallbox", device id 50) in ``mode`` (default "fixed")."""
+    """A one-charger controller (id "wallbox", device id 50) in ``mode`` (default "fixed");
+    ``strategy_infos``: what the strategies say about themselves (default: the built-ins')."""
     bus = ModelBus({50: model}, clock)
     charger = AmtronCharger(bus, charger_id="wallbox", clock=clock, device_id=50, heartbeat_interval_s=3.0)
     factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
@@ -43,7 +45,14 @@ def build_controller(
         strategies[strategy.name] = strategy
     slot = ChargerSlot(charger=charger, strategies=strategies, mode=mode, fallback=fallback)
     governor = SafetyGovernor({"wallbox": limits or Limits()})
-    controller = Controller(clock=clock, chargers=[slot], meters=meters, governor=governor, tick_s=1.0)
+    controller = Controller(
+        clock=clock,
+        chargers=[slot],
+        meters=meters,
+        governor=governor,
+        tick_s=1.0,
+        strategy_infos=strategy_infos,
+    )
     return controller, bus
 
 

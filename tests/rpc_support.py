@@ -102,6 +102,10 @@ class FakeController:
     def available_modes(self) -> tuple[str, ...]:
         return BUILTIN_MODES
 
+    @property
+    def modes_reading_meter(self) -> frozenset[str]:
+        return frozenset({"pv", "minpv", "schedule"})
+
     def lines(self) -> dict[str, LineStatus]:
         return {"line1": LineStatus(connected=True, load=0.123456)}
 

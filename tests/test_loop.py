@@ -20,10 +20,11 @@ from surplus.loop import ChargerSlot, Controller, merge_override
 from surplus.meter import MeterEnv
 from surplus.modbus import codec
 from surplus.modbus import registers as R
-from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
+from surplus.plugins import builtin_strategy_infos, collect_meters, collect_strategies, make_plugin_manager
+from surplus.rpc_health import meter_health
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, DeviceProfile, EvProfile
-from surplus.strategy import StrategyContext
+from surplus.strategy import StrategyContext, StrategyInfo
 from surplus.types import Decision, MeterReading, Outcome, PauseKind, Snapshot, Source
 
 from .loop_support import assert_governor_rules_held, build_controller
@@ -322,6 +323,10 @@ async def test_a_stale_meter_stops_only_the_modes_that_need_it(clock: FakeClock)
     assert record.decision.charge and record.decision.current_a == 8
     assert record.decision.reason.startswith("schedule: cheap window 12:00-20:00, at least 8 A")
     assert 8.0 in [w.value for w in model.record.writes if w.register == "CHARGING_CURRENT_EM"]
+    # Its sun part reads the meter (the plugin says uses_meter): health says it runs degraded.
+    assert meter_health(controller)[1] == [
+        "wallbox: mode schedule needs the meters: grid error: meter offline"
+    ]
     controller.set_mode("wallbox", "pv")
     task = asyncio.ensure_future(controller.run(duration_s=5))
     await clock.advance(15)  # the run, then the shutdown's wait for the 5 s spacing
@@ -331,6 +336,29 @@ async def test_a_stale_meter_stops_only_the_modes_that_need_it(clock: FakeClock)
     assert record.decision.reason == "fallback pause: no fresh grid-meter reading"
     await bus.close()
     assert_governor_rules_held(model.record)
+
+
+async def test_a_mode_that_never_reads_the_meter_is_not_degraded_by_a_meter_that_is_down(
+    clock: FakeClock,
+) -> None:
+    """health asks each mode's plugin whether it reads the meter; "any mode but off and fixed" is not the answer."""
+    model = AmtronModel(clock, ev=EvProfile())
+    nine = _Const("nine", 9.0)  # a third-party strategy that registered without uses_meter
+    infos = {**builtin_strategy_infos(), "nine": StrategyInfo(name="nine", plugin="demo")}
+    controller, bus = build_controller(
+        clock, model, meters=[_BrokenMeter()], strategy=nine, mode="nine", strategy_infos=infos
+    )
+    task = asyncio.ensure_future(controller.run(duration_s=10))
+    await clock.advance(11)
+    await task
+    record = controller.last_decision("wallbox")
+    assert record is not None and record.strategy == "nine" and record.decision.current_a == 9.0
+    meters, degraded = meter_health(controller)
+    assert meters == {"grid": "error: meter offline"} and degraded == []
+    assert controller.modes_reading_meter == {"pv", "minpv", "schedule"}
+    controller.stop(hurry=True)
+    await controller.shutdown()
+    await bus.close()
 
 
 async def test_one_controller_runs_several_chargers_with_their_own_strategies(clock: FakeClock) -> None:
@@ -489,6 +517,22 @@ async def test_setting_a_mode_drops_the_override(clock: FakeClock) -> None:
     await clock.advance(10)
     await task
     await bus.close()
+
+
+class _Const:
+    """Charges at one current; reads nothing but the charger."""
+
+    def __init__(self, name: str, current_a: float) -> None:
+        self.name, self.current_a = name, current_a
+
+    def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        return Decision(
+            charger_id=ctx.charger_id,
+            source=Source.STRATEGY,
+            charge=True,
+            current_a=self.current_a,
+            reason="const",
+        )
 
 
 class _ContextRecorder:

@@ -154,11 +154,13 @@ def test_third_party_entry_point_plugin_shows_up(
         "name": "demo",
         "source": "surplus-demo-plugin 1.2.3",
         "provides": ["strategy:minimum"],
-        "strategies": {"minimum": {"needsMeter": False, "summary": "", "options": {}}},  # said nothing
+        "strategies": {  # said nothing
+            "minimum": {"needsMeter": False, "usesMeter": False, "summary": "", "options": {}}
+        },
         "meters": {},
     } in rows
     pv = next(r for r in rows if r["name"] == "surplus_plugins.pv")["strategies"]["pv"]
-    assert pv["needsMeter"] is True and pv["options"]["start_delay_s"] == 10.0
+    assert pv["needsMeter"] is True and pv["usesMeter"] is True and pv["options"]["start_delay_s"] == 10.0
 
 
 def test_third_party_strategy_is_usable_in_a_config(make_dist: MakeDist, tmp_path: Path) -> None:
@@ -452,9 +454,10 @@ async def test_a_pip_installed_strategy_is_a_mode_everywhere(tmp_path: Path) -> 
     [
         (
             "colour='red'",
-            "registered strategy 'odd' with unknown colour=; a strategy may say needs_meter=, summary=",
+            "registered strategy 'odd' with unknown colour=; a strategy may say needs_meter=, uses_meter=, summary=",
         ),
         ("needs_meter='yes'", "strategy 'odd': needs_meter must be True or False"),
+        ("uses_meter=1", "strategy 'odd': uses_meter must be True or False"),
         ("options=['a']", "strategy 'odd': options must map option names to defaults"),
     ],
 )
