@@ -90,7 +90,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             row["strategies"] = {
                 n: {
                     "needsMeter": s.needs_meter,
-                    "usesMeter": s.uses_meter,
+                    "usesMeter": s.uses_meter or s.needs_meter,
                     "summary": s.summary,
                     "options": dict(s.options),
                 }

@@ -96,7 +96,9 @@ class Controller:
         #: Modes = the loaded strategies, in load order; those that need the grid meter.
         self._modes = tuple(dict.fromkeys(name for s in self._slots.values() for name in s.strategies))
         meter_modes = frozenset(n for n, info in strategy_infos.items() if info.needs_meter)
-        self._reading_meter = frozenset(n for n, info in strategy_infos.items() if info.uses_meter)
+        self._reading_meter = frozenset(
+            n for n, info in strategy_infos.items() if info.uses_meter or info.needs_meter
+        )
         self._observers = list(observers)
         #: Where each tick's frozen state is published (readers hold the board, not the loop).
         self.board = board if board is not None else StateBoard()
