@@ -68,6 +68,11 @@ switches for free, and the governor spaces switches by
 * *Recent spells* (:class:`Spells`): how long the last dips and bright spells
   lasted predicts the present one; a dip or a spell that is long by that
   measure is acted on at once, a short one is left to the accounts above.
+  Before the day's first spell of three-phase sun has ended, how long the sun
+  has held a level lately (:class:`Levels`) stands in for it on the way up,
+  where the sun is far enough above three phases' minimum that a level's
+  typical change would still leave them carried: on a day that moves in steps
+  the first switch goes at once, under fast clouds the account decides.
 * *Start.* A paused box starts on three phases when they are carried, else on
   one (switching costs nothing then), once the surplus has carried 6 A for
   ``start_delay_s`` and the 5 minutes since the last pause are over.
@@ -106,11 +111,13 @@ from .pv_sun import (
     TYPICAL_SUN_S,
     UP_GAP_A,
     VOLTS_S,
+    Levels,
     PvSettings,
     Spells,
     available_w,
     floor_notch,
     kwh_text,
+    level_band_w,
     parse_settings,
     phases_in_use,
     plural,
@@ -160,6 +167,8 @@ class PvStrategy:
         self._three_spells = Spells()
         self._short_spells = Spells()
         self._dip_spells = Spells()
+        #: How long the surplus stays at one level, for the first switch to three phases.
+        self._levels = Levels()
 
     def _restart(self, state: ChargerState, raw_w: float) -> None:
         self._smoothed_w = raw_w
@@ -283,11 +292,19 @@ class PvStrategy:
                 # comes back, since a bright spell follows a dip (see the module docstring).
                 cost_wh = pause_s * min(present * one_max_w, sun_w) / 3600.0
                 rest_s = self._three_spells.remaining_s(now)
+                lasts = "" if rest_s is None else f"such sun lasts about {rest_s:.0f} s"
+                level_s = self._levels.typical_s()
+                if rest_s is None and level_s is not None and sun_w - three_min_w > level_band_w(sun_w):
+                    # No spell of three-phase sun has ended yet (the day's first): how long the
+                    # sun holds a level says how long this one lasts, where a level's typical
+                    # change would still leave three phases carried.
+                    rest_s = level_s
+                    lasts = f"no such sun has ended yet, and the sun holds a level for about {level_s:.0f} s"
                 expected_wh = 0.0 if rest_s is None else gain_w * rest_s / 3600.0
                 if rest_s is not None and expected_wh >= cost_wh:
                     want = 3
                     why = (
-                        f"; to 3 phases: such sun lasts about {rest_s:.0f} s, one phase would leave "
+                        f"; to 3 phases: {lasts}, one phase would leave "
                         f"{kwh_text(expected_wh)} behind, the switch costs {kwh_text(cost_wh)}"
                     )
                 elif self._high_wh >= cost_wh:
@@ -414,6 +431,7 @@ class PvStrategy:
         self._three_spells.update(three > 0, now)
         self._short_spells.update(three == 0, now)
         self._dip_spells.update(takeable == 0, now)
+        self._levels.update(raw_w, now)
 
     def _pause_cost_wh(self) -> float:
         """What a pause costs: the sun of the next 5 minutes, judged by the last ten."""

@@ -219,6 +219,45 @@ class Spells:
         return max(statistics.median(self.lengths), now - self.since)
 
 
+#: A level of the surplus ends at the first reading further than this from where it began, or
+#: LEVEL_SHARE of it where that is more (see :class:`Levels`).
+LEVEL_BAND_W = 300.0
+LEVEL_SHARE = 0.1
+
+
+def level_band_w(watts: float) -> float:
+    """How far the surplus moves before it is at another level (300 W, or 10 % of it)."""
+    return max(LEVEL_BAND_W, LEVEL_SHARE * abs(watts))
+
+
+@dataclass(slots=True)
+class Levels:
+    """How long the surplus stays at one level: the typical length of its recent levels.
+
+    A level begins at a reading and ends at the first reading more than
+    :func:`level_band_w` away from it. Where the sun moves in steps (a steady
+    overcast, a series measured every 15 minutes) a level lasts many minutes; under
+    fast clouds a minute or two. ``typical_s`` is the median of the last
+    ``SPELLS_KEPT`` levels that ended, None until that many have. Unlike
+    :class:`Spells` it needs no threshold to be crossed, so it knows the weather's
+    pace before the first spell of three-phase sun has ended.
+    """
+
+    at_w: float | None = None
+    since: float = 0.0
+    lengths: deque[float] = field(default_factory=lambda: deque(maxlen=SPELLS_KEPT))
+
+    def update(self, watts: float, now: float) -> None:
+        if self.at_w is None or abs(watts - self.at_w) > level_band_w(self.at_w):
+            if self.at_w is not None:
+                self.lengths.append(now - self.since)
+            self.at_w, self.since = watts, now
+
+    def typical_s(self) -> float | None:
+        """The median length of the last levels (None until ``SPELLS_KEPT`` have ended)."""
+        return statistics.median(self.lengths) if len(self.lengths) >= SPELLS_KEPT else None
+
+
 def strategy_decision(
     ctx: StrategyContext, *, charge: bool, reason: str, phases: int | None, current_a: float | None = None
 ) -> Decision:

@@ -508,6 +508,40 @@ async def test_one_phase_goes_to_three_by_the_pause_or_at_once_when_such_sun_las
 
 
 @pytest.mark.parametrize(
+    ("level_s", "bright_w", "earliest_s", "latest_s", "said"),
+    [
+        # A day that moves in steps (levels of 15 minutes): the first three-phase sun of the day is
+        # taken to last as long, 1.12 kW x 900 s against the 30 s pause at 3.68 kW: at once.
+        (
+            900,
+            4800.0,
+            0,
+            5,
+            "to 3 phases: no such sun has ended yet, and the sun holds a level for about 900 s",
+        ),
+        # Fast clouds (levels of a minute): 1.12 kW x 60 s does not pay; the account decides (~100 s).
+        (60, 4800.0, 80, 120, "to 3 phases: one phase left"),
+        # Steps, but the sun only 0.16 kW above three phases' minimum: a level's typical change
+        # (0.43 kW) would not leave them carried, so the levels do not count; the account decides.
+        (900, 4300.0, 150, 210, "to 3 phases: one phase left"),
+    ],
+)
+async def test_the_days_first_switch_to_three_phases_goes_by_how_long_the_sun_holds_a_level(
+    level_s: int, bright_w: float, earliest_s: int, latest_s: int, said: str
+) -> None:
+    house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=2000, phases=1, max_current_a=16.0)
+    for w in (2000, 2500, 3000, 2500) * (3600 // level_s // 4 + 1):  # a morning on one phase
+        house.surplus_w = w
+        await house.run(level_s)
+    assert house.phases == 1
+    house.surplus_w = bright_w
+    after = await _first(house, 400, lambda d: d.phases == 3)
+    assert after is not None and earliest_s <= after <= latest_s, after
+    reason = house.decisions[-1].reason
+    assert said in reason, reason
+
+
+@pytest.mark.parametrize(
     ("surplus_w", "earliest_s", "latest_s", "said"),
     [
         # Carried (6.2 A on three phases): one phase leaves 0.62 kW behind, 180 s to pay the
