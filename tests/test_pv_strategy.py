@@ -534,8 +534,13 @@ async def test_the_days_first_switch_to_three_phases_goes_by_how_long_the_sun_ho
         house.surplus_w = w
         await house.run(level_s)
     assert house.phases == 1
-    house.surplus_w = bright_w
-    after = await _first(house, 400, lambda d: d.phases == 3)
+    await _goes_to_three(house, bright_w, earliest_s, latest_s, said)
+
+
+async def _goes_to_three(house: House, surplus_w: float, earliest_s: int, latest_s: int, said: str) -> None:
+    """From one phase at ``surplus_w``: three phases within [earliest_s, latest_s], saying ``said``."""
+    house.surplus_w = surplus_w
+    after = await _first(house, latest_s + 100, lambda d: d.phases == 3)
     assert after is not None and earliest_s <= after <= latest_s, after
     reason = house.decisions[-1].reason
     assert said in reason, reason
@@ -564,11 +569,7 @@ async def test_phase_up_delay_forces_three_phases_only_where_the_sun_carries_the
     )
     await house.run(60)
     assert house.phases == 1
-    house.surplus_w = surplus_w
-    after = await _first(house, 700, lambda d: d.phases == 3)
-    assert after is not None and earliest_s <= after <= latest_s, after
-    reason = house.decisions[-1].reason
-    assert said in reason, reason
+    await _goes_to_three(house, surplus_w, earliest_s, latest_s, said)
 
 
 @pytest.mark.parametrize(("dip_w", "earliest_s", "latest_s"), [(500.0, 5, 25), (3800.0, 150, 240)])
