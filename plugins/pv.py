@@ -118,6 +118,7 @@ from .pv_sun import (
     floor_notch,
     kwh_text,
     level_band_w,
+    margin_a,
     parse_settings,
     phases_in_use,
     plural,
@@ -477,13 +478,15 @@ class PvStrategy:
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
         once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
-        ``SETTLE_MARGIN_A`` below the surplus (half of it on a rise). A smaller one follows
-        the *mean* of the surplus's amps, so the meters' noise averages out instead of
-        keeping the car a notch above the sun; the mean counts from ``FOLLOW_S`` after the
-        last change (until the car has followed it, the meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is
-        ``SETTLE_MARGIN_A`` below the current (an import, weighted, is dear), to the level
-        of the last seconds; up once the mean of the last ``SETTLE_S`` is ``UP_GAP_A``
-        above it, to that mean less the margin (sun to the grid is cheap).
+        ``margin_a`` below the surplus (0.05 A; 0.025 A on three phases; half of it on a
+        rise). A smaller one follows the *mean* of the surplus's amps, so the meters' noise
+        averages out instead of keeping the car a notch above the sun; the mean counts from
+        ``FOLLOW_S`` after the last change (until the car has followed it, the meters show a
+        mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A``
+        below the current on any phase count (an import, weighted, is dear, but so is a
+        write for a notch of noise), to the level of the last seconds; up once the mean of
+        the last ``SETTLE_S`` is ``UP_GAP_A`` above it, to that mean less the margin (sun to
+        the grid is cheap).
         """
         target = min(max(floor_notch(exact_a, phases), MIN_CURRENT_A), max_a)
         last = self._current_a
@@ -493,7 +496,7 @@ class PvStrategy:
                 # A step is read while the car still draws the old current: land a margin
                 # lower, so the mean that follows does not find the car a notch above the sun
                 # (half of it on a rise: that was the lowest of several seconds already).
-                margin = SETTLE_MARGIN_A / 2 if last is not None and target > last else SETTLE_MARGIN_A
+                margin = margin_a(phases) / 2 if last is not None and target > last else margin_a(phases)
                 target = min(max(floor_notch(exact_a - margin, phases), MIN_CURRENT_A), max_a)
             return self._sent(target, now)
         assert last is not None
@@ -512,7 +515,7 @@ class PvStrategy:
         up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
             # A notch's margin below the mean, so noise does not call for a correction down.
-            return self._sent(min(floor_notch(up - SETTLE_MARGIN_A, phases), max_a), now)
+            return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now)
         return last
 
     def _sent(self, current_a: float, now: float) -> float:

@@ -33,7 +33,8 @@ SETTLE_DOWN_S = 20.0
 UP_GAP_A = 0.2
 #: What the meters' noise still moves the amps by (the box reads its own power to ~0.05 A a
 #: phase): a new current lands this far below the surplus (half of it on a rise, which took
-#: the lowest of ``smoothing_up_s`` already), and a mean within it is not a change.
+#: the lowest of ``smoothing_up_s`` already; on three phases half as far, see ``margin_a``),
+#: and a mean within it is not a change.
 SETTLE_MARGIN_A = 0.05
 #: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
 #: the same amps is three times the power (69 W), and the box's readings of the three phases
@@ -154,6 +155,16 @@ def phases_in_use(state: ChargerState) -> int:
 def notch_a(phases: int) -> float:
     """The setpoint's resolution on ``phases`` (see NOTCH_A)."""
     return NOTCH_A / 2 if phases >= 3 else NOTCH_A
+
+
+def margin_a(phases: int) -> float:
+    """How far below the surplus a new current lands on ``phases`` (see SETTLE_MARGIN_A).
+
+    The box reads each phase to ~0.05 A; on three phases the amps a phase come from the
+    three readings together, whose errors average out (their mean wanders about 1/sqrt(3)
+    as far), so the margin is half as large, as the notch is.
+    """
+    return SETTLE_MARGIN_A * notch_a(phases) / NOTCH_A
 
 
 def floor_notch(amps: float, phases: int) -> float:
