@@ -18,9 +18,11 @@ discharge into the car (by default it never does).
 **Following the sun.** The loop ticks every second and the governor lets a
 new current through every 5 s, so the current follows the surplus as it is:
 a falling surplus at once (``smoothing_down_s``, default 0), a rising one once
-it has held for ``smoothing_up_s`` (default 5 s), in one step, so one bright
-second does not pull the car up and a step in the sun is one write, landing a
-margin below the surplus (the meters jitter). Changes smaller than ``step_a``
+it has held for ``smoothing_up_s`` (default 3 s: three readings), in one step, so
+a bright second or two does not pull the car up (after a write the governor
+holds the current for 5 s, so a blip followed would be imported for 5 s) and a
+step in the sun is one write, landing a margin below the surplus (the meters
+jitter). Changes smaller than ``step_a``
 follow the surplus's mean (see :meth:`PvStrategy._settle`), so meter noise
 causes no writes and does not keep the car a notch above the sun.
 
@@ -478,11 +480,10 @@ class PvStrategy:
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
         once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
-        ``margin_a`` below the surplus (0.05 A; 0.025 A on three phases; half of it on a
-        rise). A smaller one follows the *mean* of the surplus's amps, so the meters' noise
-        averages out instead of keeping the car a notch above the sun; the mean counts from
-        ``FOLLOW_S`` after the last change (until the car has followed it, the meters show a
-        mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A``
+        ``margin_a`` below the surplus (0.05 A; 0.025 A on three phases). A smaller one
+        follows the *mean* of the surplus's amps, so the meters' noise averages out instead
+        of keeping the car a notch above the sun; the mean counts from ``FOLLOW_S`` after
+        the last change (until the car has followed it, the meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A``
         below the current on any phase count (an import, weighted, is dear, but so is a
         write for a notch of noise), to the level of the last seconds; up once the mean of
         the last ``SETTLE_S`` is ``UP_GAP_A`` above it, to that mean less the margin (sun to
@@ -495,9 +496,8 @@ class PvStrategy:
             if target != last:
                 # A step is read while the car still draws the old current: land a margin
                 # lower, so the mean that follows does not find the car a notch above the sun
-                # (half of it on a rise: that was the lowest of several seconds already).
-                margin = margin_a(phases) / 2 if last is not None and target > last else margin_a(phases)
-                target = min(max(floor_notch(exact_a - margin, phases), MIN_CURRENT_A), max_a)
+                # (also on a rise: the lowest of three readings is hardly below their noise).
+                target = min(max(floor_notch(exact_a - margin_a(phases), phases), MIN_CURRENT_A), max_a)
             return self._sent(target, now)
         assert last is not None
         if now - self._settled_at < FOLLOW_S:

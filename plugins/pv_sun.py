@@ -32,9 +32,8 @@ SETTLE_S = 60.0
 SETTLE_DOWN_S = 20.0
 UP_GAP_A = 0.2
 #: What the meters' noise still moves the amps by (the box reads its own power to ~0.05 A a
-#: phase): a new current lands this far below the surplus (half of it on a rise, which took
-#: the lowest of ``smoothing_up_s`` already; on three phases half as far, see ``margin_a``),
-#: and a mean within it is not a change.
+#: phase): a new current lands this far below the surplus (on three phases half as far, see
+#: ``margin_a``), and a mean within it is not a change.
 SETTLE_MARGIN_A = 0.05
 #: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
 #: the same amps is three times the power (69 W), and the box's readings of the three phases
@@ -94,7 +93,7 @@ class PvSettings:
     stop_delay_s: float = 300.0
     #: An imported kWh counts this many kWh of sun given away, in every trade-off.
     import_weight: float = IMPORT_WEIGHT
-    smoothing_up_s: float = 5.0
+    smoothing_up_s: float = 3.0
     smoothing_down_s: float = 0.0
     step_a: float = 0.25
     voltage_v: float = 230.0

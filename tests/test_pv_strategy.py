@@ -350,6 +350,23 @@ async def test_current_follows_down_at_once_and_up_within_seconds() -> None:
     assert house.current_a == pytest.approx(19.9, abs=0.11)
 
 
+async def test_a_rise_is_followed_once_three_readings_carry_it() -> None:
+    # smoothing_up_s 3: the lowest of the readings of the last 3 s. A blip of two seconds is
+    # not followed (after a write the governor holds the current 5 s: the car would import
+    # it all that time); a step that holds is followed at its fourth reading, not its sixth.
+    house = House(pv(phases=1, start_delay_s=0), surplus_w=2320, phases=1)  # 10.09 A
+    await house.run(60)
+    assert house.current_a == pytest.approx(10.0)
+    house.surplus_w = 4620  # 20.09 A for two seconds
+    await house.run(2)
+    house.surplus_w = 2320
+    await house.run(10)
+    assert all(d.current_a == pytest.approx(10.0) for d in house.decisions[-12:])
+    house.surplus_w = 4620  # the sun steps up and stays
+    after = await _first(house, 30, lambda d: d.current_a != pytest.approx(10.0))
+    assert after == 4 and house.current_a == pytest.approx(20.0)  # 20.09 A less the margin
+
+
 async def test_small_wobbles_do_not_cause_writes() -> None:
     house = House(pv(phases=1, reserve_w=0, start_delay_s=0), surplus_w=3000, phases=1)
     await house.run(200)
