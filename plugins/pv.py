@@ -18,13 +18,13 @@ discharge into the car (by default it never does).
 **Following the sun.** The loop ticks every second and the governor lets a
 new current through every 5 s, so the current follows the surplus as it is:
 a falling surplus at once (``smoothing_down_s``, default 0), a rising one once
-it has held for ``smoothing_up_s`` (default 3 s: three readings), in one step, so
-a bright second or two does not pull the car up (after a write the governor
+it has held for ``smoothing_up_s`` (default 3 s: three readings), in one step,
+so a bright second or two does not pull the car up (after a write the governor
 holds the current for 5 s, so a blip followed would be imported for 5 s) and a
 step in the sun is one write, landing a margin below the surplus (the meters
-jitter). Changes smaller than ``step_a``
-follow the surplus's mean (see :meth:`PvStrategy._settle`), so meter noise
-causes no writes and does not keep the car a notch above the sun.
+jitter). Changes smaller than ``step_a`` follow the surplus's mean (see
+:meth:`PvStrategy._settle`), so meter noise causes no writes and does not keep
+the car a notch above the sun.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
@@ -483,11 +483,12 @@ class PvStrategy:
         ``margin_a`` below the surplus (0.05 A; 0.025 A on three phases). A smaller one
         follows the *mean* of the surplus's amps, so the meters' noise averages out instead
         of keeping the car a notch above the sun; the mean counts from ``FOLLOW_S`` after
-        the last change (until the car has followed it, the meters show a mix of both). Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A``
-        below the current on any phase count (an import, weighted, is dear, but so is a
-        write for a notch of noise), to the level of the last seconds; up once the mean of
-        the last ``SETTLE_S`` is ``UP_GAP_A`` above it, to that mean less the margin (sun to
-        the grid is cheap).
+        the last change (until the car has followed it, the meters show a mix of both).
+        Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A`` below the
+        current on any phase count (an import, weighted, is dear, but so is a write for a
+        notch of noise), to the level of the last seconds; up once the mean of the last
+        ``SETTLE_S`` is ``UP_GAP_A`` above it, to that mean less the margin (sun to the grid
+        is cheap).
         """
         target = min(max(floor_notch(exact_a, phases), MIN_CURRENT_A), max_a)
         last = self._current_a
