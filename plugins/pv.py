@@ -515,7 +515,7 @@ class PvStrategy:
             return self._sent(max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now)
         up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
-            # A notch's margin below the mean, so noise does not call for a correction down.
+            # The noise margin below the mean, so noise does not call for a correction down.
             return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now)
         return last
 
