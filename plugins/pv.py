@@ -24,7 +24,9 @@ holds the current for 5 s, so a blip followed would be imported for 5 s) and a
 step in the sun is one write, landing a margin below the surplus (the meters
 jitter). Changes smaller than ``step_a`` follow the surplus's mean (see
 :meth:`PvStrategy._settle`), so meter noise causes no writes and does not keep
-the car a notch above the sun.
+the car a notch above the sun. For FOLLOW_S after a change the surplus it was
+set for stands in for the readings: until the car has followed, a grid meter a
+few seconds behind the box shows the change itself as a step in the sun.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
@@ -164,6 +166,8 @@ class PvStrategy:
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
         self._settle_window: deque[tuple[float, float]] = deque()
         self._settled_at = 0.0
+        #: The surplus the present current was set for (see FOLLOW_S in decide).
+        self._set_for_w = 0.0
         self._volts: float | None = None
         #: Recent spells of sun that carries three phases, of sun that does not, and of dips
         #: below the minimum (on the fewest phases the box can use).
@@ -356,6 +360,12 @@ class PvStrategy:
             dt = 0.0
         else:
             dt = now - self._last_at
+        if self._charging and self._current_a is not None and now - self._settled_at < FOLLOW_S:
+            # The current changed less than FOLLOW_S ago: until the car has followed it, the box's
+            # reading and the grid meter's mix the old current and the new (a meter a second or
+            # two behind the box shows the change as a step in the sun). The governor would hold
+            # a new current that long anyway: decide on the surplus the current was set for.
+            raw_w = self._set_for_w
         sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
@@ -391,6 +401,8 @@ class PvStrategy:
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
         self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
+        if self._settled_at == now:
+            self._set_for_w = sun_w
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "

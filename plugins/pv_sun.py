@@ -23,7 +23,8 @@ PHASE_IN_USE_A = 1.0
 PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
 #: Changes smaller than ``step_a`` follow the mean of the surplus's amps (see
 #: ``PvStrategy._settle``), counted from FOLLOW_S after the last change: a car follows a new
-#: current within 5 s (IEC 61851-1), and until it has the meters show a mix of both.
+#: current within 5 s (IEC 61851-1), and until it has the meters show a mix of both. For as
+#: long, the surplus the current was set for stands in for the readings (see ``decide``).
 FOLLOW_S = 5.0
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A

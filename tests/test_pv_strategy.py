@@ -91,10 +91,15 @@ class House:
     phase_switch_at_s: float = float("-inf")
     resume_at_s: float = float("-inf")
     max_current_a: float = 32.0
+    #: The grid meter shows the car's power this many ticks late (the box's own reading is not).
+    meter_lag_ticks: int = 0
+    _car_w: list[float] = field(default_factory=list)
 
     def tick(self) -> Decision:
         state = car(self.current_a, self.phases)
-        grid = state.power_total_w - self.surplus_w
+        self._car_w.append(state.power_total_w)
+        del self._car_w[: -1 - self.meter_lag_ticks]
+        grid = self._car_w[0] - self.surplus_w
         ctx = context(
             self.clock.now(),
             switchable=self.switchable,
@@ -365,6 +370,25 @@ async def test_a_rise_is_followed_once_three_readings_carry_it() -> None:
     house.surplus_w = 4620  # the sun steps up and stays
     after = await _first(house, 30, lambda d: d.current_a != pytest.approx(10.0))
     assert after == 4 and house.current_a == pytest.approx(20.0)  # 20.09 A less the margin
+
+
+@pytest.mark.parametrize("lag_ticks", [0, 1, 2, 3])
+async def test_a_grid_meter_behind_the_box_does_not_turn_a_change_into_a_step_in_the_sun(
+    lag_ticks: int,
+) -> None:
+    # Until the car has followed a new current (5 s), a grid meter that lags the box by a few
+    # seconds shows the change as a step in the sun of its own size: down again after a fall,
+    # up again after a rise. The surplus the current was set for stands in meanwhile.
+    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=lag_ticks)
+    await house.run(120)
+    assert house.current_a == pytest.approx(13.0)  # 13.04 A less the margin
+    for surplus_w, settled_a in ((7900, 11.4), (9000, 13.0), (4000, 6.0), (9000, 13.0)):
+        house.surplus_w = surplus_w  # 11.45 A, 13.04 A, below 6 A (ridden through), back
+        await house.run(60)
+        currents = [d.current_a for d in house.decisions[-61:]]
+        assert all(d.charge for d in house.decisions[-60:])
+        assert sum(1 for a, b in itertools.pairwise(currents) if a != b) == 1, currents
+        assert house.current_a == pytest.approx(settled_a)
 
 
 async def test_small_wobbles_do_not_cause_writes() -> None:

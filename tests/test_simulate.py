@@ -280,6 +280,35 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
     assert on and all(6 <= a <= 16 for _, _, a, _, _ in sim.series.rows() if a > 0)
 
 
+async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows() -> None:
+    # The sun steps every two minutes. A meter that shows the car's power 2 s late (as many
+    # do) makes every change of the current look like a step in the sun for two readings;
+    # pv takes the surplus it set the current for until the car has followed (5 s), so the
+    # replay writes the same setpoints and takes the same sun as with an exact meter.
+    steps = [(36000 + 120 * k, pv, 400) for k, pv in enumerate([5000, 7400, 4800, 8600, 6200, 9000, 5600])]
+    day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 120 * len(steps), 0, 400)]), name="steps")
+    car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases=3)
+    config = load_config(None, {})
+    exact = await simulate(day, car, config, mode="pv")
+    late = await simulate(day, car, config, mode="pv", meter_lag_s=2.0)
+    e, la = exact.runs[0], late.runs[0]
+    assert e.setpoint_changes >= len(steps)
+    assert la.setpoint_changes == e.setpoint_changes and la.pauses == e.pauses == 1
+    assert la.capture == pytest.approx(e.capture, abs=0.002) and la.grid_wh <= e.grid_wh + 1.0
+
+
+@pytest.mark.parametrize(("lag", "error"), [("-1", "outside 0 to 60 s"), ("soon", "not a number of seconds")])
+def test_a_bad_meter_lag_is_refused_by_name(lag: str, error: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "surplus.cli", "simulate", "--meter-lag", lag, "overcast-2016-09-13"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--meter-lag" in proc.stderr and error in proc.stderr, proc.stderr
+
+
 def test_the_cli_says_what_is_wrong_with_a_day_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("t_s,pv_w,load_w\n0,1,2\n60,oops,2\n")

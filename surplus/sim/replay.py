@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,18 +119,27 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
 
 
 class DayMeter:
-    """The day as a grid meter: what a meter at the house connection would read."""
+    """The day as a grid meter: what a meter at the house connection would read.
+
+    ``lag_s``: the meter shows the car's power that many seconds late (many meters
+    are a second or more behind the box's own reading), the rest of the house as it is.
+    """
 
     #: ``read`` does no I/O: the loop reads it in place, without a task.
     instant = True
 
-    def __init__(self, day: Day, model: AmtronModel, clock: FakeClock, t0: float, day_t0: float) -> None:
+    def __init__(
+        self, day: Day, model: AmtronModel, clock: FakeClock, t0: float, day_t0: float, lag_s: float = 0.0
+    ) -> None:
         self.meter_id = "day"
         self._day = day
         self._model = model
         self._clock = clock
         self._offset = day_t0 - t0
         self._i = 0
+        self._lag_s = lag_s
+        #: (time, car power) of the reads of the last ``lag_s`` seconds, oldest first.
+        self._car_w: deque[tuple[float, float]] = deque()
 
     def day_time(self) -> float:
         return self._clock.now() + self._offset
@@ -155,7 +165,7 @@ class DayMeter:
     async def read(self) -> MeterReading:
         d, i = self._day, self.row()
         battery = d.battery_w[i]
-        car = self._model.charging_power_w
+        car = self._car_power_w()
         return MeterReading(
             meter_id=self.meter_id,
             read_at_s=self._clock.now(),
@@ -165,6 +175,14 @@ class DayMeter:
             battery_power_w=battery if d.has_battery else None,
             battery_soc_pct=d.battery_soc[i] if d.battery_soc is not None else None,
         )
+
+    def _car_power_w(self) -> float:
+        """The car's power as the meter shows it: the latest reading at least ``lag_s`` old."""
+        now, car_w = self._clock.now(), self._car_w
+        car_w.append((now, self._model.charging_power_w))
+        while len(car_w) > 1 and car_w[1][0] <= now - self._lag_s:
+            car_w.popleft()
+        return car_w[0][1]
 
 
 def _midnight_wall(options: Mapping[str, Any]) -> float:
@@ -213,9 +231,15 @@ class ReplayResult:
 
 
 async def replay(
-    day: Day, car: Car, config: Config, *, mode: str, charger_id: str | None = None
+    day: Day,
+    car: Car,
+    config: Config,
+    *,
+    mode: str,
+    charger_id: str | None = None,
+    meter_lag_s: float = 0.0,
 ) -> ReplayResult:
-    """Run the real controller through ``day`` with ``car`` in ``mode``."""
+    """Run the real controller through ``day`` with ``car`` in ``mode`` (``meter_lag_s``: see DayMeter)."""
     plan = plan_replay(config, car, charger_id=charger_id)
     # The day is the meter: meter plugins (and their network libraries) stay unloaded.
     blocked = (*config.plugins.blocked, *METER_PLUGINS)
@@ -230,7 +254,7 @@ async def replay(
     model = AmtronModel(clock, profile=plan.profile, keep_record=False)
     bus = ModelBus({DEVICE_ID: model}, clock)
     charger = AmtronCharger(bus, charger_id=plan.charger.id, clock=clock, device_id=DEVICE_ID)
-    meter = DayMeter(day, model, clock, t0=clock.now(), day_t0=start)
+    meter = DayMeter(day, model, clock, t0=clock.now(), day_t0=start, lag_s=meter_lag_s)
     slot = ChargerSlot(
         charger=charger,
         strategies=strategies,

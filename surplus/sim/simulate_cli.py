@@ -70,14 +70,19 @@ async def simulate(
     mode: str = "pv",
     reference: bool = False,
     charger_id: str | None = None,
+    meter_lag_s: float = 0.0,
 ) -> Simulation:
-    """Replay ``day`` with the real controller (and the references) and score every run."""
+    """Replay ``day`` with the real controller (and the references) and score every run.
+
+    ``meter_lag_s``: the grid meter shows the car's power that late (the references see
+    the surplus exactly, as always).
+    """
     from .reference import REFERENCES, run_reference
     from .replay import plan_replay, replay
 
     plan = plan_replay(config, car, charger_id=charger_id)
     best = oracle_wh(day, car, plan.setup)
-    result = await replay(day, car, config, mode=mode, charger_id=charger_id)
+    result = await replay(day, car, config, mode=mode, charger_id=charger_id, meter_lag_s=meter_lag_s)
     runs = [score_run("surplus", mode, day, result.series, result.counts, best)]
     if reference:
         for ref in REFERENCES:
@@ -132,7 +137,15 @@ def _cmd(args: argparse.Namespace) -> int:
         return 2
     try:
         sim = asyncio.run(
-            simulate(day, car, config, mode=args.mode, reference=args.reference, charger_id=args.charger)
+            simulate(
+                day,
+                car,
+                config,
+                mode=args.mode,
+                reference=args.reference,
+                charger_id=args.charger,
+                meter_lag_s=args.meter_lag,
+            )
         )
     except (ReplayError, ValueError) as exc:
         print(f"surplus simulate: {exc}", file=sys.stderr)
@@ -197,6 +210,13 @@ def add_parser(subparsers: Any) -> None:
         "capacity_kwh=..,soc=.. instead of energy_kwh; phases 1, 3 (the box stays on three) or 1p3p",
     )
     p.add_argument("--reference", action="store_true", help="also run the 30 s and 5 s reference controllers")
+    p.add_argument(
+        "--meter-lag",
+        metavar="S",
+        type=_lag_s,
+        default=0.0,
+        help="the grid meter shows the car's power S seconds late, as slow meters do (0 to 60; default 0)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out-csv", metavar="FILE", help="write t_s,car_w,current_a,phases,grid_w per tick")
     p.add_argument(
@@ -204,6 +224,17 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--list-days", action="store_true", help="list the days shipped with surplus and exit")
     p.set_defaults(func=_run)
+
+
+def _lag_s(text: str) -> float:
+    """``--meter-lag``: seconds, 0 to 60."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.0 <= value <= 60.0:
+        raise argparse.ArgumentTypeError(f"{text} s is outside 0 to 60 s")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
