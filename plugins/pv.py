@@ -105,6 +105,7 @@ from surplus.strategy import Strategy, StrategyContext
 from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, current_text
 
 from .pv_sun import (
+    CAR_MOVE_A,
     DEFAULTS,
     FOLLOW_S,
     PAUSE_HOLD_S,
@@ -166,8 +167,11 @@ class PvStrategy:
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
         self._settle_window: deque[tuple[float, float]] = deque()
         self._settled_at = 0.0
-        #: The surplus the present current was set for (see FOLLOW_S in decide).
-        self._set_for_w = 0.0
+        #: The last surplus read while the meters agreed, the car's power at the last tick and
+        #: when it last moved by itself (see _unmixed).
+        self._steady_w = 0.0
+        self._car_w: float | None = None
+        self._car_moved_at = -math.inf
         self._volts: float | None = None
         #: Recent spells of sun that carries three phases, of sun that does not, and of dips
         #: below the minimum (on the fewest phases the box can use).
@@ -189,6 +193,7 @@ class PvStrategy:
         self._current_a = None
         self._settle_window.clear()
         self._volts = None
+        self._steady_w, self._car_w, self._car_moved_at = raw_w, None, -math.inf
 
     def _smooth(self, raw_w: float, now: float, dt: float) -> float:
         """A rise counts once it has held for ``smoothing_up_s`` (then in one step); a fall at once.
@@ -360,12 +365,7 @@ class PvStrategy:
             dt = 0.0
         else:
             dt = now - self._last_at
-        if self._charging and self._current_a is not None and now - self._settled_at < FOLLOW_S:
-            # The current changed less than FOLLOW_S ago: until the car has followed it, the box's
-            # reading and the grid meter's mix the old current and the new (a meter a second or
-            # two behind the box shows the change as a step in the sun). The governor would hold
-            # a new current that long anyway: decide on the surplus the current was set for.
-            raw_w = self._set_for_w
+        raw_w = self._unmixed(raw_w, state.power_total_w, now)
         sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
@@ -401,8 +401,6 @@ class PvStrategy:
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
         self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
-        if self._settled_at == now:
-            self._set_for_w = sun_w
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
@@ -422,6 +420,27 @@ class PvStrategy:
         return strategy_decision(
             ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )
+
+    def _unmixed(self, raw_w: float, car_w: float, now: float) -> float:
+        """The surplus to go by: the last steady one for FOLLOW_S after the car's power moved.
+
+        The surplus is the car's power (the box's reading) less the grid's (the meter's).
+        When the car's power moves (a new current, a start, the end of the box's switching
+        pause), a meter a second or more behind the box still shows the old power, so for
+        a few seconds the move itself reads as a step in the sun of its size: a fall
+        would be followed by a second fall, a pause or a phase switch. Until the car has
+        followed (FOLLOW_S, IEC 61851-1) the last surplus read before the move stands in;
+        the governor holds a new current that long anyway.
+        """
+        moved = self._car_w is not None and abs(car_w - self._car_w) >= CAR_MOVE_A * self.settings.voltage_v
+        self._car_w = car_w
+        if moved:
+            self._car_moved_at = now
+        changed = self._charging and self._current_a is not None and now - self._settled_at < FOLLOW_S
+        if changed or now - self._car_moved_at < FOLLOW_S:
+            return self._steady_w
+        self._steady_w = raw_w
+        return raw_w
 
     def _line_volts(self, measured_v: float, dt: float) -> float:
         """The line voltage for W <-> A, averaged over VOLTS_S: the box's reading jitters by a

@@ -24,8 +24,12 @@ PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
 #: Changes smaller than ``step_a`` follow the mean of the surplus's amps (see
 #: ``PvStrategy._settle``), counted from FOLLOW_S after the last change: a car follows a new
 #: current within 5 s (IEC 61851-1), and until it has the meters show a mix of both. For as
-#: long, the surplus the current was set for stands in for the readings (see ``decide``).
+#: long after the car's power moves, the last surplus read before stands in for the readings
+#: (a grid meter behind the box shows the move as a step in the sun: ``PvStrategy._unmixed``).
 FOLLOW_S = 5.0
+#: The car's power moving by this many amps on one phase (230 W) without a new current is a
+#: move of its own (a start, the end of the box's switching pause), not the box's noise.
+CAR_MOVE_A = 1.0
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
 #: above it (two notches of 0.1 A: less is not worth a write).

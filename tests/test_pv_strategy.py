@@ -93,10 +93,14 @@ class House:
     max_current_a: float = 32.0
     #: The grid meter shows the car's power this many ticks late (the box's own reading is not).
     meter_lag_ticks: int = 0
+    #: For this many more ticks the car draws nothing whatever is set (the box's own pause).
+    box_pause_ticks: int = 0
     _car_w: list[float] = field(default_factory=list)
 
     def tick(self) -> Decision:
-        state = car(self.current_a, self.phases)
+        drawing_a = 0.0 if self.box_pause_ticks > 0 else self.current_a
+        self.box_pause_ticks = max(0, self.box_pause_ticks - 1)
+        state = car(drawing_a, self.phases)
         self._car_w.append(state.power_total_w)
         del self._car_w[: -1 - self.meter_lag_ticks]
         grid = self._car_w[0] - self.surplus_w
@@ -389,6 +393,18 @@ async def test_a_grid_meter_behind_the_box_does_not_turn_a_change_into_a_step_in
         assert all(d.charge for d in house.decisions[-60:])
         assert sum(1 for a, b in itertools.pairwise(currents) if a != b) == 1, currents
         assert house.current_a == pytest.approx(settled_a)
+
+
+async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_sun() -> None:
+    # The car stops drawing for 8 s and starts again (the box's switching pause, a car that
+    # pauses) while nothing is set: with a meter 2 s behind the box its stop reads as a cloud
+    # and its start as sun for two readings. Neither moves the current.
+    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=2)
+    await house.run(120)
+    assert house.current_a == pytest.approx(13.0)
+    house.box_pause_ticks = 8
+    await house.run(60)
+    assert all(d.charge and d.current_a == pytest.approx(13.0) for d in house.decisions[-61:])
 
 
 async def test_small_wobbles_do_not_cause_writes() -> None:

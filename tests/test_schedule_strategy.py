@@ -330,9 +330,11 @@ def test_in_a_window_the_sun_wins_when_it_gives_more() -> None:
         d.charge and d.current_a == pytest.approx(13.05) and d.phases == 3
     )  # 9040 / 690 = 13.10, less the 0.025 A margin, in 0.05 A steps on 3 phases
     assert "the sun gives more: pv: surplus" in d.reason
-    # Once the car has followed that current (5 s; until then the sun part goes on with the
-    # surplus it set it for, as the meters still mix the old current and the new):
+    # The car follows; for 5 s after its power moved the sun part goes on with the surplus read
+    # before (a grid meter behind the box would still show the old power), then it sees the fall.
     d = decide(strategy, car(12.9), at("UTC", "2025-11-24 12:00:05"), surplus_w=3000)
+    assert d.charge and d.current_a == pytest.approx(13.05)
+    d = decide(strategy, car(12.9), at("UTC", "2025-11-24 12:00:10"), surplus_w=3000)
     assert d.charge and d.current_a == 8  # the window's 8 A x 3 beat what the sun gives now
 
 
