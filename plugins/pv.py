@@ -365,7 +365,8 @@ class PvStrategy:
             dt = 0.0
         else:
             dt = now - self._last_at
-        raw_w = self._unmixed(raw_w, state.power_total_w, now)
+        cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
+        raw_w = self._unmixed(raw_w, cars_w, now)
         sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
@@ -424,13 +425,14 @@ class PvStrategy:
     def _unmixed(self, raw_w: float, car_w: float, now: float) -> float:
         """The surplus to go by: the last steady one for FOLLOW_S after the car's power moved.
 
-        The surplus is the car's power (the box's reading) less the grid's (the meter's).
-        When the car's power moves (a new current, a start, the end of the box's switching
-        pause), a meter a second or more behind the box still shows the old power, so for
-        a few seconds the move itself reads as a step in the sun of its size: a fall
-        would be followed by a second fall, a pause or a phase switch. Until the car has
-        followed (FOLLOW_S, IEC 61851-1) the last surplus read before the move stands in;
-        the governor holds a new current that long anyway.
+        The surplus is the car's power (the box's reading; with several chargers sharing
+        the surplus, all of theirs: ``car_w``) less the grid's (the meter's). When that
+        power moves (a new current, a start, the end of the box's switching pause, another
+        charger stopping), a meter a second or more behind the boxes still shows the old
+        power, so for a few seconds the move itself reads as a step in the sun of its size:
+        a fall would be followed by a second fall, a pause or a phase switch. Until the car
+        has followed (FOLLOW_S, IEC 61851-1) the last surplus read before the move stands
+        in; the governor holds a new current that long anyway.
         """
         moved = self._car_w is not None and abs(car_w - self._car_w) >= CAR_MOVE_A * self.settings.voltage_v
         self._car_w = car_w

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -13,7 +14,7 @@ from surplus_plugins.pv_sun import RESET_AFTER_S, PvSettings, Spells, available_
 from surplus.clock import FakeClock
 from surplus.options import OptionError
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
-from surplus.strategy import Strategy, StrategyContext
+from surplus.strategy import Strategy, StrategyContext, SurplusShare
 from surplus.types import ChargerReading, ChargerState, Decision, EvseState, MeterReading, Snapshot
 from tests.factories import charger_state
 from tests.loop_support import assert_governor_rules_held, replay_day
@@ -405,6 +406,25 @@ async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_
     house.box_pause_ticks = 8
     await house.run(60)
     assert all(d.charge and d.current_a == pytest.approx(13.0) for d in house.decisions[-61:])
+
+
+def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a_cloud() -> None:
+    # Two chargers share 18 kW of surplus, this one gets half (13.04 A on three phases). The
+    # other car stops drawing 6 kW: its box shows it at once, a meter 2 s behind still shows
+    # its import, so for two readings the sum looks 6 kW smaller. This one's current stays.
+    strategy = pv(phases=3, start_delay_s=0)
+    sun_w, this_w, lagged = 18000.0, 0.0, [0.0, 0.0, 0.0]
+    currents = []
+    for t in range(200):
+        others_w = 6000.0 if t < 120 else 0.0
+        lagged = [*lagged[1:], this_w + others_w]
+        share = SurplusShare(others_power_w=others_w, split=lambda w: (w / 2, "half of it"))
+        ctx = dataclasses.replace(context(float(t)), surplus_share=share)
+        state = car(this_w / (3 * VOLTS), 3)
+        d = strategy.decide(snap(state, lagged[0] - sun_w), ctx)
+        this_w = (d.current_a or 0.0) * 3 * VOLTS if d.charge else 0.0
+        currents.append(d.current_a)
+    assert currents[100:] == [pytest.approx(13.0)] * 100, currents[115:130]
 
 
 async def test_small_wobbles_do_not_cause_writes() -> None:
