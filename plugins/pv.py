@@ -24,9 +24,11 @@ holds the current for 5 s, so a blip followed would be imported for 5 s) and a
 step in the sun is one write, landing a margin below the surplus (the meters
 jitter). Changes smaller than ``step_a`` follow the surplus's mean (see
 :meth:`PvStrategy._settle`), so meter noise causes no writes and does not keep
-the car a notch above the sun. For FOLLOW_S after a change the surplus it was
-set for stands in for the readings: until the car has followed, a grid meter a
-few seconds behind the box shows the change itself as a step in the sun.
+the car a notch above the sun. For FOLLOW_S after the cars' power moves (a new
+current, a start, the end of the box's switching pause, another charger) the
+last surplus read before stands in for the readings: until the car has
+followed, a grid meter a few seconds behind the box shows the move itself as a
+step in the sun (see :meth:`PvStrategy._unmixed`).
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
