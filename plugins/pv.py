@@ -28,7 +28,8 @@ the car a notch above the sun. For FOLLOW_S after the cars' power moves (a new
 current, a start, the end of the box's switching pause, another charger) the
 last surplus read before stands in for the readings: until the car has
 followed, a grid meter a few seconds behind the box shows the move itself as a
-step in the sun (see :meth:`PvStrategy._unmixed`).
+step in the sun (see :meth:`PvStrategy._unmixed`). A meter further behind is
+measured on those moves (:class:`MeterLag`) and waited for as long.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
@@ -119,10 +120,12 @@ from .pv_sun import (
     UP_GAP_A,
     VOLTS_S,
     Levels,
+    MeterLag,
     PvSettings,
     Spells,
     available_w,
     floor_notch,
+    grid_age_s,
     kwh_text,
     level_band_w,
     margin_a,
@@ -169,11 +172,15 @@ class PvStrategy:
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
         self._settle_window: deque[tuple[float, float]] = deque()
         self._settled_at = 0.0
-        #: The last surplus read while the meters agreed, the car's power at the last tick and
-        #: when it last moved by itself (see _unmixed).
+        #: The last surplus read while the meters agreed and the cars' power then, the cars'
+        #: power at the last tick, when it last moved by itself, how far the grid meter is
+        #: behind the box and so how long a move mixes the readings (see _unmixed).
         self._steady_w = 0.0
+        self._steady_car_w = 0.0
         self._car_w: float | None = None
         self._car_moved_at = -math.inf
+        self._meter_lag = MeterLag()
+        self._mixed = False
         self._volts: float | None = None
         #: Recent spells of sun that carries three phases, of sun that does not, and of dips
         #: below the minimum (on the fewest phases the box can use).
@@ -196,6 +203,7 @@ class PvStrategy:
         self._settle_window.clear()
         self._volts = None
         self._steady_w, self._car_w, self._car_moved_at = raw_w, None, -math.inf
+        self._meter_lag.pending = None  # what it measured stays: it is the meter's
 
     def _smooth(self, raw_w: float, now: float, dt: float) -> float:
         """A rise counts once it has held for ``smoothing_up_s`` (then in one step); a fall at once.
@@ -368,7 +376,7 @@ class PvStrategy:
         else:
             dt = now - self._last_at
         cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
-        raw_w = self._unmixed(raw_w, cars_w, now)
+        raw_w = self._unmixed(raw_w, cars_w, now, now - grid_age_s(snapshot))
         sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
@@ -403,7 +411,7 @@ class PvStrategy:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
-        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
+        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases, line_v)
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
@@ -424,26 +432,31 @@ class PvStrategy:
             ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
         )
 
-    def _unmixed(self, raw_w: float, car_w: float, now: float) -> float:
-        """The surplus to go by: the last steady one for FOLLOW_S after the car's power moved.
+    def _unmixed(self, raw_w: float, car_w: float, now: float, read_at: float) -> float:
+        """The surplus to go by: the last steady one for a while after the cars' power moved.
 
         The surplus is the car's power (the box's reading; with several chargers sharing
-        the surplus, all of theirs: ``car_w``) less the grid's (the meter's). When that
-        power moves (a new current, a start, the end of the box's switching pause, another
-        charger stopping), a meter a second or more behind the boxes still shows the old
-        power, so for a few seconds the move itself reads as a step in the sun of its size:
-        a fall would be followed by a second fall, a pause or a phase switch. Until the car
-        has followed (FOLLOW_S, IEC 61851-1) the last surplus read before the move stands
-        in; the governor holds a new current that long anyway.
+        the surplus, all of theirs: ``car_w``) less the grid's (the meter's, taken at
+        ``read_at``). When that power moves (a new current, a start, the end of the box's
+        switching pause, another charger stopping), a meter a second or more behind the
+        boxes still shows the old power, so for a few seconds the move itself reads as a
+        step in the sun of its size: a fall would be followed by a second fall, a pause or
+        a phase switch. Until the car has followed (FOLLOW_S, IEC 61851-1) and the meter
+        can show the move (:class:`MeterLag`), the last surplus read before the move stands
+        in; the governor holds a new current 5 s anyway.
         """
         moved = self._car_w is not None and abs(car_w - self._car_w) >= CAR_MOVE_A * self.settings.voltage_v
         self._car_w = car_w
+        lag = self._meter_lag
         if moved:
             self._car_moved_at = now
-        changed = self._charging and self._current_a is not None and now - self._settled_at < FOLLOW_S
-        if changed or now - self._car_moved_at < FOLLOW_S:
+            lag.moved(now, self._steady_w, car_w - self._steady_car_w)
+        lag.update(raw_w, now, read_at)
+        changed = self._charging and self._current_a is not None and lag.mixed(self._settled_at, now, read_at)
+        self._mixed = changed or lag.mixed(self._car_moved_at, now, read_at)
+        if self._mixed:
             return self._steady_w
-        self._steady_w = raw_w
+        self._steady_w, self._steady_car_w = raw_w, car_w
         return raw_w
 
     def _line_volts(self, measured_v: float, dt: float) -> float:
@@ -510,7 +523,7 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = 0.0
         return why
 
-    def _settle(self, exact_a: float, max_a: float, now: float, phases: int) -> float:
+    def _settle(self, exact_a: float, max_a: float, now: float, phases: int, line_v: float) -> float:
         """The current to send: the surplus's amps, held through noise and small changes.
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
@@ -534,9 +547,9 @@ class PvStrategy:
                 # lower, so the mean that follows does not find the car a notch above the sun
                 # (also on a rise: the lowest of three readings is hardly below their noise).
                 target = min(max(floor_notch(exact_a - margin_a(phases), phases), MIN_CURRENT_A), max_a)
-            return self._sent(target, now)
+            return self._sent(target, now, phases * line_v)
         assert last is not None
-        if now - self._settled_at < FOLLOW_S:
+        if self._mixed:  # the car has not followed yet, or the meter cannot show it yet
             return last
         window = self._settle_window
         window.append((now, min(max(exact_a, MIN_CURRENT_A), max_a)))
@@ -547,18 +560,28 @@ class PvStrategy:
         if span_s >= SETTLE_DOWN_S - 1 and down < last - SETTLE_MARGIN_A:
             # To the level of the last seconds: a fall within the window is not averaged away.
             latest = statistics.fmean(a for t, a in window if t > now - FOLLOW_S)
-            return self._sent(max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now)
+            return self._sent(
+                max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now, phases * line_v
+            )
         up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
             # The noise margin below the mean, so noise does not call for a correction down.
-            return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now)
+            return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now, phases * line_v)
         return last
 
-    def _sent(self, current_a: float, now: float) -> float:
-        """A new current: the small-change means start again once the car has followed it."""
-        if current_a != self._current_a:
+    def _sent(self, current_a: float, now: float, watts_per_a: float) -> float:
+        """A new current: the small-change means start again once the car has followed it.
+
+        One the box will read as a move of the car's power is timed until the meter shows it too
+        (:class:`MeterLag`).
+        """
+        last = self._current_a
+        if current_a != last:
             self._settled_at = now
             self._settle_window.clear()
+            delta_w = (current_a - (last or 0.0)) * watts_per_a
+            if last is not None and abs(delta_w) >= CAR_MOVE_A * self.settings.voltage_v:
+                self._meter_lag.moved(now, self._steady_w, delta_w)
         return current_a
 
 

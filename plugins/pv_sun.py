@@ -24,12 +24,18 @@ PLAUSIBLE_VOLTAGE_V = (180.0, 260.0)
 #: Changes smaller than ``step_a`` follow the mean of the surplus's amps (see
 #: ``PvStrategy._settle``), counted from FOLLOW_S after the last change: a car follows a new
 #: current within 5 s (IEC 61851-1), and until it has the meters show a mix of both. For as
-#: long after the car's power moves, the last surplus read before stands in for the readings
-#: (a grid meter behind the box shows the move as a step in the sun: ``PvStrategy._unmixed``).
+#: long after the car's power moves (longer where the grid meter is measured to be further
+#: behind the box: MeterLag), the last surplus read before stands in for the readings (a grid
+#: meter behind the box shows the move as a step in the sun: ``PvStrategy._unmixed``).
 FOLLOW_S = 5.0
 #: The car's power moving by this many amps on one phase (230 W) without a new current is a
 #: move of its own (a start, the end of the box's switching pause), not the box's noise.
 CAR_MOVE_A = 1.0
+#: A grid meter further behind the box than FOLLOW_S is measured on the cars' moves
+#: (:class:`MeterLag`): after a move the readings are waited for as long as the meter took
+#: to show the last LAGS_KEPT moves, at most MAX_FOLLOW_S (a slower meter is not waited for).
+MAX_FOLLOW_S = 30.0
+LAGS_KEPT = 5
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
 #: above it (two notches of 0.1 A: less is not worth a write).
@@ -144,6 +150,11 @@ def available_w(
     return available
 
 
+def grid_age_s(snapshot: Snapshot) -> float:
+    """How old the oldest of the grid meters' readings in ``snapshot`` is (as the loop saw it)."""
+    return max((m.age_s for m in snapshot.meters.values() if m.grid), default=0.0)
+
+
 def phases_in_use(state: ChargerState) -> int:
     """Phases the car draws on now: fewer than the box offers for a 1- or 2-phase car."""
     offered = state.active_phases
@@ -232,6 +243,81 @@ class Spells:
         if len(self.lengths) < SPELLS_NEEDED or self.since is None or not self.state:
             return None
         return max(statistics.median(self.lengths), now - self.since)
+
+
+@dataclass(slots=True)
+class MeterLag:
+    """How far the grid meter is behind the box, measured on the cars' own moves.
+
+    The surplus is the cars' power (the box's reading, at once) less the grid's (the
+    meter's). When the cars' power moves by ``delta_w``, a meter behind the box still
+    shows the old power, so the surplus jumps by about ``delta_w`` and comes back once
+    the meter shows the move. One measurement: from the move to when the meter took the
+    first reading that puts the surplus back within half the move of the last steady one
+    (0 for a meter in step with the box). A move the sun hides is not counted: the
+    surplus off by more than half the move either way, or not back within MAX_FOLLOW_S.
+    ``lag_s`` is the longest of the last LAGS_KEPT (a meter that updates every few
+    seconds inside is late by a different amount each time). A new current counts from
+    when it was set: the car takes a moment to follow it before the box reads the move.
+    A meter that says when it took its reading (``read_at_s``, e.g. one that posts every
+    10 s) shows a move in the first reading taken after it, however old that is.
+    """
+
+    #: (when the cars' power moved, the surplus before, the move) while it is measured.
+    pending: tuple[float, float, float] | None = None
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAGS_KEPT))
+    #: Until the first measurement ends, the first move's readings mix until it does.
+    first: bool = True
+
+    def moved(self, now: float, before_w: float, delta_w: float) -> None:
+        """The cars' power moved (or was set to move) by ``delta_w`` from a surplus of ``before_w``.
+
+        A move within FOLLOW_S of the one being measured is part of it (a new current,
+        then the car following it): the time counts from the first. A later one ends that
+        measurement: the meter took at least that long (a meter so slow that the moves it
+        causes come before it shows them would otherwise never be measured).
+        """
+        since = now
+        if self.pending is not None:
+            if now - self.pending[0] < FOLLOW_S:
+                since = self.pending[0]
+            else:
+                self.lags.append(now - self.pending[0])
+                self.first = False
+        self.pending = (since, before_w, delta_w)
+
+    def update(self, raw_w: float, now: float, read_at: float) -> None:
+        """A reading of the surplus (the meter's taken at ``read_at``): ends the measurement
+        once it shows the move."""
+        if self.pending is None:
+            return
+        since, before_w, delta_w = self.pending
+        off_w = raw_w - before_w
+        if now - since >= MAX_FOLLOW_S:
+            self.pending = None  # not shown (a meter that does not see the box) or hidden by the sun
+        elif abs(off_w) < abs(delta_w) / 2:
+            self.lags.append(max(read_at - since, 0.0))
+            self.pending = None
+        elif off_w * delta_w < 0 or abs(off_w) > 1.5 * abs(delta_w):
+            self.pending = None  # the sun moved: the readings are not the move alone
+        if self.pending is None:
+            self.first = False
+
+    def lag_s(self) -> float:
+        """How long after a move a reading may still show the old power (by when it was taken).
+
+        While the first move is measured, until it has been: a slow meter's first move
+        would otherwise read as sun (or a cloud) and be followed, its own move would cut
+        the measurement short, and so on.
+        """
+        if self.first and self.pending is not None:
+            return MAX_FOLLOW_S
+        return max(self.lags, default=0.0)
+
+    def mixed(self, since: float, now: float, read_at: float) -> bool:
+        """Whether the readings may mix the cars' power before ``since`` with after: until the
+        car has followed (FOLLOW_S) and the meter's reading is as late as it lags."""
+        return now - since < FOLLOW_S or read_at - since < self.lag_s()
 
 
 #: A level of the surplus ends at the first reading further than this from where it began, or

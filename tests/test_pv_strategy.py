@@ -9,7 +9,16 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from surplus_plugins.pv_sun import RESET_AFTER_S, PvSettings, Spells, available_w, phases_in_use
+from surplus_plugins.pv_sun import (
+    FOLLOW_S,
+    MAX_FOLLOW_S,
+    RESET_AFTER_S,
+    MeterLag,
+    PvSettings,
+    Spells,
+    available_w,
+    phases_in_use,
+)
 
 from surplus.clock import FakeClock
 from surplus.options import OptionError
@@ -377,15 +386,16 @@ async def test_a_rise_is_followed_once_three_readings_carry_it() -> None:
     assert after == 4 and house.current_a == pytest.approx(20.0)  # 20.09 A less the margin
 
 
-@pytest.mark.parametrize("lag_ticks", [0, 1, 2, 3])
+@pytest.mark.parametrize("lag_ticks", [0, 1, 2, 3, 8, 12, 20])
 async def test_a_grid_meter_behind_the_box_does_not_turn_a_change_into_a_step_in_the_sun(
     lag_ticks: int,
 ) -> None:
-    # Until the car has followed a new current (5 s), a grid meter that lags the box by a few
-    # seconds shows the change as a step in the sun of its own size: down again after a fall,
-    # up again after a rise. The surplus the current was set for stands in meanwhile.
+    # Until the car has followed a new current (5 s), a grid meter that lags the box shows the
+    # change as a step in the sun of its own size: down again after a fall, up again after a
+    # rise. The surplus the current was set for stands in meanwhile; a meter further behind
+    # than 5 s (8 to 20 ticks here) is measured on the car's moves and waited for as long.
     house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=lag_ticks)
-    await house.run(120)
+    await house.run(300)  # a meter far behind is learned on the first moves (20 s: 2.5 minutes)
     assert house.current_a == pytest.approx(13.0)  # 13.04 A less the margin
     for surplus_w, settled_a in ((7900, 11.4), (9000, 13.0), (4000, 6.0), (9000, 13.0)):
         house.surplus_w = surplus_w  # 11.45 A, 13.04 A, below 6 A (ridden through), back
@@ -396,16 +406,89 @@ async def test_a_grid_meter_behind_the_box_does_not_turn_a_change_into_a_step_in
         assert house.current_a == pytest.approx(settled_a)
 
 
-async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_sun() -> None:
+@pytest.mark.parametrize("lag_ticks", [2, 9])
+async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_sun(lag_ticks: int) -> None:
     # The car stops drawing for 8 s and starts again (the box's switching pause, a car that
-    # pauses) while nothing is set: with a meter 2 s behind the box its stop reads as a cloud
-    # and its start as sun for two readings. Neither moves the current.
-    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=2)
+    # pauses) while nothing is set: with a meter behind the box its stop reads as a cloud and
+    # its start as sun for as many readings. Neither moves the current.
+    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=lag_ticks)
     await house.run(120)
     assert house.current_a == pytest.approx(13.0)
     house.box_pause_ticks = 8
     await house.run(60)
     assert all(d.charge and d.current_a == pytest.approx(13.0) for d in house.decisions[-61:])
+
+
+async def test_a_meter_in_step_with_the_box_sees_a_cloud_after_a_change_once_the_car_has_followed() -> None:
+    # The window after a change is as long as the meter is measured to be behind: with a meter
+    # in step with the box, FOLLOW_S. A cloud two seconds after a change (the measurement of
+    # that change is hidden by it) is followed 5 s after the car followed, not when it ends.
+    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3)
+    await house.run(120)
+    house.surplus_w = 7900
+    await house.run(2)  # set at the first tick, the car draws it from the second
+    assert house.current_a == pytest.approx(11.4)
+    house.surplus_w = 5000  # 7.25 A
+    after = await _first(house, 60, lambda d: d.current_a != pytest.approx(11.4))
+    assert after == FOLLOW_S and house.current_a == pytest.approx(7.2)
+
+
+def test_the_meters_lag_is_measured_on_the_cars_moves() -> None:
+    lag = MeterLag()
+    assert lag.lag_s() == 0.0  # nothing moved yet
+
+    def move(at: float, shown_after: float, delta_w: float = 3000.0) -> None:
+        """The cars' power moves by delta_w at ``at``; the meter shows it ``shown_after`` later."""
+        lag.moved(at, 5000.0, delta_w)
+        t = at
+        while lag.pending is not None:
+            lag.update(5000.0 + (delta_w if t < at + shown_after else 40.0), t, t)
+            t += 1.0
+
+    move(0.0, 7.0)
+    assert lag.lag_s() == 7.0
+    assert lag.mixed(0.0, 6.0, 6.0) and not lag.mixed(0.0, 7.0, 7.0)
+    # A meter that updates every few seconds inside is late by a different amount each time:
+    # the longest of the last five.
+    for at, late in ((100.0, 3.0), (200.0, 9.0), (300.0, 2.0), (400.0, 4.0)):
+        move(at, late)
+    assert list(lag.lags) == [7.0, 3.0, 9.0, 2.0, 4.0] and lag.lag_s() == 9.0
+    for at in (500.0, 600.0, 700.0, 800.0, 900.0):
+        move(at, 0.0)  # in step: back within half the move at once
+    assert lag.lag_s() == 0.0
+    # Then the readings mix until the car has followed (FOLLOW_S), or for as long as a reading
+    # taken before the move is the latest (a meter that says when it read: one reading every 8 s).
+    assert lag.mixed(900.0, 904.0, 904.0) and not lag.mixed(900.0, 905.0, 905.0)
+    assert lag.mixed(900.0, 906.0, 899.0) and not lag.mixed(900.0, 907.0, 900.0)
+    # A move the sun hides is not counted: the surplus off the other way, or not back in time.
+    lag.moved(1000.0, 5000.0, 3000.0)
+    lag.update(2000.0, 1001.0, 1001.0)
+    assert lag.pending is None and len(lag.lags) == 5 and lag.lag_s() == 0.0
+    lag.moved(1100.0, 5000.0, -3000.0)
+    for t in range(31):
+        lag.update(1000.0, 1100.0 + t, 1100.0 + t)
+    assert lag.pending is None and lag.lag_s() == 0.0
+    # A new current and the car following it within FOLLOW_S are one move, timed from the first.
+    lag.moved(1200.0, 5000.0, 2500.0)
+    lag.moved(1202.0, 5000.0, 2400.0)
+    lag.update(5000.0 + 2400.0, 1205.0, 1205.0)
+    lag.update(5000.0, 1210.0, 1210.0)
+    assert lag.lags[-1] == 10.0 and lag.lag_s() == 10.0
+    # A meter that never shows the car (one that does not see the box) is not waited for: what
+    # is not measured is FOLLOW_S.
+    blind = MeterLag()
+    for at in (0.0, 100.0):
+        blind.moved(at, 5000.0, 3000.0)
+        for t in range(40):
+            blind.update(8000.0, at + t, at + t)
+    assert not blind.lags and not blind.mixed(100.0, 105.0, 105.0)
+    # Longer than MAX_FOLLOW_S is not waited for either.
+    slow = MeterLag()
+    slow.moved(0.0, 5000.0, 3000.0)
+    slow.update(5000.0, 29.0, 29.0)
+    slow.moved(100.0, 5000.0, 3000.0)
+    slow.update(5000.0, 131.0, 131.0)
+    assert list(slow.lags) == [29.0] and slow.lag_s() <= MAX_FOLLOW_S
 
 
 def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a_cloud() -> None:
@@ -421,7 +504,7 @@ def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a
         share = SurplusShare(others_power_w=others_w, split=lambda w: (w / 2, "half of it"))
         ctx = dataclasses.replace(context(float(t)), surplus_share=share)
         state = car(this_w / (3 * VOLTS), 3)
-        d = strategy.decide(snap(state, lagged[0] - sun_w), ctx)
+        d = strategy.decide(snap(state, lagged[0] - sun_w, at_s=float(t)), ctx)
         this_w = (d.current_a or 0.0) * 3 * VOLTS if d.charge else 0.0
         currents.append(d.current_a)
     assert currents[100:] == [pytest.approx(13.0)] * 100, currents[115:130]

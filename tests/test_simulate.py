@@ -280,21 +280,30 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
     assert on and all(6 <= a <= 16 for _, _, a, _, _ in sim.series.rows() if a > 0)
 
 
-async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows() -> None:
+@pytest.mark.parametrize(
+    ("lag_s", "every_s", "late_wh"),
+    [(2.0, 0.0, 1.0), (9.0, 0.0, 1.0), (0.0, 8.0, 20.0)],
+)
+async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
+    lag_s: float, every_s: float, late_wh: float
+) -> None:
     # The sun steps every two minutes. A meter that shows the car's power 2 s late (as many
     # do) makes every change of the current look like a step in the sun for two readings;
-    # pv takes the surplus it set the current for until the car has followed (5 s), so the
-    # replay writes the same setpoints and takes the same sun as with an exact meter.
+    # pv takes the surplus it set the current for until the car has followed (5 s), or for as
+    # long as the meter is measured to take (9 s), or until the meter has taken a reading
+    # after the change (one that reads every 8 s): the replay writes the same setpoints and
+    # pauses as with an exact meter. What the slow meter costs is only that it shows each
+    # step in the sun late (every 8 s: 4 s late here, 15 Wh of import and as much sun).
     steps = [(36000 + 120 * k, pv, 400) for k, pv in enumerate([5000, 7400, 4800, 8600, 6200, 9000, 5600])]
     day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 120 * len(steps), 0, 400)]), name="steps")
     car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases=3)
     config = load_config(None, {})
     exact = await simulate(day, car, config, mode="pv")
-    late = await simulate(day, car, config, mode="pv", meter_lag_s=2.0)
+    late = await simulate(day, car, config, mode="pv", meter_lag_s=lag_s, meter_every_s=every_s)
     e, la = exact.runs[0], late.runs[0]
     assert e.setpoint_changes >= len(steps)
     assert la.setpoint_changes == e.setpoint_changes and la.pauses == e.pauses == 1
-    assert la.capture == pytest.approx(e.capture, abs=0.002) and la.grid_wh <= e.grid_wh + 1.0
+    assert la.solar_wh >= e.solar_wh - late_wh and la.grid_wh <= e.grid_wh + late_wh
 
 
 @pytest.mark.parametrize(("lag", "error"), [("-1", "outside 0 to 60 s"), ("soon", "not a number of seconds")])

@@ -123,13 +123,22 @@ class DayMeter:
 
     ``lag_s``: the meter shows the car's power that many seconds late (many meters
     are a second or more behind the box's own reading), the rest of the house as it is.
+    ``every_s``: the meter takes a new reading only that often (a reader that posts every
+    few seconds); in between it gives the last one, whose ``read_at_s`` says how old it is.
     """
 
     #: ``read`` does no I/O: the loop reads it in place, without a task.
     instant = True
 
     def __init__(
-        self, day: Day, model: AmtronModel, clock: FakeClock, t0: float, day_t0: float, lag_s: float = 0.0
+        self,
+        day: Day,
+        model: AmtronModel,
+        clock: FakeClock,
+        t0: float,
+        day_t0: float,
+        lag_s: float = 0.0,
+        every_s: float = 0.0,
     ) -> None:
         self.meter_id = "day"
         self._day = day
@@ -140,6 +149,8 @@ class DayMeter:
         self._lag_s = lag_s
         #: (time, car power) of the reads of the last ``lag_s`` seconds, oldest first.
         self._car_w: deque[tuple[float, float]] = deque()
+        self._every_s = every_s
+        self._held: MeterReading | None = None
 
     def day_time(self) -> float:
         return self._clock.now() + self._offset
@@ -163,6 +174,13 @@ class DayMeter:
         return None
 
     async def read(self) -> MeterReading:
+        held = self._held
+        if held is not None and self._clock.now() - held.read_at_s < self._every_s:
+            return held
+        self._held = reading = self._reading()
+        return reading
+
+    def _reading(self) -> MeterReading:
         d, i = self._day, self.row()
         battery = d.battery_w[i]
         car = self._car_power_w()
@@ -238,8 +256,13 @@ async def replay(
     mode: str,
     charger_id: str | None = None,
     meter_lag_s: float = 0.0,
+    meter_every_s: float = 0.0,
 ) -> ReplayResult:
-    """Run the real controller through ``day`` with ``car`` in ``mode`` (``meter_lag_s``: see DayMeter)."""
+    """Run the real controller through ``day`` with ``car`` in ``mode``.
+
+    ``meter_lag_s``, ``meter_every_s``: a grid meter behind the box, or one that reads only
+    that often (see :class:`DayMeter`).
+    """
     plan = plan_replay(config, car, charger_id=charger_id)
     # The day is the meter: meter plugins (and their network libraries) stay unloaded.
     blocked = (*config.plugins.blocked, *METER_PLUGINS)
@@ -254,7 +277,9 @@ async def replay(
     model = AmtronModel(clock, profile=plan.profile, keep_record=False)
     bus = ModelBus({DEVICE_ID: model}, clock)
     charger = AmtronCharger(bus, charger_id=plan.charger.id, clock=clock, device_id=DEVICE_ID)
-    meter = DayMeter(day, model, clock, t0=clock.now(), day_t0=start, lag_s=meter_lag_s)
+    meter = DayMeter(
+        day, model, clock, t0=clock.now(), day_t0=start, lag_s=meter_lag_s, every_s=meter_every_s
+    )
     slot = ChargerSlot(
         charger=charger,
         strategies=strategies,

@@ -71,18 +71,27 @@ async def simulate(
     reference: bool = False,
     charger_id: str | None = None,
     meter_lag_s: float = 0.0,
+    meter_every_s: float = 0.0,
 ) -> Simulation:
     """Replay ``day`` with the real controller (and the references) and score every run.
 
-    ``meter_lag_s``: the grid meter shows the car's power that late (the references see
-    the surplus exactly, as always).
+    ``meter_lag_s``: the grid meter shows the car's power that late; ``meter_every_s``: it
+    takes a new reading only that often (the references see the surplus exactly, as always).
     """
     from .reference import REFERENCES, run_reference
     from .replay import plan_replay, replay
 
     plan = plan_replay(config, car, charger_id=charger_id)
     best = oracle_wh(day, car, plan.setup)
-    result = await replay(day, car, config, mode=mode, charger_id=charger_id, meter_lag_s=meter_lag_s)
+    result = await replay(
+        day,
+        car,
+        config,
+        mode=mode,
+        charger_id=charger_id,
+        meter_lag_s=meter_lag_s,
+        meter_every_s=meter_every_s,
+    )
     runs = [score_run("surplus", mode, day, result.series, result.counts, best)]
     if reference:
         for ref in REFERENCES:
@@ -145,6 +154,7 @@ def _cmd(args: argparse.Namespace) -> int:
                 reference=args.reference,
                 charger_id=args.charger,
                 meter_lag_s=args.meter_lag,
+                meter_every_s=args.meter_every,
             )
         )
     except (ReplayError, ValueError) as exc:
@@ -217,6 +227,13 @@ def add_parser(subparsers: Any) -> None:
         default=0.0,
         help="the grid meter shows the car's power S seconds late, as slow meters do (0 to 60; default 0)",
     )
+    p.add_argument(
+        "--meter-every",
+        metavar="S",
+        type=_lag_s,
+        default=0.0,
+        help="the grid meter takes a new reading only every S seconds (0 to 60; default 0: every read)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out-csv", metavar="FILE", help="write t_s,car_w,current_a,phases,grid_w per tick")
     p.add_argument(
@@ -227,7 +244,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _lag_s(text: str) -> float:
-    """``--meter-lag``: seconds, 0 to 60."""
+    """``--meter-lag``, ``--meter-every``: seconds, 0 to 60."""
     try:
         value = float(text)
     except ValueError:
