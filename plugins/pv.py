@@ -411,7 +411,7 @@ class PvStrategy:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
-        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases, line_v)
+        self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
@@ -523,15 +523,16 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = 0.0
         return why
 
-    def _settle(self, exact_a: float, max_a: float, now: float, phases: int, line_v: float) -> float:
+    def _settle(self, exact_a: float, max_a: float, now: float, phases: int) -> float:
         """The current to send: the surplus's amps, held through noise and small changes.
 
         A change of ``step_a`` or more, or to a bound (6 A, the maximum), goes through at
         once, in notches (0.1 A; 0.05 A on three phases, see ``notch_a``), landing
         ``margin_a`` below the surplus (0.05 A; 0.025 A on three phases). A smaller one
         follows the *mean* of the surplus's amps, so the meters' noise averages out instead
-        of keeping the car a notch above the sun; the mean counts from ``FOLLOW_S`` after
-        the last change (until the car has followed it, the meters show a mix of both).
+        of keeping the car a notch above the sun; the mean counts once the readings no
+        longer mix the old current with the new (FOLLOW_S, longer for a slow meter: see
+        :meth:`_unmixed`).
         Down once the mean of the last ``SETTLE_DOWN_S`` is ``SETTLE_MARGIN_A`` below the
         current on any phase count (an import, weighted, is dear, but so is a write for a
         notch of noise), to the level of the last seconds; up once the mean of the last
@@ -547,7 +548,7 @@ class PvStrategy:
                 # lower, so the mean that follows does not find the car a notch above the sun
                 # (also on a rise: the lowest of three readings is hardly below their noise).
                 target = min(max(floor_notch(exact_a - margin_a(phases), phases), MIN_CURRENT_A), max_a)
-            return self._sent(target, now, phases * line_v)
+            return self._sent(target, now)
         assert last is not None
         if self._mixed:  # the car has not followed yet, or the meter cannot show it yet
             return last
@@ -560,28 +561,19 @@ class PvStrategy:
         if span_s >= SETTLE_DOWN_S - 1 and down < last - SETTLE_MARGIN_A:
             # To the level of the last seconds: a fall within the window is not averaged away.
             latest = statistics.fmean(a for t, a in window if t > now - FOLLOW_S)
-            return self._sent(
-                max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now, phases * line_v
-            )
+            return self._sent(max(floor_notch(min(down, latest), phases), MIN_CURRENT_A), now)
         up = statistics.fmean(a for _, a in window)
         if span_s >= SETTLE_S - 1 and up >= last + UP_GAP_A:
             # The noise margin below the mean, so noise does not call for a correction down.
-            return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now, phases * line_v)
+            return self._sent(min(floor_notch(up - margin_a(phases), phases), max_a), now)
         return last
 
-    def _sent(self, current_a: float, now: float, watts_per_a: float) -> float:
-        """A new current: the small-change means start again once the car has followed it.
-
-        One the box will read as a move of the car's power is timed until the meter shows it too
-        (:class:`MeterLag`).
-        """
-        last = self._current_a
-        if current_a != last:
+    def _sent(self, current_a: float, now: float) -> float:
+        """A new current: the small-change means start again once the car has followed it."""
+        if current_a != self._current_a:
             self._settled_at = now
             self._settle_window.clear()
-            delta_w = (current_a - (last or 0.0)) * watts_per_a
-            if last is not None and abs(delta_w) >= CAR_MOVE_A * self.settings.voltage_v:
-                self._meter_lag.moved(now, self._steady_w, delta_w)
+            self._meter_lag.current_set(now)
         return current_a
 
 

@@ -255,12 +255,17 @@ class MeterLag:
     the meter shows the move. One measurement: from the move to when the meter took the
     first reading that puts the surplus back within half the move of the last steady one
     (0 for a meter in step with the box). A move the sun hides is not counted: the
-    surplus off by more than half the move either way, or not back within MAX_FOLLOW_S.
+    surplus moving otherwise (the other way, or half as far again), or not back within
+    MAX_FOLLOW_S (a meter that does not see the box).
     ``lag_s`` is the longest of the last LAGS_KEPT (a meter that updates every few
-    seconds inside is late by a different amount each time). A new current counts from
-    when it was set: the car takes a moment to follow it before the box reads the move.
+    seconds inside is late by a different amount each time). A move that follows a new
+    current counts from when it was set: the car takes a moment to follow it before the
+    box reads the move, and a small change (not read as a move) has to be waited for as
+    long.
     A meter that says when it took its reading (``read_at_s``, e.g. one that posts every
-    10 s) shows a move in the first reading taken after it, however old that is.
+    10 s) shows a move in the first reading taken after it, however old that is. Until
+    the first measurement has ended, the first move is waited for until it does (see
+    ``lag_s``).
     """
 
     #: (when the cars' power moved, the surplus before, the move) while it is measured.
@@ -268,21 +273,27 @@ class MeterLag:
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAGS_KEPT))
     #: Until the first measurement ends, the first move's readings mix until it does.
     first: bool = True
+    #: When a new current was last set.
+    set_at: float = -math.inf
+
+    def current_set(self, now: float) -> None:
+        """A new current was set: a move of the car within FOLLOW_S is its doing."""
+        self.set_at = now
 
     def moved(self, now: float, before_w: float, delta_w: float) -> None:
-        """The cars' power moved (or was set to move) by ``delta_w`` from a surplus of ``before_w``.
+        """The box read the cars' power move by ``delta_w`` from a surplus of ``before_w``.
 
-        A move within FOLLOW_S of the one being measured is part of it (a new current,
-        then the car following it): the time counts from the first. A later one ends that
-        measurement: the meter took at least that long (a meter so slow that the moves it
-        causes come before it shows them would otherwise never be measured).
+        A move within FOLLOW_S of a new current, or of the move being measured, is part of
+        it (the car following a new current, a ramp): the time counts from the first. A
+        later one ends that measurement: the meter took at least that long (a meter so slow
+        that the moves it causes come before it shows them would otherwise never be measured).
         """
-        since = now
+        since = self.set_at if now - self.set_at < FOLLOW_S else now
         if self.pending is not None:
             if now - self.pending[0] < FOLLOW_S:
-                since = self.pending[0]
+                since = min(since, self.pending[0])
             else:
-                self.lags.append(now - self.pending[0])
+                self.lags.append(min(now - self.pending[0], MAX_FOLLOW_S))
                 self.first = False
         self.pending = (since, before_w, delta_w)
 
