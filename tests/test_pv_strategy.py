@@ -468,12 +468,24 @@ def test_the_meters_lag_is_measured_on_the_cars_moves() -> None:
     for t in range(31):
         lag.update(1000.0, 1100.0 + t, 1100.0 + t)
     assert lag.pending is None and lag.lag_s() == 0.0
-    # A new current and the car following it within FOLLOW_S are one move, timed from the first.
-    lag.moved(1200.0, 5000.0, 2500.0)
+    # A car that ramps (two moves within FOLLOW_S) makes one move, timed from the first.
+    lag.moved(1200.0, 5000.0, 1500.0)
     lag.moved(1202.0, 5000.0, 2400.0)
     lag.update(5000.0 + 2400.0, 1205.0, 1205.0)
     lag.update(5000.0, 1210.0, 1210.0)
     assert lag.lags[-1] == 10.0 and lag.lag_s() == 10.0
+    # A move that follows a new current is timed from when the current was set (a small
+    # change the box does not read as a move is then waited for as long): the car took 2 s.
+    lag.current_set(1300.0)
+    lag.update(5000.0, 1301.0, 1301.0)  # the car has not moved yet: nothing is measured
+    lag.moved(1302.0, 5000.0, -2400.0)
+    lag.update(5000.0 - 2400.0, 1303.0, 1303.0)
+    lag.update(5000.0, 1311.0, 1311.0)
+    assert lag.lags[-1] == 11.0 and lag.lag_s() == 11.0
+    lag.current_set(1400.0)
+    lag.moved(1406.0, 5000.0, 2400.0)  # not within FOLLOW_S of it: a move of the car's own
+    lag.update(5000.0, 1407.0, 1407.0)
+    assert lag.lags[-1] == 1.0
     # A meter that never shows the car (one that does not see the box) is not waited for: what
     # is not measured is FOLLOW_S.
     blind = MeterLag()

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from surplus.clock import FakeClock
 from surplus.config import load_config
 from surplus.sim.day import Day, DayError, parse_day
+from surplus.sim.model import AmtronModel
 from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
+from surplus.sim.replay import DayMeter
 from surplus.sim.score import Car, CarError, Series, Setup, energies, oracle_wh, parse_car
 from surplus.sim.simulate_cli import shipped_days, simulate
 
@@ -306,16 +309,36 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     assert la.solar_wh >= e.solar_wh - late_wh and la.grid_wh <= e.grid_wh + late_wh
 
 
-@pytest.mark.parametrize(("lag", "error"), [("-1", "outside 0 to 60 s"), ("soon", "not a number of seconds")])
-def test_a_bad_meter_lag_is_refused_by_name(lag: str, error: str) -> None:
+async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_with_its_age() -> None:
+    day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400), (36005, 5000, 400)]), name="m")
+    clock = FakeClock(start=1000.0)
+    meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, every_s=4.0)
+    seen = []
+    for _ in range(10):
+        r = await meter.read()
+        seen.append((r.read_at_s - 1000.0, r.grid_power_w))
+        await clock.advance(1.0)
+    # A new reading at 0, 4 and 8 s; the sun's step at 5 s shows in the one taken at 8 s.
+    assert seen == [(0.0, -2600.0)] * 4 + [(4.0, -2600.0)] * 4 + [(8.0, -4600.0)] * 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("--meter-lag", "-1", "outside 0 to 60 s"),
+        ("--meter-lag", "soon", "not a number of seconds"),
+        ("--meter-every", "61", "outside 0 to 60 s"),
+    ],
+)
+def test_a_bad_meter_lag_is_refused_by_name(option: str, value: str, error: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "surplus.cli", "simulate", "--meter-lag", lag, "overcast-2016-09-13"],
+        [sys.executable, "-m", "surplus.cli", "simulate", option, value, "overcast-2016-09-13"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 2
-    assert "--meter-lag" in proc.stderr and error in proc.stderr, proc.stderr
+    assert option in proc.stderr and error in proc.stderr, proc.stderr
 
 
 def test_the_cli_says_what_is_wrong_with_a_day_and_exits_2(tmp_path: Path) -> None:
