@@ -402,7 +402,9 @@ class PvStrategy:
                     wait = f", starting in {s.start_delay_s - (now - self._enough_since):.0f} s"
                 # The phases are chosen when the car starts: switching a paused box costs no
                 # pause, but it starts the switch interval, which would bind the charging car.
-                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
+                return strategy_decision(
+                    ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}{self._lag_note()}"
+                )
             self._charging, self._enough_since = True, None
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         if enough or s.keep_minimum or self._three_at_minimum:
@@ -410,7 +412,9 @@ class PvStrategy:
         else:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
-                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
+                return strategy_decision(
+                    ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}{self._lag_note()}"
+                )
         self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
         if self._dip_since is not None:
             why += (
@@ -428,8 +432,16 @@ class PvStrategy:
                 else "held above this reading until the surplus's mean falls below it"
             )
             why += f"; at {target:g} A ({where}; changes below {s.step_a:g} A follow its mean)"
-        return strategy_decision(
-            ctx, charge=True, current_a=target, phases=ask_phases, reason=f"{self.name}: {why}{phase_why}"
+        reason = f"{self.name}: {why}{phase_why}{self._lag_note()}"
+        return strategy_decision(ctx, charge=True, current_a=target, phases=ask_phases, reason=reason)
+
+    def _lag_note(self) -> str:
+        """Where the grid meter is measured to be further behind the box than the car takes to follow."""
+        lag_s = self._meter_lag.measured_s()
+        if lag_s <= FOLLOW_S:
+            return ""
+        return (
+            f"; the grid meter shows a change about {lag_s:.0f} s after the box, so readings wait that long"
         )
 
     def _unmixed(self, raw_w: float, car_w: float, now: float, read_at: float) -> float:

@@ -323,6 +323,10 @@ class MeterLag:
         """
         if self.first and self.pending is not None:
             return MAX_FOLLOW_S
+        return self.measured_s()
+
+    def measured_s(self) -> float:
+        """The longest of the last measurements (0 before the first)."""
         return max(self.lags, default=0.0)
 
     def mixed(self, since: float, now: float, read_at: float) -> bool:

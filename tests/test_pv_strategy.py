@@ -419,6 +419,25 @@ async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_
     assert all(d.charge and d.current_a == pytest.approx(13.0) for d in house.decisions[-61:])
 
 
+@pytest.mark.parametrize(("lag_ticks", "said"), [(0, None), (3, None), (9, "10 s")])
+async def test_the_reason_says_when_the_grid_meter_is_measured_far_behind_the_box(
+    lag_ticks: int, said: str | None
+) -> None:
+    # getDecision tells a user with a slow meter why pv waits after each change (the car follows
+    # a tick after the change, the meter 9 ticks after that); a meter within 5 s says nothing.
+    house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=lag_ticks)
+    await house.run(120)
+    house.surplus_w = 7900
+    await house.run(30)
+    reason = house.decisions[-1].reason
+    if said is None:
+        assert "the grid meter shows a change" not in reason, reason
+    else:
+        assert reason.endswith(
+            f"; the grid meter shows a change about {said} after the box, so readings wait that long"
+        )
+
+
 async def test_a_meter_in_step_with_the_box_sees_a_cloud_after_a_change_once_the_car_has_followed() -> None:
     # The window after a change is as long as the meter is measured to be behind: with a meter
     # in step with the box, FOLLOW_S. A cloud two seconds after a change (the measurement of
