@@ -97,6 +97,7 @@ afresh from the present state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import deque
@@ -127,6 +128,7 @@ from .pv_sun import (
     floor_notch,
     grid_age_s,
     kwh_text,
+    lag_note,
     level_band_w,
     margin_a,
     parse_settings,
@@ -146,6 +148,8 @@ class PvStrategy:
         self.name = name
         self._last_at: float | None = None
         self._smoothed_w = 0.0
+        #: The surplus the last decision acted on (smoothed; this charger's share).
+        self._sun_w = 0.0
         #: (time, surplus) of the last ``smoothing_up_s`` seconds.
         self._recent: deque[tuple[float, float]] = deque()
         #: Averages over TYPICAL_SUN_S: the power the car could have taken from the sun, and
@@ -358,6 +362,16 @@ class PvStrategy:
     # --- the decision ------------------------------------------------------------------------
 
     def decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
+        """The decision, with what the grid meter's lag means for it and the numbers behind it."""
+        decision = self._decide(snapshot, ctx)
+        lag_s = self._meter_lag.measured_s()
+        return dataclasses.replace(
+            decision,
+            reason=decision.reason + lag_note(lag_s),
+            figures=(("surplus_watts", round(self._sun_w, 1)), ("grid_meter_lag_seconds", round(lag_s, 1))),
+        )
+
+    def _decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:
         state = snapshot.chargers[ctx.charger_id].state
         if state is None:
             raise ValueError("no charger reading")
@@ -377,7 +391,7 @@ class PvStrategy:
             dt = now - self._last_at
         cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
         raw_w = self._unmixed(raw_w, cars_w, now, now - grid_age_s(snapshot))
-        sun_w = self._smooth(raw_w, now, dt)
+        sun_w = self._sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
         self._track_typical(raw_w, ctx, line_v, dt)
@@ -402,9 +416,7 @@ class PvStrategy:
                     wait = f", starting in {s.start_delay_s - (now - self._enough_since):.0f} s"
                 # The phases are chosen when the car starts: switching a paused box costs no
                 # pause, but it starts the switch interval, which would bind the charging car.
-                return strategy_decision(
-                    ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}{self._lag_note()}"
-                )
+                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         if enough or s.keep_minimum or self._three_at_minimum:
@@ -412,9 +424,7 @@ class PvStrategy:
         else:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
             if paused is not None:
-                return strategy_decision(
-                    ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}{self._lag_note()}"
-                )
+                return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
         self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
         if self._dip_since is not None:
             why += (
@@ -432,17 +442,8 @@ class PvStrategy:
                 else "held above this reading until the surplus's mean falls below it"
             )
             why += f"; at {target:g} A ({where}; changes below {s.step_a:g} A follow its mean)"
-        reason = f"{self.name}: {why}{phase_why}{self._lag_note()}"
+        reason = f"{self.name}: {why}{phase_why}"
         return strategy_decision(ctx, charge=True, current_a=target, phases=ask_phases, reason=reason)
-
-    def _lag_note(self) -> str:
-        """Where the grid meter is measured to be further behind the box than the car takes to follow."""
-        lag_s = self._meter_lag.measured_s()
-        if lag_s <= FOLLOW_S:
-            return ""
-        return (
-            f"; the grid meter shows a change about {lag_s:.0f} s after the box, so readings wait that long"
-        )
 
     def _unmixed(self, raw_w: float, car_w: float, now: float, read_at: float) -> float:
         """The surplus to go by: the last steady one for a while after the cars' power moved.

@@ -335,6 +335,14 @@ class MeterLag:
         return now - since < FOLLOW_S or read_at - since < self.lag_s()
 
 
+def lag_note(lag_s: float) -> str:
+    """For the reason, where the grid meter is measured further behind the box than the car
+    takes to follow (FOLLOW_S): readings wait that long after every move."""
+    if lag_s <= FOLLOW_S:
+        return ""
+    return f"; the grid meter shows a change about {lag_s:.0f} s after the box, so readings wait that long"
+
+
 #: A level of the surplus ends at the first reading further than this from where it began, or
 #: LEVEL_SHARE of it where that is more (see :class:`Levels`).
 LEVEL_BAND_W = 300.0
@@ -375,7 +383,13 @@ class Levels:
 
 
 def strategy_decision(
-    ctx: StrategyContext, *, charge: bool, reason: str, phases: int | None, current_a: float | None = None
+    ctx: StrategyContext,
+    *,
+    charge: bool,
+    reason: str,
+    phases: int | None,
+    current_a: float | None = None,
+    figures: tuple[tuple[str, float], ...] = (),
 ) -> Decision:
     """A strategy's decision for the context's charger."""
     return Decision(
@@ -385,6 +399,7 @@ def strategy_decision(
         current_a=current_a,
         phases=phases,
         reason=reason,
+        figures=figures,
     )
 
 

@@ -119,7 +119,12 @@ class ScheduleStrategy:
                 # The plan starts soon: be on its phases by then (a switch has its own minimum interval).
                 phases = plan_phases
             return strategy_decision(
-                ctx, charge=sun.charge, current_a=sun.current_a, phases=phases, reason=reason
+                ctx,
+                charge=sun.charge,
+                current_a=sun.current_a,
+                phases=phases,
+                reason=reason,
+                figures=sun.figures,
             )
 
         grid = max(wishes, key=lambda w: w.current_a * w.power_phases)
@@ -130,10 +135,20 @@ class ScheduleStrategy:
             if sun.current_a * sun_phases > grid.current_a * grid.power_phases:
                 reason = f"{self.name}: {why}; the sun gives more: {sun.reason}"
                 return strategy_decision(
-                    ctx, charge=True, current_a=sun.current_a, phases=sun.phases, reason=reason
+                    ctx,
+                    charge=True,
+                    current_a=sun.current_a,
+                    phases=sun.phases,
+                    reason=reason,
+                    figures=sun.figures,
                 )
         return strategy_decision(
-            ctx, charge=True, current_a=grid.current_a, phases=grid.phases, reason=f"{self.name}: {why}"
+            ctx,
+            charge=True,
+            current_a=grid.current_a,
+            phases=grid.phases,
+            reason=f"{self.name}: {why}",
+            figures=sun.figures,
         )
 
     def _sun(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:

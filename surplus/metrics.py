@@ -17,6 +17,7 @@ label: decision reasons stay in the log and the JSON-RPC API.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -160,6 +161,18 @@ BUS_COUNTERS: tuple[tuple[str, str, str], ...] = (
 BUS_BUSY = ("surplus_bus_busy_seconds", "Time the line was busy with surplus's transactions")
 
 
+#: Help for the figures the built-in strategies report with each decision (``Decision.figures``),
+#: exported as ``surplus_strategy_<name>``; another plugin's figures get FIGURE_HELP_OTHER.
+FIGURE_HELP = {
+    "surplus_watts": "The surplus the strategy acts on (pv, minpv, schedule: smoothed, this charger's share)",
+    "grid_meter_lag_seconds": "How far the grid meter is behind the box, measured on the cars' moves "
+    "(0: in step, or not measured yet); readings that old after a move are not taken for sun",
+}
+FIGURE_HELP_OTHER = "A figure the strategy reports with its decision (see the strategy's documentation)"
+#: What a figure's name may be (the metric name's tail); others are not exported.
+FIGURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,60}")
+
+
 def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
@@ -291,6 +304,7 @@ class SnapshotCollector(Collector):
             info.add_metric([cid, d.source.value, record.strategy], 1.0)
             age.add_metric([cid], max(0.0, now - record.at_s))
         yield from (current, charge, phases, info, age)
+        yield from self._figure_families(state)
 
         if state.loop is None:  # no loop of its own (a test's fake): no counters
             return
@@ -308,6 +322,23 @@ class SnapshotCollector(Collector):
             writes.add_metric([cid], float(view.writes))
         yield verdicts
         yield writes
+
+    def _figure_families(self, state: LoopState) -> Iterator[Metric]:
+        """The strategies' own numbers behind their last decisions (the built-in ones always,
+        empty where no strategy reports them: a fallback, or fixed mode)."""
+        figures: dict[str, dict[str, float]] = {name: {} for name in FIGURE_HELP}
+        for cid in self._c.charger_ids:
+            record = state.charger(cid).decision
+            if record is None:
+                continue
+            for name, value in record.decision.figures:
+                if FIGURE_NAME.fullmatch(name) and math.isfinite(value):
+                    figures.setdefault(name, {})[cid] = value
+        for name, values in figures.items():
+            fam = _gauge(f"surplus_strategy_{name}", FIGURE_HELP.get(name, FIGURE_HELP_OTHER), "charger")
+            for cid, value in values.items():
+                fam.add_metric([cid], value)
+            yield fam
 
     def _meter_families(self, snap: Snapshot, lag: float) -> Iterator[Metric]:
         grid = _gauge("surplus_meter_grid_power_watts", "Grid power, + import / - export", "meter")

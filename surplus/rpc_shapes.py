@@ -222,6 +222,8 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "lock": d.lock,
         "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
         "reason": d.reason,
+        # The strategy's own numbers behind it (pv: surplus_watts, grid_meter_lag_seconds).
+        "figures": dict(d.figures),
     }
 
 

@@ -321,6 +321,11 @@ class Decision:
     #: ("charge", "phases", "lock"). Empty: the whole decision is the person's.
     person_parts: frozenset[str] = frozenset()
 
+    #: The strategy's own numbers behind the decision, as (name, value) pairs; the name ends
+    #: in its unit, as in Prometheus (pv: ``surplus_watts``, ``grid_meter_lag_seconds``).
+    #: Exported as ``surplus_strategy_<name>`` and in ``getDecision``.
+    figures: tuple[tuple[str, float], ...] = ()
+
     @property
     def by_person(self) -> bool:
         return self.source is Source.OVERRIDE

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import re
 from types import MappingProxyType
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from surplus.clock import FakeClock
-from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, metrics_endpoint
+from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, FIGURE_HELP_OTHER, metrics_endpoint
 from surplus.types import MeterReading, Outcome, Snapshot
 
 from .prometheus_support import promtool_check_metrics
 from .rpc_support import STACK_CONFIG, FakeController, full_stack, sample_decision
 from .test_bus import HB_ADDR, HB_VALUE, FakeLink, make_bus
+from .test_rpc_stack import Rpc
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -88,6 +92,9 @@ async def test_metrics_serve_the_snapshot_pass_promtool_and_never_touch_the_bus(
         assert got[("surplus_decision_current_amperes", (*CHARGER, ("source", "strategy")))] == 10
         assert got[("surplus_decision_charge", CHARGER)] == 1
         assert got[("surplus_decision_info", (*CHARGER, ("source", "strategy"), ("strategy", "fixed")))] == 1
+        # fixed reports no figures: the built-in families are there, without series.
+        assert "# TYPE surplus_strategy_surplus_watts gauge" in text
+        assert not any(name.startswith("surplus_strategy_") for name in names(got))
         # Mode: one series per known mode, 1 for the active one.
         modes = {dict(labels)["mode"]: v for (n, labels), v in got.items() if n == "surplus_charger_mode"}
         assert modes["fixed"] == 1 and sum(modes.values()) == 1 and "pv" in modes
@@ -136,6 +143,51 @@ async def test_metrics_serve_the_snapshot_pass_promtool_and_never_touch_the_bus(
             async with session.get(url + "metrics") as resp:
                 assert resp.status == 200
         assert scrape_reads + model.record.reads - before < 40
+
+
+def _decided_by(controller: Any, strategy: str) -> bool:
+    record = controller.last_decision("wallbox")
+    return record is not None and record.strategy == strategy
+
+
+@pytest.mark.integration
+async def test_the_strategys_own_figures_are_exported_with_its_decision() -> None:
+    # pv reports the surplus it acts on and the grid meter's measured lag with each decision:
+    # getDecision gives them with the reason, /metrics as surplus_strategy_<name>{charger}.
+    async with full_stack(METER_STACK.replace("mode: fixed", "mode: pv")) as (stack, _model, url):
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(10):
+                while not _decided_by(stack.controller, "pv"):  # noqa: ASYNC110  (polling the loop's state)
+                    await asyncio.sleep(0.05)
+            data = (await Rpc(url, session).ok("getDecision"))["data"]
+            async with session.get(url + "metrics") as resp:
+                text = await resp.text()
+    decision = data["decision"]
+    assert set(decision["figures"]) == {"surplus_watts", "grid_meter_lag_seconds"}
+    said = re.search(r"surplus (-?[0-9.]+) kW", decision["reason"])
+    assert said is not None and decision["figures"]["surplus_watts"] / 1000 == pytest.approx(
+        float(said[1]), abs=0.006
+    )
+    got = samples(text)
+    assert 1000 < got[("surplus_strategy_surplus_watts", CHARGER)] < 9000  # the simulated sun at noon
+    assert 0 <= got[("surplus_strategy_grid_meter_lag_seconds", CHARGER)] <= 30
+    rc, output = promtool_check_metrics(text)
+    assert (rc, output) == (0, ""), output
+
+
+def test_another_plugins_figures_are_exported_by_name_and_bad_ones_left_out() -> None:
+    record = sample_decision()
+    figures = (("level_watts", 2300.0), ("Bad-Name", 1.0), ("nan_watts", math.nan), ("level_watts", 2400.0))
+    decision = dataclasses.replace(record.decision, figures=figures)
+    body, _ = metrics_endpoint(FakeController(decision=dataclasses.replace(record, decision=decision)))()
+    text = body.decode()
+    wb1 = (("charger", "wb1"),)
+    assert samples(text)[("surplus_strategy_level_watts", wb1)] == 2400.0  # the last of a name
+    assert f"# HELP surplus_strategy_level_watts {FIGURE_HELP_OTHER}" in text
+    assert "nan_watts" not in text and "Bad" not in text
+    assert "# TYPE surplus_strategy_grid_meter_lag_seconds gauge" in text  # the built-in ones, empty
+    rc, output = promtool_check_metrics(text)
+    assert (rc, output) == (0, ""), output
 
 
 def test_promtool_catches_a_bad_name() -> None:

@@ -419,23 +419,29 @@ async def test_a_grid_meter_behind_the_box_does_not_take_the_cars_own_moves_for_
     assert all(d.charge and d.current_a == pytest.approx(13.0) for d in house.decisions[-61:])
 
 
-@pytest.mark.parametrize(("lag_ticks", "said"), [(0, None), (3, None), (9, "10 s")])
+@pytest.mark.parametrize(("lag_ticks", "said", "lag_s"), [(0, None, 1.0), (3, None, 4.0), (9, "10 s", 10.0)])
 async def test_the_reason_says_when_the_grid_meter_is_measured_far_behind_the_box(
-    lag_ticks: int, said: str | None
+    lag_ticks: int, said: str | None, lag_s: float
 ) -> None:
     # getDecision tells a user with a slow meter why pv waits after each change (the car follows
     # a tick after the change, the meter 9 ticks after that); a meter within 5 s says nothing.
+    # The figures (getDecision, /metrics) give the measured lag always (from the change: the car
+    # follows a tick later), and the surplus acted on.
     house = House(pv(phases=3, start_delay_s=0), surplus_w=9000, phases=3, meter_lag_ticks=lag_ticks)
     await house.run(120)
     house.surplus_w = 7900
     await house.run(30)
-    reason = house.decisions[-1].reason
+    decision = house.decisions[-1]
     if said is None:
-        assert "the grid meter shows a change" not in reason, reason
+        assert "the grid meter shows a change" not in decision.reason, decision.reason
     else:
-        assert reason.endswith(
+        assert decision.reason.endswith(
             f"; the grid meter shows a change about {said} after the box, so readings wait that long"
         )
+    figures = dict(decision.figures)
+    assert figures["grid_meter_lag_seconds"] == lag_s
+    assert figures["surplus_watts"] == pytest.approx(7900, abs=1)
+    assert "surplus 7.90 kW" in decision.reason
 
 
 async def test_a_meter_in_step_with_the_box_sees_a_cloud_after_a_change_once_the_car_has_followed() -> None:
