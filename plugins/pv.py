@@ -120,6 +120,7 @@ from .pv_sun import (
     TYPICAL_SUN_S,
     UP_GAP_A,
     VOLTS_S,
+    Denoise,
     Levels,
     MeterLag,
     PvSettings,
@@ -184,6 +185,8 @@ class PvStrategy:
         self._car_w: float | None = None
         self._car_moved_at = -math.inf
         self._meter_lag = MeterLag()
+        #: The meters' noise, measured, and the surplus's level with it averaged out.
+        self._denoise = Denoise()
         self._mixed = False
         self._volts: float | None = None
         #: Recent spells of sun that carries three phases, of sun that does not, and of dips
@@ -207,6 +210,7 @@ class PvStrategy:
         self._settle_window.clear()
         self._volts = None
         self._steady_w, self._car_w, self._car_moved_at = raw_w, None, -math.inf
+        self._denoise.restart()
         self._meter_lag.pending = None  # what it measured stays: it is the meter's
 
     def _smooth(self, raw_w: float, now: float, dt: float) -> float:
@@ -391,6 +395,7 @@ class PvStrategy:
             dt = now - self._last_at
         cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
         raw_w = self._unmixed(raw_w, cars_w, now, now - grid_age_s(snapshot))
+        raw_w = self._denoise.update(raw_w, own=not self._mixed)
         sun_w = self._sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
+import statistics
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -12,7 +14,9 @@ import pytest
 from surplus_plugins.pv_sun import (
     FOLLOW_S,
     MAX_FOLLOW_S,
+    NOISE_RECENT,
     RESET_AFTER_S,
+    Denoise,
     MeterLag,
     PvSettings,
     Spells,
@@ -105,6 +109,9 @@ class House:
     meter_lag_ticks: int = 0
     #: For this many more ticks the car draws nothing whatever is set (the box's own pause).
     box_pause_ticks: int = 0
+    #: The grid meter's noise (a Gaussian's sigma, W), seeded.
+    noise_w: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
     _car_w: list[float] = field(default_factory=list)
 
     def tick(self) -> Decision:
@@ -113,7 +120,7 @@ class House:
         state = car(drawing_a, self.phases)
         self._car_w.append(state.power_total_w)
         del self._car_w[: -1 - self.meter_lag_ticks]
-        grid = self._car_w[0] - self.surplus_w
+        grid = self._car_w[0] - self.surplus_w + (self.rng.gauss(0.0, self.noise_w) if self.noise_w else 0.0)
         ctx = context(
             self.clock.now(),
             switchable=self.switchable,
@@ -456,6 +463,56 @@ async def test_a_meter_in_step_with_the_box_sees_a_cloud_after_a_change_once_the
     house.surplus_w = 5000  # 7.25 A
     after = await _first(house, 60, lambda d: d.current_a != pytest.approx(11.4))
     assert after == FOLLOW_S and house.current_a == pytest.approx(7.2)
+
+
+def test_the_meters_noise_is_measured_and_averaged_out_and_its_steps_kept() -> None:
+    rng = random.Random(3)
+    # Readings that mostly repeat (an exact meter, a replayed day) pass unchanged, steps and all.
+    d = Denoise()
+    exact = [3000.0] * 40 + [2500.0] * 40 + [2510.0] * 40 + [2400.0] * 40
+    assert [d.update(w, own=True) for w in exact] == exact and d.sigma_w() == 0.0
+    # A smooth ramp (1 W a second) measures as 1 W of noise: it is followed within a few watts.
+    ramp = [2400.0 + i for i in range(120)]
+    assert max(abs(d.update(w, own=True) - w) for w in ramp) <= 5.0
+    # 50 W of noise around 3 kW: measured, and the level's mean given.
+    d = Denoise()
+    out = [d.update(3000.0 + rng.gauss(0.0, 50.0), own=True) for _ in range(200)]
+    assert 40.0 < d.sigma_w() < 60.0
+    assert max(abs(w - 3000.0) for w in out[150:]) < 20.0  # the readings: 5 sigma is 250 W
+    # Stand-ins after a move (the last reading repeated): the level before stands in, and
+    # they say nothing of the noise.
+    assert d.update(3150.0, own=False) == pytest.approx(statistics.fmean(d.level))
+    assert 40.0 < d.sigma_w() < 60.0
+    # A cloud of 400 W: followed at its first reading.
+    assert d.update(2600.0 + rng.gauss(0.0, 50.0), own=True) < 2750.0
+    out = [d.update(2600.0 + rng.gauss(0.0, 50.0), own=True) for _ in range(60)]
+    assert max(abs(w - 2600.0) for w in out[20:]) < 25.0
+    # A step of 150 W (3 sigma: hardly ever one reading beyond 4): within a few readings.
+    out = [d.update(2750.0 + rng.gauss(0.0, 50.0), own=True) for _ in range(30)]
+    assert max(abs(w - 2750.0) for w in out[NOISE_RECENT + 3 :]) < 50.0
+    d.restart()  # after a gap: a new level from the next reading
+    assert d.update(1234.0, own=True) == 1234.0
+
+
+async def test_a_noisy_grid_meter_does_not_move_the_current_under_a_steady_sun() -> None:
+    # A Gaussian 50 W on the grid meter (PV inverters and house loads jitter that much): under
+    # a steady sun the current stays put, on one phase (0.22 A of noise) as on three; a cloud
+    # is still followed at once. Before the noise was averaged out, pv followed the lowest of
+    # its last three readings down and up: a write every minute or two, at times a notch
+    # above the sun.
+    for phases in (1, 3):
+        house = House(
+            pv(phases=phases, start_delay_s=0), surplus_w=3000.0 * phases, phases=phases, noise_w=50.0
+        )
+        await house.run(120)
+        start = len(house.decisions)
+        await house.run(1800)
+        currents = {d.current_a for d in house.decisions[start:]}
+        assert len(currents) <= 2, (phases, sorted(c for c in currents if c is not None))
+        assert all(d.charge for d in house.decisions[start:])
+        house.surplus_w -= 1000.0  # a cloud
+        after = await _first(house, 30, lambda d, last=house.current_a: d.current_a < last - 1.0)
+        assert after <= FOLLOW_S, phases
 
 
 def test_the_meters_lag_is_measured_on_the_cars_moves() -> None:

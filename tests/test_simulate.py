@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -299,7 +300,7 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     # step in the sun late (every 8 s: 4 s late here, 15 Wh of import and as much sun).
     steps = [(36000 + 120 * k, pv, 400) for k, pv in enumerate([5000, 7400, 4800, 8600, 6200, 9000, 5600])]
     day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 120 * len(steps), 0, 400)]), name="steps")
-    car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases=3)
+    car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases="3")
     config = load_config(None, {})
     exact = await simulate(day, car, config, mode="pv")
     late = await simulate(day, car, config, mode="pv", meter_lag_s=lag_s, meter_every_s=every_s)
@@ -322,15 +323,53 @@ async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_w
     assert seen == [(0.0, -2600.0)] * 4 + [(4.0, -2600.0)] * 4 + [(8.0, -4600.0)] * 2
 
 
+async def test_a_noisy_day_meter_jitters_the_same_on_every_replay() -> None:
+    day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400)]), name="n")
+
+    async def readings() -> list[float]:
+        clock = FakeClock(start=1000.0)
+        meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, noise_w=50.0)
+        out = []
+        for _ in range(400):
+            out.append((await meter.read()).grid_power_w)
+            await clock.advance(1.0)
+        return out
+
+    first = await readings()
+    assert first == await readings()  # seeded: a replay is repeatable
+    assert statistics.fmean(first) == pytest.approx(-2600.0, abs=10.0)
+    assert 42.0 < statistics.stdev(first) < 58.0
+
+
+async def test_a_noisy_grid_meter_changes_little_in_a_replay() -> None:
+    # The sun steps every 10 minutes between 2.2 and 3.4 kW of surplus (one phase), the meter
+    # jitters by 50 W (PV inverters and house loads do, from second to second): pv measures the
+    # noise and follows the surplus's level, so the replay writes 10 setpoints against 5 with
+    # an exact meter (before the noise was averaged out: 239) and takes the same sun.
+    steps = [(36000 + 600 * k, pv, 400) for k, pv in enumerate([2900, 3600, 2600, 3800, 3100])]
+    day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 600 * len(steps), 0, 400)]), name="steps")
+    config = load_config(None, {})
+    for phases in ("1", "1p3p"):
+        car = Car(arrival_s=35000, departure_s=39000, energy_wh=50_000, phases=phases)
+        e = (await simulate(day, car, config, mode="pv")).runs[0]
+        n = (await simulate(day, car, config, mode="pv", meter_noise_w=50.0)).runs[0]
+        assert e.setpoint_changes == len(steps)
+        assert n.setpoint_changes <= 2 * e.setpoint_changes, (phases, n.setpoint_changes)
+        assert n.pauses == e.pauses == 0
+        assert n.solar_wh >= e.solar_wh - 10.0 and n.grid_wh <= e.grid_wh + 5.0, phases
+
+
 @pytest.mark.parametrize(
     ("option", "value", "error"),
     [
         ("--meter-lag", "-1", "outside 0 to 60 s"),
         ("--meter-lag", "soon", "not a number of seconds"),
         ("--meter-every", "61", "outside 0 to 60 s"),
+        ("--meter-noise", "-5", "outside 0 to 1000 W"),
+        ("--meter-noise", "loud", "not a number of watts"),
     ],
 )
-def test_a_bad_meter_lag_is_refused_by_name(option: str, value: str, error: str) -> None:
+def test_a_bad_meter_option_is_refused_by_name(option: str, value: str, error: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "surplus.cli", "simulate", option, value, "overcast-2016-09-13"],
         capture_output=True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ LEAD_S = 60.0
 TAIL_S = 30.0
 #: Model device id, as in the examples.
 DEVICE_ID = 50
+#: The day meter's noise is the same on every replay (``DayMeter``'s ``noise_w``).
+NOISE_SEED = 1
 
 
 class ReplayError(ValueError):
@@ -125,6 +128,8 @@ class DayMeter:
     are a second or more behind the box's own reading), the rest of the house as it is.
     ``every_s``: the meter takes a new reading only that often (a reader that posts every
     few seconds); in between it gives the last one, whose ``read_at_s`` says how old it is.
+    ``noise_w``: each reading is off by Gaussian noise of that sigma (seeded: a replay is
+    repeatable), as PV inverters and house loads jitter from one second to the next.
     """
 
     #: ``read`` does no I/O: the loop reads it in place, without a task.
@@ -139,6 +144,7 @@ class DayMeter:
         day_t0: float,
         lag_s: float = 0.0,
         every_s: float = 0.0,
+        noise_w: float = 0.0,
     ) -> None:
         self.meter_id = "day"
         self._day = day
@@ -151,6 +157,8 @@ class DayMeter:
         self._car_w: deque[tuple[float, float]] = deque()
         self._every_s = every_s
         self._held: MeterReading | None = None
+        self._noise_w = noise_w
+        self._rng = random.Random(NOISE_SEED)
 
     def day_time(self) -> float:
         return self._clock.now() + self._offset
@@ -187,12 +195,15 @@ class DayMeter:
         return MeterReading(
             meter_id=self.meter_id,
             read_at_s=self._clock.now(),
-            grid_power_w=d.load_w[i] + battery + car - d.pv_w[i],
+            grid_power_w=d.load_w[i] + battery + car - d.pv_w[i] + self._noise(),
             pv_power_w=d.pv_w[i],
             house_power_w=d.load_w[i],
             battery_power_w=battery if d.has_battery else None,
             battery_soc_pct=d.battery_soc[i] if d.battery_soc is not None else None,
         )
+
+    def _noise(self) -> float:
+        return self._rng.gauss(0.0, self._noise_w) if self._noise_w else 0.0
 
     def _car_power_w(self) -> float:
         """The car's power as the meter shows it: the latest reading at least ``lag_s`` old."""
@@ -257,11 +268,12 @@ async def replay(
     charger_id: str | None = None,
     meter_lag_s: float = 0.0,
     meter_every_s: float = 0.0,
+    meter_noise_w: float = 0.0,
 ) -> ReplayResult:
     """Run the real controller through ``day`` with ``car`` in ``mode``.
 
-    ``meter_lag_s``, ``meter_every_s``: a grid meter behind the box, or one that reads only
-    that often (see :class:`DayMeter`).
+    ``meter_lag_s``, ``meter_every_s``, ``meter_noise_w``: a grid meter behind the box, one
+    that reads only that often, one that jitters (see :class:`DayMeter`).
     """
     plan = plan_replay(config, car, charger_id=charger_id)
     # The day is the meter: meter plugins (and their network libraries) stay unloaded.
@@ -278,7 +290,14 @@ async def replay(
     bus = ModelBus({DEVICE_ID: model}, clock)
     charger = AmtronCharger(bus, charger_id=plan.charger.id, clock=clock, device_id=DEVICE_ID)
     meter = DayMeter(
-        day, model, clock, t0=clock.now(), day_t0=start, lag_s=meter_lag_s, every_s=meter_every_s
+        day,
+        model,
+        clock,
+        t0=clock.now(),
+        day_t0=start,
+        lag_s=meter_lag_s,
+        every_s=meter_every_s,
+        noise_w=meter_noise_w,
     )
     slot = ChargerSlot(
         charger=charger,

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,13 @@ async def simulate(
     charger_id: str | None = None,
     meter_lag_s: float = 0.0,
     meter_every_s: float = 0.0,
+    meter_noise_w: float = 0.0,
 ) -> Simulation:
     """Replay ``day`` with the real controller (and the references) and score every run.
 
     ``meter_lag_s``: the grid meter shows the car's power that late; ``meter_every_s``: it
-    takes a new reading only that often (the references see the surplus exactly, as always).
+    takes a new reading only that often; ``meter_noise_w``: its readings jitter by that much
+    (a Gaussian's sigma). The references see the surplus exactly, as always.
     """
     from .reference import REFERENCES, run_reference
     from .replay import plan_replay, replay
@@ -91,6 +94,7 @@ async def simulate(
         charger_id=charger_id,
         meter_lag_s=meter_lag_s,
         meter_every_s=meter_every_s,
+        meter_noise_w=meter_noise_w,
     )
     runs = [score_run("surplus", mode, day, result.series, result.counts, best)]
     if reference:
@@ -155,6 +159,7 @@ def _cmd(args: argparse.Namespace) -> int:
                 charger_id=args.charger,
                 meter_lag_s=args.meter_lag,
                 meter_every_s=args.meter_every,
+                meter_noise_w=args.meter_noise,
             )
         )
     except (ReplayError, ValueError) as exc:
@@ -234,6 +239,13 @@ def add_parser(subparsers: Any) -> None:
         default=0.0,
         help="the grid meter takes a new reading only every S seconds (0 to 60; default 0: every read)",
     )
+    p.add_argument(
+        "--meter-noise",
+        metavar="W",
+        type=_noise_w,
+        default=0.0,
+        help="each grid-meter reading is off by Gaussian noise of W watts (sigma; 0 to 1000; default 0)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out-csv", metavar="FILE", help="write t_s,car_w,current_a,phases,grid_w per tick")
     p.add_argument(
@@ -243,15 +255,24 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=_run)
 
 
-def _lag_s(text: str) -> float:
-    """``--meter-lag``, ``--meter-every``: seconds, 0 to 60."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.0 <= value <= 60.0:
-        raise argparse.ArgumentTypeError(f"{text} s is outside 0 to 60 s")
-    return value
+def _bounded(high: float, unit: str, what: str) -> Callable[[str], float]:
+    """An argparse type: a number from 0 to ``high`` (in ``unit``); anything else refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of {what}: {text!r}") from None
+        if not 0.0 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} {unit} is outside 0 to {high:g} {unit}")
+        return value
+
+    return parse
+
+
+#: ``--meter-lag``, ``--meter-every``: seconds; ``--meter-noise``: watts.
+_lag_s = _bounded(60.0, "s", "seconds")
+_noise_w = _bounded(1000.0, "W", "watts")
 
 
 def _run(args: argparse.Namespace) -> int:
