@@ -424,7 +424,11 @@ class PvStrategy:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
-        if enough or s.keep_minimum or self._three_at_minimum:
+        # A surplus within the meters' noise of 6 A (margin_a) is at the minimum, not a dip: once
+        # the noise is averaged out (Denoise) it can sit there for minutes, importing a few watts
+        # or none, and the stop delay would pause a car that costs nothing to ride.
+        at_minimum = exact_a >= MIN_CURRENT_A - margin_a(phases)
+        if at_minimum or s.keep_minimum or self._three_at_minimum:
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
         else:
             paused = self._ride_or_pause(sun_w, phases, line_v, now, dt)
