@@ -29,7 +29,9 @@ current, a start, the end of the box's switching pause, another charger) the
 last surplus read before stands in for the readings: until the car has
 followed, a grid meter a few seconds behind the box shows the move itself as a
 step in the sun (see :meth:`PvStrategy._unmixed`). A meter further behind is
-measured on those moves (:class:`MeterLag`) and waited for as long.
+measured on those moves (:class:`MeterLag`) and waited for as long. A meter
+that jitters from second to second has its noise measured and averaged out,
+its steps kept (:class:`Denoise`); an exact one passes unchanged.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun

@@ -47,13 +47,15 @@ UP_GAP_A = 0.2
 #: ``margin_a``), and a mean within it is not a change.
 SETTLE_MARGIN_A = 0.05
 #: The surplus's noise (what the meters jitter by from one second to the next) is measured
-#: over the last NOISE_READINGS readings, from NOISE_FIRST on. A level of the surplus
-#: (:class:`Denoise`) ends at a reading NOISE_BREAK sigmas from its mean (a false alarm about
-#: once in 2 million readings), or when the mean of its last NOISE_RECENT readings is
-#: NOISE_BREAK sigmas of such a mean from the mean before them. Its mean is that of at most
-#: its last LEVEL_READINGS readings (a slow drift of the sun is followed within a minute).
+#: over the last NOISE_READINGS readings, from NOISE_FIRST on (anew every NOISE_EVERY). A
+#: level of the surplus (:class:`Denoise`) ends at a reading NOISE_BREAK sigmas from its mean
+#: (a false alarm about once in 2 million readings), or when the mean of its last
+#: NOISE_RECENT readings is NOISE_BREAK sigmas of such a mean from the mean before them. Its
+#: mean is that of at most its last LEVEL_READINGS readings (a slow drift of the sun is
+#: followed within a minute).
 NOISE_READINGS = 300
 NOISE_FIRST = 30
+NOISE_EVERY = 10
 NOISE_RECENT = 5
 NOISE_BREAK = 5.0
 LEVEL_READINGS = 120
@@ -371,6 +373,10 @@ class Denoise:
     diffs: deque[float] = field(default_factory=lambda: deque(maxlen=NOISE_READINGS))
     level: deque[float] = field(default_factory=lambda: deque(maxlen=LEVEL_READINGS))
     last_w: float | None = None
+    #: The noise's sigma, taken anew every NOISE_EVERY differences (a median of hundreds moves
+    #: slowly), and the differences added since.
+    _sigma_w: float = 0.0
+    _since: int = 0
 
     def restart(self) -> None:
         """After a gap: the level and the last reading are of another time (the noise stays)."""
@@ -379,15 +385,18 @@ class Denoise:
 
     def sigma_w(self) -> float:
         """The noise's sigma (0 until NOISE_FIRST readings have been seen)."""
-        if len(self.diffs) < NOISE_FIRST:
-            return 0.0
-        return statistics.median(self.diffs) / 0.954
+        return self._sigma_w
 
     def update(self, raw_w: float, own: bool) -> float:
         """The surplus to go by for this reading; ``own``: the reading is the meters' own (a
         stand-in after a move repeats the last one and tells nothing of the noise)."""
         if own and self.last_w is not None:
             self.diffs.append(abs(raw_w - self.last_w))
+            self._since += 1
+            n = len(self.diffs)
+            if n == NOISE_FIRST or (n > NOISE_FIRST and self._since >= NOISE_EVERY):
+                self._sigma_w = statistics.median(self.diffs) / 0.954
+                self._since = 0
         self.last_w = raw_w if own else None
         sigma = self.sigma_w()
         level = self.level
