@@ -17,7 +17,7 @@ from surplus.config import load_config
 from surplus.sim.day import Day, DayError, parse_day
 from surplus.sim.model import AmtronModel
 from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
-from surplus.sim.replay import DayMeter
+from surplus.sim.replay import DayMeter, plan_replay
 from surplus.sim.score import Car, CarError, Series, Setup, energies, oracle_wh, parse_car
 from surplus.sim.simulate_cli import shipped_days, simulate
 
@@ -321,6 +321,15 @@ async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_w
         await clock.advance(1.0)
     # A new reading at 0, 4 and 8 s; the sun's step at 5 s shows in the one taken at 8 s.
     assert seen == [(0.0, -2600.0)] * 4 + [(4.0, -2600.0)] * 4 + [(8.0, -4600.0)] * 2
+
+
+async def test_a_car_that_leaves_within_a_minute_is_replayed() -> None:
+    # schedule's departure is whole minutes; a car built in code may leave at 10:50:30.
+    day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400)]), name="m")
+    car = Car(arrival_s=36000, departure_s=39030, energy_wh=5_000)
+    assert plan_replay(load_config(None, {}), car).strategy_options["schedule"]["departure"] == "10:50"
+    sim = await simulate(day, car, load_config(None, {}), mode="schedule")
+    assert sim.series.t_s[-1] >= 39030 - 1
 
 
 async def test_a_noisy_day_meter_jitters_the_same_on_every_replay() -> None:

@@ -99,7 +99,9 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
     options = {name: dict(opts) for name, opts in entry.strategies.items()}
     schedule = options.setdefault("schedule", {})
     # The replay's car decides when it leaves and what it needs.
-    schedule["departure"] = hhmm(car.departure_s % 86400)  # 24:00 is 00:00 of the next day
+    # schedule takes whole minutes: a departure within one is planned for the minute before
+    # (done in time); 24:00 is 00:00 of the next day.
+    schedule["departure"] = hhmm(car.departure_s // 60 * 60 % 86400)
     schedule["energy_kwh"] = car.energy_wh / 1000.0
     return Plan(
         charger=entry,
