@@ -374,7 +374,11 @@ class PvStrategy:
         return dataclasses.replace(
             decision,
             reason=decision.reason + lag_note(lag_s),
-            figures=(("surplus_watts", round(self._sun_w, 1)), ("grid_meter_lag_seconds", round(lag_s, 1))),
+            figures=(
+                ("surplus_watts", round(self._sun_w, 1)),
+                ("surplus_noise_watts", round(self._denoise.sigma_w(), 1)),
+                ("grid_meter_lag_seconds", round(lag_s, 1)),
+            ),
         )
 
     def _decide(self, snapshot: Snapshot, ctx: StrategyContext) -> Decision:

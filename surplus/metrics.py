@@ -165,6 +165,8 @@ BUS_BUSY = ("surplus_bus_busy_seconds", "Time the line was busy with surplus's t
 #: exported as ``surplus_strategy_<name>``; another plugin's figures get FIGURE_HELP_OTHER.
 FIGURE_HELP = {
     "surplus_watts": "The surplus the strategy acts on (pv, minpv, schedule: smoothed, this charger's share)",
+    "surplus_noise_watts": "How much the surplus's readings jitter from one second to the next, measured "
+    "(sigma; 0: readings that mostly repeat); the strategy goes by their level's mean",
     "grid_meter_lag_seconds": "How far the grid meter is behind the box, measured on the cars' moves "
     "(0: in step, or not measured yet); readings that old after a move are not taken for sun",
 }

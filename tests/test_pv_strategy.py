@@ -468,6 +468,7 @@ async def test_the_reason_says_when_the_grid_meter_is_measured_far_behind_the_bo
         )
     figures = dict(decision.figures)
     assert figures["grid_meter_lag_seconds"] == lag_s
+    assert figures["surplus_noise_watts"] == 0.0  # an exact meter
     assert figures["surplus_watts"] == pytest.approx(7900, abs=1)
     assert "surplus 7.90 kW" in decision.reason
 
@@ -532,6 +533,7 @@ async def test_a_noisy_grid_meter_does_not_move_the_current_under_a_steady_sun()
         assert len(currents) <= 2, (phases, sorted(c for c in currents if c is not None))
         assert all(d.charge for d in house.decisions[start:])
         house.surplus_w -= 1000.0  # a cloud
+        assert 40.0 < dict(house.decisions[-1].figures)["surplus_noise_watts"] < 60.0  # measured
         after = await _first(house, 30, lambda d, last=house.current_a: d.current_a < last - 1.0)
         assert after <= FOLLOW_S, phases
 
