@@ -400,8 +400,9 @@ class PvStrategy:
         else:
             dt = now - self._last_at
         cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
-        raw_w = self._unmixed(raw_w, cars_w, now, now - grid_age_s(snapshot))
-        raw_w = self._denoise.update(raw_w, own=not self._mixed)
+        read_at = now - grid_age_s(snapshot)
+        raw_w = self._unmixed(raw_w, cars_w, now, read_at)
+        raw_w = self._denoise.update(raw_w, own=not self._mixed, read_at=read_at)
         sun_w = self._sun_w = self._smooth(raw_w, now, dt)
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)

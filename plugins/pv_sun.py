@@ -51,14 +51,14 @@ SETTLE_MARGIN_A = 0.05
 #: level of the surplus (:class:`Denoise`) ends at a reading NOISE_BREAK sigmas from its mean
 #: (a false alarm about once in 2 million readings), or when the mean of its last
 #: NOISE_RECENT readings is NOISE_BREAK sigmas of such a mean from the mean before them. Its
-#: mean is that of at most its last LEVEL_READINGS readings (a slow drift of the sun is
-#: followed within a minute).
+#: mean is that of its readings of at most the last LEVEL_S seconds (a slow drift of the sun
+#: is followed within a minute, however often the meter reads).
 NOISE_READINGS = 300
 NOISE_FIRST = 30
 NOISE_EVERY = 10
 NOISE_RECENT = 5
 NOISE_BREAK = 5.0
-LEVEL_READINGS = 120
+LEVEL_S = 120.0
 #: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
 #: the same amps is three times the power (69 W), and the box's readings of the three phases
 #: average out, so there the notch is half as large (``notch_a``).
@@ -356,7 +356,7 @@ class Denoise:
     readings (0.954 sigma for Gaussian noise), so readings that mostly repeat (an exact
     meter, one that holds its value between updates, a day replayed in minutes) measure 0
     and pass unchanged. With noise, the surplus is the mean of its present level, the
-    readings since its last step (at most LEVEL_READINGS). A step ends the level at once
+    readings since its last step (at most LEVEL_S old). A step ends the level at once
     when one reading is NOISE_BREAK sigmas from the mean (a cloud of a few hundred watts:
     at its first reading), or when the last NOISE_RECENT readings are, on average,
     NOISE_BREAK sigmas of their mean from the readings before (a smaller step: within
@@ -371,8 +371,14 @@ class Denoise:
 
     #: The readings' differences, while the readings were the meters' own (not mixed).
     diffs: deque[float] = field(default_factory=lambda: deque(maxlen=NOISE_READINGS))
-    level: deque[float] = field(default_factory=lambda: deque(maxlen=LEVEL_READINGS))
+    #: The present level's readings and when they were taken (at most LEVEL_S old).
+    level: deque[float] = field(default_factory=deque)
+    level_at: deque[float] = field(default_factory=deque)
     last_w: float | None = None
+    #: When the grid meter took the last reading (None: not known), and the calls so far (the
+    #: readings' times when they are not known).
+    last_read_at: float | None = None
+    calls: int = 0
     #: The noise's sigma, taken anew every NOISE_EVERY differences (a median of hundreds moves
     #: slowly), and the differences added since.
     _sigma_w: float = 0.0
@@ -381,15 +387,34 @@ class Denoise:
     def restart(self) -> None:
         """After a gap: the level and the last reading are of another time (the noise stays)."""
         self.level.clear()
+        self.level_at.clear()
         self.last_w = None
+
+    def _new_level(self, readings: list[tuple[float, float]]) -> None:
+        self.level.clear()
+        self.level_at.clear()
+        for t, w in readings:
+            self.level_at.append(t)
+            self.level.append(w)
 
     def sigma_w(self) -> float:
         """The noise's sigma (0 until NOISE_FIRST readings have been seen)."""
         return self._sigma_w
 
-    def update(self, raw_w: float, own: bool) -> float:
+    def update(self, raw_w: float, own: bool, read_at: float | None = None) -> float:
         """The surplus to go by for this reading; ``own``: the reading is the meters' own (a
-        stand-in after a move repeats the last one and tells nothing of the noise)."""
+        stand-in after a move repeats the last one and tells nothing of the noise);
+        ``read_at``: when the grid meter took it (the same as last time: a meter that reads
+        every few seconds gave its last reading again, which says nothing new either)."""
+        last = self.last_read_at
+        again = read_at is not None and last is not None and abs(read_at - last) < 1e-3
+        self.last_read_at = read_at
+        self.calls += 1
+        at = float(self.calls) if read_at is None else read_at
+        if again and self._sigma_w > 0.0 and self.level:
+            return statistics.fmean(self.level)
+        if again:
+            own = False  # not counted as noise (a difference of 0), nor as a level of its own
         if own and self.last_w is not None:
             self.diffs.append(abs(raw_w - self.last_w))
             self._since += 1
@@ -397,30 +422,30 @@ class Denoise:
             if n == NOISE_FIRST or (n > NOISE_FIRST and self._since >= NOISE_EVERY):
                 self._sigma_w = statistics.median(self.diffs) / 0.954
                 self._since = 0
-        self.last_w = raw_w if own else None
+        if own or not again:
+            self.last_w = raw_w if own else None
         sigma = self.sigma_w()
         level = self.level
         if not own and sigma > 0.0 and level:
             return statistics.fmean(level)  # the level before the move stands in, not one reading
         if sigma == 0.0 or not level:
-            level.clear()
-            level.append(raw_w)
+            self._new_level([(at, raw_w)])
             return raw_w
         mean_w = statistics.fmean(level)
         level.append(raw_w)
+        self.level_at.append(at)
+        while self.level_at[0] <= at - LEVEL_S:
+            self.level_at.popleft()
+            level.popleft()
         if abs(raw_w - mean_w) > NOISE_BREAK * sigma:
-            level.clear()
-            level.append(raw_w)
+            self._new_level([(at, raw_w)])
             return raw_w
-        n = len(level)
-        if n > 2 * NOISE_RECENT:
+        if len(level) > 2 * NOISE_RECENT:
             readings = list(level)
             recent = statistics.fmean(readings[-NOISE_RECENT:])
             before = statistics.fmean(readings[:-NOISE_RECENT])
             if abs(recent - before) > NOISE_BREAK * sigma / math.sqrt(NOISE_RECENT):
-                del readings[:-NOISE_RECENT]
-                level.clear()
-                level.extend(readings)
+                self._new_level(list(zip(self.level_at, level, strict=True))[-NOISE_RECENT:])
                 return recent
         return statistics.fmean(level)
 

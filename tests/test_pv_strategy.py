@@ -516,6 +516,37 @@ def test_the_meters_noise_is_measured_and_averaged_out_and_its_steps_kept() -> N
     assert d.update(1234.0, own=True) == 1234.0
 
 
+def test_a_meter_that_reads_every_few_seconds_has_its_noise_measured_on_its_new_readings() -> None:
+    # A reading given again (the same time of reading) is neither a difference of 0 nor a
+    # reading of the level: the noise and the level come from the meter's new readings.
+    rng = random.Random(5)
+    d = Denoise()
+    out = []
+    value = 0.0
+    for t in range(800):
+        if t % 8 == 0:
+            value = 3000.0 + rng.gauss(0.0, 50.0)
+        out.append(d.update(value, own=True, read_at=float(t - t % 8)))
+    assert 35.0 < d.sigma_w() < 65.0
+    assert max(abs(w - 3000.0) for w in out[500:]) < 35.0
+    # The sun falling by 1.8 kW an hour: the level spans at most LEVEL_S (two minutes, not
+    # 120 readings: 16 minutes of this meter), so the surplus gone by stays within 90 W above.
+    d = Denoise()
+    worst = 0.0
+    for t in range(3600):
+        true = 5000.0 - 0.5 * t
+        if t % 8 == 0:
+            value = true + rng.gauss(0.0, 50.0)
+        out_w = d.update(value, own=True, read_at=float(t - t % 8))
+        if t > 1200:
+            worst = max(worst, out_w - true)
+    assert worst < 90.0
+    # Not knowing when the readings were taken, the repeats measure as no noise: as they are.
+    d = Denoise()
+    assert [d.update(w, own=True) for w in out[:5] * 8] == out[:5] * 8
+    assert d.sigma_w() == 0.0
+
+
 async def test_a_noisy_grid_meter_does_not_move_the_current_under_a_steady_sun() -> None:
     # A Gaussian 50 W on the grid meter (PV inverters and house loads jitter that much): under
     # a steady sun the current stays put, on one phase (0.22 A of noise) as on three; a cloud
