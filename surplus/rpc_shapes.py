@@ -222,7 +222,7 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "lock": d.lock,
         "pauseKind": None if d.pause_kind is None else d.pause_kind.value,
         "reason": d.reason,
-        # The strategy's own numbers behind it (pv: surplus_watts, grid_meter_lag_seconds).
+        # The strategy's own numbers behind it (pv: surplus_watts, surplus_noise_watts, ...).
         "figures": dict(d.figures),
     }
 
