@@ -113,8 +113,11 @@ class PvSettings:
     #: Above this state of charge (%) a discharging battery may feed the car; None: never.
     battery_to_car_soc: float | None = None
     start_delay_s: float = 10.0
-    #: The longest a dip is ridden through at 6 A before pausing.
-    stop_delay_s: float = 300.0
+    #: The longest a dip is ridden through at 6 A before pausing. The energy account pauses
+    #: sooner where riding costs more than a pause; a dip with three quarters of the minimum's
+    #: sun or more costs nothing by it, and only this ends the ride. 300 s paused such rides
+    #: just before the clouds passed, and the 5-minute hold kept the car off in the sun after.
+    stop_delay_s: float = 600.0
     #: An imported kWh counts this many kWh of sun given away, in every trade-off.
     import_weight: float = IMPORT_WEIGHT
     smoothing_up_s: float = 3.0
