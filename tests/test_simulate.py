@@ -19,7 +19,7 @@ from surplus.sim.model import AmtronModel
 from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
 from surplus.sim.replay import DayMeter, plan_replay
 from surplus.sim.score import Car, CarError, Series, Setup, energies, oracle_wh, parse_car
-from surplus.sim.simulate_cli import shipped_days, simulate
+from surplus.sim.simulate_cli import format_table, shipped_days, simulate
 
 V = 230.0
 BOTH = Setup(phase_counts=(1, 3), max_a=16.0, volts=V)
@@ -439,3 +439,31 @@ async def test_a_replayed_battery_above_battery_soc_min_gives_the_car_its_chargi
     car_first = await simulate(day, car, load_config(str(config), {}))
     assert house_first.runs[0].car_wh < 100  # 1 kW left after the battery: below 6 A, never starts
     assert car_first.runs[0].car_wh > 2500  # ~3 kW for most of the hour
+
+
+async def test_the_value_column_weighs_each_runs_import_as_pv_does(tmp_path: Path) -> None:
+    # A three-phase box under a surplus that falls below its minimum for 8 minutes twice:
+    # pv rides at 6 A (import) where the references stop. Value = sun - import_weight x grid,
+    # for every run alike, with pv's weight (its declared default, or as configured).
+    steps = [(0, 0), (36000, 8000), (36600, 3600), (37080, 8000), (37800, 3600), (38280, 8000)]
+    day = parse_day(lines_of([(t, pv, 400) for t, pv in steps]), name="dips")
+    car = Car(arrival_s=36000, departure_s=39600, energy_wh=50_000, phases="3")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "chargers:\n  - id: wallbox\n    mode: pv\n    strategies:\n      pv: {import_weight: 10}\n"
+    )
+    for cfg, weight in ((load_config(None, {}), 3.0), (load_config(str(config), {}), 10.0)):
+        sim = await simulate(day, car, cfg, mode="pv", reference=True)
+        assert sim.import_weight == weight
+        as_json = sim.as_dict()
+        assert as_json["import_weight"] == weight
+        surplus = sim.runs[0]
+        assert surplus.grid_wh > 10  # it did import, so the weight matters
+        for run, shown in zip(sim.runs, as_json["runs"], strict=True):
+            assert shown["value_wh"] == pytest.approx(run.solar_wh - weight * run.grid_wh, abs=0.1)
+        table = format_table(sim).splitlines()
+        assert "value kWh" in table[1] and table[-1].startswith(f"value = sun - {weight:g} x grid")
+        cells = table[2].split()
+        assert cells[0] == "surplus" and float(cells[6]) == pytest.approx(
+            sim.value_wh(surplus) / 1000, abs=0.006
+        )

@@ -14,11 +14,12 @@ import csv
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..plugins import builtin_strategy_infos
 from .day import Day, DayError, hhmm, load_day
 from .score import Car, CarError, RunScore, Series, oracle_wh, parse_car, score_run
 
@@ -37,13 +38,25 @@ class Simulation:
     runs: tuple[RunScore, ...]
     series: Series
     ticks: int
+    #: An imported Wh counts this many Wh of sun in :meth:`value_wh` (pv's ``import_weight``).
+    import_weight: float
+
+    def value_wh(self, run: RunScore) -> float:
+        """The run as pv's decisions weigh it: sun into the car less the import, weighted.
+
+        A controller ahead on it took more sun than its extra import costs (or imported
+        less than the sun it gave up was worth): one number for the trade that capture
+        and grid share show on two axes.
+        """
+        return run.solar_wh - self.import_weight * run.grid_wh
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "day": self.day.name,
             "car": self.car.describe(),
             "oracle_wh": round(self.oracle_wh, 1),
-            "runs": [r.as_dict() for r in self.runs],
+            "import_weight": self.import_weight,
+            "runs": [{**r.as_dict(), "value_wh": round(self.value_wh(r), 1)} for r in self.runs],
         }
 
 
@@ -102,8 +115,22 @@ async def simulate(
             series, counts = run_reference(day, car, plan.setup, ref)
             runs.append(score_run(ref.name, mode, day, series, counts, best))
     return Simulation(
-        day=day, car=car, oracle_wh=best, runs=tuple(runs), series=result.series, ticks=result.ticks
+        day=day,
+        car=car,
+        oracle_wh=best,
+        runs=tuple(runs),
+        series=result.series,
+        ticks=result.ticks,
+        import_weight=import_weight(plan.strategy_options),
     )
+
+
+def import_weight(strategy_options: Mapping[str, Mapping[str, Any]]) -> float:
+    """pv's ``import_weight`` as configured, else the default the pv plugin declares."""
+    configured = strategy_options.get("pv", {}).get("import_weight")
+    if configured is not None:
+        return float(configured)
+    return float(builtin_strategy_infos()["pv"].options["import_weight"])
 
 
 def format_table(sim: Simulation) -> str:
@@ -113,14 +140,17 @@ def format_table(sim: Simulation) -> str:
         f"day {sim.day.name}: car {hhmm(c.arrival_s)}-{hhmm(c.departure_s)}, needs {c.energy_wh / 1000:g} kWh, "
         f"max {c.max_a:g} A, phases {c.phases}; the most sun it could take: {sim.oracle_wh / 1000:.2f} kWh",
         f"{'controller':15} {'mode':8} {'capture':>7} {'grid share':>10} {'sun kWh':>8} {'grid kWh':>8} "
-        f"{'car kWh':>8} {'setpoints':>9} {'pauses':>6} {'switches':>8}",
+        f"{'value kWh':>9} {'car kWh':>8} {'setpoints':>9} {'pauses':>6} {'switches':>8}",
     ]
     for r in sim.runs:
         lines.append(
             f"{r.controller:15} {r.mode:8} {r.capture:7.3f} {r.grid_share:10.3f} {r.solar_wh / 1000:8.2f} "
-            f"{r.grid_wh / 1000:8.2f} {r.car_wh / 1000:8.2f} {r.setpoint_changes:9d} {r.pauses:6d} "
-            f"{r.phase_switches:8d}"
+            f"{r.grid_wh / 1000:8.2f} {sim.value_wh(r) / 1000:9.2f} {r.car_wh / 1000:8.2f} "
+            f"{r.setpoint_changes:9d} {r.pauses:6d} {r.phase_switches:8d}"
         )
+    lines.append(
+        f"value = sun - {sim.import_weight:g} x grid (pv's import_weight: the trade pv's decisions weigh)"
+    )
     return "\n".join(lines)
 
 
@@ -197,7 +227,8 @@ shipped with surplus (see --list-days).
 
 capture = sun into the car / the most sun the car could have taken (the oracle:
 nothing below 6 A on every allowed phase count); grid share = grid energy /
-energy into the car. The box, its limits and the strategy options come from the
+energy into the car; value = sun into the car - import_weight x grid energy
+(pv's option, 3 unless configured: the trade pv weighs, one number). The box, its limits and the strategy options come from the
 config (-c; default: the built-in demo config).
 """
 
