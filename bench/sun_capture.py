@@ -57,7 +57,7 @@ def one(job: tuple[str, str, str]) -> dict[str, object]:
     day = load_day(path)
     car = parse_car(BOXES[box])
     sim = asyncio.run(simulate(day, car, load_config(None, {}), mode=mode, reference=True))
-    return {"day": Path(path).stem, "mode": mode, "box": box, "runs": [r.as_dict() for r in sim.runs]}
+    return {"day": Path(path).stem, "mode": mode, "box": box, "runs": sim.as_dict()["runs"]}
 
 
 def table(results: list[dict[str, object]]) -> str:
@@ -211,6 +211,13 @@ def score_days(folder: Path) -> None:
         print(
             f"mean over {len(rows)} days, {box}: capture - 5 s ref {dc:+.4f}, grid share - 30 s ref {dg:+.4f}"
         )
+        for k, ref in ((1, "30 s"), (2, "5 s")):
+            dv = [(float(x[0]["value_wh"]) - float(x[k]["value_wh"])) / 1000 for x in rows]  # type: ignore[index]
+            behind = sum(1 for v in dv if v < -0.1)
+            print(
+                f"  value - {ref} ref, {box}: {sum(dv):+.2f} kWh over {len(rows)} days, "
+                f"behind by more than 0.1 kWh on {behind}"
+            )
 
 
 def main() -> None:
