@@ -228,8 +228,9 @@ shipped with surplus (see --list-days).
 capture = sun into the car / the most sun the car could have taken (the oracle:
 nothing below 6 A on every allowed phase count); grid share = grid energy /
 energy into the car; value = sun into the car - import_weight x grid energy
-(pv's option, 3 unless configured: the trade pv weighs, one number). The box, its limits and the strategy options come from the
-config (-c; default: the built-in demo config).
+(pv's option, 3 unless configured: the trade pv weighs, in one number). The
+box, its limits and the strategy options come from the config (-c; default:
+the built-in demo config).
 """
 
 
