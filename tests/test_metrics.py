@@ -17,6 +17,7 @@ from surplus.clock import FakeClock
 from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, FIGURE_HELP_OTHER, metrics_endpoint
 from surplus.types import MeterReading, Outcome, Snapshot
 
+from .mqtt_support import eventually
 from .prometheus_support import promtool_check_metrics
 from .rpc_support import STACK_CONFIG, FakeController, full_stack, sample_decision
 from .test_bus import HB_ADDR, HB_VALUE, FakeLink, make_bus
@@ -156,9 +157,9 @@ async def test_the_strategys_own_figures_are_exported_with_its_decision() -> Non
     # getDecision gives them with the reason, /metrics as surplus_strategy_<name>{charger}.
     async with full_stack(METER_STACK.replace("mode: fixed", "mode: pv")) as (stack, _model, url):
         async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(10):
-                while not _decided_by(stack.controller, "pv"):  # noqa: ASYNC110  (polling the loop's state)
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: _decided_by(stack.controller, "pv"), "the loop's first pv decision", 10.0
+            )
             data = (await Rpc(url, session).ok("getDecision"))["data"]
             async with session.get(url + "metrics") as resp:
                 text = await resp.text()
