@@ -16,6 +16,11 @@ phase switches and setpoint changes. Then:
     .venv/bin/python bench/sun_capture.py --quick    # pv on the 1p/3p box only
     .venv/bin/python bench/sun_capture.py --days DIR # pv on the days in DIR, and the
                                                      # issue's criteria day by day
+    .venv/bin/python bench/sun_capture.py --meter-every 8 --meter-polled  # a real meter
+
+``--meter-lag``, ``--meter-every``, ``--meter-polled`` and ``--meter-noise`` replay
+surplus's runs with such a grid meter (as ``surplus simulate`` does; the references
+see the surplus exactly): the README's "Real meters" table.
 
 ``--days`` takes any directory of day files, such as the days kept out of tuning that
 ``bench/holdout_days.py`` builds. Its criteria (a day's category is its file name's
@@ -46,17 +51,18 @@ sys.path.insert(0, str(ROOT))
 
 from surplus.config import load_config  # noqa: E402
 from surplus.sim.day import load_day, parse_day  # noqa: E402
+from surplus.sim.meter_model import EXACT_METER, MeterModel  # noqa: E402
 from surplus.sim.score import Car, parse_car  # noqa: E402
 from surplus.sim.simulate_cli import shipped_days, simulate  # noqa: E402
 
 BOXES = {"1p3p": "phases=1p3p", "3p": "phases=3"}
 
 
-def one(job: tuple[str, str, str]) -> dict[str, object]:
-    path, mode, box = job
+def one(job: tuple[str, str, str, MeterModel]) -> dict[str, object]:
+    path, mode, box, meter = job
     day = load_day(path)
     car = parse_car(BOXES[box])
-    sim = asyncio.run(simulate(day, car, load_config(None, {}), mode=mode, reference=True))
+    sim = asyncio.run(simulate(day, car, load_config(None, {}), mode=mode, reference=True, meter=meter))
     return {"day": Path(path).stem, "mode": mode, "box": box, "runs": sim.as_dict()["runs"]}
 
 
@@ -190,15 +196,19 @@ def criteria(results: list[dict[str, object]]) -> list[str]:
     return misses
 
 
-def score_days(folder: Path) -> None:
+def score_days(folder: Path, meter: MeterModel) -> None:
     """pv on every day in ``folder``, both boxes: the table, then the criteria and the means."""
     days = sorted(folder.glob("*.csv"))
     if not days:
         raise SystemExit(f"no day files (*.csv) in {folder}")
-    jobs = [(str(p), "pv", b) for p in days for b in ("1p3p", "3p")]
+    jobs = [(str(p), "pv", b, meter) for p in days for b in ("1p3p", "3p")]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(one, jobs))
     print(table(results))
+    setpoints = sum(
+        int(runs[0]["setpoint_changes"]) for runs in (r["runs"] for r in results) if isinstance(runs, list)
+    )
+    print(f"\nsurplus's setpoint changes over the {len(jobs)} replays: {setpoints:,}")
     misses = criteria(results)
     replays = len({line.split(":")[0] for line in misses})
     print(f"\n{len(misses)} misses, in {replays} of {len(jobs)} replays:")
@@ -227,13 +237,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="pv on the 1p/3p box only")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results")
     parser.add_argument("--days", type=Path, metavar="DIR", help="score pv on the day files in DIR instead")
+    parser.add_argument(
+        "--meter-lag", metavar="S", type=float, default=0.0, help="grid meter S s behind the box"
+    )
+    parser.add_argument("--meter-every", metavar="S", type=float, default=0.0, help="a reading every S s")
+    parser.add_argument("--meter-polled", action="store_true", help="readings stamped when polled")
+    parser.add_argument("--meter-noise", metavar="W", type=float, default=0.0, help="noise of W (sigma)")
     args = parser.parse_args()
+    try:
+        meter = MeterModel(
+            lag_s=args.meter_lag, every_s=args.meter_every, noise_w=args.meter_noise, polled=args.meter_polled
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if meter != EXACT_METER:
+        print(f"surplus's grid meter: {meter.describe()} (the references': exact)\n")
     if args.days:
-        score_days(args.days)
+        score_days(args.days, meter)
         return
     modes = ("pv",) if args.quick else ("pv", "minpv")
     boxes = ("1p3p",) if args.quick else ("1p3p", "3p")
-    jobs = [(str(p), m, b) for p in shipped_days() for m in modes for b in boxes]
+    jobs = [(str(p), m, b, meter) for p in shipped_days() for m in modes for b in boxes]
     wall = time.perf_counter()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(one, jobs))

@@ -15,6 +15,7 @@ import pytest
 from surplus.clock import FakeClock
 from surplus.config import load_config
 from surplus.sim.day import Day, DayError, parse_day
+from surplus.sim.meter_model import MeterModel
 from surplus.sim.model import AmtronModel
 from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
 from surplus.sim.replay import DayMeter, plan_replay
@@ -303,7 +304,7 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases="3")
     config = load_config(None, {})
     exact = await simulate(day, car, config, mode="pv")
-    late = await simulate(day, car, config, mode="pv", meter_lag_s=lag_s, meter_every_s=every_s)
+    late = await simulate(day, car, config, mode="pv", meter=MeterModel(lag_s=lag_s, every_s=every_s))
     e, la = exact.runs[0], late.runs[0]
     assert e.setpoint_changes >= len(steps)
     assert la.setpoint_changes == e.setpoint_changes and la.pauses == e.pauses == 1
@@ -313,7 +314,7 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
 async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_with_its_age() -> None:
     day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400), (36005, 5000, 400)]), name="m")
     clock = FakeClock(start=1000.0)
-    meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, every_s=4.0)
+    meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, meter=MeterModel(every_s=4.0))
     seen = []
     for _ in range(10):
         r = await meter.read()
@@ -321,6 +322,23 @@ async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_w
         await clock.advance(1.0)
     # A new reading at 0, 4 and 8 s; the sun's step at 5 s shows in the one taken at 8 s.
     assert seen == [(0.0, -2600.0)] * 4 + [(4.0, -2600.0)] * 4 + [(8.0, -4600.0)] * 2
+
+
+async def test_a_polled_day_meter_gives_the_same_values_stamped_with_the_time_of_each_poll() -> None:
+    day = parse_day(lines_of([(0, 0, 400), (36000, 3000, 400), (36005, 5000, 400)]), name="m")
+    clock = FakeClock(start=1000.0)
+    polled = MeterModel(every_s=4.0, polled=True)
+    meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, meter=polled)
+    seen = []
+    for _ in range(10):
+        r = await meter.read()
+        seen.append((r.read_at_s - 1000.0, r.grid_power_w))
+        await clock.advance(1.0)
+    # The device still reads at 0, 4 and 8 s, but each poll looks fresh: its age says nothing.
+    assert [w for _, w in seen] == [-2600.0] * 8 + [-4600.0] * 2
+    assert [t for t, _ in seen] == [float(k) for k in range(10)]
+    with pytest.raises(ValueError, match="every_s"):
+        MeterModel(polled=True)
 
 
 async def test_a_car_that_leaves_within_a_minute_is_replayed() -> None:
@@ -337,7 +355,9 @@ async def test_a_noisy_day_meter_jitters_the_same_on_every_replay() -> None:
 
     async def readings() -> list[float]:
         clock = FakeClock(start=1000.0)
-        meter = DayMeter(day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, noise_w=50.0)
+        meter = DayMeter(
+            day, AmtronModel(clock), clock, t0=1000.0, day_t0=36000.0, meter=MeterModel(noise_w=50.0)
+        )
         out = []
         for _ in range(400):
             out.append((await meter.read()).grid_power_w)
@@ -362,8 +382,9 @@ async def test_a_noisy_grid_meter_changes_little_in_a_replay(every_s: float) -> 
     config = load_config(None, {})
     for phases in ("1", "1p3p"):
         car = Car(arrival_s=35000, departure_s=39000, energy_wh=50_000, phases=phases)
-        e = (await simulate(day, car, config, mode="pv", meter_every_s=every_s)).runs[0]
-        n = (await simulate(day, car, config, mode="pv", meter_every_s=every_s, meter_noise_w=50.0)).runs[0]
+        e = (await simulate(day, car, config, mode="pv", meter=MeterModel(every_s=every_s))).runs[0]
+        noisy = MeterModel(every_s=every_s, noise_w=50.0)
+        n = (await simulate(day, car, config, mode="pv", meter=noisy)).runs[0]
         assert e.setpoint_changes == len(steps)
         assert n.setpoint_changes <= 2 * e.setpoint_changes + 2, (phases, n.setpoint_changes)
         assert n.pauses == e.pauses == 0
@@ -389,6 +410,33 @@ def test_a_bad_meter_option_is_refused_by_name(option: str, value: str, error: s
     )
     assert proc.returncode == 2
     assert option in proc.stderr and error in proc.stderr, proc.stderr
+
+
+def test_the_cli_replays_a_polled_meter_and_says_which_meter_it_scored(tmp_path: Path) -> None:
+    day = tmp_path / "steps.csv"
+    day.write_text(
+        "\n".join(lines_of([(0, 0, 400), (36000, 3000, 400), (36600, 6000, 400), (37200, 0, 400)]))
+    )
+    car = ["--car", "arrival=10:00,departure=10:30,energy_kwh=50"]
+
+    def simulate_cli(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "surplus.cli", "simulate", str(day), *car, *options],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    alone = simulate_cli("--meter-polled")
+    assert alone.returncode == 2 and "--meter-polled needs --meter-every" in alone.stderr, alone.stderr
+    table = simulate_cli("--meter-every", "8", "--meter-polled", "--meter-noise", "20")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[1] == (
+        "surplus's grid meter: a reading every 8 s (polled), 20 W of noise (the references': exact)"
+    )
+    shown = json.loads(simulate_cli("--meter-every", "8", "--meter-polled", "--json").stdout)
+    assert shown["meter"] == {"lag_s": 0.0, "every_s": 8.0, "noise_w": 0.0, "polled": True}
+    assert shown["runs"][0]["car_wh"] > 0
+    exact = json.loads(simulate_cli("--json").stdout)
+    assert exact["meter"] == {"lag_s": 0.0, "every_s": 0.0, "noise_w": 0.0, "polled": False}
 
 
 def test_the_cli_says_what_is_wrong_with_a_day_and_exits_2(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from surplus.types import MeterReading, Snapshot
 
 from .day import Day, hhmm
 from .membus import ModelBus
+from .meter_model import EXACT_METER, MeterModel
 from .model import AmtronModel, DeviceProfile, EvProfile, profile_by_name
 from .score import Car, Counts, Series, Setup, count_changes
 
@@ -126,12 +127,11 @@ def plan_replay(config: Config, car: Car, *, charger_id: str | None = None) -> P
 class DayMeter:
     """The day as a grid meter: what a meter at the house connection would read.
 
-    ``lag_s``: the meter shows the car's power that many seconds late (many meters
-    are a second or more behind the box's own reading), the rest of the house as it is.
-    ``every_s``: the meter takes a new reading only that often (a reader that posts every
-    few seconds); in between it gives the last one, whose ``read_at_s`` says how old it is.
-    ``noise_w``: each reading is off by Gaussian noise of that sigma (seeded: a replay is
-    repeatable), as PV inverters and house loads jitter from one second to the next.
+    How it differs from an exact meter is ``meter`` (:class:`MeterModel`): the car's
+    power shown ``lag_s`` late (the rest of the house as it is); a new reading only every
+    ``every_s``, in between the last one, whose ``read_at_s`` says how old it is (with
+    ``polled``: stamped with the time of each read instead, as an HTTP poll would); noise
+    of ``noise_w`` (seeded: a replay is repeatable).
     """
 
     #: ``read`` does no I/O: the loop reads it in place, without a task.
@@ -144,9 +144,7 @@ class DayMeter:
         clock: FakeClock,
         t0: float,
         day_t0: float,
-        lag_s: float = 0.0,
-        every_s: float = 0.0,
-        noise_w: float = 0.0,
+        meter: MeterModel = EXACT_METER,
     ) -> None:
         self.meter_id = "day"
         self._day = day
@@ -154,12 +152,13 @@ class DayMeter:
         self._clock = clock
         self._offset = day_t0 - t0
         self._i = 0
-        self._lag_s = lag_s
+        self._lag_s = meter.lag_s
         #: (time, car power) of the reads of the last ``lag_s`` seconds, oldest first.
         self._car_w: deque[tuple[float, float]] = deque()
-        self._every_s = every_s
+        self._every_s = meter.every_s
+        self._polled = meter.polled
         self._held: MeterReading | None = None
-        self._noise_w = noise_w
+        self._noise_w = meter.noise_w
         self._rng = random.Random(NOISE_SEED)
 
     def day_time(self) -> float:
@@ -186,6 +185,8 @@ class DayMeter:
     async def read(self) -> MeterReading:
         held = self._held
         if held is not None and self._clock.now() - held.read_at_s < self._every_s:
+            if self._polled:  # fetched now: the poll cannot know when the device measured
+                return dataclasses.replace(held, read_at_s=self._clock.now())
             return held
         self._held = reading = self._reading()
         return reading
@@ -268,14 +269,11 @@ async def replay(
     *,
     mode: str,
     charger_id: str | None = None,
-    meter_lag_s: float = 0.0,
-    meter_every_s: float = 0.0,
-    meter_noise_w: float = 0.0,
+    meter: MeterModel = EXACT_METER,
 ) -> ReplayResult:
     """Run the real controller through ``day`` with ``car`` in ``mode``.
 
-    ``meter_lag_s``, ``meter_every_s``, ``meter_noise_w``: a grid meter behind the box, one
-    that reads only that often, one that jitters (see :class:`DayMeter`).
+    ``meter``: how the grid meter differs from an exact one (see :class:`MeterModel`).
     """
     plan = plan_replay(config, car, charger_id=charger_id)
     # The day is the meter: meter plugins (and their network libraries) stay unloaded.
@@ -291,16 +289,7 @@ async def replay(
     model = AmtronModel(clock, profile=plan.profile, keep_record=False)
     bus = ModelBus({DEVICE_ID: model}, clock)
     charger = AmtronCharger(bus, charger_id=plan.charger.id, clock=clock, device_id=DEVICE_ID)
-    meter = DayMeter(
-        day,
-        model,
-        clock,
-        t0=clock.now(),
-        day_t0=start,
-        lag_s=meter_lag_s,
-        every_s=meter_every_s,
-        noise_w=meter_noise_w,
-    )
+    day_meter = DayMeter(day, model, clock, t0=clock.now(), day_t0=start, meter=meter)
     slot = ChargerSlot(
         charger=charger,
         strategies=strategies,
@@ -310,7 +299,7 @@ async def replay(
     controller = Controller(
         clock=clock,
         chargers=[slot],
-        meters=[meter],
+        meters=[day_meter],
         governor=SafetyGovernor({plan.charger.id: plan.limits}),
         tick_s=plan.tick_s,
         stale_after_s=plan.stale_after_s,
@@ -320,7 +309,7 @@ async def replay(
     )
     series = Series(tick_s=plan.tick_s)
     energy: list[float] = []
-    controller.add_tick_observer(_Recorder(model, meter, day, car.arrival_s, series, energy))
+    controller.add_tick_observer(_Recorder(model, day_meter, day, car.arrival_s, series, energy))
 
     async def car_comes_and_goes() -> None:
         await clock.sleep(car.arrival_s - start)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..plugins import builtin_strategy_infos
 from .day import Day, DayError, hhmm, load_day
+from .meter_model import EXACT_METER, MeterModel
 from .score import Car, CarError, RunScore, Series, oracle_wh, parse_car, score_run
 
 #: The real days shipped with surplus (see days/README.md there); ``surplus simulate NAME`` finds them.
@@ -40,6 +41,8 @@ class Simulation:
     ticks: int
     #: An imported Wh counts this many Wh of sun in :meth:`value_wh` (pv's ``import_weight``).
     import_weight: float
+    #: The grid meter surplus read (the references see the surplus exactly).
+    meter: MeterModel = EXACT_METER
 
     def value_wh(self, run: RunScore) -> float:
         """The run as pv's decisions weigh it: sun into the car less the import, weighted.
@@ -56,6 +59,7 @@ class Simulation:
             "car": self.car.describe(),
             "oracle_wh": round(self.oracle_wh, 1),
             "import_weight": self.import_weight,
+            "meter": self.meter.as_dict(),
             "runs": [{**r.as_dict(), "value_wh": round(self.value_wh(r), 1)} for r in self.runs],
         }
 
@@ -84,15 +88,12 @@ async def simulate(
     mode: str = "pv",
     reference: bool = False,
     charger_id: str | None = None,
-    meter_lag_s: float = 0.0,
-    meter_every_s: float = 0.0,
-    meter_noise_w: float = 0.0,
+    meter: MeterModel = EXACT_METER,
 ) -> Simulation:
     """Replay ``day`` with the real controller (and the references) and score every run.
 
-    ``meter_lag_s``: the grid meter shows the car's power that late; ``meter_every_s``: it
-    takes a new reading only that often; ``meter_noise_w``: its readings jitter by that much
-    (a Gaussian's sigma). The references see the surplus exactly, as always.
+    ``meter``: how surplus's grid meter differs from an exact one (behind the box, reading
+    every few seconds, polled, noisy). The references see the surplus exactly, as always.
     """
     from .reference import REFERENCES, run_reference
     from .replay import plan_replay, replay
@@ -105,9 +106,7 @@ async def simulate(
         config,
         mode=mode,
         charger_id=charger_id,
-        meter_lag_s=meter_lag_s,
-        meter_every_s=meter_every_s,
-        meter_noise_w=meter_noise_w,
+        meter=meter,
     )
     runs = [score_run("surplus", mode, day, result.series, result.counts, best)]
     if reference:
@@ -122,6 +121,7 @@ async def simulate(
         series=result.series,
         ticks=result.ticks,
         import_weight=import_weight(plan.strategy_options),
+        meter=meter,
     )
 
 
@@ -139,6 +139,11 @@ def format_table(sim: Simulation) -> str:
     lines = [
         f"day {sim.day.name}: car {hhmm(c.arrival_s)}-{hhmm(c.departure_s)}, needs {c.energy_wh / 1000:g} kWh, "
         f"max {c.max_a:g} A, phases {c.phases}; the most sun it could take: {sim.oracle_wh / 1000:.2f} kWh",
+        *(
+            []
+            if sim.meter.exact
+            else [f"surplus's grid meter: {sim.meter.describe()} (the references': exact)"]
+        ),
         f"{'controller':15} {'mode':8} {'capture':>7} {'grid share':>10} {'sun kWh':>8} {'grid kWh':>8} "
         f"{'value kWh':>9} {'car kWh':>8} {'setpoints':>9} {'pauses':>6} {'switches':>8}",
     ]
@@ -178,6 +183,15 @@ def _cmd(args: argparse.Namespace) -> int:
     except (CarError, DayError, ConfigError) as exc:
         print(f"surplus simulate: {exc}", file=sys.stderr)
         return 2
+    if args.meter_polled and not args.meter_every:
+        print(
+            "surplus simulate: --meter-polled needs --meter-every S (how often the device reads)",
+            file=sys.stderr,
+        )
+        return 2
+    meter = MeterModel(
+        lag_s=args.meter_lag, every_s=args.meter_every, noise_w=args.meter_noise, polled=args.meter_polled
+    )
     try:
         sim = asyncio.run(
             simulate(
@@ -187,9 +201,7 @@ def _cmd(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 reference=args.reference,
                 charger_id=args.charger,
-                meter_lag_s=args.meter_lag,
-                meter_every_s=args.meter_every,
-                meter_noise_w=args.meter_noise,
+                meter=meter,
             )
         )
     except (ReplayError, ValueError) as exc:
@@ -277,6 +289,12 @@ def add_parser(subparsers: Any) -> None:
         type=_noise_w,
         default=0.0,
         help="each grid-meter reading is off by Gaussian noise of W watts (sigma; 0 to 1000; default 0)",
+    )
+    p.add_argument(
+        "--meter-polled",
+        action="store_true",
+        help="with --meter-every: the readings carry the time they were fetched, not the time the meter "
+        "took them (a device polled over HTTP)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out-csv", metavar="FILE", help="write t_s,car_w,current_a,phases,grid_w per tick")
