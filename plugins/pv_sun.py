@@ -36,6 +36,9 @@ CAR_MOVE_A = 1.0
 #: to show the last LAGS_KEPT moves, at most MAX_FOLLOW_S (a slower meter is not waited for).
 MAX_FOLLOW_S = 30.0
 LAGS_KEPT = 5
+#: A measurement that the next move ends before the meter has shown the move counts a
+#: reading (the loop's tick) longer than it lasted: see MeterLag.moved.
+LAG_STEP_S = 1.0
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
 #: above it (two notches of 0.1 A: less is not worth a write).
@@ -302,14 +305,20 @@ class MeterLag:
         A move within FOLLOW_S of a new current, or of the move being measured, is part of
         it (the car following a new current, a ramp): the time counts from the first. A
         later one ends that measurement: the meter took at least that long (a meter so slow
-        that the moves it causes come before it shows them would otherwise never be measured).
+        that the moves it causes come before it shows them would otherwise never be
+        measured), and it counts a reading longer (LAG_STEP_S). Such a move is most often
+        the wait's own doing: it ended before the meter showed the move, the old power read
+        as a step in the sun and was followed. Counted as it lasted, the measurement would
+        keep the wait that short, a reading too early for every change after it (a meter
+        polled every second that updates every 8 s inside was measured 7 s, and a small
+        change, which no measurement times, was followed by a false one each time).
         """
         since = self.set_at if now - self.set_at < FOLLOW_S else now
         if self.pending is not None:
             if now - self.pending[0] < FOLLOW_S:
                 since = min(since, self.pending[0])
             else:
-                self.lags.append(min(now - self.pending[0], MAX_FOLLOW_S))
+                self.lags.append(min(now - self.pending[0] + LAG_STEP_S, MAX_FOLLOW_S))
                 self.first = False
         self.pending = (since, before_w, delta_w)
 

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import random
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -656,6 +657,30 @@ def test_the_meters_lag_is_measured_on_the_cars_moves() -> None:
     slow.moved(100.0, 5000.0, 3000.0)
     slow.update(5000.0, 131.0, 131.0)
     assert list(slow.lags) == [29.0] and slow.lag_s() <= MAX_FOLLOW_S
+
+
+def test_a_move_that_comes_before_the_meter_showed_the_last_one_lengthens_the_wait() -> None:
+    # A meter polled over HTTP that updates every 8 s inside: its readings look fresh, and
+    # they show a move of the car 8 s after the current that caused it was set (as the
+    # simulator's clear summer day did). The wait, measured short so far (5 s), ends while
+    # they still show the old power: the car's own move reads as a step in the sun and is
+    # followed by a second move. That second move ends the measurement (the meter took at
+    # least that long), and the wait it leaves must cover the meter, also for a small change
+    # that the box does not read as a move of its own (nothing measures those): the meter had
+    # not shown the move when the second came, so it takes a reading longer at least.
+    shows_after = 8.0
+    lag = MeterLag(lags=deque([5.0] * 5, maxlen=5), first=False)
+    lag.current_set(0.0)
+    lag.moved(1.0, 5000.0, -2400.0)  # the car follows within a second
+    t = 1.0
+    while lag.mixed(0.0, t, t) or lag.mixed(1.0, t, t):  # (from the new current and the move)
+        lag.update(5000.0 - 2400.0, t, t)  # the old power: the surplus off by the move
+        t += 1.0
+    assert t < shows_after  # the wait ended before the meter showed the move...
+    lag.moved(t + 1.0, 5000.0 - 2400.0, -2400.0)  # ...so the car was moved again
+    # A small change later: the readings mix until the meter can show it.
+    assert lag.mixed(100.0, 100.0 + shows_after - 1.0, 100.0 + shows_after - 1.0)
+    assert lag.lag_s() >= shows_after
 
 
 def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a_cloud() -> None:

@@ -14,13 +14,13 @@ import pytest
 
 from surplus.clock import FakeClock
 from surplus.config import load_config
-from surplus.sim.day import Day, DayError, parse_day
+from surplus.sim.day import Day, DayError, load_day, parse_day
 from surplus.sim.meter_model import MeterModel
 from surplus.sim.model import AmtronModel
 from surplus.sim.reference import REFERENCE_5S, REFERENCE_30S, run_reference
 from surplus.sim.replay import DayMeter, plan_replay
 from surplus.sim.score import Car, CarError, Series, Setup, energies, oracle_wh, parse_car
-from surplus.sim.simulate_cli import format_table, shipped_days, simulate
+from surplus.sim.simulate_cli import find_day, format_table, shipped_days, simulate
 
 V = 230.0
 BOTH = Setup(phase_counts=(1, 3), max_a=16.0, volts=V)
@@ -286,11 +286,11 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
 
 
 @pytest.mark.parametrize(
-    ("lag_s", "every_s", "late_wh"),
-    [(2.0, 0.0, 1.0), (9.0, 0.0, 1.0), (0.0, 8.0, 20.0)],
+    ("lag_s", "every_s", "polled", "late_wh"),
+    [(2.0, 0.0, False, 1.0), (9.0, 0.0, False, 1.0), (0.0, 8.0, False, 20.0)],
 )
 async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
-    lag_s: float, every_s: float, late_wh: float
+    lag_s: float, every_s: float, polled: bool, late_wh: float
 ) -> None:
     # The sun steps every two minutes. A meter that shows the car's power 2 s late (as many
     # do) makes every change of the current look like a step in the sun for two readings;
@@ -304,11 +304,27 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases="3")
     config = load_config(None, {})
     exact = await simulate(day, car, config, mode="pv")
-    late = await simulate(day, car, config, mode="pv", meter=MeterModel(lag_s=lag_s, every_s=every_s))
+    meter = MeterModel(lag_s=lag_s, every_s=every_s, polled=polled)
+    late = await simulate(day, car, config, mode="pv", meter=meter)
     e, la = exact.runs[0], late.runs[0]
     assert e.setpoint_changes >= len(steps)
     assert la.setpoint_changes == e.setpoint_changes and la.pauses == e.pauses == 1
     assert la.solar_wh >= e.solar_wh - late_wh and la.grid_wh <= e.grid_wh + late_wh
+
+
+async def test_a_polled_meter_that_updates_every_8_s_writes_no_more_than_the_5_s_reference() -> None:
+    # Polled over HTTP, a meter that updates every 8 s inside gives readings that all look
+    # fresh: pv can only wait as long as the meter was measured to take. A wait measured a
+    # reading too short used to stay that short (the false step it caused ended the next
+    # measurement at the same length), and on the clear summer day each change of the current
+    # was followed by a false one: 40 setpoints on three phases against the 5 s reference's 32.
+    day = load_day(find_day("clear-summer-2016-07-07"))
+    car = parse_car("phases=3")
+    polled = MeterModel(every_s=8.0, polled=True)
+    sim = await simulate(day, car, load_config(None, {}), mode="pv", reference=True, meter=polled)
+    surplus, _, five_s = sim.runs
+    assert surplus.setpoint_changes <= five_s.setpoint_changes, (surplus.setpoint_changes, five_s)
+    assert surplus.capture >= 0.999 and surplus.grid_share <= 0.001 and surplus.pauses == five_s.pauses
 
 
 async def test_a_day_meter_that_reads_every_few_seconds_gives_the_last_reading_with_its_age() -> None:
