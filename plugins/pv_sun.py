@@ -39,6 +39,10 @@ LAGS_KEPT = 5
 #: A measurement that the next move ends before the meter has shown the move counts a
 #: reading (the loop's tick) longer than it lasted: see MeterLag.moved.
 LAG_STEP_S = 1.0
+#: A move the meter has not shown yet is waited for up to this many times the longest delay
+#: measured (a meter polled every second that updates every P s inside shows a move 1 to P s
+#: later, evenly: the longest of k delays is under P/2 only once in 2**k).
+UNSHOWN_FACTOR = 2.0
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
 #: above it (two notches of 0.1 A: less is not worth a write).
@@ -356,8 +360,15 @@ class MeterLag:
 
     def mixed(self, since: float, now: float, read_at: float) -> bool:
         """Whether the readings may mix the cars' power before ``since`` with after: until the
-        car has followed (FOLLOW_S) and the meter's reading is as late as it lags."""
-        return now - since < FOLLOW_S or read_at - since < self.lag_s()
+        car has followed (FOLLOW_S) and the meter's reading is as late as it lags; and while
+        the move being measured is not shown yet (the readings still off by about it), up to
+        UNSHOWN_FACTOR times that long (a meter whose delay varies may take longer than the
+        longest measured so far)."""
+        if now - since < FOLLOW_S or read_at - since < self.lag_s():
+            return True
+        # The move being measured not shown yet (the last reading still off by about it).
+        pending = self.pending
+        return pending is not None and read_at - pending[0] < UNSHOWN_FACTOR * self.lag_s()
 
 
 @dataclass(eq=False)

@@ -662,14 +662,14 @@ def test_the_meters_lag_is_measured_on_the_cars_moves() -> None:
 def test_a_move_that_comes_before_the_meter_showed_the_last_one_lengthens_the_wait() -> None:
     # A meter polled over HTTP that updates every 8 s inside: its readings look fresh, and
     # they show a move of the car 8 s after the current that caused it was set (as the
-    # simulator's clear summer day did). The wait, measured short so far (5 s), ends while
-    # they still show the old power: the car's own move reads as a step in the sun and is
-    # followed by a second move. That second move ends the measurement (the meter took at
-    # least that long), and the wait it leaves must cover the meter, also for a small change
-    # that the box does not read as a move of its own (nothing measures those): the meter had
-    # not shown the move when the second came, so it takes a reading longer at least.
+    # simulator's clear summer day did). The wait, measured short so far (3 s; a move not
+    # shown yet is waited for up to twice that, 6 s), ends while they still show the old
+    # power: the car's own move reads as a step in the sun and is followed by a second move.
+    # That second move ends the measurement (the meter took at least that long), and the wait
+    # it leaves must cover the meter, also for a small change that the box does not read as
+    # a move of its own (nothing measures those): the measurement counts a reading longer.
     shows_after = 8.0
-    lag = MeterLag(lags=deque([5.0] * 5, maxlen=5), first=False)
+    lag = MeterLag(lags=deque([3.0] * 5, maxlen=5), first=False)
     lag.current_set(0.0)
     lag.moved(1.0, 5000.0, -2400.0)  # the car follows within a second
     t = 1.0
@@ -681,6 +681,41 @@ def test_a_move_that_comes_before_the_meter_showed_the_last_one_lengthens_the_wa
     # A small change later: the readings mix until the meter can show it.
     assert lag.mixed(100.0, 100.0 + shows_after - 1.0, 100.0 + shows_after - 1.0)
     assert lag.lag_s() >= shows_after
+
+
+def test_a_move_the_meter_has_not_shown_yet_is_waited_for_beyond_the_longest_delay_measured() -> None:
+    # A meter polled over HTTP that updates every 8 s inside shows a move 1 to 8 s after it:
+    # after two moves it has been measured at 3 and 5 s. The next move comes just after an
+    # update and shows at 8 s: while the readings are still off by about the move, they are
+    # waited for (up to twice the longest delay measured), so the old power is not taken for
+    # a cloud (which, for a fall to below 6 A, pauses the car for 5 minutes).
+    def measured(*lags: float) -> MeterLag:
+        return MeterLag(lags=deque(lags, maxlen=5), first=False)
+
+    lag = measured(3.0, 5.0)
+    lag.current_set(0.0)
+    lag.moved(1.0, 5000.0, -2400.0)
+    for t in range(1, 8):
+        lag.update(5000.0 - 2400.0, float(t), float(t))  # still the old power
+        assert lag.mixed(0.0, float(t), float(t)), t
+    lag.update(5000.0, 8.0, 8.0)  # shown: the readings are the sun's again
+    assert not lag.mixed(0.0, 8.0, 8.0) and lag.lags[-1] == 8.0
+    # Never shown: not waited for past twice the longest delay measured.
+    lag = measured(3.0, 5.0)
+    lag.current_set(100.0)
+    lag.moved(101.0, 5000.0, -2400.0)
+    waited = []
+    for t in range(101, 131):
+        lag.update(5000.0 - 2400.0, float(t), float(t))
+        if lag.mixed(100.0, float(t), float(t)):
+            waited.append(t)
+    assert waited[-1] == 109
+    # A cloud that takes the readings elsewhere ends the measurement: only the measured wait.
+    lag = measured(3.0, 5.0)
+    lag.current_set(200.0)
+    lag.moved(201.0, 5000.0, -2400.0)
+    lag.update(1000.0, 202.0, 202.0)
+    assert lag.pending is None and not lag.mixed(200.0, 205.0, 205.0)
 
 
 def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a_cloud() -> None:

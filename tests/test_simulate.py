@@ -287,7 +287,7 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
 
 @pytest.mark.parametrize(
     ("lag_s", "every_s", "polled", "late_wh"),
-    [(2.0, 0.0, False, 1.0), (9.0, 0.0, False, 1.0), (0.0, 8.0, False, 20.0)],
+    [(2.0, 0.0, False, 1.0), (9.0, 0.0, False, 1.0), (0.0, 8.0, False, 20.0), (0.0, 8.0, True, 20.0)],
 )
 async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     lag_s: float, every_s: float, polled: bool, late_wh: float
@@ -296,9 +296,11 @@ async def test_a_grid_meter_behind_the_box_changes_nothing_but_what_it_shows(
     # do) makes every change of the current look like a step in the sun for two readings;
     # pv takes the surplus it set the current for until the car has followed (5 s), or for as
     # long as the meter is measured to take (9 s), or until the meter has taken a reading
-    # after the change (one that reads every 8 s): the replay writes the same setpoints and
-    # pauses as with an exact meter. What the slow meter costs is only that it shows each
-    # step in the sun late (every 8 s: 4 s late here, 15 Wh of import and as much sun).
+    # after the change (one that reads every 8 s; polled over HTTP, its readings all look
+    # fresh, and a move it has not shown yet is waited for beyond the delays measured so
+    # far): the replay writes the same setpoints and pauses as with an exact meter. What the
+    # slow meter costs is only that it shows each step in the sun late (every 8 s: 4 s late
+    # here, 15 Wh of import and as much sun).
     steps = [(36000 + 120 * k, pv, 400) for k, pv in enumerate([5000, 7400, 4800, 8600, 6200, 9000, 5600])]
     day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 120 * len(steps), 0, 400)]), name="steps")
     car = Car(arrival_s=35000, departure_s=37200, energy_wh=50_000, phases="3")
