@@ -361,14 +361,19 @@ class MeterLag:
     def mixed(self, since: float, now: float, read_at: float) -> bool:
         """Whether the readings may mix the cars' power before ``since`` with after: until the
         car has followed (FOLLOW_S) and the meter's reading is as late as it lags; and while
-        the move being measured is not shown yet (the readings still off by about it), up to
-        UNSHOWN_FACTOR times that long (a meter whose delay varies may take longer than the
-        longest measured so far)."""
+        the move being measured is not shown yet (the readings still off by about it): until
+        LAGS_KEPT delays have been measured, until it is (at most MAX_FOLLOW_S), then up to
+        UNSHOWN_FACTOR times the longest of them (a meter whose delay varies may take longer
+        than the longest measured so far)."""
         if now - since < FOLLOW_S or read_at - since < self.lag_s():
             return True
         # The move being measured not shown yet (the last reading still off by about it).
         pending = self.pending
-        return pending is not None and read_at - pending[0] < UNSHOWN_FACTOR * self.lag_s()
+        if pending is None:
+            return False
+        if len(self.lags) < LAGS_KEPT:  # too few delays measured to know the longest one
+            return read_at - pending[0] < MAX_FOLLOW_S
+        return read_at - pending[0] < UNSHOWN_FACTOR * self.lag_s()
 
 
 @dataclass(eq=False)

@@ -684,38 +684,40 @@ def test_a_move_that_comes_before_the_meter_showed_the_last_one_lengthens_the_wa
 
 
 def test_a_move_the_meter_has_not_shown_yet_is_waited_for_beyond_the_longest_delay_measured() -> None:
-    # A meter polled over HTTP that updates every 8 s inside shows a move 1 to 8 s after it:
-    # after two moves it has been measured at 3 and 5 s. The next move comes just after an
-    # update and shows at 8 s: while the readings are still off by about the move, they are
-    # waited for (up to twice the longest delay measured), so the old power is not taken for
-    # a cloud (which, for a fall to below 6 A, pauses the car for 5 minutes).
+    # A meter polled over HTTP that updates every 8 s inside shows a move 1 to 8 s after it;
+    # a few delays measured (3 and 5 s) need not include the longest. While the readings are
+    # still off by about the move, it is waited for: until five delays are known, until the
+    # meter shows it (at most MAX_FOLLOW_S); then up to twice the longest of them. So the
+    # old power is not taken for a cloud (which, for a fall below 6 A, pauses the car for 5
+    # minutes), and a meter that is in step with the box (shown at once) waits for nothing.
     def measured(*lags: float) -> MeterLag:
         return MeterLag(lags=deque(lags, maxlen=5), first=False)
 
-    lag = measured(3.0, 5.0)
-    lag.current_set(0.0)
-    lag.moved(1.0, 5000.0, -2400.0)
-    for t in range(1, 8):
-        lag.update(5000.0 - 2400.0, float(t), float(t))  # still the old power
-        assert lag.mixed(0.0, float(t), float(t)), t
-    lag.update(5000.0, 8.0, 8.0)  # shown: the readings are the sun's again
-    assert not lag.mixed(0.0, 8.0, 8.0) and lag.lags[-1] == 8.0
-    # Never shown: not waited for past twice the longest delay measured.
-    lag = measured(3.0, 5.0)
-    lag.current_set(100.0)
-    lag.moved(101.0, 5000.0, -2400.0)
-    waited = []
-    for t in range(101, 131):
-        lag.update(5000.0 - 2400.0, float(t), float(t))
-        if lag.mixed(100.0, float(t), float(t)):
-            waited.append(t)
-    assert waited[-1] == 109
+    def waited(lag: MeterLag, at: float, shown_after: float | None) -> list[int]:
+        """The seconds after ``at`` the readings count as mixed; the meter shows the move then."""
+        lag.current_set(at)
+        lag.moved(at + 1.0, 5000.0, -2400.0)  # the car follows within a second
+        out = []
+        for t in range(int(at) + 1, int(at) + 40):
+            old = shown_after is None or t < at + shown_after
+            lag.update(5000.0 - 2400.0 if old else 5000.0, float(t), float(t))
+            if lag.mixed(at, float(t), float(t)):
+                out.append(t - int(at))
+        return out
+
+    few = measured(3.0, 5.0)
+    assert waited(few, 0.0, 8.0) == [1, 2, 3, 4, 5, 6, 7] and few.lags[-1] == 8.0
+    assert waited(measured(3.0), 100.0, None)[-1] == MAX_FOLLOW_S - 1  # never shown
+    five = measured(3.0, 5.0, 2.0, 4.0, 5.0)
+    assert waited(five, 200.0, 8.0)[-1] == 7  # 8 s is within twice the longest
+    assert waited(measured(3.0, 5.0, 2.0, 4.0, 5.0), 300.0, None)[-1] == 9  # never: 2 x 5 s
+    assert waited(measured(0.0, 0.0, 0.0, 0.0), 400.0, 0.0)[-1] == FOLLOW_S - 1  # in step
     # A cloud that takes the readings elsewhere ends the measurement: only the measured wait.
     lag = measured(3.0, 5.0)
-    lag.current_set(200.0)
-    lag.moved(201.0, 5000.0, -2400.0)
-    lag.update(1000.0, 202.0, 202.0)
-    assert lag.pending is None and not lag.mixed(200.0, 205.0, 205.0)
+    lag.current_set(500.0)
+    lag.moved(501.0, 5000.0, -2400.0)
+    lag.update(1000.0, 502.0, 502.0)
+    assert lag.pending is None and not lag.mixed(500.0, 505.0, 505.0)
 
 
 def test_a_grid_meter_behind_the_boxes_does_not_take_another_chargers_stop_for_a_cloud() -> None:
