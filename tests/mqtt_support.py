@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,6 @@ import aiomqtt
 from .mosquitto_support import Mosquitto
 from .rpc_support import STACK_CONFIG, full_stack
 
-WAIT_S = 10.0
 _ids = itertools.count()
 
 
@@ -76,16 +75,6 @@ async def publish(broker: Mosquitto, topic: str, payload: str | bytes, *, retain
         tls_context=broker.client_tls(),
     ) as c:
         await c.publish(topic, payload, qos=1, retain=retain)
-
-
-async def eventually(check: Callable[[], bool], what: str, wait_s: float = WAIT_S) -> None:
-    """Poll ``check`` (real time, bounded) until it is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {wait_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def mqtt_section(broker: Mosquitto, **extra: Any) -> str:

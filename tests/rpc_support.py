@@ -27,6 +27,7 @@ from surplus.types import (
     Verdict,
 )
 from tests.factories import charger_state
+from tests.waiting import eventually
 
 #: The built-in strategies, as a controller with the default plugins has them.
 BUILTIN_MODES = ("off", "fixed", "pv", "minpv", "schedule")
@@ -202,14 +203,15 @@ async def full_stack(config_text: str = STACK_CONFIG) -> AsyncIterator[tuple[Any
     async with build_stack(config, clock=clock) as stack:
         run = asyncio.ensure_future(stack.controller.run())
         try:
-            deadline = clock.now() + 15
-            while True:
+
+            def read() -> bool:
                 reading = stack.controller.snapshot().chargers.get("wallbox")
-                if reading is not None and reading.state is not None:
-                    break
-                assert clock.now() < deadline, "the charger was never read"
+                return reading is not None and reading.state is not None
+
+            def running() -> None:
                 assert not run.done(), run
-                await asyncio.sleep(0.05)
+
+            await eventually(read, "the charger's first reading", 15, meanwhile=running)
             model = stack.simulator.models[50]
             yield stack, model, f"http://127.0.0.1:{stack.web.port}/"
         finally:

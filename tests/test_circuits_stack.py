@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from surplus.sim.server import SimulatorServer
 
 from .loop_support import assert_governor_rules_held
 from .test_circuits import assert_within_circuits, model_grid_load
+from .waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +62,13 @@ async def test_four_boxes_on_two_lines_never_exceed_a_circuit(tmp_path: Path) ->
         run = asyncio.ensure_future(ctl.run())
         try:
 
-            async def until(what: str, ok: object, limit_s: float = 15.0) -> None:
-                deadline = clock.now() + limit_s
-                while not ok():  # type: ignore[operator]
-                    assert clock.now() < deadline, f"not reached in {limit_s:g} s: {what}"
-                    assert not run.done(), run
-                    assert_within_circuits(tree, models, samples)
-                    await asyncio.sleep(0.05)
+            def within() -> None:
+                assert not run.done(), run
                 assert_within_circuits(tree, models, samples)
+
+            async def until(what: str, ok: Callable[[], bool], limit_s: float = 15.0) -> None:
+                await eventually(ok, what, limit_s, meanwhile=within)
+                within()
 
             await until("a, c and d charge", lambda: all(models[c].charging_current_a > 0 for c in "acd"))
             await until("d at the site's last 10 A", lambda: models["d"].em_current_a == 10.0)
@@ -219,16 +220,18 @@ async def test_changing_surplus_other_loads_and_a_failing_circuit_meter(tmp_path
                         if amps > tree.circuits[cid].limit_a + 1e-6:
                             over.append((clock.now(), f"{cid} L{g + 1} {amps:.1f} A"))
 
-            async def until(what: str, ok: Any, limit_s: float = 15.0) -> None:
-                deadline = clock.now() + limit_s
-                while not ok():
-                    assert clock.now() < deadline, f"not reached in {limit_s:g} s: {what}: " + "; ".join(
+            def running() -> None:
+                assert not run.done(), run
+                check()
+
+            async def until(what: str, ok: Callable[[], bool], limit_s: float = 15.0) -> None:
+                def state() -> str:
+                    return f"{what}: " + "; ".join(
                         f"{c} {m.charging_current_a:g} A: {getattr(ctl.last_decision(c), 'decision', None)}"
                         for c, m in models.items()
                     )
-                    assert not run.done(), run
-                    check()
-                    await asyncio.sleep(0.05)
+
+                await eventually(ok, state, limit_s, meanwhile=running)
                 check()
 
             def amps() -> list[float]:
@@ -330,12 +333,17 @@ async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(
         samples: list[dict[str, float]] = []
         run = asyncio.ensure_future(ctl.run())
         try:
-            deadline = clock.now() + 15.0
-            while not all(models[c].charging_current_a == 16.0 for c in "abc"):
-                assert clock.now() < deadline, {c: m.charging_current_a for c, m in models.items()}
+
+            def within() -> None:
                 assert not run.done(), run
                 assert_within_circuits(tree, models, samples)
-                await asyncio.sleep(0.05)
+
+            await eventually(
+                lambda: all(models[c].charging_current_a == 16.0 for c in "abc"),
+                "a, b, c at 16 A",
+                15,
+                meanwhile=within,
+            )
             assert all(models[c].switched_phases == 1 for c in "abc")
 
             def measured(cid: str) -> tuple[float, float, float]:
@@ -343,10 +351,8 @@ async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(
                 assert state is not None
                 return state.current_l1_a, state.current_l2_a, state.current_l3_a
 
-            deadline = clock.now() + 5.0  # until a tick has read what they draw now
-            while not all(measured(c)[0] > 15.0 for c in "abc"):
-                assert clock.now() < deadline, {c: measured(c) for c in "abc"}
-                await asyncio.sleep(0.05)
+            # until a tick has read what they draw now
+            await eventually(lambda: all(measured(c)[0] > 15.0 for c in "abc"), "the boxes' readings", 5)
             # The boxes' own measurements (read over the bus), rotated: a's L1 is the grid's L2,
             # b's the grid's L3, c's the grid's L1.
             grid = [0.0, 0.0, 0.0]
@@ -357,13 +363,14 @@ async def test_one_phase_boxes_on_different_rotations_load_their_own_grid_phase(
                     grid[g] += amps
             assert grid == pytest.approx([16.0, 16.0, 16.0], abs=0.5)
             ctl.set_mode("d", "fixed")  # a three-phase box now finds no room on any phase
-            deadline = clock.now() + 5.0  # until a tick has decided for d in its new mode
-            while (
-                decision := ctl.last_decision("d")
-            ) is None or "circuit site" not in decision.decision.reason:
-                assert clock.now() < deadline, decision
-                await asyncio.sleep(0.05)
-            assert "paused: circuit site: 0.0 A left on" in decision.decision.reason
+
+            def reason_d() -> str:
+                record = ctl.last_decision("d")
+                return "" if record is None else record.decision.reason
+
+            # until a tick has decided for d in its new mode
+            await eventually(lambda: "circuit site" in reason_d(), "d's decision in its new mode", 5)
+            assert "paused: circuit site: 0.0 A left on" in reason_d()
             assert models["d"].charging_current_a == 0.0
             assert_within_circuits(tree, models, samples)
         finally:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.rpc_support import full_stack
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -85,13 +86,6 @@ simulator:
 """
 
 
-async def _until(what: object, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_held_phase_switch_leaves_the_box_at_the_current_its_present_phases_allow(
     grid: GridServer,
 ) -> None:
@@ -99,13 +93,15 @@ async def test_a_held_phase_switch_leaves_the_box_at_the_current_its_present_pha
         controller = stack.controller
         # Moderate sun: the paused box goes to one phase (free: it draws nothing) and starts.
         grid.grid_w = -2000.0
-        await _until(lambda: model.charging_current_a > 0 and model.requested_phases == 1, 20)
+        await eventually(
+            lambda: model.charging_current_a > 0 and model.requested_phases == 1, "a start on one phase", 20
+        )
         switched_at = time.monotonic()
         assert not model.phase_switch_pause_active  # a paused box switches without the box's pause
         # Strong sun within the minute the switch interval holds the box on one phase.
         grid.grid_w = -8000.0
         strong_at = time.monotonic()
-        await _until(lambda: model.em_current_a >= 15.9, 10)
+        await eventually(lambda: model.em_current_a >= 15.9, "16 A on one phase", 10)
         await asyncio.sleep(3)  # past phase_up_delay_s: three phases are wanted, the interval holds them
         assert time.monotonic() - switched_at < 50, "the switch interval had already run out"
         assert model.requested_phases == 1 and model.charging_phases == 1
@@ -155,13 +151,15 @@ async def test_a_stop_during_the_boxs_switching_pause_goes_at_once() -> None:
             return reply
 
     async with full_stack(STACK_CONFIG) as (_stack, model, url), aiohttp.ClientSession() as session:
-        await _until(lambda: model.charging_current_a > 0, 20)  # fixed 10 A: charging
+        await eventually(
+            lambda: model.charging_current_a > 0, "the car to charge", 20
+        )  # fixed 10 A: charging
         await call(session, url, "setRequestedPhases", phases=1)  # a single phase
-        await _until(lambda: model.phase_switch_pause_active, 10)
+        await eventually(lambda: model.phase_switch_pause_active, "the box's switching pause", 10)
         stop_at = time.monotonic()
         reply = await call(session, url, "stopCharging")
         # At once, or after the 5 s release-toggle spacing: long before the 90 s pause ends.
-        await _until(lambda: model.release == 0, 8)
+        await eventually(lambda: model.release == 0, "the pause to be written", 8)
         assert time.monotonic() - stop_at < 6.0, reply
         assert model.phase_switch_pause_active
 
@@ -170,7 +168,7 @@ async def test_an_implausible_meter_value_is_a_failed_read_and_moves_nothing(gri
     """QA: {"grid": -1e12} for 2 s took the current from 8.5 A to 16 A within 0.1 s, and held it 84 s."""
     async with full_stack(CONFIG.format(port=grid.port)) as (stack, model, _url):
         grid.grid_fn = lambda: model.charging_power_w - 2000.0  # 2 kW of sun
-        await _until(lambda: model.charging_current_a > 0, 20)
+        await eventually(lambda: model.charging_current_a > 0, "the car to charge on 2 kW of sun", 20)
         await asyncio.sleep(6)  # settled at what 2 kW carry on one phase
         before = model.em_current_a
         assert 8.0 <= before <= 9.0

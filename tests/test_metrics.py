@@ -17,11 +17,11 @@ from surplus.clock import FakeClock
 from surplus.metrics import CHARGER_COUNTERS, CHARGER_METRICS, FIGURE_HELP_OTHER, metrics_endpoint
 from surplus.types import MeterReading, Outcome, Snapshot
 
-from .mqtt_support import eventually
 from .prometheus_support import promtool_check_metrics
 from .rpc_support import STACK_CONFIG, FakeController, full_stack, sample_decision
 from .test_bus import HB_ADDR, HB_VALUE, FakeLink, make_bus
 from .test_rpc_stack import Rpc
+from .waiting import eventually
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -22,8 +22,9 @@ from surplus.sim.model import AmtronModel
 from .ha_schema import problems
 from .loop_support import assert_governor_rules_held
 from .mosquitto_support import Mosquitto
-from .mqtt_support import eventually, mqtt_section, mqtt_stack, publish, retained_now, subscriber
+from .mqtt_support import mqtt_section, mqtt_stack, publish, retained_now, subscriber
 from .rpc_support import STACK_CONFIG
+from .waiting import eventually
 
 pytestmark = pytest.mark.integration
 

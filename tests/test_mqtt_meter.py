@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ from surplus.plugins import collect_meters, make_plugin_manager
 from surplus.types import MeterReading
 
 from .mosquitto_support import Mosquitto, free_port
+from .waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-WAIT_S = 10.0
 SECRET = "s3cr3t-Pa55"
 LOGGER = "surplus_plugins.mqtt_meter"
 
@@ -48,21 +48,6 @@ def build(clock: FakeClock, port: int, meter_id: str = "grid", **options: Any) -
 async def publish(broker: Mosquitto, topic: str, payload: str, *, retain: bool = False) -> None:
     async with aiomqtt.Client(broker.host, port=broker.port, identifier="test-publisher", timeout=5) as c:
         await c.publish(topic, payload, qos=1, retain=retain)
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Poll ``check`` (real time, bounded) until it is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def read_value(meter: MqttMeter, grid_w: float) -> MeterReading:

@@ -15,9 +15,10 @@ from surplus.meter import MeterEnv
 from surplus.plugins import collect_meters, make_plugin_manager
 
 from .mosquitto_support import Mosquitto
-from .mqtt_support import eventually, mqtt_stack, publish, subscriber
+from .mqtt_support import mqtt_stack, publish, subscriber
 from .test_mqtt_meter import read_value
 from .tls_support import TestPki
+from .waiting import eventually
 
 pytestmark = pytest.mark.integration
 
