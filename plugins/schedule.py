@@ -48,7 +48,7 @@ from .pv_sun import phases_in_use, strategy_decision, volts
 from .schedule_settings import DAY_NAMES, ScheduleSettings, parse_schedule
 
 #: Before a plan starts, the box is put on the plan's phases this long ahead: the governor
-#: holds a phase switch up to its interval (10 min by default) after the last one.
+#: holds a phase switch up to its interval (5 min by default) after the last one.
 PREPARE_S = 15 * 60.0
 
 
