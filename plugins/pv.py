@@ -116,6 +116,8 @@ from .pv_sun import (
     FOLLOW_S,
     PAUSE_HOLD_S,
     RESET_AFTER_S,
+    RISE_READINGS,
+    RISE_SIGMAS,
     SETTLE_DOWN_S,
     SETTLE_MARGIN_A,
     SETTLE_S,
@@ -220,8 +222,10 @@ class PvStrategy:
 
         The lowest surplus of the last ``smoothing_up_s`` seconds: a step up in the sun
         becomes one step up in the current, a few seconds late, not a staircase of
-        writes; one bright second does nothing. ``smoothing_down_s`` (a time constant,
-        default 0) can slow the fall for a meter that jitters.
+        writes; one bright second does nothing. With a noisy meter a small rise waits
+        until its level is known (RISE_READINGS, RISE_SIGMAS) and counts at the level's
+        mean. ``smoothing_down_s`` (a time constant, default 0) can slow the fall for a
+        meter that jitters.
         """
         s = self.settings
         recent = self._recent
@@ -229,6 +233,11 @@ class PvStrategy:
         while recent[0][0] < now - s.smoothing_up_s:
             recent.popleft()
         held_w = min(w for _, w in recent)
+        sigma_w = self._denoise.sigma_w()
+        if self._smoothed_w < held_w < self._smoothed_w + RISE_SIGMAS * sigma_w:
+            # A small rise in the noise: raw_w is its level's mean (Denoise), once that is known.
+            known = len(self._denoise.level) >= RISE_READINGS
+            held_w = max(raw_w, self._smoothed_w) if known else self._smoothed_w
         if held_w < self._smoothed_w and s.smoothing_down_s > 0:
             self._smoothed_w += (held_w - self._smoothed_w) * (1.0 - math.exp(-dt / s.smoothing_down_s))
         else:

@@ -66,6 +66,13 @@ NOISE_EVERY = 10
 NOISE_RECENT = 5
 NOISE_BREAK = 5.0
 LEVEL_S = 120.0
+#: With a noisy meter, a rise of less than RISE_SIGMAS sigmas of the noise is followed once
+#: its level holds RISE_READINGS readings, at their mean (then within a third of the noise):
+#: the lowest of a noisy level's first readings lies about a sigma below it, and a rise landed
+#: there was corrected a minute later, two writes for one step of the sun. A larger rise (a
+#: cloud passing) goes after ``smoothing_up_s``, as with an exact meter.
+RISE_READINGS = 9
+RISE_SIGMAS = 10.0
 #: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
 #: the same amps is three times the power (69 W), and the box's readings of the three phases
 #: average out, so there the notch is half as large (``notch_a``).
@@ -388,7 +395,8 @@ class Denoise:
     when one reading is NOISE_BREAK sigmas from the mean (a cloud of a few hundred watts:
     at its first reading), or when the last NOISE_RECENT readings are, on average,
     NOISE_BREAK sigmas of their mean from the readings before (a smaller step: within
-    NOISE_RECENT readings). After a move of the cars' power the stand-in is the level's
+    NOISE_RECENT readings; the new level then begins at the reading where the step most
+    likely came, so readings from before it do not pull its mean back). After a move of the cars' power the stand-in is the level's
     mean, not the one reading before the move. A reading given again (the same time of
     reading: a meter that reads every few seconds) is neither a difference of 0 nor a
     reading of the level.
@@ -476,8 +484,14 @@ class Denoise:
             recent = statistics.fmean(readings[-NOISE_RECENT:])
             before = statistics.fmean(readings[:-NOISE_RECENT])
             if abs(recent - before) > NOISE_BREAK * sigma / math.sqrt(NOISE_RECENT):
-                self._new_level(list(zip(self.level_at, level, strict=True))[-NOISE_RECENT:])
-                return recent
+                # The new level begins where the step most likely came: the split of the last
+                # readings whose mean stands furthest from the level before, in its own noise.
+                k = max(
+                    range(1, NOISE_RECENT + 1),
+                    key=lambda k: abs(statistics.fmean(readings[-k:]) - before) * math.sqrt(k),
+                )
+                self._new_level(list(zip(self.level_at, level, strict=True))[-k:])
+                return statistics.fmean(readings[-k:])
         return statistics.fmean(level)
 
 
