@@ -396,10 +396,10 @@ class Denoise:
     at its first reading), or when the last NOISE_RECENT readings are, on average,
     NOISE_BREAK sigmas of their mean from the readings before (a smaller step: within
     NOISE_RECENT readings; the new level then begins at the reading where the step most
-    likely came, so readings from before it do not pull its mean back). After a move of the cars' power the stand-in is the level's
-    mean, not the one reading before the move. A reading given again (the same time of
-    reading: a meter that reads every few seconds) is neither a difference of 0 nor a
-    reading of the level.
+    likely came, so readings from before it do not pull its mean back). After a move of
+    the cars' power the stand-in is the level's mean, not the one reading before the
+    move. A reading given again (the same time of reading: a meter that reads every few
+    seconds) is neither a difference of 0 nor a reading of the level.
 
     Why: pv follows a fall at once and a rise once the lowest of three readings shows it.
     With 50 W of Gaussian noise on the meter (PV inverters and house loads jitter that
@@ -488,7 +488,7 @@ class Denoise:
                 # readings whose mean stands furthest from the level before, in its own noise.
                 k = max(
                     range(1, NOISE_RECENT + 1),
-                    key=lambda k: abs(statistics.fmean(readings[-k:]) - before) * math.sqrt(k),
+                    key=lambda n: abs(statistics.fmean(readings[-n:]) - before) * math.sqrt(n),
                 )
                 self._new_level(list(zip(self.level_at, level, strict=True))[-k:])
                 return statistics.fmean(readings[-k:])
