@@ -111,9 +111,10 @@ class ChargerControl:
     async def set_override(self, override: Override, latest: Callable[[], Snapshot]) -> Verdict:
         """Merge ``override`` and govern now on the ``latest()`` snapshot; a refusal changes nothing."""
         slot = self.slot
-        if not slot.started:
-            reading = latest().chargers.get(slot.charger_id)
-            why = reading.error if reading is not None and reading.error else "no connection yet"
+        reading = latest().chargers.get(slot.charger_id)
+        if not slot.started or reading is None:  # connected, but its first reading not yet in
+            why = reading.error if reading is not None and reading.error else None
+            why = why or ("no connection yet" if not slot.started else "no reading yet")
             return Verdict(
                 outcome=Outcome.REFUSED, reasons=(f"charger {slot.charger_id} is not connected: {why}",)
             )
