@@ -159,6 +159,36 @@ async def test_a_refused_override_changes_nothing(clock: FakeClock) -> None:
     await bus.close()
 
 
+async def test_an_override_before_the_first_reading_is_refused_by_name(clock: FakeClock) -> None:
+    # The window a CI run found: the box's driver has started, its first reading is not in yet.
+    model = AmtronModel(clock, ev=EvProfile())
+    controller, bus = build_controller(clock, model, fixed_current_a=8)
+
+    async def on_the_clock(step: Any) -> Any:
+        task = asyncio.ensure_future(step)
+        while not task.done():
+            await clock.advance(0.1)
+        return task.result()
+
+    before = await on_the_clock(controller.set_override("wallbox", Override(current_a=14)))
+    assert before.outcome is Outcome.REFUSED
+    assert before.reasons == ("charger wallbox is not connected: no connection yet",)
+    await on_the_clock(controller.start())
+    assert "wallbox" not in controller.coordinator.snapshot.chargers
+    writes = len(model.record.writes)
+    for override in (Override(current_a=14), Override(charge=False)):
+        verdict = await on_the_clock(controller.set_override("wallbox", override))
+        assert verdict.outcome is Outcome.REFUSED
+        assert verdict.reasons == ("charger wallbox is not connected: no reading yet",)
+    assert controller.get_override("wallbox") is None
+    assert len(model.record.writes) == writes
+    await on_the_clock(controller.tick())  # the first reading: now it is governed
+    verdict = await on_the_clock(controller.set_override("wallbox", Override(current_a=14)))
+    assert verdict.outcome in (Outcome.APPLIED, Outcome.SCHEDULED)
+    await on_the_clock(controller.shutdown())
+    await bus.close()
+
+
 async def test_mode_switch_to_off_pauses_and_unknown_modes_are_refused(clock: FakeClock) -> None:
     model = AmtronModel(clock, ev=EvProfile())
     controller, bus = build_controller(clock, model, fixed_current_a=10)
