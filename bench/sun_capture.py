@@ -196,14 +196,17 @@ def criteria(results: list[dict[str, object]]) -> list[str]:
     return misses
 
 
-def score_days(folder: Path, meter: MeterModel) -> None:
-    """pv on every day in ``folder``, both boxes: the table, then the criteria and the means."""
+def score_days(folder: Path, meter: MeterModel, json_out: Path | None = None) -> None:
+    """pv on every day in ``folder``, both boxes: the table, then the criteria and the means
+    (and the raw results in ``json_out``)."""
     days = sorted(folder.glob("*.csv"))
     if not days:
         raise SystemExit(f"no day files (*.csv) in {folder}")
     jobs = [(str(p), "pv", b, meter) for p in days for b in ("1p3p", "3p")]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(one, jobs))
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=1))
     print(table(results))
     setpoints = sum(
         int(runs[0]["setpoint_changes"]) for runs in (r["runs"] for r in results) if isinstance(runs, list)
@@ -253,7 +256,7 @@ def main() -> None:
     if meter != EXACT_METER:
         print(f"surplus's grid meter: {meter.describe()} (the references': exact)\n")
     if args.days:
-        score_days(args.days, meter)
+        score_days(args.days, meter, Path(args.json) if args.json else None)
         return
     modes = ("pv",) if args.quick else ("pv", "minpv")
     boxes = ("1p3p",) if args.quick else ("1p3p", "3p")
