@@ -22,6 +22,11 @@ phase switches and setpoint changes. Then:
 surplus's runs with such a grid meter (as ``surplus simulate`` does; the references
 see the surplus exactly): the README's "Real meters" table.
 
+``--car SPEC`` (``surplus simulate``'s car keys but ``phases``, e.g. ``energy_kwh=10``) and
+``--config FILE`` (e.g. other pv options) replay another car or config on every day (the
+reaction times and the replay speed keep the defaults); the value columns then weigh the
+import with that config's ``import_weight``.
+
 ``--days`` takes any directory of day files, such as the days kept out of tuning that
 ``bench/holdout_days.py`` builds. Its criteria (a day's category is its file name's
 start): on cloudy and overcast days a 1p/3p box captures at least the 5 s reference and
@@ -44,26 +49,44 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from surplus.config import load_config  # noqa: E402
+from surplus.config import ConfigError, load_config  # noqa: E402
 from surplus.sim.day import load_day, parse_day  # noqa: E402
 from surplus.sim.meter_model import EXACT_METER, MeterModel  # noqa: E402
-from surplus.sim.score import Car, parse_car  # noqa: E402
+from surplus.sim.score import Car, CarError, parse_car  # noqa: E402
 from surplus.sim.simulate_cli import shipped_days, simulate  # noqa: E402
 
 BOXES = {"1p3p": "phases=1p3p", "3p": "phases=3"}
 
 
-def one(job: tuple[str, str, str, MeterModel]) -> dict[str, object]:
-    path, mode, box, meter = job
+@dataclass(frozen=True)
+class Setup:
+    """What every replay of a run shares: surplus's grid meter, the car (``--car``), the config."""
+
+    meter: MeterModel = EXACT_METER
+    car: str = ""
+    config: str | None = None
+
+
+def one(job: tuple[str, str, str, Setup]) -> dict[str, object]:
+    path, mode, box, setup = job
     day = load_day(path)
-    car = parse_car(BOXES[box])
-    sim = asyncio.run(simulate(day, car, load_config(None, {}), mode=mode, reference=True, meter=meter))
-    return {"day": Path(path).stem, "mode": mode, "box": box, "runs": sim.as_dict()["runs"]}
+    car = parse_car(",".join(filter(None, (setup.car, BOXES[box]))))
+    config = load_config(setup.config, {})
+    sim = asyncio.run(simulate(day, car, config, mode=mode, reference=True, meter=setup.meter))
+    out = sim.as_dict()
+    return {
+        "day": Path(path).stem,
+        "mode": mode,
+        "box": box,
+        "import_weight": out["import_weight"],
+        "runs": out["runs"],
+    }
 
 
 def table(results: list[dict[str, object]]) -> str:
@@ -196,13 +219,13 @@ def criteria(results: list[dict[str, object]]) -> list[str]:
     return misses
 
 
-def score_days(folder: Path, meter: MeterModel, json_out: Path | None = None) -> None:
+def score_days(folder: Path, setup: Setup, json_out: Path | None = None) -> None:
     """pv on every day in ``folder``, both boxes: the table, then the criteria and the means
     (and the raw results in ``json_out``)."""
     days = sorted(folder.glob("*.csv"))
     if not days:
         raise SystemExit(f"no day files (*.csv) in {folder}")
-    jobs = [(str(p), "pv", b, meter) for p in days for b in ("1p3p", "3p")]
+    jobs = [(str(p), "pv", b, setup) for p in days for b in ("1p3p", "3p")]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(one, jobs))
     if json_out is not None:
@@ -217,6 +240,8 @@ def score_days(folder: Path, meter: MeterModel, json_out: Path | None = None) ->
     print(f"\n{len(misses)} misses, in {replays} of {len(jobs)} replays:")
     for line in misses:
         print(f"  {line}")
+    weight = results[0]["import_weight"]
+    print(f"value = sun - {weight} x grid energy (the config's import_weight)")
     for box in ("1p3p", "3p"):
         rows = [r["runs"] for r in results if r["box"] == box]
         dc = statistics.mean(float(x[0]["capture"]) - float(x[2]["capture"]) for x in rows)  # type: ignore[index]
@@ -246,6 +271,8 @@ def main() -> None:
     parser.add_argument("--meter-every", metavar="S", type=float, default=0.0, help="a reading every S s")
     parser.add_argument("--meter-polled", action="store_true", help="readings stamped when polled")
     parser.add_argument("--meter-noise", metavar="W", type=float, default=0.0, help="noise of W (sigma)")
+    parser.add_argument("--car", metavar="SPEC", default="", help="the car, e.g. energy_kwh=10 (not phases)")
+    parser.add_argument("-c", "--config", metavar="FILE", help="a config file instead of the defaults")
     args = parser.parse_args()
     try:
         meter = MeterModel(
@@ -253,14 +280,24 @@ def main() -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    if "phases" in args.car:
+        parser.error("--car: the boxes set phases (1p/3p and three phases are both replayed)")
+    try:
+        parse_car(args.car)
+        load_config(args.config, {})
+    except (CarError, ConfigError) as exc:
+        parser.error(str(exc))
+    setup = Setup(meter=meter, car=args.car, config=args.config)
+    if args.car or args.config:
+        print(f"car: {args.car or 'the default'}; config: {args.config or 'the defaults'}\n")
     if meter != EXACT_METER:
         print(f"surplus's grid meter: {meter.describe()} (the references': exact)\n")
     if args.days:
-        score_days(args.days, meter, Path(args.json) if args.json else None)
+        score_days(args.days, setup, Path(args.json) if args.json else None)
         return
     modes = ("pv",) if args.quick else ("pv", "minpv")
     boxes = ("1p3p",) if args.quick else ("1p3p", "3p")
-    jobs = [(str(p), m, b, meter) for p in shipped_days() for m in modes for b in boxes]
+    jobs = [(str(p), m, b, setup) for p in shipped_days() for m in modes for b in boxes]
     wall = time.perf_counter()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(one, jobs))
