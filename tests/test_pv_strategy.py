@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from surplus_plugins.pv_sun import (
     FOLLOW_S,
+    IDLE_S,
     MAX_FOLLOW_S,
     NOISE_RECENT,
     RESET_AFTER_S,
@@ -111,13 +112,15 @@ class House:
     meter_lag_ticks: int = 0
     #: For this many more ticks the car draws nothing whatever is set (the box's own pause).
     box_pause_ticks: int = 0
+    #: The car is full: it draws nothing whatever is offered.
+    full: bool = False
     #: The grid meter's noise (a Gaussian's sigma, W), seeded.
     noise_w: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     _car_w: list[float] = field(default_factory=list)
 
     def tick(self) -> Decision:
-        drawing_a = 0.0 if self.box_pause_ticks > 0 else self.current_a
+        drawing_a = 0.0 if self.box_pause_ticks > 0 or self.full else self.current_a
         self.box_pause_ticks = max(0, self.box_pause_ticks - 1)
         state = car(drawing_a, self.phases)
         self._car_w.append(state.power_total_w)
@@ -1046,6 +1049,49 @@ async def test_a_held_switch_does_not_change_the_amps() -> None:
     house.phase_switch_at_s = float("-inf")
     d = await house.run(1)
     assert d.phases == 3 and d.current_a == pytest.approx(11.55)
+
+
+async def test_a_car_that_draws_nothing_for_five_minutes_is_held_at_the_minimum_until_it_draws() -> None:
+    # A full car (or one waiting on its own timer): following the sun only wrote setpoints and
+    # switched phases for nothing. The box's switching pause (30 s here) is not taken for it.
+    house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=8000, phases=3)
+    d = await house.run(20)
+    assert d.charge and d.current_a == pytest.approx(11.55) and house.phases == 3
+    house.full = True
+    house.surplus_w = 9000  # still followed while it might be the box's pause or the car's start
+    d = await house.run(120)
+    assert d.current_a == pytest.approx(13.0)
+    d = await house.run(int(IDLE_S) + 30 - 120 - 2)
+    assert d.current_a == pytest.approx(13.0)
+    d = await house.run(3)
+    assert (d.charge, d.current_a, d.phases) == (True, 13.0, None)
+    assert "drawn nothing" in d.reason and "held at 13 A on 3 phases until it draws" in d.reason
+    asked = len(house.decisions)
+    for surplus_w in (2500, 6000, 3000, 11000, 3200):  # would switch phases and move the amps
+        house.surplus_w = surplus_w
+        await house.run(400)
+    held = house.decisions[asked:]
+    assert {(x.charge, x.current_a, x.phases) for x in held} == {(True, 13.0, None)}
+    house.full = False  # it draws again: followed at once
+    d = await house.run(2)
+    assert house.phases == 1 and d.current_a == pytest.approx(13.8), d.reason
+
+
+async def test_a_dip_still_pauses_a_car_that_draws_nothing_and_a_start_keeps_the_phases() -> None:
+    house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=8000, phases=3)
+    await house.run(10)
+    house.full = True
+    d = await house.run(int(IDLE_S) + 40)
+    assert "drawn nothing" in d.reason
+    house.surplus_w = 200  # dusk: not released into the night
+    d = await house.run(900)
+    assert not d.charge
+    house.surplus_w = 2500  # one phase's sun: a start would switch a paused box to one phase
+    d = await house.run(30)
+    assert (d.charge, d.current_a, d.phases, house.phases) == (True, 6.0, None, 3)  # it drew nothing before
+    house.surplus_w = 8000
+    d = await house.run(30)
+    assert (d.current_a, d.phases) == (6.0, None) and "held at 6 A on 3 phases" in d.reason
 
 
 async def test_paused_box_picks_the_phases_when_it_starts() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import statistics
 import subprocess
@@ -283,6 +284,28 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
     assert sim.series.t_s[0] == 36000 - 30
     on = [t for t, _, amps, _, _ in sim.series.rows() if amps > 0]
     assert on and all(6 <= a <= 16 for _, _, a, _, _ in sim.series.rows() if a > 0)
+
+
+async def test_a_full_car_is_held_at_the_minimum_without_phase_switches() -> None:
+    # The sun swings every 15 minutes between what one phase and what three carry; the car
+    # needs 3 kWh and is full within the first hour. Before the rule pv went on following the
+    # sun for the full car: a phase switch and a few setpoints every quarter of an hour.
+    swings = [(36000 + 900 * k, 9000 if k % 2 == 0 else 3200, 400) for k in range(12)]
+    day = parse_day(lines_of([(0, 0, 400), *swings, (36000 + 900 * 12, 0, 400)]), name="swings")
+    car = Car(arrival_s=35900, departure_s=36000 + 900 * 12, energy_wh=3_000)
+    sim = await simulate(day, car, load_config(None, {}), mode="pv")
+    rows = list(sim.series.rows())
+    energy_wh, full_at = 0.0, None
+    for t, car_w, _, _, _ in rows:
+        energy_wh += car_w / 3600.0
+        if full_at is None and energy_wh >= 2_999.0:
+            full_at = t
+    assert full_at is not None and full_at < 36000 + 3600
+    after = [(amps, phases) for t, _, amps, phases, _ in rows if t > full_at + 300 + 90 + 60]
+    changes = [b for a, b in itertools.pairwise(after) if a != b]
+    assert {phases for _, phases in after} == {after[0][1]}, "a phase switch for a full car"
+    assert not changes and after[0][0] >= 6.0
+    assert sim.runs[0].car_wh == pytest.approx(3_000.0, abs=1.0)
 
 
 @pytest.mark.parametrize(
