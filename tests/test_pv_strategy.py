@@ -1051,7 +1051,7 @@ async def test_a_held_switch_does_not_change_the_amps() -> None:
     assert d.phases == 3 and d.current_a == pytest.approx(11.55)
 
 
-async def test_a_car_that_draws_nothing_for_five_minutes_is_held_at_the_minimum_until_it_draws() -> None:
+async def test_a_car_that_draws_nothing_for_five_minutes_is_held_where_it_is_until_it_draws() -> None:
     # A full car (or one waiting on its own timer): following the sun only wrote setpoints and
     # switched phases for nothing. The box's switching pause (30 s here) is not taken for it.
     house = House(pv(start_delay_s=0, smoothing_up_s=0), surplus_w=8000, phases=3)

@@ -286,7 +286,7 @@ async def test_a_replay_runs_the_real_controller_under_the_governors_rules() -> 
     assert on and all(6 <= a <= 16 for _, _, a, _, _ in sim.series.rows() if a > 0)
 
 
-async def test_a_full_car_is_held_at_the_minimum_without_phase_switches() -> None:
+async def test_a_full_car_is_held_without_writes_or_phase_switches() -> None:
     # The sun swings every 15 minutes between what one phase and what three carry; the car
     # needs 3 kWh and is full within the first hour. Before the rule pv went on following the
     # sun for the full car: a phase switch and a few setpoints every quarter of an hour.
