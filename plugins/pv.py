@@ -93,7 +93,9 @@ switches for free, and the governor spaces switches by
   (then at once). Sun missed costs nothing there, and a full car took 48 writes
   and 15 phase switches in an afternoon of 15-minute clouds before this rule. A
   dip the sun cannot carry is still paused as above, so a full car is not left
-  released into the night.
+  released into the night. With several chargers sharing the surplus, the site
+  finds such a car with the same rule (:class:`surplus.strategy.IdleCar`) and
+  gives it only what the others cannot take (:mod:`surplus.sharing`).
 
 The current is always computed for the phases the box will really have: a
 switch the governor still holds does not change the amps. "minpv" never
@@ -116,14 +118,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from surplus.hookspecs import RegisterStrategy, hookimpl
-from surplus.strategy import Strategy, StrategyContext
+from surplus.strategy import IdleCar, Strategy, StrategyContext
 from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, current_text
 
 from .pv_sun import (
     CAR_MOVE_A,
     DEFAULTS,
     FOLLOW_S,
-    IDLE_S,
     PAUSE_HOLD_S,
     RESET_AFTER_S,
     RISE_READINGS,
@@ -188,10 +189,8 @@ class PvStrategy:
         self._high_since: float | None = None
         self._high_wh = 0.0
         self._current_a: float | None = None
-        #: Since when the box has offered the car 6 A or more without it drawing; whether
-        #: that has lasted IDLE_S (kept through a pause until the car draws or leaves).
-        self._idle_since: float | None = None
-        self._car_idle = False
+        #: Whether the car has drawn nothing for IDLE_S though offered 6 A or more.
+        self._idle = IdleCar()
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
         self._settle_window: deque[tuple[float, float]] = deque()
         self._settled_at = 0.0
@@ -225,7 +224,7 @@ class PvStrategy:
         self._dip_wh = self._dip_cost_wh = self._low_wh = self._low_cost_wh = self._high_wh = 0.0
         self._three_at_minimum = False
         self._current_a = None
-        self._idle_since, self._car_idle = None, False
+        self._idle.reset()
         self._settle_window.clear()
         self._volts = None
         self._steady_w, self._car_w, self._car_moved_at = raw_w, None, -math.inf
@@ -431,7 +430,7 @@ class PvStrategy:
         self._last_at = now
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
         self._track_typical(raw_w, ctx, line_v, dt)
-        car_idle = self._takes_nothing(state, now)
+        car_idle = self._idle.update(state, now, offering=self._charging)
 
         phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)
         exact_a = sun_w / (line_v * phases)
@@ -498,18 +497,6 @@ class PvStrategy:
             why += f"; at {target:g} A ({where}; changes below {s.step_a:g} A follow its mean)"
         reason = f"{self.name}: {why}{phase_why}"
         return strategy_decision(ctx, charge=True, current_a=target, phases=ask_phases, reason=reason)
-
-    def _takes_nothing(self, state: ChargerState, now: float) -> bool:
-        """Whether the car has drawn nothing for IDLE_S (plus a switching pause) while offered 6 A+."""
-        if state.charging or not state.vehicle_connected:
-            self._idle_since, self._car_idle = None, False
-        elif self._charging and state.charging_release and state.signaled_current_a >= MIN_CURRENT_A:
-            self._idle_since = now if self._idle_since is None else self._idle_since
-            if now - self._idle_since >= IDLE_S + state.capabilities.phase_switch_pause_s:
-                self._car_idle = True
-        else:  # not offered (paused): the clock starts again, what it found stays
-            self._idle_since = None
-        return self._car_idle
 
     def _unmixed(self, raw_w: float, car_w: float, now: float, read_at: float) -> float:
         """The surplus to go by: the last steady one for a while after the cars' power moved.

@@ -73,9 +73,6 @@ LEVEL_S = 120.0
 #: cloud passing) goes after ``smoothing_up_s``, as with an exact meter.
 RISE_READINGS = 9
 RISE_SIGMAS = 10.0
-#: A car offered 6 A or more that draws nothing for this long (plus the box's switching
-#: pause, during which it draws nothing either) is full or waits: the sun is not followed.
-IDLE_S = 300.0
 #: The setpoint's notch on one phase: smaller changes are not sent. On three phases a notch of
 #: the same amps is three times the power (69 W), and the box's readings of the three phases
 #: average out, so there the notch is half as large (``notch_a``).

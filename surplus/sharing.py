@@ -25,10 +25,18 @@ phase that is full.
 A paused box that may not resume yet (5 minutes after its pause) takes no part
 (``can_start`` False), nor does a box whose limits leave it less than 6 A
 (``max_a``): the surplus goes to the others meanwhile.
+
+A box whose car takes nothing (``takes_nothing``: full, or waiting on a timer of its
+own) comes after all the others, whatever its priority: they split the surplus among
+themselves as if it were not there, and it gets what they cannot take (by the same
+rules, within what their shares leave of the circuits). Without this a full car kept
+its minimum and its part of the rest, sun that went to the grid while another car
+waited for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +60,9 @@ class Sharer:
     charging: bool = False
     #: False for a paused box still inside the 5 minutes after its pause.
     can_start: bool = True
+    #: Its car has drawn nothing for minutes though offered 6 A or more (full, or waiting:
+    #: :class:`surplus.strategy.IdleCar`): it gets only what the others cannot take.
+    takes_nothing: bool = False
 
     @property
     def w_per_a(self) -> float:
@@ -92,6 +103,44 @@ def split_surplus(
     ``circuits``: the circuits above the sharers; their room is shared by the same rules
     (a box whose minimum no longer fits into one gets nothing, the rest is an equal current).
     """
+    idle = [s for s in sharers if s.takes_nothing]
+    busy = [s for s in sharers if not s.takes_nothing]
+    if not idle or not busy:
+        return _split(surplus_w, sharers, circuits)
+    out = dict(_split(surplus_w, busy, circuits, keep_rest=False))
+    by_id = {s.charger_id: s for s in busy}
+    taken_w = sum(share.budget_w for share in out.values())
+    left = []
+    for c in circuits:  # what the busy boxes' shares leave of each circuit, per grid phase
+        room = list(c.room_a)
+        for cid in c.members & by_id.keys():
+            s = by_id[cid]
+            for g in s.grid_phases:
+                room[g] -= out[cid].budget_w / s.w_per_a
+        left.append(dataclasses.replace(c, room_a=(room[0], room[1], room[2])))
+    rest_w = max(surplus_w - taken_w, 0.0)
+    for cid, share in _split(rest_w, idle, left).items():
+        each = f" ({share.why})" if len(idle) > 1 else ""
+        out[cid] = Share(
+            budget_w=share.budget_w,
+            why=f"its car takes nothing: it gets what the others leave, {rest_w / 1000:.2f} of "
+            f"{surplus_w / 1000:.2f} kW{each}",
+        )
+    last = f"{_boxes(len(idle))} whose car takes nothing after it"
+    for s in busy:
+        out[s.charger_id] = dataclasses.replace(out[s.charger_id], why=f"{out[s.charger_id].why}; {last}")
+    return out
+
+
+def _boxes(n: int) -> str:
+    return "1 box" if n == 1 else f"{n} boxes"
+
+
+def _split(
+    surplus_w: float, sharers: Sequence[Sharer], circuits: Sequence[CircuitRoom], *, keep_rest: bool = True
+) -> Mapping[str, Share]:
+    """:func:`split_surplus` among boxes of one kind; ``keep_rest`` False: what nobody can take
+    is left over (for the boxes whose cars take nothing), not given to the first box."""
     blocked = [s for s in sharers if s.max_a < MIN_CURRENT_A]
     waiting = [s for s in sharers if not s.charging and not s.can_start and s not in blocked]
     order = _order([s for s in sharers if s not in blocked and s not in waiting])
@@ -135,10 +184,10 @@ def split_surplus(
     if not served:  # not even one minimum: the first box gets it all and decides as if alone
         first = order[0]
         out[first.charger_id] = Share(
-            budget_w=surplus_w, why=f"all of it: not enough for {MIN_CURRENT_A:g} A on one of {n} boxes"
+            budget_w=surplus_w, why=f"all of it: not enough for {MIN_CURRENT_A:g} A on one of {_boxes(n)}"
         )
         for s in order[1:]:
-            out[s.charger_id] = Share(budget_w=0.0, why=f"no share: priority {s.priority}, {n} boxes")
+            out[s.charger_id] = Share(budget_w=0.0, why=f"no share: priority {s.priority}, {_boxes(n)}")
         return out
     left_w = surplus_w - need_w
     for priority in sorted({s.priority for s in served}, reverse=True):
@@ -165,7 +214,7 @@ def split_surplus(
             if len(still) == len(active) and step <= _EPS:  # nothing moves any more
                 break
             active = still
-    if left_w > _EPS and not circuits:  # nobody can take more: the rest is the first box's (it
+    if left_w > _EPS and keep_rest and not circuits:  # nobody can take more: the rest is the first box's (it
         # cannot use it either); under circuits it would take what the others' shares need
         alloc[served[0].charger_id] += left_w / served[0].w_per_a
     k = len(served)
@@ -174,7 +223,7 @@ def split_surplus(
         out[s.charger_id] = Share(
             budget_w=amps * s.w_per_a,
             why=(
-                f"share {amps:.1f} A of {surplus_w / 1000:.2f} kW for {n} boxes "
+                f"share {amps:.1f} A of {surplus_w / 1000:.2f} kW for {_boxes(n)} "
                 f"({k} carried at {MIN_CURRENT_A:g} A or more; priority {s.priority})"
             ),
         )

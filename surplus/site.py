@@ -30,7 +30,7 @@ from .circuits import (
 from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .sharing import CircuitRoom, Share, Sharer, split_surplus
 from .slot import ChargerSlot
-from .strategy import SurplusShare
+from .strategy import IdleCar, SurplusShare
 from .types import MIN_CURRENT_A, ChargerReading, Decision, Snapshot
 
 #: Modes whose strategies share one surplus when several chargers run them (they read
@@ -64,6 +64,9 @@ class Site:
         self.shares: dict[str, SurplusShare] = {}
         #: What each sharing charger's strategy was granted by the split this tick (W).
         self._granted: dict[str, float] = {}
+        #: Per charger: whether its car has drawn nothing though offered 6 A or more (a full
+        #: car gets only what the other sharers cannot take).
+        self._idle: dict[str, IdleCar] = {}
         #: Circuits with their own meter: the other loads on them (see surplus.circuits).
         self._other_loads = (
             OtherLoadWatch(circuits, hold_s=stale_after_s + OTHER_LOAD_HOLD_MARGIN_S)
@@ -118,6 +121,7 @@ class Site:
                 or slot.override is not None
                 or state is None
             ):
+                self._idle.pop(slot.charger_id, None)
                 continue
             cid = slot.charger_id
             phases = self._present_phases(cid, reading)
@@ -138,6 +142,7 @@ class Site:
                     grid_phases=tree.grid_phases(cid, phases) if tree is not None else (0, 1, 2)[:phases],
                     charging=charging,
                     can_start=charging or self._governor.resume_at_s(cid) <= now,
+                    takes_nothing=self._idle.setdefault(cid, IdleCar()).update(state, now, offering=charging),
                 )
             )
             power[cid] = state.power_total_w if math.isfinite(state.power_total_w) else 0.0

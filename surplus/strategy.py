@@ -15,7 +15,45 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .types import Decision, Snapshot
+from .types import MIN_CURRENT_A, ChargerState, Decision, Snapshot
+
+#: A car offered 6 A or more that draws nothing for this long (plus the box's switching
+#: pause, during which it draws nothing either) is full or waits on a timer of its own.
+IDLE_S = 300.0
+
+
+class IdleCar:
+    """Whether the car takes nothing: it has drawn nothing for ``IDLE_S`` while offered 6 A or more.
+
+    Offered: the box released, signalling at least 6 A, and (``offering``) the caller's own
+    decision was to charge. The time counts from the first such tick; the box's switching pause
+    (0x0314) is added, as no car draws during it. Once found, it holds through pauses (no
+    offer) until the car draws or is unplugged; the timer starts afresh after each pause.
+    pv stops following the sun for such a car, and the site gives it only what the other
+    chargers sharing the surplus cannot take.
+    """
+
+    __slots__ = ("_since", "idle")
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        #: The car has been found to take nothing (and has not drawn since).
+        self.idle = False
+
+    def reset(self) -> None:
+        self._since, self.idle = None, False
+
+    def update(self, state: ChargerState, now_s: float, *, offering: bool = True) -> bool:
+        """Take one tick's reading of the box; return :attr:`idle`."""
+        if state.charging or not state.vehicle_connected:
+            self.reset()
+        elif offering and state.charging_release and state.signaled_current_a >= MIN_CURRENT_A:
+            self._since = now_s if self._since is None else self._since
+            if now_s - self._since >= IDLE_S + state.capabilities.phase_switch_pause_s:
+                self.idle = True
+        else:  # not offered (paused): the clock starts again, what it found stays
+            self._since = None
+        return self.idle
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from surplus_plugins.pv_sun import (
     FOLLOW_S,
-    IDLE_S,
     MAX_FOLLOW_S,
     NOISE_RECENT,
     RESET_AFTER_S,
@@ -30,7 +29,7 @@ from surplus_plugins.pv_sun import (
 from surplus.clock import FakeClock
 from surplus.options import OptionError
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
-from surplus.strategy import Strategy, StrategyContext, SurplusShare
+from surplus.strategy import IDLE_S, Strategy, StrategyContext, SurplusShare
 from surplus.types import ChargerReading, ChargerState, Decision, EvseState, MeterReading, Snapshot
 from tests.factories import charger_state
 from tests.loop_support import assert_governor_rules_held, replay_day

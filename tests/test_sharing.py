@@ -17,6 +17,7 @@ from surplus.plugins import collect_strategies, make_plugin_manager
 from surplus.sharing import CircuitRoom, Sharer, split_surplus
 from surplus.sim.membus import ModelBus
 from surplus.sim.model import AmtronModel, EvProfile
+from surplus.strategy import IDLE_S
 from surplus.types import MeterReading
 
 from .loop_support import assert_governor_rules_held
@@ -99,6 +100,41 @@ SPLITS: list[tuple[str, float, list[Sharer], dict[str, float], str]] = [
         "share",
     ),
     (
+        "a car that takes nothing keeps no minimum, whatever its priority: the other takes it all",
+        10 * W3,
+        [box("full", priority=2, takes_nothing=True), box("b")],
+        {"full": 0, "b": 10},
+        "its car takes nothing: it gets what the others leave, 0.00 of 6.90 kW",
+    ),
+    (
+        "a car that takes nothing gets what the others cannot take",
+        20 * W3,
+        [box("full", takes_nothing=True), box("b", max_a=16)],
+        {"full": 4, "b": 16},
+        "1 box whose car takes nothing after it",
+    ),
+    (
+        "two cars that take nothing share the rest by the same rules",
+        40 * W3,
+        [box("f1", takes_nothing=True), box("a", max_a=16), box("f2", takes_nothing=True, priority=2)],
+        {"f1": 6, "a": 16, "f2": 18},
+        "2 boxes whose car takes nothing after it",
+    ),
+    (
+        "when every car takes nothing they share as usual",
+        20 * W3,
+        [box("f1", takes_nothing=True), box("f2", takes_nothing=True)],
+        {"f1": 10, "f2": 10},
+        "share 10.0 A",
+    ),
+    (
+        "below one minimum the box that draws gets it all, not the full one before it",
+        4 * W3,
+        [box("full", priority=3, takes_nothing=True), box("b")],
+        {"full": 0, "b": 4},
+        "all of it",
+    ),
+    (
         "a negative surplus: the first gets it (and pauses as alone)",
         -1000.0,
         [box("a"), box("b")],
@@ -143,6 +179,14 @@ CIRCUIT_SPLITS: list[tuple[str, float, list[Sharer], list[CircuitRoom], dict[str
         [GARAGE],
         {"a": 16, "b": 16},
         "share 16.0 A",
+    ),
+    (
+        "a car that takes nothing gets only the room the others' shares leave",
+        40 * W3,
+        [box("a", takes_nothing=True, priority=2), box("b", max_a=10)],
+        [GARAGE],
+        {"a": 6, "b": 10},
+        "its car takes nothing",
     ),
     (
         "the room left by the others (not sharing) on one phase binds",
@@ -263,6 +307,61 @@ async def test_two_pv_boxes_share_by_priority_and_the_lower_one_pauses_first() -
     )
     assert resumed_at - paused_at >= 300.0
     await clock.advance(800)  # past the run's 2400 s
+    await task
+    await bus.close()
+    for m in models.values():
+        assert_governor_rules_held(m.record)
+
+
+async def test_a_full_car_leaves_the_sun_to_the_car_that_draws_until_it_draws_again() -> None:
+    """A full car first in line (priority 2) kept its minimum: the other car got nothing all day."""
+    clock = FakeClock()
+    models = {
+        "full": AmtronModel(clock, ev=EvProfile(soc=1.0, capacity_wh=200_000), seed=1),
+        "hungry": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=2),
+    }
+    bus = ModelBus({10: models["full"], 11: models["hungry"]}, clock)
+    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+    slots = []
+    for cid, device_id, priority in (("full", 10, 2), ("hungry", 11, 1)):
+        strategies = {name: f({"pv": {"phases": 3}}.get(name, {})) for name, f in factories.items()}
+        charger = AmtronCharger(
+            bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
+        )
+        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="pv", priority=priority))
+    meter = SunMeter(clock, list(models.values()))
+    governor = SafetyGovernor({"full": Limits(), "hungry": Limits()})
+    controller = Controller(clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0)
+    task = asyncio.ensure_future(controller.run(duration_s=1000))
+
+    def amps(cid: str) -> float:
+        return models[cid].charging_current_a
+
+    def reason(cid: str) -> str:
+        last = controller.last_decision(cid)
+        assert last is not None
+        return last.decision.reason
+
+    meter.sun_w = 300 + 10 * W3  # 10 A on three phases: one box at 6 A or more, not two
+    await clock.advance(IDLE_S)
+    assert amps("hungry") == 0  # the full car, first in line, was offered the sun for IDLE_S
+    await clock.advance(300)
+    assert amps("hungry") == pytest.approx(10.0, abs=0.3) and amps("full") == 0
+    assert "its car takes nothing: it gets what the others leave" in reason("full")
+    assert "1 box whose car takes nothing after it" in reason("hungry")
+
+    meter.sun_w = 300 + 22 * W3  # more than the hungry car's 16 A: the rest is the full car's
+    await clock.advance(120)
+    assert amps("hungry") == pytest.approx(16.0, abs=0.3)
+    assert "what the others leave, 4.1" in reason("full")  # 6 A x 3 x 230 V = 4.14 kW
+
+    models["full"].unplug()  # a car that draws comes to the first box: its share again, at once
+    await clock.advance(20)
+    models["full"].plug_in(EvProfile(soc=0.05, capacity_wh=200_000))
+    await clock.advance(120)
+    assert amps("full") == pytest.approx(16.0, abs=0.3) and amps("hungry") == pytest.approx(6.0, abs=0.3)
+    assert "takes nothing" not in reason("full") + reason("hungry")
+    await clock.advance(1000 - (2 * IDLE_S + 260) + 2)  # past the run's 1000 s
     await task
     await bus.close()
     for m in models.values():
