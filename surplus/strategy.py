@@ -11,6 +11,7 @@ still passes the safety governor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,11 +21,16 @@ from .types import MIN_CURRENT_A, ChargerState, Decision, Snapshot
 #: A car offered 6 A or more that draws nothing for this long (plus the box's switching
 #: pause, during which it draws nothing either) is full or waits on a timer of its own.
 IDLE_S = 300.0
+#: Less than this on the box's meter is drawing nothing, also in EVSE state "charging" (C):
+#: some cars stay in C when full, at 0 A.
+DRAWS_W = 100.0
 
 
 class IdleCar:
     """Whether the car takes nothing: it has drawn nothing for ``IDLE_S`` while offered 6 A or more.
 
+    Drawing: the EVSE state is "charging" (C) and the box's meter shows ``DRAWS_W`` or more
+    (or cannot tell).
     Offered: the box released, signalling at least 6 A, and (``offering``) the caller's own
     decision was to charge. The time counts from the first such tick; the box's switching pause
     (0x0314) is added, as no car draws during it. Once found, it holds through pauses (no
@@ -45,7 +51,9 @@ class IdleCar:
 
     def update(self, state: ChargerState, now_s: float, *, offering: bool = True) -> bool:
         """Take one tick's reading of the box; return :attr:`idle`."""
-        if state.charging or not state.vehicle_connected:
+        power = state.power_total_w
+        drawing = state.charging and not (math.isfinite(power) and power < DRAWS_W)
+        if drawing or not state.vehicle_connected:
             self.reset()
         elif offering and state.charging_release and state.signaled_current_a >= MIN_CURRENT_A:
             self._since = now_s if self._since is None else self._since

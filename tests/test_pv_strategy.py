@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 import statistics
 from collections import deque
@@ -29,7 +30,7 @@ from surplus_plugins.pv_sun import (
 from surplus.clock import FakeClock
 from surplus.options import OptionError
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
-from surplus.strategy import IDLE_S, Strategy, StrategyContext, SurplusShare
+from surplus.strategy import IDLE_S, IdleCar, Strategy, StrategyContext, SurplusShare
 from surplus.types import ChargerReading, ChargerState, Decision, EvseState, MeterReading, Snapshot
 from tests.factories import charger_state
 from tests.loop_support import assert_governor_rules_held, replay_day
@@ -1048,6 +1049,38 @@ async def test_a_held_switch_does_not_change_the_amps() -> None:
     house.phase_switch_at_s = float("-inf")
     d = await house.run(1)
     assert d.phases == 3 and d.current_a == pytest.approx(11.55)
+
+
+# (why, the box's reading, found to take nothing after IDLE_S plus the switching pause)
+IDLE_READINGS: list[tuple[str, dict[str, Any], bool]] = [
+    ("offered 16 A, waiting (EVSE state 4)", {"evse_state": EvseState.READY, "power_total_w": 0.0}, True),
+    ("in state C at 0 A (some cars stay there when full)", {"power_total_w": 0.0}, True),
+    ("in state C at 80 W (below DRAWS_W)", {"power_total_w": 80.0}, True),
+    ("charging at 1.4 kW", {"power_total_w": 1400.0}, False),
+    ("in state C, power not read: taken as drawing", {"power_total_w": math.nan}, False),
+    ("not released", {"evse_state": EvseState.READY, "power_total_w": 0.0, "charging_release": False}, False),
+    (
+        "offered less than 6 A",
+        {"evse_state": EvseState.READY, "power_total_w": 0.0, "signaled_current_a": 5.0},
+        False,
+    ),
+    ("no car", {"evse_state": EvseState.IDLE, "power_total_w": 0.0}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("reading", "idle"), [r[1:] for r in IDLE_READINGS], ids=[r[0] for r in IDLE_READINGS]
+)
+def test_a_car_takes_nothing_by_the_box_s_reading(reading: dict[str, Any], idle: bool) -> None:
+    state = charger_state(**reading)
+    watch = IdleCar()
+    wait = IDLE_S + state.capabilities.phase_switch_pause_s
+    assert not watch.update(state, 0.0)
+    assert not watch.update(state, wait - 1.0)
+    assert watch.update(state, wait) is idle
+    assert watch.update(state, wait, offering=False) is idle  # a pause keeps what was found
+    drawing = dataclasses.replace(state, evse_state=EvseState.CHARGING, power_total_w=1400.0)
+    assert not watch.update(drawing, wait + 1.0)  # until the car draws
 
 
 async def test_a_car_that_draws_nothing_for_five_minutes_is_held_where_it_is_until_it_draws() -> None:
