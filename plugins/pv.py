@@ -35,7 +35,10 @@ its steps kept (:class:`Denoise`); an exact one passes unchanged.
 
 **Each rule prices what it costs, in energy**, an imported Wh counting
 ``import_weight`` (3) Wh of sun given away (the import is paid in full; sun
-that goes to the grid earns the feed-in and is often made up later). The box's
+that goes to the grid earns the feed-in and is often made up later), more for
+a car whose last sessions ended full while the sun still shone (:class:`FullCars`:
+sun that a ride takes is worth nothing to a car that fills anyway, and its
+import then displaces sun at the end; up to FULL_CAR_WEIGHT). The box's
 own rules are fixed: a resume comes at least 5 minutes after a pause
 (``resume_at_s`` in the context), a phase switch while the car draws stops it
 for the box's switching pause (PHASE_SWITCHING_PAUSE, 0x0314), a paused box
@@ -129,6 +132,7 @@ from .pv_sun import (
     RESET_AFTER_S,
     RISE_READINGS,
     RISE_SIGMAS,
+    SESSIONS_KEPT,
     SETTLE_DOWN_S,
     SETTLE_MARGIN_A,
     SETTLE_S,
@@ -136,6 +140,7 @@ from .pv_sun import (
     UP_GAP_A,
     VOLTS_S,
     Denoise,
+    FullCars,
     Levels,
     MeterLag,
     PvSettings,
@@ -191,6 +196,10 @@ class PvStrategy:
         self._current_a: float | None = None
         #: Whether the car has drawn nothing for IDLE_S though offered 6 A or more.
         self._idle = IdleCar()
+        #: How often the car's sessions end full, and what an import weighs for it (kept as long
+        #: as the process runs; ``bench/days_in_a_row.py`` hands it from one day's pv to the next).
+        self.full_cars = FullCars()
+        self._weight = settings.import_weight
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
         self._settle_window: deque[tuple[float, float]] = deque()
         self._settled_at = 0.0
@@ -213,6 +222,23 @@ class PvStrategy:
         self._dip_spells = Spells()
         #: How long the surplus stays at one level, for the first switch to three phases.
         self._levels = Levels()
+
+    @property
+    def import_weight(self) -> float:
+        """What an imported Wh weighs now, in Wh of sun: ``import_weight``, more for a car whose
+        sessions usually end full (:class:`FullCars`)."""
+        return self.full_cars.weight(self.settings.import_weight)
+
+    def _weight_note(self) -> str:
+        """Why an import weighs more than ``import_weight`` (empty where it does not)."""
+        base = self.settings.import_weight
+        if self._weight <= base:
+            return ""
+        full, kept = sum(self.full_cars.ends), SESSIONS_KEPT
+        return (
+            f"; an imported kWh weighs {self._weight:.1f} of sun, not {base:g}: the car was full "
+            f"before the sun was gone in {full} of its last {kept} sessions"
+        )
 
     def _restart(self, state: ChargerState, raw_w: float) -> None:
         self._smoothed_w = raw_w
@@ -286,7 +312,7 @@ class PvStrategy:
         fits_three = sun_w >= three_min_w
         # Three phases against one, in sun per second (their import weighted): positive where
         # three take more, also at 6 A just below their minimum (see three_phase_gain_w).
-        gain_w = three_phase_gain_w(sun_w, one_max_w, line_v, s.import_weight)
+        gain_w = three_phase_gain_w(sun_w, one_max_w, line_v, self._weight)
         want, why = present, ""
         if not self._charging:
             # A paused box switches for free: three phases when the sun carries them now,
@@ -401,6 +427,7 @@ class PvStrategy:
                 ("surplus_watts", round(self._sun_w, 1)),
                 ("surplus_noise_watts", round(self._denoise.sigma_w(), 1)),
                 ("grid_meter_lag_seconds", round(lag_s, 1)),
+                ("import_weight", round(self._weight, 2)),
             ),
         )
 
@@ -431,6 +458,8 @@ class PvStrategy:
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
         self._track_typical(raw_w, ctx, line_v, dt)
         car_idle = self._idle.update(state, now, offering=self._charging)
+        self.full_cars.update(state, car_idle)
+        self._weight = self.full_cars.weight(s.import_weight)
 
         phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)
         exact_a = sun_w / (line_v * phases)
@@ -482,7 +511,8 @@ class PvStrategy:
         if self._dip_since is not None:
             why += (
                 f"; riding through at {MIN_CURRENT_A:g} A (imported {kwh_text(self._dip_wh)}, net cost "
-                f"{kwh_text(self._dip_cost_wh)} of the {kwh_text(self._pause_cost_wh())} a pause would cost in sun)"
+                f"{kwh_text(self._dip_cost_wh)} of the {kwh_text(self._pause_cost_wh())} a pause would cost in sun"
+                f"{self._weight_note()})"
             )
         elif exact_a < MIN_CURRENT_A and not self._three_at_minimum:
             why += f"; minimum {MIN_CURRENT_A:g} A"
@@ -564,7 +594,7 @@ class PvStrategy:
         self._dip_since = now if self._dip_since is None else self._dip_since
         sun = max(sun_w, 0.0)
         import_w = MIN_CURRENT_A * phases * line_v - sun
-        net_w = import_w * s.import_weight - sun
+        net_w = import_w * self._weight - sun
         self._dip_wh += import_w * dt / 3600.0
         self._dip_cost_wh += net_w * dt / 3600.0
         budget = self._pause_cost_wh()
@@ -575,11 +605,13 @@ class PvStrategy:
             why = (
                 f"pausing: such dips last about {rest_s:.0f} s, riding through would cost "
                 f"{kwh_text(expected_wh)}, more than the {kwh_text(budget)} a pause is worth (5 min of the recent sun)"
+                f"{self._weight_note()}"
             )
         elif self._dip_cost_wh > 0 and self._dip_cost_wh >= budget:
             why = (
                 f"pausing: riding through imported {kwh_text(self._dip_wh)} (net cost {kwh_text(self._dip_cost_wh)}), "
                 f"more than the {kwh_text(budget)} a pause is worth (5 min of the recent sun)"
+                f"{self._weight_note()}"
             )
         elif now - self._dip_since >= s.stop_delay_s:
             why = f"pausing: below {MIN_CURRENT_A:g} A for {s.stop_delay_s:g} s"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from surplus.options import check_known, choice, number
-from surplus.strategy import StrategyContext
-from surplus.types import MIN_CURRENT_A, ChargerState, Decision, Snapshot, Source
+from surplus.strategy import StrategyContext, car_draws
+from surplus.types import MIN_CURRENT_A, ChargerState, Decision, EvseState, Snapshot, Source
 
 #: Phase currents above this count as "the car uses this phase".
 PHASE_IN_USE_A = 1.0
@@ -93,6 +93,11 @@ PAUSE_HOLD_S = 300.0
 #: A kWh imported counts this many kWh of sun given away: the import is paid in full, while
 #: sun that goes to the grid earns the feed-in and is often made up later the same day.
 IMPORT_WEIGHT = 3.0
+#: The car's recent sessions whose end is remembered: how many of them found the car full
+#: (drawing nothing though offered 6 A or more) is how likely today's is to end full.
+SESSIONS_KEPT = 5
+#: The highest weight an import gets from a car that is usually full (see FullCars).
+FULL_CAR_WEIGHT = 10.0
 
 OPTIONS = (
     "phases",
@@ -241,6 +246,48 @@ def three_phase_gain_w(sun_w: float, one_max_w: float, line_v: float, weight: fl
     import_three_w = max(0.0, 3 * MIN_CURRENT_A * line_v - sun)
     import_one_w = max(0.0, MIN_CURRENT_A * line_v - sun)
     return extra_sun_w - weight * (import_three_w - import_one_w)
+
+
+@dataclass(slots=True)
+class FullCars:
+    """How often the car's sessions end full, and what an import weighs for that.
+
+    Sun that a ride through a dip takes is only worth having if the car would not fill
+    anyway: a car that ends full before the sun is gone would have taken that sun later,
+    and each Wh the ride imported displaced a Wh of sun at the end. With ``p`` the share
+    of the last SESSIONS_KEPT sessions (fewer count as not full) that found the car full,
+    riding is worth it where ``(1 - p) * sun > (weight + p) * import``: an import weighs
+    ``(weight + p) / (1 - p)``, at most FULL_CAR_WEIGHT (or ``weight`` if that is more).
+    A session counts once the car has drawn in it; one in which it never drew says nothing.
+    The memory outlives a restart of the strategy's timers (not of the process).
+    """
+
+    ends: deque[bool] = field(default_factory=lambda: deque(maxlen=SESSIONS_KEPT))
+    #: The session under way: the car has drawn in it; it has been found full.
+    drew: bool = False
+    full: bool = False
+    connected: bool = False
+
+    def update(self, state: ChargerState, idle: bool) -> None:
+        """One tick's reading of the box and whether the car takes nothing now."""
+        if state.evse_state == EvseState.IDLE:  # unplugged: the session's end
+            if self.connected and (self.drew or self.full):
+                self.ends.append(self.full)
+            self.connected = self.drew = self.full = False
+            return
+        if state.vehicle_connected:
+            self.connected = True
+            self.drew = self.drew or car_draws(state)
+            self.full = self.full or idle
+
+    def share_full(self) -> float:
+        return sum(self.ends) / SESSIONS_KEPT
+
+    def weight(self, base: float) -> float:
+        p = self.share_full()
+        if p <= 0.0:
+            return base
+        return max(base, min(FULL_CAR_WEIGHT, (base + p) / (1.0 - p) if p < 1.0 else math.inf))
 
 
 @dataclass(slots=True)

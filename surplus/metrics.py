@@ -169,6 +169,8 @@ FIGURE_HELP = {
     "(sigma; 0: readings that mostly repeat); the strategy goes by their level's mean",
     "grid_meter_lag_seconds": "How far the grid meter is behind the box, measured on the cars' moves "
     "(0: in step, or not measured yet); readings that old after a move are not taken for sun",
+    "import_weight": "What an imported kWh weighs in kWh of sun in pv's trades (riding through a dip, "
+    "three phases at 6 A): the option import_weight, more for a car whose recent sessions ended full",
 }
 FIGURE_HELP_OTHER = "A figure the strategy reports with its decision (see the strategy's documentation)"
 #: What a figure's name may be (the metric name's tail); others are not exported.

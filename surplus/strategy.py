@@ -26,6 +26,12 @@ IDLE_S = 300.0
 DRAWS_W = 100.0
 
 
+def car_draws(state: ChargerState) -> bool:
+    """The car draws: EVSE state "charging" (C) and ``DRAWS_W`` or more on the box's meter (or no reading)."""
+    power = state.power_total_w
+    return state.charging and not (math.isfinite(power) and power < DRAWS_W)
+
+
 class IdleCar:
     """Whether the car takes nothing: it has drawn nothing for ``IDLE_S`` while offered 6 A or more.
 
@@ -51,9 +57,7 @@ class IdleCar:
 
     def update(self, state: ChargerState, now_s: float, *, offering: bool = True) -> bool:
         """Take one tick's reading of the box; return :attr:`idle`."""
-        power = state.power_total_w
-        drawing = state.charging and not (math.isfinite(power) and power < DRAWS_W)
-        if drawing or not state.vehicle_connected:
+        if car_draws(state) or not state.vehicle_connected:
             self.reset()
         elif offering and state.charging_release and state.signaled_current_a >= MIN_CURRENT_A:
             self._since = now_s if self._since is None else self._since

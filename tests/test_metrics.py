@@ -164,7 +164,13 @@ async def test_the_strategys_own_figures_are_exported_with_its_decision() -> Non
             async with session.get(url + "metrics") as resp:
                 text = await resp.text()
     decision = data["decision"]
-    assert set(decision["figures"]) == {"surplus_watts", "surplus_noise_watts", "grid_meter_lag_seconds"}
+    assert set(decision["figures"]) == {
+        "surplus_watts",
+        "surplus_noise_watts",
+        "grid_meter_lag_seconds",
+        "import_weight",
+    }
+    assert decision["figures"]["import_weight"] == 3.0  # the default: no session has ended yet
     said = re.search(r"surplus (-?[0-9.]+) kW", decision["reason"])
     assert said is not None and decision["figures"]["surplus_watts"] / 1000 == pytest.approx(
         float(said[1]), abs=0.006

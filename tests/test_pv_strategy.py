@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from surplus_plugins.pv_sun import (
     FOLLOW_S,
+    FULL_CAR_WEIGHT,
     MAX_FOLLOW_S,
     NOISE_RECENT,
     RESET_AFTER_S,
     RISE_READINGS,
     Denoise,
+    FullCars,
     MeterLag,
     PvSettings,
     Spells,
@@ -114,6 +116,8 @@ class House:
     box_pause_ticks: int = 0
     #: The car is full: it draws nothing whatever is offered.
     full: bool = False
+    #: A car is plugged in (False: the box reports no car, EVSE state 1).
+    plugged: bool = True
     #: The grid meter's noise (a Gaussian's sigma, W), seeded.
     noise_w: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -122,7 +126,9 @@ class House:
     def tick(self) -> Decision:
         drawing_a = 0.0 if self.box_pause_ticks > 0 or self.full else self.current_a
         self.box_pause_ticks = max(0, self.box_pause_ticks - 1)
-        state = car(drawing_a, self.phases)
+        state = (
+            car(drawing_a, self.phases) if self.plugged else car(0.0, self.phases, evse_state=EvseState.IDLE)
+        )
         self._car_w.append(state.power_total_w)
         del self._car_w[: -1 - self.meter_lag_ticks]
         grid = self._car_w[0] - self.surplus_w + (self.rng.gauss(0.0, self.noise_w) if self.noise_w else 0.0)
@@ -1049,6 +1055,85 @@ async def test_a_held_switch_does_not_change_the_amps() -> None:
     house.phase_switch_at_s = float("-inf")
     d = await house.run(1)
     assert d.phases == 3 and d.current_a == pytest.approx(11.55)
+
+
+# (why, the car's last sessions: True ended full, the option import_weight, the weight pv goes by)
+FULL_CAR_WEIGHTS: list[tuple[str, list[bool], float, float]] = [
+    ("no session has ended: the option", [], 3.0, 3.0),
+    ("none of five ended full", [False] * 5, 3.0, 3.0),
+    ("one of five: (3 + 0.2) / 0.8", [True, False, False, False, False], 3.0, 4.0),
+    ("one session, full: fewer than five count as not full", [True], 3.0, 4.0),
+    ("three of five: (3 + 0.6) / 0.4", [True, True, False, True, False], 3.0, 9.0),
+    ("four of five: at most FULL_CAR_WEIGHT", [True, True, True, False, True], 3.0, FULL_CAR_WEIGHT),
+    ("all five", [True] * 5, 3.0, FULL_CAR_WEIGHT),
+    ("only the last five count", [True] + [False] * 5, 3.0, 3.0),
+    ("an owner's higher weight stays", [True] * 5, 20.0, 20.0),
+    ("a lower weight is raised alike: (1 + 0.6) / 0.4", [True, True, True, False, False], 1.0, 4.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("ends", "base", "weight"), [r[1:] for r in FULL_CAR_WEIGHTS], ids=[r[0] for r in FULL_CAR_WEIGHTS]
+)
+def test_an_import_weighs_more_for_a_car_whose_sessions_end_full(
+    ends: list[bool], base: float, weight: float
+) -> None:
+    cars = FullCars()
+    plugged, unplugged = car(0.0), car(0.0, evse_state=EvseState.IDLE)
+    for full in ends:
+        cars.update(car(10.0), False)  # drew
+        cars.update(plugged, full)
+        cars.update(unplugged, False)  # the session's end
+    assert cars.weight(base) == pytest.approx(weight)
+
+
+def test_a_session_in_which_the_car_never_drew_says_nothing() -> None:
+    cars = FullCars()
+    for _ in range(5):
+        cars.update(car(0.0), False)  # plugged in at night, or no sun: it never drew
+        cars.update(car(0.0, evse_state=EvseState.IDLE), False)
+    assert list(cars.ends) == [] and cars.weight(3.0) == 3.0
+
+
+async def _full_sessions(house: House, sessions: int) -> None:
+    """``sessions`` sessions in which the car is full: offered 16 A for IDLE_S and more, then unplugged."""
+    house.full = True
+    for _ in range(sessions):
+        house.plugged = True
+        await house.run(int(IDLE_S) + 60)
+        house.plugged = False
+        await house.run(5)
+    house.full, house.plugged = False, True
+
+
+@pytest.mark.parametrize("full_sessions", [0, 5])
+async def test_a_car_that_is_usually_full_pauses_a_dip_sooner(full_sessions: int) -> None:
+    """At the default weight a dip importing 380 W on one phase is ridden for stop_delay_s; after five
+    sessions that ended full an import weighs 10 and the same dip costs more than a pause in 5 minutes."""
+    house = House(pv(phases=1, start_delay_s=0), surplus_w=3000, phases=1)
+    await _full_sessions(house, full_sessions)
+    await house.clock.advance(RESET_AFTER_S + 1)  # a night between: the timers start afresh
+    await house.run(900)  # 3 kW of sun: charging at 13 A
+    assert house.current_a > 12
+    house.surplus_w = 1000  # 6 A on one phase is 1.38 kW: 380 W from the grid
+    paused_after = None
+    for second in range(1, 700):
+        d = await house.run(1)
+        if not d.charge:
+            paused_after = second
+            break
+    assert paused_after is not None
+    if full_sessions:
+        assert dict(d.figures)["import_weight"] == FULL_CAR_WEIGHT
+        assert 120 <= paused_after <= 300, paused_after  # within the 5 minutes a pause costs
+        assert (
+            "an imported kWh weighs 10.0 of sun, not 3: the car was full before the sun was gone in 5 of its last 5 sessions"
+            in d.reason
+        )
+    else:
+        assert dict(d.figures)["import_weight"] == 3.0
+        assert paused_after >= 600, paused_after  # stop_delay_s
+        assert "weighs" not in d.reason
 
 
 # (why, the box's reading, found to take nothing after IDLE_S plus the switching pause)

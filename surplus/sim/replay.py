@@ -28,6 +28,7 @@ from surplus.config import ChargerEntry, Config, to_limits
 from surplus.governor import Limits, SafetyGovernor
 from surplus.loop import ChargerSlot, Controller, plausible_meter_w
 from surplus.plugins import METER_PLUGINS, collect_strategies, make_plugin_manager
+from surplus.strategy import Strategy
 from surplus.types import MeterReading, Snapshot
 
 from .day import Day, hhmm
@@ -262,6 +263,14 @@ class ReplayResult:
     model: AmtronModel
 
 
+def make_strategies(config: Config, plan: Plan) -> dict[str, Strategy]:
+    """A new strategy per mode, with the options of the replay's charger."""
+    # The day is the meter: meter plugins (and their network libraries) stay unloaded.
+    blocked = (*config.plugins.blocked, *METER_PLUGINS)
+    factories = collect_strategies(make_plugin_manager(blocked=blocked))
+    return {name: f(plan.strategy_options.get(name, {})) for name, f in factories.items()}
+
+
 async def replay(
     day: Day,
     car: Car,
@@ -270,18 +279,19 @@ async def replay(
     mode: str,
     charger_id: str | None = None,
     meter: MeterModel = EXACT_METER,
+    strategies: Mapping[str, Strategy] | None = None,
 ) -> ReplayResult:
     """Run the real controller through ``day`` with ``car`` in ``mode``.
 
     ``meter``: how the grid meter differs from an exact one (see :class:`MeterModel`).
+    ``strategies``: the strategies to run (by mode), e.g. those of the day before, which
+    remember the car's sessions; None: new ones from the config.
     """
     plan = plan_replay(config, car, charger_id=charger_id)
-    # The day is the meter: meter plugins (and their network libraries) stay unloaded.
-    blocked = (*config.plugins.blocked, *METER_PLUGINS)
-    factories = collect_strategies(make_plugin_manager(blocked=blocked))
-    if mode not in factories:
-        raise ReplayError(f"mode {mode!r} has no strategy plugin (loaded: {', '.join(sorted(factories))})")
-    strategies = {name: f(plan.strategy_options.get(name, {})) for name, f in factories.items()}
+    if strategies is None:
+        strategies = make_strategies(config, plan)
+    if mode not in strategies:
+        raise ReplayError(f"mode {mode!r} has no strategy plugin (loaded: {', '.join(sorted(strategies))})")
 
     start = max(day.start_s, car.arrival_s - LEAD_S)
     end = min(car.departure_s, day.end_s)

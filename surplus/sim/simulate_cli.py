@@ -89,11 +89,13 @@ async def simulate(
     reference: bool = False,
     charger_id: str | None = None,
     meter: MeterModel = EXACT_METER,
+    strategies: Mapping[str, Any] | None = None,
 ) -> Simulation:
     """Replay ``day`` with the real controller (and the references) and score every run.
 
     ``meter``: how surplus's grid meter differs from an exact one (behind the box, reading
     every few seconds, polled, noisy). The references see the surplus exactly, as always.
+    ``strategies``: carried over from an earlier day (see :func:`replay`).
     """
     from .reference import REFERENCES, run_reference
     from .replay import plan_replay, replay
@@ -107,6 +109,7 @@ async def simulate(
         mode=mode,
         charger_id=charger_id,
         meter=meter,
+        strategies=strategies,
     )
     runs = [score_run("surplus", mode, day, result.series, result.counts, best)]
     if reference:
