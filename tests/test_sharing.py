@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pytest
 
@@ -258,29 +259,57 @@ class SunMeter:
         return MeterReading(meter_id=self.meter_id, read_at_s=self.clock.now(), grid_power_w=grid)
 
 
+@dataclass
+class TwoBoxes:
+    """Two pv boxes (three phases) on one model bus under the real controller, a sun the test sets."""
+
+    clock: FakeClock
+    models: dict[str, AmtronModel]
+    bus: ModelBus
+    meter: SunMeter
+    controller: Controller
+    task: asyncio.Future[None]
+
+    @classmethod
+    def start(cls, clock: FakeClock, cars: dict[str, tuple[EvProfile, int]], duration_s: float) -> TwoBoxes:
+        """``cars``: per charger id, its car and its priority (device ids 10, 11, ... in this order)."""
+        models = {cid: AmtronModel(clock, ev=ev, seed=i + 1) for i, (cid, (ev, _)) in enumerate(cars.items())}
+        bus = ModelBus({10 + i: m for i, m in enumerate(models.values())}, clock)
+        factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
+        slots = []
+        for i, (cid, (_, priority)) in enumerate(cars.items()):
+            strategies = {name: f({"pv": {"phases": 3}}.get(name, {})) for name, f in factories.items()}
+            charger = AmtronCharger(
+                bus, charger_id=cid, clock=clock, device_id=10 + i, heartbeat_interval_s=3.0
+            )
+            slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="pv", priority=priority))
+        meter = SunMeter(clock, list(models.values()))
+        governor = SafetyGovernor({cid: Limits() for cid in cars})
+        controller = Controller(clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0)
+        task = asyncio.ensure_future(controller.run(duration_s=duration_s))
+        return cls(clock, models, bus, meter, controller, task)
+
+    def amps(self, cid: str) -> float:
+        return self.models[cid].charging_current_a
+
+    async def finish(self, after_s: float) -> None:
+        """Advance past the run's end, close the bus, and check the governor's rules on every box."""
+        await self.clock.advance(after_s)
+        await self.task
+        await self.bus.close()
+        for m in self.models.values():
+            assert_governor_rules_held(m.record)
+
+
 async def test_two_pv_boxes_share_by_priority_and_the_lower_one_pauses_first() -> None:
     clock = FakeClock()
-    models = {
-        "low": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=1),
-        "high": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=2),
-    }
-    bus = ModelBus({10: models["low"], 11: models["high"]}, clock)
-    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
-    slots = []
-    for cid, device_id, priority in (("low", 10, 1), ("high", 11, 2)):
-        options = {"pv": {"phases": 3}}
-        strategies = {name: f(options.get(name, {})) for name, f in factories.items()}
-        charger = AmtronCharger(
-            bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
-        )
-        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="pv", priority=priority))
-    meter = SunMeter(clock, list(models.values()))
-    governor = SafetyGovernor({"low": Limits(), "high": Limits()})
-    controller = Controller(clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0)
-    task = asyncio.ensure_future(controller.run(duration_s=2400))
-
-    def amps(cid: str) -> float:
-        return models[cid].charging_current_a
+    big = 200_000
+    boxes = TwoBoxes.start(
+        clock,
+        {"low": (EvProfile(soc=0.05, capacity_wh=big), 1), "high": (EvProfile(soc=0.05, capacity_wh=big), 2)},
+        2400,
+    )
+    models, meter, controller, amps = boxes.models, boxes.meter, boxes.controller, boxes.amps
 
     meter.sun_w = 300 + 24 * W3  # 24 A: high first, up to its 16 A (the 11 kW box's maximum); low the rest
     await clock.advance(120)
@@ -306,36 +335,21 @@ async def test_two_pv_boxes_share_by_priority_and_the_lower_one_pauses_first() -
         if w.register == "CHARGING_RELEASE_EM" and w.value == 1 and w.at_s > paused_at
     )
     assert resumed_at - paused_at >= 300.0
-    await clock.advance(800)  # past the run's 2400 s
-    await task
-    await bus.close()
-    for m in models.values():
-        assert_governor_rules_held(m.record)
+    await boxes.finish(800)  # past the run's 2400 s
 
 
 async def test_a_full_car_leaves_the_sun_to_the_car_that_draws_until_it_draws_again() -> None:
     """A full car first in line (priority 2) kept its minimum: the other car got nothing all day."""
     clock = FakeClock()
-    models = {
-        "full": AmtronModel(clock, ev=EvProfile(soc=1.0, capacity_wh=200_000), seed=1),
-        "hungry": AmtronModel(clock, ev=EvProfile(soc=0.05, capacity_wh=200_000), seed=2),
-    }
-    bus = ModelBus({10: models["full"], 11: models["hungry"]}, clock)
-    factories = collect_strategies(make_plugin_manager(load_entrypoints=False))
-    slots = []
-    for cid, device_id, priority in (("full", 10, 2), ("hungry", 11, 1)):
-        strategies = {name: f({"pv": {"phases": 3}}.get(name, {})) for name, f in factories.items()}
-        charger = AmtronCharger(
-            bus, charger_id=cid, clock=clock, device_id=device_id, heartbeat_interval_s=3.0
-        )
-        slots.append(ChargerSlot(charger=charger, strategies=strategies, mode="pv", priority=priority))
-    meter = SunMeter(clock, list(models.values()))
-    governor = SafetyGovernor({"full": Limits(), "hungry": Limits()})
-    controller = Controller(clock=clock, chargers=slots, meters=[meter], governor=governor, tick_s=1.0)
-    task = asyncio.ensure_future(controller.run(duration_s=1000))
-
-    def amps(cid: str) -> float:
-        return models[cid].charging_current_a
+    boxes = TwoBoxes.start(
+        clock,
+        {
+            "full": (EvProfile(soc=1.0, capacity_wh=200_000), 2),
+            "hungry": (EvProfile(soc=0.05, capacity_wh=200_000), 1),
+        },
+        1000,
+    )
+    models, meter, controller, amps = boxes.models, boxes.meter, boxes.controller, boxes.amps
 
     def reason(cid: str) -> str:
         last = controller.last_decision(cid)
@@ -361,11 +375,7 @@ async def test_a_full_car_leaves_the_sun_to_the_car_that_draws_until_it_draws_ag
     await clock.advance(120)
     assert amps("full") == pytest.approx(16.0, abs=0.3) and amps("hungry") == pytest.approx(6.0, abs=0.3)
     assert "takes nothing" not in reason("full") + reason("hungry")
-    await clock.advance(1000 - (2 * IDLE_S + 260) + 2)  # past the run's 1000 s
-    await task
-    await bus.close()
-    for m in models.values():
-        assert_governor_rules_held(m.record)
+    await boxes.finish(1000 - (2 * IDLE_S + 260) + 2)  # past the run's 1000 s
 
 
 async def test_two_pv_boxes_share_a_circuit_equally_when_the_second_arrives() -> None:
