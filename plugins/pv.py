@@ -507,6 +507,12 @@ class PvStrategy:
             ask_phases, phase_why = None, ""
             phases = state.active_phases
             exact_a = sun_w / (line_v * phases)
+            shown_a = max(floor_notch(exact_a, phases), 0.0)
+            why = (
+                f"surplus {sun_w / 1000:.2f} kW{share_why} = {current_text(shown_a)} A on {plural(phases)}; "
+                f"the car has drawn nothing though offered {MIN_CURRENT_A:g} A or more (full, or waiting): "
+                f"started on the {plural(phases)} the box has, no switch"
+            )
         self._current_a = target = self._settle(exact_a, ctx.max_current_a, now, phases)
         if self._dip_since is not None:
             why += (

@@ -1206,6 +1206,10 @@ async def test_a_dip_still_pauses_a_car_that_draws_nothing_and_a_start_keeps_the
     house.surplus_w = 2500  # one phase's sun: a start would switch a paused box to one phase
     d = await house.run(30)
     assert (d.charge, d.current_a, d.phases, house.phases) == (True, 6.0, None, 3)  # it drew nothing before
+    start = next(x for x in reversed(house.decisions) if "started on the" in x.reason)
+    assert (
+        "= 3.6 A on 3 phases" in start.reason and "1 phase" not in start.reason
+    )  # as it is, not as pv'd choose
     house.surplus_w = 8000
     d = await house.run(30)
     assert (d.current_a, d.phases) == (6.0, None) and "held at 6 A on 3 phases" in d.reason
