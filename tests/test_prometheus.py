@@ -44,6 +44,7 @@ MAY_BE_EMPTY = {
     "surplus_decision_phases",
     "surplus_strategy_surplus_watts",
     "surplus_strategy_grid_meter_lag_seconds",
+    "surplus_strategy_import_weight",
 }
 
 
