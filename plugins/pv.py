@@ -484,6 +484,20 @@ class PvStrategy:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}{wait}{phase_why}")
             self._charging, self._enough_since = True, None
             self._dip_since, self._dip_wh, self._dip_cost_wh = None, 0.0, 0.0
+        # A car that takes nothing, sharing the surplus: it gets what the others leave (see
+        # surplus.sharing) and holds no more of it (nor of the circuits); without 6 A of it, it
+        # pauses at once: riding through takes nothing for it and holds the others' room.
+        box_a = sun_w / (line_v * state.active_phases)
+        if car_idle and share is not None and not s.keep_minimum and box_a < MIN_CURRENT_A:
+            self._charging, self._dip_since, self._current_a = False, None, None
+            self._dip_wh = self._dip_cost_wh = 0.0
+            return strategy_decision(
+                ctx,
+                charge=False,
+                phases=None,
+                reason=f"pv: {why}; paused: the car has drawn nothing though offered {MIN_CURRENT_A:g} A or more "
+                "(full, or waiting), and the boxes sharing the surplus take what it would hold",
+            )
         # A surplus within the meters' noise of 6 A (margin_a) is at the minimum, not a dip: once
         # the noise is averaged out (Denoise) it can sit there for minutes, importing a few watts
         # or none, and the stop delay would pause a car that costs nothing to ride.
@@ -495,7 +509,10 @@ class PvStrategy:
             if paused is not None:
                 return strategy_decision(ctx, charge=False, phases=None, reason=f"pv: {why}; {paused}")
         if car_idle and self._current_a is not None:
-            held_a = self._current_a = self._sent(min(self._current_a, ctx.max_current_a), now)
+            most_a = ctx.max_current_a
+            if share is not None:  # no more than its share (see above)
+                most_a = min(most_a, max(floor_notch(box_a, state.active_phases), MIN_CURRENT_A))
+            held_a = self._current_a = self._sent(min(self._current_a, most_a), now)
             why += (
                 f"; the car has drawn nothing though offered {MIN_CURRENT_A:g} A or more (full, or waiting): "
                 f"held at {held_a:g} A on {plural(state.active_phases)} until it draws"

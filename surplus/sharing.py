@@ -119,8 +119,8 @@ def split_surplus(
                 room[g] -= out[cid].budget_w / s.w_per_a
         left.append(dataclasses.replace(c, room_a=(room[0], room[1], room[2])))
     rest_w = max(surplus_w - taken_w, 0.0)
-    for cid, share in _split(rest_w, idle, left).items():
-        each = f" ({share.why})" if len(idle) > 1 else ""
+    for cid, share in _split(rest_w, idle, left, first_takes_all=False).items():
+        each = f" ({share.why})" if len(idle) > 1 or share.budget_w <= 0 else ""
         out[cid] = Share(
             budget_w=share.budget_w,
             why=f"its car takes nothing: it gets what the others leave, {rest_w / 1000:.2f} of "
@@ -137,10 +137,17 @@ def _boxes(n: int) -> str:
 
 
 def _split(
-    surplus_w: float, sharers: Sequence[Sharer], circuits: Sequence[CircuitRoom], *, keep_rest: bool = True
+    surplus_w: float,
+    sharers: Sequence[Sharer],
+    circuits: Sequence[CircuitRoom],
+    *,
+    keep_rest: bool = True,
+    first_takes_all: bool = True,
 ) -> Mapping[str, Share]:
     """:func:`split_surplus` among boxes of one kind; ``keep_rest`` False: what nobody can take
-    is left over (for the boxes whose cars take nothing), not given to the first box."""
+    is left over (for the boxes whose cars take nothing), not given to the first box;
+    ``first_takes_all`` False: when not one minimum is carried nobody gets anything (cars that
+    take nothing have no dip to ride through)."""
     blocked = [s for s in sharers if s.max_a < MIN_CURRENT_A]
     waiting = [s for s in sharers if not s.charging and not s.can_start and s not in blocked]
     order = _order([s for s in sharers if s not in blocked and s not in waiting])
@@ -181,6 +188,10 @@ def _split(
         placed[s.charger_id], alloc[s.charger_id] = s, MIN_CURRENT_A
         need_w += MIN_CURRENT_A * s.w_per_a
     n = len(order)
+    if not served and not first_takes_all:
+        for s in order:
+            out[s.charger_id] = Share(budget_w=0.0, why=f"no share: not enough for {MIN_CURRENT_A:g} A")
+        return out
     if not served:  # not even one minimum: the first box gets it all and decides as if alone
         first = order[0]
         out[first.charger_id] = Share(
