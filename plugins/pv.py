@@ -196,8 +196,9 @@ class PvStrategy:
         self._current_a: float | None = None
         #: Whether the car has drawn nothing for IDLE_S though offered 6 A or more.
         self._idle = IdleCar()
-        #: How often the car's sessions end full, and what an import weighs for it (kept as long
-        #: as the process runs; ``bench/days_in_a_row.py`` hands it from one day's pv to the next).
+        #: How often the car's sessions end full, and what an import weighs for it (from the
+        #: session history when there is one; else kept as long as the process runs, and
+        #: ``bench/days_in_a_row.py`` hands it from one day's pv to the next).
         self.full_cars = FullCars()
         self._weight = settings.import_weight
         #: (time, amps) of the surplus since the last change, at most SETTLE_S (see _settle).
@@ -458,7 +459,7 @@ class PvStrategy:
         line_v = self._line_volts(volts(state, s.voltage_v), dt)
         self._track_typical(raw_w, ctx, line_v, dt)
         car_idle = self._idle.update(state, now, offering=self._charging)
-        self.full_cars.update(state, car_idle)
+        self.full_cars.update(state, car_idle, ctx.past_sessions)
         self._weight = self.full_cars.weight(s.import_weight)
 
         phases, ask_phases, phase_why = self._phase_choice(state, ctx, sun_w, line_v, dt)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from surplus.options import check_known, choice, number
-from surplus.strategy import StrategyContext, car_draws
+from surplus.strategy import PastSession, StrategyContext, car_draws
 from surplus.types import MIN_CURRENT_A, ChargerState, Decision, EvseState, Snapshot, Source
 
 #: Phase currents above this count as "the car uses this phase".
@@ -259,7 +259,8 @@ class FullCars:
     riding is worth it where ``(1 - p) * sun > (weight + p) * import``: an import weighs
     ``(weight + p) / (1 - p)``, at most FULL_CAR_WEIGHT (or ``weight`` if that is more).
     A session counts once the car has drawn in it; one in which it never drew says nothing.
-    The memory outlives a restart of the strategy's timers (not of the process).
+    With a session history (``past``: ``StrategyContext.past_sessions``) the sessions are the
+    history's, which outlive a restart of the process; without one, those seen here.
     """
 
     ends: deque[bool] = field(default_factory=lambda: deque(maxlen=SESSIONS_KEPT))
@@ -268,8 +269,11 @@ class FullCars:
     full: bool = False
     connected: bool = False
 
-    def update(self, state: ChargerState, idle: bool) -> None:
-        """One tick's reading of the box and whether the car takes nothing now."""
+    def update(self, state: ChargerState, idle: bool, past: Sequence[PastSession] | None = None) -> None:
+        """One tick's reading of the box and whether the car takes nothing now (and the history's sessions)."""
+        if past is not None:
+            self.ends = deque((s.car_full for s in past[-SESSIONS_KEPT:]), maxlen=SESSIONS_KEPT)
+            return
         if state.evse_state == EvseState.IDLE:  # unplugged: the session's end
             if self.connected and (self.drew or self.full):
                 self.ends.append(self.full)

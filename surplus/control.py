@@ -171,6 +171,7 @@ class ChargerControl:
                 resume_at_s=self._governor.resume_at_s(slot.charger_id),
                 phase_switch_interval_s=limits.phase_switch_interval_s if limits else 300.0,
                 surplus_share=self.site.shares.get(slot.charger_id) if slot.override is None else None,
+                past_sessions=None if (past := self.site.past_sessions) is None else past(slot.charger_id),
             )
             try:
                 decision = strategy.decide(snapshot, ctx)

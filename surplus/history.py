@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from .clock import Clock
 from .history_store import HistoryError, SessionStore
 from .sessions import REPLUG_S, RowWrite, SessionRecord, Sessions, vehicle_present
 from .state import ChargerView, LoopState, StateListener
+from .strategy import PAST_SESSIONS, PastSession
 
 __all__ = [
     "REPLUG_S",
@@ -44,9 +45,12 @@ class Chargers(Protocol):
 
 
 class Publisher(Chargers, Protocol):
-    """What :func:`attach` needs: also the published states (:class:`surplus.loop.Controller`)."""
+    """What :func:`attach` needs: also the published states (:class:`surplus.loop.Controller`), and
+    where the strategies find each charger's past sessions."""
 
     def subscribe(self, listener: StateListener) -> None: ...
+
+    def use_past_sessions(self, past: Callable[[str], tuple[PastSession, ...]]) -> None: ...
 
 
 class History:
@@ -63,6 +67,14 @@ class History:
         orphans = self._sessions.restore(store.last_ends(), store.open_rows())
         if orphans:
             store.write(orphans)
+        #: Per charger, its latest ended sessions in which the car drew (for the strategies).
+        self._past: dict[str, deque[PastSession]] = {
+            cid: deque(maxlen=PAST_SESSIONS) for cid in controller.charger_ids
+        }
+        for cid, records in store.past_sessions(PAST_SESSIONS).items():
+            if cid in self._past:
+                self._past[cid].extend(_past(r) for r in records)
+        self._past_now = {cid: tuple(kept) for cid, kept in self._past.items()}
 
     @property
     def path(self) -> str:
@@ -96,7 +108,20 @@ class History:
                 now_wall=now_wall,
             )
         if writes:
+            self._note_ends(writes)
             self._submit(writes)
+
+    def past_sessions(self, charger_id: str) -> tuple[PastSession, ...]:
+        """The charger's latest ended sessions in which the car drew, oldest first (for its strategy)."""
+        return self._past_now.get(charger_id, ())
+
+    def _note_ends(self, writes: Sequence[RowWrite]) -> None:
+        for w in writes:
+            r = w.record
+            kept = self._past.get(r.charger_id)
+            if r.ended_at is not None and r.car_full is not None and kept is not None:
+                kept.append(_past(r))
+                self._past_now[r.charger_id] = tuple(kept)
 
     # -- the writer thread --------------------------------------------------------------------
     def _submit(self, writes: list[RowWrite]) -> None:
@@ -153,6 +178,11 @@ class History:
         self._store.close()
 
 
+def _past(r: SessionRecord) -> PastSession:
+    assert r.ended_at is not None and r.car_full is not None
+    return PastSession(ended_at=r.ended_at, energy_wh=r.energy_wh, car_full=r.car_full)
+
+
 def _modes(view: ChargerView | None) -> Sequence[str]:
     if view is None:
         return []
@@ -161,7 +191,8 @@ def _modes(view: ChargerView | None) -> Sequence[str]:
 
 def attach(controller: Publisher, store: SessionStore, *, flush_every_s: float = 60.0) -> History:
     """A :class:`History` fed by each state ``controller`` publishes (give it to the RPC
-    server for ``getSessions``)."""
+    server for ``getSessions``); the strategies get each charger's past sessions from it."""
     history = History(store, controller, flush_every_s=flush_every_s)
     controller.subscribe(history.on_state)
+    controller.use_past_sessions(history.past_sessions)
     return history

@@ -17,7 +17,7 @@ from .sessions import RowWrite, SessionRecord, StoredRow
 log = logging.getLogger("surplus.history")
 
 #: ``PRAGMA user_version`` of the schema below; a file with a higher one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = (
     """CREATE TABLE sessions (
         id INTEGER PRIMARY KEY,
@@ -33,7 +33,8 @@ _SCHEMA = (
         modes TEXT NOT NULL,
         box_sessions_total INTEGER,
         end_reason TEXT,
-        box_energy_start_wh REAL
+        box_energy_start_wh REAL,
+        car_full INTEGER
     )""",
     "CREATE INDEX sessions_by_start ON sessions (started_at DESC, id DESC)",
     # At most one open session per charger.
@@ -42,6 +43,7 @@ _SCHEMA = (
 #: From each older schema version to the next.
 _MIGRATIONS = {
     1: ("ALTER TABLE sessions ADD COLUMN box_energy_start_wh REAL",),
+    2: ("ALTER TABLE sessions ADD COLUMN car_full INTEGER",),
 }
 _COLUMNS = (
     "charger_id",
@@ -57,6 +59,7 @@ _COLUMNS = (
     "box_sessions_total",
     "end_reason",
     "box_energy_start_wh",
+    "car_full",
 )
 
 
@@ -168,7 +171,8 @@ class SessionStore:
         ).fetchall()
         out = []
         for row in rows:
-            rid, cid, start, end, updated, energy, sun, unmetered, max_a, phases, modes, box, reason, at = row
+            rid, cid, start, end, updated, energy, sun, unmetered, max_a = row[:9]
+            phases, modes, box, reason, at, full = row[9:]
             rec = SessionRecord(
                 id=int(rid),
                 charger_id=str(cid),
@@ -182,6 +186,7 @@ class SessionStore:
                 phases=tuple(int(p) for p in _split(phases)),
                 modes=tuple(_split(modes)),
                 end_reason=reason,
+                car_full=None if full is None else bool(full),
             )
             out.append(StoredRow(rec, None if box is None else int(box), None if at is None else float(at)))
         return out
@@ -208,6 +213,18 @@ class SessionStore:
                 "WHERE charger_id = ? ORDER BY started_at DESC, id DESC LIMIT ?", (charger_id, limit)
             )
         return [r.record for r in rows]
+
+    def past_sessions(self, limit: int) -> dict[str, list[SessionRecord]]:
+        """Per charger, its newest ``limit`` ended sessions in which the car drew, oldest first."""
+        rows = self._records(
+            "WHERE ended_at IS NOT NULL AND car_full IS NOT NULL ORDER BY ended_at DESC, id DESC", ()
+        )
+        out: dict[str, list[SessionRecord]] = {}
+        for row in rows:
+            kept = out.setdefault(row.record.charger_id, [])
+            if len(kept) < limit:
+                kept.append(row.record)
+        return {cid: kept[::-1] for cid, kept in out.items()}
 
     def close(self) -> None:
         self._conn.close()

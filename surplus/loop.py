@@ -36,7 +36,7 @@ from .meter import Meter
 from .site import SHARING_MODES, Site
 from .slot import ChargerSlot
 from .state import DecisionRecord, LoopState, Override, StateBoard, StateListener, TickStats
-from .strategy import StrategyInfo
+from .strategy import PastSession, StrategyInfo
 from .types import MeterReading, Snapshot, Verdict
 
 log = logging.getLogger("surplus.loop")
@@ -213,6 +213,10 @@ class Controller:
     def subscribe(self, listener: StateListener) -> None:
         """Also call ``listener`` with each tick's published state (e.g. the session history)."""
         self.board.subscribe(listener)
+
+    def use_past_sessions(self, past: Callable[[str], tuple[PastSession, ...]]) -> None:
+        """Hand each charger's strategy its past sessions from ``past`` (the session history)."""
+        self.site.past_sessions = past
 
     def add_tick_observer(self, observer: TickObserver) -> None:
         """Also call ``observer`` with the new snapshot after every tick."""

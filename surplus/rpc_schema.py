@@ -95,5 +95,6 @@ SESSION_ROW = obj(
     phases={"type": "array", "items": INT},
     modes={"type": "array", "items": STR},
     endReason={"type": ["string", "null"]},
+    carFull={"type": ["boolean", "null"]},
     updated={"type": "string", "format": "date-time"},
 )

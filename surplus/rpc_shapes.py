@@ -245,6 +245,8 @@ def session_json(r: SessionRecord, now_wall: float) -> dict[str, Any]:
         "phases": list(r.phases),
         "modes": list(r.modes),
         "endReason": r.end_reason,
+        # The car took nothing for 5 minutes though offered 6 A or more (null: it never drew).
+        "carFull": r.car_full,
         "updated": iso_utc(r.updated_at),
     }
 

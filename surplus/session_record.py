@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from .strategy import IdleCar, car_draws
 from .types import ChargerState
 
 log = logging.getLogger("surplus.history")
@@ -46,6 +47,10 @@ class SessionRecord:
     modes: tuple[str, ...]
     #: "unplugged", "new session on the box", "not running after restart", "charger not configured".
     end_reason: str | None = None
+    #: Whether the car was found to take nothing at some time (offered 6 A or more, it drew
+    #: nothing for 5 minutes: full, or waiting on a timer of its own); None while it has not
+    #: drawn in this session (and for rows from before surplus recorded it).
+    car_full: bool | None = None
 
 
 def _finite(value: float, default: float = 0.0) -> float:
@@ -146,6 +151,10 @@ class Live:
     saved_at_s: float = -math.inf
     #: Set while the car is unplugged (wall, monotonic); the session ends if it stays away REPLUG_S.
     unplugged: tuple[float, float] | None = None
+    #: The car has drawn in this session; it has been found to take nothing (``idle``'s verdict).
+    drew: bool = False
+    full: bool = False
+    idle: IdleCar = field(default_factory=IdleCar)
 
     def update(
         self, state: ChargerState, at_s: float, wall: float, grid_w: float | None, counter: EnergyCounter
@@ -163,6 +172,8 @@ class Live:
         if math.isfinite(state.session_energy_wh):
             self.box_session_wh = state.session_energy_wh
         self.updated_at = wall
+        self.drew = self.drew or car_draws(state)
+        self.full = self.idle.update(state, at_s) or self.full
         if state.charging:
             currents = [c for c in (state.current_l1_a, state.current_l2_a, state.current_l3_a) if c >= 0]
             self.max_current_a = max([self.max_current_a, *currents])
@@ -191,6 +202,7 @@ class Live:
             phases=tuple(sorted(self.phases)),
             modes=tuple(self.modes),
             end_reason=end_reason,
+            car_full=self.full if self.drew or self.full else None,
         )
 
     @classmethod
@@ -210,6 +222,8 @@ class Live:
             phases=set(rec.phases),
             modes=list(rec.modes),
             box_sessions=row.box_sessions,
+            drew=rec.car_full is not None,
+            full=bool(rec.car_full),
         )
 
 
@@ -228,6 +242,8 @@ class RowWrite:
 
     live: Live
     values: tuple[object, ...]
+    #: The row as written.
+    record: SessionRecord
 
     @classmethod
     def of(cls, live: Live, *, ended_at: float | None = None, end_reason: str | None = None) -> RowWrite:
@@ -246,5 +262,6 @@ class RowWrite:
             live.box_sessions,
             r.end_reason,
             live.start_wh if live.start_from_box and math.isfinite(live.start_wh) else None,
+            None if r.car_full is None else int(r.car_full),
         )
-        return cls(live, values)
+        return cls(live, values, r)

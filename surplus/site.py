@@ -30,7 +30,7 @@ from .circuits import (
 from .governor import SAME_CURRENT_A, GovernorMemory, SafetyGovernor
 from .sharing import CircuitRoom, Share, Sharer, split_surplus
 from .slot import ChargerSlot
-from .strategy import IdleCar, SurplusShare
+from .strategy import IdleCar, PastSession, SurplusShare
 from .types import MIN_CURRENT_A, ChargerReading, Decision, Snapshot
 
 #: Modes whose strategies share one surplus when several chargers run them (they read
@@ -67,6 +67,8 @@ class Site:
         #: Per charger: whether its car has drawn nothing though offered 6 A or more (a full
         #: car gets only what the other sharers cannot take).
         self._idle: dict[str, IdleCar] = {}
+        #: Each charger's past sessions (from the session history; None: no history kept).
+        self.past_sessions: Callable[[str], tuple[PastSession, ...]] | None = None
         #: Circuits with their own meter: the other loads on them (see surplus.circuits).
         self._other_loads = (
             OtherLoadWatch(circuits, hold_s=stale_after_s + OTHER_LOAD_HOLD_MARGIN_S)

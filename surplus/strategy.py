@@ -69,6 +69,22 @@ class IdleCar:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PastSession:
+    """An ended session in which the car drew, as the session history keeps it."""
+
+    #: Unix time of its end.
+    ended_at: float
+    energy_wh: float
+    #: The car was found to take nothing (:class:`IdleCar`) at some time in it: full, or
+    #: waiting on a timer of its own.
+    car_full: bool
+
+
+#: How many of a charger's latest sessions a strategy is handed (``StrategyContext.past_sessions``).
+PAST_SESSIONS = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SurplusShare:
     """This charger shares the surplus with other chargers (several in pv or minpv).
 
@@ -107,6 +123,10 @@ class StrategyContext:
     phase_switch_interval_s: float = 300.0
     #: Set when several chargers share the surplus (None: this charger has it all).
     surplus_share: SurplusShare | None = None
+    #: The charger's latest ended sessions in which the car drew, oldest first (at most
+    #: ``PAST_SESSIONS``), from the session history, so they outlive a restart; None when no
+    #: history is kept (``history.path``).
+    past_sessions: tuple[PastSession, ...] | None = None
 
 
 class Strategy(Protocol):

@@ -20,14 +20,25 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from surplus_plugins.pv_sun import FULL_CAR_WEIGHT, SESSIONS_KEPT
 
 from surplus.clock import FakeClock
 from surplus.config import ConfigError, load_config
-from surplus.history import History, HistoryError, SessionRecord, SessionStore, attach, vehicle_present
+from surplus.history import (
+    REPLUG_S,
+    History,
+    HistoryError,
+    SessionRecord,
+    SessionStore,
+    attach,
+    vehicle_present,
+)
+from surplus.history_store import SCHEMA_VERSION
 from surplus.meter import Meter, MeterEnv
 from surplus.plugins import collect_meters, make_plugin_manager
 from surplus.sim.model import AmtronModel, EvProfile
-from surplus.types import ChargerReading, ChargerState, MeterReading, Snapshot
+from surplus.strategy import IDLE_S
+from surplus.types import ChargerReading, ChargerState, EvseState, MeterReading, Snapshot
 
 from .factories import charger_state
 from .loop_support import build_controller
@@ -501,7 +512,7 @@ def test_a_newer_schema_or_a_foreign_database_is_refused(tmp_path: Path) -> None
     store.close()
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_a_version_1_file_is_upgraded_and_its_open_row_continues(tmp_path: Path) -> None:
@@ -523,10 +534,12 @@ async def test_a_version_1_file_is_upgraded_and_its_open_row_continues(tmp_path:
     assert rec.id == 1 and rec.ended_at is None
     assert rec.energy_wh == pytest.approx(5200.0)  # what the box counted meanwhile is added
     assert rec.unmetered_wh == pytest.approx(200.0)
+    assert rec.car_full is False  # the car draws now (the old row did not say)
     await feed.history.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        (start,) = conn.execute("SELECT box_energy_start_wh FROM sessions").fetchone()
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        (start, full) = conn.execute("SELECT box_energy_start_wh, car_full FROM sessions").fetchone()
+    assert full == 0
     assert start == pytest.approx(IDLE.energy_total_wh - 5200.0)  # counted on from the box's counter now
 
 
@@ -659,3 +672,80 @@ async def test_a_quick_replug_on_the_real_stack_stays_one_session(tmp_path: Path
     assert row["ended_at"] is None and row["box_sessions_total"] in (42, 43)
     assert box_wh > 5
     assert row["energy_wh"] == pytest.approx(box_wh, abs=10.0 + 0.01 * box_wh)
+
+
+# -- whether the car was found full, and the strategies' past sessions -------------------------
+
+OFFERED_NOTHING_DRAWN = {"evse_state": EvseState.READY, "cp_state": 27}
+
+
+def session(feed: Feed, *, drawn_s: int, idle_s: int, released: bool = True) -> None:
+    """Plug in: the car draws 7 kW for ``drawn_s``, then takes nothing while offered 16 A
+    (or, not ``released``, is not offered) for ``idle_s``; unplugged for longer than a replug."""
+    for s in range(drawn_s):
+        feed.tick(charging(7000.0, 7000.0 * s / 3600, s))
+    for s in range(idle_s):
+        feed.tick(
+            charging(
+                0.0, 7000.0 * drawn_s / 3600, drawn_s + s, charging_release=released, **OFFERED_NOTHING_DRAWN
+            )
+        )
+    for _ in range(int(REPLUG_S) + 2):
+        feed.tick(IDLE)
+
+
+async def test_a_session_records_whether_the_car_was_found_full_and_that_outlives_a_restart(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    feed = Feed(db)
+    feed.tick(IDLE)
+    assert feed.history.past_sessions("wb1") == ()
+    session(feed, drawn_s=600, idle_s=int(IDLE_S + 30) + 5)  # full: 5 min and the box's 30 s pause
+    session(feed, drawn_s=600, idle_s=int(IDLE_S + 30) - 5)  # unplugged 10 s too soon to tell
+    session(feed, drawn_s=0, idle_s=600, released=False)  # never drew, never offered: says nothing
+    first, second, third = await feed.sessions()
+    assert (first.car_full, second.car_full, third.car_full) == (True, False, None)
+    past = feed.history.past_sessions("wb1")
+    assert [p.car_full for p in past] == [True, False]
+    assert [p.ended_at for p in past] == [first.ended_at, second.ended_at]
+    assert past[0].energy_wh == pytest.approx(first.energy_wh)
+    await feed.history.close()
+    assert [r["car_full"] for r in rows(db)] == [1, 0, None]
+
+    again = Feed(db)  # a restart: the strategies get the same sessions from the file
+    assert again.history.past_sessions("wb1") == past
+    assert again.history.past_sessions("elsewhere") == ()
+    await again.history.close()
+
+
+async def test_pv_weighs_imports_by_the_history_s_sessions_after_a_restart(tmp_path: Path) -> None:
+    """Five sessions that ended full are in the file: the pv started on it weighs an import 10."""
+    db = tmp_path / "s.db"
+    feed = Feed(db)
+    feed.tick(IDLE)
+    for _ in range(SESSIONS_KEPT):
+        session(feed, drawn_s=60, idle_s=int(IDLE_S + 30) + 5)
+    await feed.history.close()
+    with sqlite3.connect(db) as conn:  # the sessions of the controller's charger
+        conn.execute("UPDATE sessions SET charger_id = 'wallbox'")
+
+    clock = FakeClock()
+    weights = []
+    for history in (True, False):
+        model = AmtronModel(clock, ev=BIG_CAR)
+        meters = [grid_meter(clock, model)]
+        controller, bus = build_controller(clock, model, meters=meters, mode="pv")
+        kept = attach(controller, SessionStore.open(str(db))) if history else None
+        task = asyncio.ensure_future(controller.run())
+        await clock.advance(30)
+        record = controller.last_decision("wallbox")
+        assert record is not None
+        weights.append(dict(record.decision.figures)["import_weight"])
+        controller.stop()
+        await clock.advance(20)
+        await task
+        if kept is not None:
+            await kept.close()
+        await bus.close()
+    assert weights == [FULL_CAR_WEIGHT, 3.0]  # without the history it knows no session

@@ -32,7 +32,7 @@ from surplus_plugins.pv_sun import (
 from surplus.clock import FakeClock
 from surplus.options import OptionError
 from surplus.plugins import collect_meters, collect_strategies, make_plugin_manager
-from surplus.strategy import IDLE_S, IdleCar, Strategy, StrategyContext, SurplusShare
+from surplus.strategy import IDLE_S, IdleCar, PastSession, Strategy, StrategyContext, SurplusShare
 from surplus.types import ChargerReading, ChargerState, Decision, EvseState, MeterReading, Snapshot
 from tests.factories import charger_state
 from tests.loop_support import assert_governor_rules_held, replay_day
@@ -1084,6 +1084,25 @@ def test_an_import_weighs_more_for_a_car_whose_sessions_end_full(
         cars.update(car(10.0), False)  # drew
         cars.update(plugged, full)
         cars.update(unplugged, False)  # the session's end
+    assert cars.weight(base) == pytest.approx(weight)
+
+
+@pytest.mark.parametrize(
+    ("ends", "base", "weight"), [r[1:] for r in FULL_CAR_WEIGHTS], ids=[r[0] for r in FULL_CAR_WEIGHTS]
+)
+def test_with_a_session_history_the_weight_follows_its_sessions(
+    ends: list[bool], base: float, weight: float
+) -> None:
+    """The history's sessions (StrategyContext.past_sessions) stand for those pv saw itself."""
+    cars = FullCars()
+    for _ in range(5):  # what this process saw: five sessions that ended full
+        cars.update(car(10.0), False)
+        cars.update(car(0.0), True)
+        cars.update(car(0.0, evse_state=EvseState.IDLE), False)
+    past = tuple(
+        PastSession(ended_at=1000.0 * i, energy_wh=5000.0, car_full=full) for i, full in enumerate(ends)
+    )
+    cars.update(car(10.0), False, past)
     assert cars.weight(base) == pytest.approx(weight)
 
 
