@@ -141,6 +141,7 @@ from .pv_sun import (
     VOLTS_S,
     Denoise,
     FullCars,
+    HeldReadings,
     Levels,
     MeterLag,
     PvSettings,
@@ -212,6 +213,7 @@ class PvStrategy:
         self._car_w: float | None = None
         self._car_moved_at = -math.inf
         self._meter_lag = MeterLag()
+        self._held = HeldReadings()
         #: The meters' noise, measured, and the surplus's level with it averaged out.
         self._denoise = Denoise()
         self._mixed = False
@@ -451,7 +453,7 @@ class PvStrategy:
         else:
             dt = now - self._last_at
         cars_w = state.power_total_w + (0.0 if share is None else share.others_power_w)
-        read_at = now - grid_age_s(snapshot)
+        read_at = self._held.read_at(snapshot.grid_power_w, now - grid_age_s(snapshot))
         raw_w = self._unmixed(raw_w, cars_w, now, read_at)
         raw_w = self._denoise.update(raw_w, own=not self._mixed, read_at=read_at)
         sun_w = self._sun_w = self._smooth(raw_w, now, dt)

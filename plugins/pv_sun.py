@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -43,6 +44,15 @@ LAG_STEP_S = 1.0
 #: measured (a meter polled every second that updates every P s inside shows a move 1 to P s
 #: later, evenly: the longest of k delays is under P/2 only once in 2**k).
 UNSHOWN_FACTOR = 2.0
+#: A grid meter polled more often than it updates gives its last reading again, stamped with
+#: the time of the poll. It is taken to hold its readings once the last HOLD_PERIODS times
+#: between changes of its reading were each HOLD_MIN_S to HOLD_MAX_S and within HOLD_SPREAD_S
+#: of each other (a regular update: an exact meter changes at every reading or at the sun's
+#: and the car's own moves, which are not regular); see :class:`HeldReadings`.
+HOLD_PERIODS = 5
+HOLD_MIN_S = 1.5
+HOLD_MAX_S = 20.0
+HOLD_SPREAD_S = 2.0
 #: Down once the mean of SETTLE_DOWN_S is SETTLE_MARGIN_A below the current (a third of
 #: SETTLE_S: an imported Wh costs three of sun), up once the mean of SETTLE_S is UP_GAP_A
 #: above it (two notches of 0.1 A: less is not worth a write).
@@ -432,6 +442,43 @@ class MeterLag:
         if len(self.lags) < LAGS_KEPT:  # too few delays measured to know the longest one
             return read_at - pending[0] < MAX_FOLLOW_S
         return read_at - pending[0] < UNSHOWN_FACTOR * self.lag_s()
+
+
+@dataclass(slots=True)
+class HeldReadings:
+    """When the grid meter took its reading: for a meter that holds its readings, the first
+    poll that showed the reading it shows now.
+
+    A device polled over HTTP every second that measures every 8 s gives each of its
+    readings eight times, each stamped with the time of its poll: seven look like new
+    readings that repeat the last one exactly. Counted so, they measure the meter's noise
+    as nothing (most differences are 0), and pv followed 50 W of noise as if it were the
+    sun: 255 writes on a clear shipped day against the 5 s reference's 38 (``surplus
+    simulate --meter-every 8 --meter-polled --meter-noise 50``). Once the reading changes at
+    a regular period (HOLD_PERIODS), a reading equal to the last one is that one again,
+    taken when it was first shown; a meter that stamps its own readings is unchanged by this.
+    """
+
+    last_w: float | None = None
+    #: When the reading shown now was first shown.
+    since: float = -math.inf
+    changes: deque[float] = field(default_factory=lambda: deque(maxlen=HOLD_PERIODS + 1))
+
+    def holding(self) -> bool:
+        """The reading has changed at a regular period of HOLD_MIN_S to HOLD_MAX_S lately."""
+        if len(self.changes) <= HOLD_PERIODS:
+            return False
+        gaps = [b - a for a, b in itertools.pairwise(self.changes)]
+        return min(gaps) >= HOLD_MIN_S and max(gaps) <= HOLD_MAX_S and max(gaps) - min(gaps) <= HOLD_SPREAD_S
+
+    def read_at(self, grid_w: float | None, read_at: float) -> float:
+        """When the reading ``grid_w`` (stamped ``read_at``) was taken, as far as can be told."""
+        if grid_w is None or grid_w != self.last_w:
+            if grid_w is not None and read_at > self.since:
+                self.changes.append(read_at)
+            self.last_w, self.since = grid_w, read_at
+            return read_at
+        return self.since if self.holding() else read_at
 
 
 @dataclass(eq=False)

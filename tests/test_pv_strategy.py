@@ -22,6 +22,7 @@ from surplus_plugins.pv_sun import (
     RISE_READINGS,
     Denoise,
     FullCars,
+    HeldReadings,
     MeterLag,
     PvSettings,
     Spells,
@@ -515,6 +516,65 @@ async def test_a_meter_in_step_with_the_box_sees_a_cloud_after_a_change_once_the
     house.surplus_w = 5000  # 7.25 A
     after = await _first(house, 60, lambda d: d.current_a != pytest.approx(11.4))
     assert after == FOLLOW_S and house.current_a == pytest.approx(7.2)
+
+
+def _polls(values: list[tuple[float, int]]) -> list[tuple[float, float]]:
+    """A meter polled every second: each (reading, how many polls show it), stamped with the poll's time."""
+    out, t = [], 100.0
+    for w, polls in values:
+        for _ in range(polls):
+            out.append((w, t))
+            t += 1.0
+    return out
+
+
+# (why, the readings (W, stamped at), the times pv takes them at)
+HELD_READINGS: list[tuple[str, list[tuple[float, float]], list[float]]] = [
+    (
+        "polled every second, a new reading every 8 s: from the sixth change on, a repeat is the first poll's",
+        _polls([(float(w), 8) for w in range(7)]),
+        [*(100.0 + t for t in range(41)), *[140.0] * 7, *[148.0] * 8],
+    ),
+    (
+        "a new reading every second (an exact meter): never held",
+        [*_polls([(float(w), 1) for w in range(20)]), (19.0, 120.0)],
+        [100.0 + t for t in range(21)],
+    ),
+    (
+        "changes at the sun's and the car's own moves (60, 3, 40, 9, 25 s): not regular, not held",
+        _polls([(0.0, 60), (1.0, 3), (2.0, 40), (3.0, 9), (4.0, 25), (5.0, 3)]),
+        [100.0 + t for t in range(140)],
+    ),
+    (
+        "a new reading every 30 s: not a meter that holds its readings (HOLD_MAX_S)",
+        _polls([(float(w), 30) for w in range(8)]),
+        [100.0 + t for t in range(240)],
+    ),
+    (
+        "a meter that stamps its own readings: its repeats keep their stamp",
+        [(float(w // 8), 100.0 + 8 * (w // 8)) for w in range(56)],
+        [100.0 + 8 * (w // 8) for w in range(56)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("readings", "taken_at"), [r[1:] for r in HELD_READINGS], ids=[r[0] for r in HELD_READINGS]
+)
+def test_a_meter_that_holds_its_readings_is_seen_to(
+    readings: list[tuple[float, float]], taken_at: list[float]
+) -> None:
+    held = HeldReadings()
+    assert [held.read_at(w, at) for w, at in readings] == taken_at
+
+
+def test_a_missing_reading_ends_what_was_held() -> None:
+    held = HeldReadings()
+    for w, at in _polls([(float(w), 8) for w in range(7)]):
+        held.read_at(w, at)
+    assert held.read_at(6.0, 149.0) == 148.0
+    assert held.read_at(None, 150.0) == 150.0
+    assert held.read_at(6.0, 151.0) == 151.0  # shown again: taken anew
 
 
 def test_the_meters_noise_is_measured_and_averaged_out_and_its_steps_kept() -> None:

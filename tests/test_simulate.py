@@ -411,20 +411,25 @@ async def test_a_noisy_day_meter_jitters_the_same_on_every_replay() -> None:
     assert 42.0 < statistics.stdev(first) < 58.0
 
 
-@pytest.mark.parametrize("every_s", [0.0, 8.0])
-async def test_a_noisy_grid_meter_changes_little_in_a_replay(every_s: float) -> None:
+@pytest.mark.parametrize(("every_s", "polled"), [(0.0, False), (8.0, False), (8.0, True)])
+async def test_a_noisy_grid_meter_changes_little_in_a_replay(every_s: float, polled: bool) -> None:
     # The sun steps every 10 minutes between 2.2 and 3.4 kW of surplus (one phase), the meter
     # jitters by 50 W (PV inverters and house loads do, from second to second): pv measures the
     # noise and follows the surplus's level, so the replay writes 10 setpoints against 5 with
     # an exact meter (before the noise was averaged out: 239) and takes the same sun. A meter
     # that reads every 8 s has its noise measured on its new readings: 11 against 5 (before: 158).
+    # Polled over HTTP, the same meter gives each reading eight times, stamped with the time of
+    # each poll: pv sees it hold its readings and takes a repeat as the reading it repeats
+    # (12 setpoints, as unpolled; before, seven differences of 0 in eight measured the noise as
+    # nothing, and pv followed it: 215).
     steps = [(36000 + 600 * k, pv, 400) for k, pv in enumerate([2900, 3600, 2600, 3800, 3100])]
     day = parse_day(lines_of([(0, 0, 400), *steps, (36000 + 600 * len(steps), 0, 400)]), name="steps")
     config = load_config(None, {})
     for phases in ("1", "1p3p"):
         car = Car(arrival_s=35000, departure_s=39000, energy_wh=50_000, phases=phases)
-        e = (await simulate(day, car, config, mode="pv", meter=MeterModel(every_s=every_s))).runs[0]
-        noisy = MeterModel(every_s=every_s, noise_w=50.0)
+        exact = MeterModel(every_s=every_s, polled=polled)
+        e = (await simulate(day, car, config, mode="pv", meter=exact)).runs[0]
+        noisy = MeterModel(every_s=every_s, noise_w=50.0, polled=polled)
         n = (await simulate(day, car, config, mode="pv", meter=noisy)).runs[0]
         assert e.setpoint_changes == len(steps)
         assert n.setpoint_changes <= 2 * e.setpoint_changes + 2, (phases, n.setpoint_changes)
